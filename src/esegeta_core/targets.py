@@ -1,0 +1,245 @@
+"""Targets and segmentation scores: what the methods explain.
+
+Methods see a model that returns ``B x classes`` scores and a ``(B,)`` target. For a
+segmentation model the core wraps it in a :class:`ScoreModel` whose reduction turns
+the ``B x classes x spatial`` output into per-class scores, differentiably:
+
+- :class:`MultiClassScores`: class c's score is the sum of its logits over the pixels
+  or voxels where c wins the argmax (the approach of Captum's segmentation tutorial),
+  all spatial dimensions reduced, 2D and 3D.
+- :class:`ThresholdScores`: for one-channel (sigmoid) outputs: foreground = sum of the
+  logits above the threshold, background = sum of the negated logits below it. The
+  mask carries no gradient but the score keeps the logits' gradient (the original
+  counted voxels, which gives gradient methods nothing to work with).
+- :class:`RegionScores`: class c's logits summed inside a user mask, the same as
+  pytorch-grad-cam's ``SemanticSegmentationTarget``; use it through :class:`Region`.
+- any callable mapping the model output to ``B x classes`` scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import torch
+from torch import nn
+
+from esegeta_core.errors import InvalidModelError, InvalidTargetError
+
+Task = Literal["classification", "segmentation"]
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Region:
+    """Explain class ``label`` inside ``mask`` only (segmentation).
+
+    ``mask`` is boolean or 0/1, shaped like the output's spatial dimensions, with an
+    optional leading batch (and channel) dimension.
+    """
+
+    label: int
+    mask: torch.Tensor
+
+
+TargetLike = Union[None, int, Sequence[int], torch.Tensor, Region]
+
+
+class ScoreModel(nn.Module):
+    """Wraps the user's model so that it returns ``B x classes`` scores.
+
+    The user's model is held as the child ``model``; nothing on it is changed.
+    """
+
+    def __init__(self, model: nn.Module, reduce: ScoreFn) -> None:
+        super().__init__()
+        self.model = model
+        self.reduce = reduce
+
+    def forward(self, *args: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        return self.reduce(self.model(*args, **kwargs))
+
+
+class MultiClassScores:
+    """Per class, the sum of logits where that class is the argmax (all spatial dims)."""
+
+    name = "multi_class"
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        if out.ndim < 3 or out.shape[1] < 2:
+            raise InvalidModelError(
+                f"Segmentation wrapper 'multi_class' needs an output shaped "
+                f"(B, classes >= 2, *spatial), got {tuple(out.shape)}. For a one-channel "
+                "sigmoid output use wrapper='threshold'."
+            )
+        with torch.no_grad():
+            winners = out.argmax(dim=1, keepdim=True)
+            onehot = torch.zeros_like(out).scatter_(1, winners, 1.0)
+        return (out * onehot).flatten(2).sum(-1)
+
+
+class ThresholdScores:
+    """Two scores (background, foreground) for one-channel outputs split at a threshold.
+
+    ``threshold`` applies to probabilities (a float in (0, 1), or ``"otsu"`` per item);
+    with ``logits=True`` (default) the output is passed through a sigmoid to find the
+    mask, foreground scores the logits above it and background the negated logits
+    below it; with ``logits=False`` the output already is a probability and the scores
+    are ``p`` above and ``1 - p`` below.
+    """
+
+    name = "threshold"
+
+    def __init__(self, threshold: float | Literal["otsu"] = 0.5, logits: bool = True) -> None:
+        if threshold != "otsu" and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+            raise InvalidTargetError(
+                f"Segmentation wrapper 'threshold': threshold must be in (0, 1) or 'otsu', "
+                f"got {threshold!r}."
+            )
+        self.threshold = threshold
+        self.logits = logits
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        if out.ndim < 3 or out.shape[1] != 1:
+            raise InvalidModelError(
+                f"Segmentation wrapper 'threshold' needs a one-channel output shaped "
+                f"(B, 1, *spatial), got {tuple(out.shape)}. For several classes use "
+                "wrapper='multi_class'."
+            )
+        flat = out.flatten(1)
+        with torch.no_grad():
+            prob = torch.sigmoid(flat) if self.logits else flat
+            if self.threshold == "otsu":
+                level = torch.stack([otsu_threshold(p) for p in prob]).unsqueeze(1)
+            else:
+                level = torch.full_like(prob[:, :1], float(self.threshold))
+            above = (prob > level).to(flat.dtype)
+        below = 1.0 - above
+        if self.logits:
+            fg, bg = (flat * above).sum(1), (-flat * below).sum(1)
+        else:
+            fg, bg = (flat * above).sum(1), ((1.0 - flat) * below).sum(1)
+        return torch.stack([bg, fg], dim=1)
+
+
+class RegionScores:
+    """Per class, the sum of logits inside a fixed mask."""
+
+    name = "region"
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = torch.as_tensor(mask)
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        spatial = tuple(out.shape[2:])
+        n = len(spatial)
+        mask = self.mask.to(device=out.device, dtype=out.dtype)
+        if mask.ndim == n + 2 and mask.shape[1] == 1:
+            mask = mask[:, 0]
+        elif mask.ndim == n:
+            mask = mask.unsqueeze(0)
+        if (
+            mask.ndim != n + 1
+            or tuple(mask.shape[1:]) != spatial
+            or mask.shape[0] not in (1, out.shape[0])
+        ):
+            raise InvalidTargetError(
+                f"Region mask shape {tuple(self.mask.shape)} does not match the model "
+                f"output {tuple(out.shape)}. Pass a mask shaped like the output's spatial "
+                "dimensions, optionally with a batch (and channel) dimension."
+            )
+        if not bool((mask != 0).any()):
+            raise InvalidTargetError("Region mask is empty: nothing to explain.")
+        return (out * mask.unsqueeze(1)).flatten(2).sum(-1)
+
+
+WRAPPERS: dict[str, Callable[[], ScoreFn]] = {
+    "multi_class": MultiClassScores,
+    "threshold": ThresholdScores,
+}
+
+
+def otsu_threshold(values: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Otsu's threshold of a 1-D tensor: the cut that maximises between-class variance."""
+    v = values.detach().float().flatten()
+    lo, hi = v.min(), v.max()
+    if hi <= lo:
+        return lo
+    hist = torch.histc(v, bins=bins, min=float(lo), max=float(hi))
+    centers = lo + (torch.arange(bins, device=v.device) + 0.5) * (hi - lo) / bins
+    w0 = hist.cumsum(0)
+    w1 = hist.sum() - w0
+    m0 = (hist * centers).cumsum(0) / w0.clamp_min(1)
+    m1 = ((hist * centers).sum() - (hist * centers).cumsum(0)) / w1.clamp_min(1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return centers[int(between.argmax())]
+
+
+def score_model(
+    model: nn.Module,
+    task: Task,
+    wrapper: str | ScoreFn | None,
+    target: TargetLike,
+) -> nn.Module:
+    """The model the methods see: the user's own, or a :class:`ScoreModel` around it."""
+    if task not in ("classification", "segmentation"):
+        raise InvalidModelError(
+            f"task must be 'classification' or 'segmentation', got {task!r}."
+        )
+    if isinstance(target, Region):
+        if wrapper is not None:
+            raise InvalidTargetError(
+                "A Region target defines its own scores; do not pass a wrapper with it."
+            )
+        return ScoreModel(model, RegionScores(target.mask))
+    if wrapper is None:
+        if task == "classification":
+            return model
+        wrapper = "multi_class"
+    if isinstance(wrapper, str):
+        if wrapper not in WRAPPERS:
+            raise InvalidModelError(
+                f"Unknown segmentation wrapper {wrapper!r}; choose one of "
+                f"{', '.join(WRAPPERS)}, a Region target, or pass a callable."
+            )
+        return ScoreModel(model, WRAPPERS[wrapper]())
+    if callable(wrapper):
+        return ScoreModel(model, wrapper)
+    raise InvalidModelError(f"wrapper must be a name, a callable or None, got {wrapper!r}.")
+
+
+def normalise_target(target: TargetLike, scores: torch.Tensor) -> torch.Tensor:
+    """A ``(B,)`` long tensor of classes on the scores' device; ``None`` = predicted."""
+    batch, classes = scores.shape
+    if isinstance(target, Region):
+        target = target.label
+    if target is None:
+        return scores.argmax(dim=1)
+    if isinstance(target, bool) or (
+        isinstance(target, torch.Tensor) and target.dtype in (torch.bool,)
+    ):
+        raise InvalidTargetError(f"Target must be class indices, got {target!r}.")
+    try:
+        t = torch.as_tensor(target, device=scores.device)
+    except (TypeError, ValueError) as exc:
+        raise InvalidTargetError(
+            f"Target must be an int, one int per item or a Region, got {target!r}."
+        ) from exc
+    if (t.is_floating_point() or t.is_complex()) and not bool((t == t.round()).all()):
+        raise InvalidTargetError(f"Target classes must be integers, got {target!r}.")
+    t = t.long()
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.ndim != 1 or t.shape[0] != batch:
+        raise InvalidTargetError(
+            f"Target must be one int or one class per item ({batch}), got shape "
+            f"{tuple(t.shape)}."
+        )
+    bad = (t < 0) | (t >= classes)
+    if bool(bad.any()):
+        raise InvalidTargetError(
+            f"Target class {t[bad].tolist()} out of range: the model scores {classes} "
+            f"classes (0..{classes - 1})."
+        )
+    return t.clone()

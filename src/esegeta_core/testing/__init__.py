@@ -1,0 +1,14 @@
+"""Test helpers shipped with the core: tiny models and the plugin conformance suite."""
+
+from esegeta_core.testing.conformance import Case, conformance_cases, run_conformance
+from esegeta_core.testing.models import TinyClassifier, TinySegmenter, tiny_input, tiny_model
+
+__all__ = [
+    "Case",
+    "TinyClassifier",
+    "TinySegmenter",
+    "conformance_cases",
+    "run_conformance",
+    "tiny_input",
+    "tiny_model",
+]

@@ -1,0 +1,166 @@
+"""The conformance suite every plugin runs in a few lines.
+
+For each registered method, on every input rank it claims, on a classification and a
+segmentation tiny model, :func:`run_conformance` checks: the parameter schema builds;
+unknown parameters raise pydantic's ``ValidationError`` (and ``InvalidParamsError``
+through ``explain``); output shapes; no hooks left behind by the method itself; the
+model's mode, ``requires_grad`` flags, gradients and weights unchanged; determinism
+under a seed. Use it from a plugin's tests::
+
+    import pytest
+    from esegeta_core.testing import conformance_cases, run_conformance
+
+    @pytest.mark.parametrize("case", conformance_cases(plugin="acme"), ids=str)
+    def test_conformance(case):
+        run_conformance(case)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+import torch
+
+from esegeta_core.api import explain
+from esegeta_core.errors import InvalidParamsError
+from esegeta_core.model_state import count_hooks
+from esegeta_core.plugin.manager import get_registry
+from esegeta_core.testing.models import tiny_input, tiny_model
+
+TASKS = ("classification", "segmentation")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One method on one rank and task, with the parameters to use."""
+
+    method: str
+    rank: int
+    task: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.method}-{self.rank}d-{self.task}"
+
+
+def conformance_cases(
+    plugin: str | None = None,
+    *,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    tasks: tuple[str, ...] = TASKS,
+) -> list[Case]:
+    """One :class:`Case` per method x claimed rank (2D, 3D) x task.
+
+    ``params`` maps method names to parameters that keep the test fast (fewer samples,
+    smaller windows). Layer parameters without a value are filled with the tiny
+    model's ``conv_layer``.
+    """
+    registry = get_registry()
+    params = params or {}
+    cases = []
+    for name, cls in sorted(registry.methods.items()):
+        if plugin is not None and registry.plugin_of[name] != plugin:
+            continue
+        for rank in sorted(r for r in cls.ranks if r in (2, 3)):
+            for task in tasks:
+                cases.append(Case(name, rank, task, dict(params.get(name, {}))))
+    return cases
+
+
+def _fill_layers(method: str, params: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    cls = get_registry().get(method)
+    out = dict(params)
+    for name in cls.Params.layer_fields():
+        field_info = cls.Params.model_fields[name]
+        if name in out or not field_info.is_required():
+            continue
+        is_list = "list" in str(field_info.annotation).lower()
+        out[name] = [model.conv_layer] if is_list else model.conv_layer
+    return out
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, Any]:
+    return {
+        "modes": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad is None for p in model.parameters()],
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "hooks": count_hooks(model),
+    }
+
+
+def run_conformance(case: Case) -> None:
+    """Run every conformance check for one case; raises AssertionError on a failure."""
+    cls = get_registry().get(case.method)
+    schema = cls.Params.model_json_schema()
+    assert schema.get("type") == "object", f"{case}: schema is not an object"
+    try:
+        cls.Params(**{"__no_such_parameter__": 1})
+    except pydantic.ValidationError:
+        pass
+    else:
+        raise AssertionError(f"{case}: unknown parameters must be rejected")
+
+    model = tiny_model(case.task, case.rank)
+    x = tiny_input(case.task, case.rank)
+    params = _fill_layers(case.method, dict(case.params), model)
+    # leave the model in an unusual state: train mode, one frozen parameter
+    model.train()
+    first = next(model.parameters())
+    first.requires_grad_(False)
+    before = _snapshot(model)
+    x_before = x.clone()
+
+    try:
+        explain(model, x, case.method, task=case.task, __no_such_parameter__=1, **params)
+    except InvalidParamsError:
+        pass
+    else:
+        raise AssertionError(f"{case}: explain() must reject unknown parameters")
+
+    capture = _Capture()
+    logger = logging.getLogger("esegeta_core")
+    logger.addHandler(capture)
+    try:
+        first_run = explain(model, x, case.method, task=case.task, seed=0, **params)
+        second_run = explain(model, x, case.method, task=case.task, seed=0, **params)
+    finally:
+        logger.removeHandler(capture)
+
+    leaks = [m for m in capture.messages if "hook" in m]
+    assert not leaks, f"{case}: the method left hooks on the model: {leaks}"
+    after = _snapshot(model)
+    assert after["hooks"] == before["hooks"], f"{case}: hooks changed"
+    assert after["modes"] == before["modes"], f"{case}: module modes changed"
+    assert after["requires_grad"] == before["requires_grad"], f"{case}: requires_grad changed"
+    assert after["grads"] == before["grads"], f"{case}: parameter gradients left behind"
+    for key, value in before["state"].items():
+        assert torch.equal(value, after["state"][key]), f"{case}: {key} changed"
+    assert torch.equal(x, x_before), f"{case}: the input tensor was modified"
+
+    a = first_run.attributions
+    assert isinstance(a, torch.Tensor), f"{case}: attributions are not a tensor"
+    assert a.shape[0] == x.shape[0], f"{case}: batch size {a.shape[0]} != {x.shape[0]}"
+    assert first_run.target.shape == (x.shape[0],), f"{case}: target shape"
+    if cls.output == "input":
+        assert tuple(a.shape) == tuple(x.shape), f"{case}: {tuple(a.shape)} != {tuple(x.shape)}"
+    if cls.output in ("input", "layer"):
+        assert bool(torch.isfinite(a).all()), f"{case}: non-finite attributions"
+        sal = first_run.saliency()
+        assert tuple(sal.shape) == (x.shape[0], 1, *x.shape[2:]), f"{case}: saliency shape"
+    assert torch.allclose(
+        first_run.attributions.float(), second_run.attributions.float(), rtol=1e-4, atol=1e-6
+    ), f"{case}: not deterministic under a seed"
