@@ -165,8 +165,8 @@ def _check_inputs(inputs: object, cls: type[Explainer], registry: Registry) -> t
             f"Method {cls.name!r}: inputs must be a torch.Tensor, got "
             f"{type(inputs).__name__}. Convert with torch.as_tensor(...)."
         )
-    if inputs.ndim not in (3, 4, 5):
-        hint = " Add the batch dimension with inputs.unsqueeze(0)." if inputs.ndim in (3, 4) else ""
+    if inputs.ndim not in (4, 5):
+        hint = " Add the batch dimension with inputs.unsqueeze(0)." if inputs.ndim == 3 else ""
         raise InvalidInputError(
             f"Method {cls.name!r}: inputs must be a batch shaped (B, C, H, W) or "
             f"(B, C, D, H, W), got {tuple(inputs.shape)}.{hint}"

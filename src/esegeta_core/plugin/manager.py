@@ -131,8 +131,8 @@ def _check_contract(plugin: str, cls: Any) -> None:
             f"{where}: every parameter needs a description (Field(..., description=...)); "
             f"missing for {', '.join(missing)}."
         )
-    if not cls.ranks or any(r not in (1, 2, 3) for r in cls.ranks):
-        raise PluginConflictError(f"{where}: ranks must be a subset of (1, 2, 3), got {cls.ranks}.")
+    if not cls.ranks or any(r not in (2, 3) for r in cls.ranks):
+        raise PluginConflictError(f"{where}: ranks must be a subset of (2, 3), got {cls.ranks}.")
 
 
 def _disabled() -> list[str]:

@@ -1,0 +1,146 @@
+"""The ``esegeta`` command.
+
+``esegeta methods`` lists every installed method (and the plugins that failed to
+load, with the reason); ``esegeta methods NAME`` shows one method's parameters, read
+from its JSON Schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from esegeta_core.catalog import MethodInfo, describe_method, list_methods, plugin_failures
+from esegeta_core.errors import EsegetaError
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _ranks(ranks: Sequence[int]) -> str:
+    return ",".join(f"{r}D" for r in ranks)
+
+
+def schema_type(prop: dict[str, Any], defs: dict[str, Any] | None = None) -> str:
+    """A short human-readable type for one JSON Schema property."""
+    defs = defs or {}
+    if "$ref" in prop:
+        ref = defs.get(prop["$ref"].rsplit("/", 1)[-1], {})
+        return schema_type(ref, defs) if ref else prop["$ref"].rsplit("/", 1)[-1]
+    if "enum" in prop:
+        return " | ".join(json.dumps(v) for v in prop["enum"])
+    if "const" in prop:
+        return json.dumps(prop["const"])
+    for key in ("anyOf", "oneOf"):
+        if key in prop:
+            return " | ".join(schema_type(p, defs) for p in prop[key])
+    kind = prop.get("type", "any")
+    if kind == "array":
+        if "prefixItems" in prop:
+            return "[" + ", ".join(schema_type(p, defs) for p in prop["prefixItems"]) + "]"
+        return f"list[{schema_type(prop.get('items', {}), defs)}]"
+    return {"integer": "int", "number": "float", "string": "str", "boolean": "bool",
+            "null": "None"}.get(kind, str(kind))
+
+
+def _bounds(prop: dict[str, Any]) -> str:
+    marks = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+    return ", ".join(f"{sym} {prop[k]}" for k, sym in marks.items() if k in prop)
+
+
+def format_method(info: MethodInfo) -> str:
+    """The text ``esegeta methods NAME`` prints."""
+    schema = info.schema
+    required = set(schema.get("required", []))
+    defs = schema.get("$defs", {})
+    rows = []
+    for name, prop in schema.get("properties", {}).items():
+        default = "(required)" if name in required else json.dumps(prop.get("default"))
+        desc = prop.get("description", "")
+        bounds = _bounds(prop)
+        rows.append([name, schema_type(prop, defs), default, desc + (f" [{bounds}]" if bounds else "")])
+    head = [
+        f"{info.name}  (plugin {info.plugin})",
+        info.description,
+        f"family: {info.family}   output: {info.output}   ranks: {_ranks(info.ranks)}   "
+        f"needs layer: {'yes' if info.needs_layer else 'no'}   cost: {info.cost}   "
+        f"deterministic: {'yes' if info.deterministic else 'no'}",
+    ]
+    if info.paper:
+        head.append(f"paper: {info.paper}")
+    body = _table(rows, ["parameter", "type", "default", "description"]) if rows else "no parameters"
+    return "\n".join(head) + "\n\n" + body
+
+
+def cmd_methods(args: argparse.Namespace, out: TextIO) -> int:
+    if args.name:
+        info = describe_method(args.name)
+        if args.json:
+            out.write(json.dumps(info.to_dict(), indent=2) + "\n")
+        else:
+            out.write(format_method(info) + "\n")
+        return 0
+    methods = list_methods(plugin=args.plugin, family=args.family)
+    failures = plugin_failures()
+    if args.json:
+        out.write(json.dumps({
+            "methods": [m.to_dict() for m in methods],
+            "failed_plugins": [{"plugin": f.plugin, "source": f.source, "error": f.error}
+                               for f in failures],
+        }, indent=2) + "\n")
+        return 0
+    rows = [[m.name, m.family, _ranks(m.ranks), "yes" if m.needs_layer else "", m.cost,
+             m.description] for m in methods]
+    if rows:
+        out.write(_table(rows, ["method", "family", "ranks", "layer", "cost", "description"]))
+        plugins = sorted({m.plugin for m in methods})
+        out.write(f"\n\n{len(methods)} methods from {len(plugins)} plugin(s): {', '.join(plugins)}\n")
+    else:
+        out.write("No methods installed. Install a backend, e.g. `pip install esegeta-captum`.\n")
+    if failures:
+        out.write("\nPlugins that failed to load:\n")
+        for f in failures:
+            out.write(f"  {f.plugin}: {f.error}  ({f.source})\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="esegeta", description="Interpretability methods for PyTorch image models."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    methods = sub.add_parser("methods", help="list installed methods, or show one method")
+    methods.add_argument("name", nargs="?", help="a method name: show its parameters")
+    methods.add_argument("--plugin", help="only methods of this plugin")
+    methods.add_argument("--family", help="only methods of this family")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    methods.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Entry point of the ``esegeta`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args, out or sys.stdout))
+    except EsegetaError as exc:
+        sys.stderr.write(f"esegeta: error: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
