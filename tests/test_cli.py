@@ -37,7 +37,7 @@ def test_method_detail_shows_parameters_from_the_schema(demo):
 
 
 def test_json_output(demo):
-    code, text = _run("methods", "--json", "--plugin", "demo")
+    _code, text = _run("methods", "--json", "--plugin", "demo")
     data = json.loads(text)
     assert {m["name"] for m in data["methods"]} >= {"demo.grad_x_input", "demo.layer_mean"}
     assert all(m["plugin"] == "demo" for m in data["methods"])
@@ -50,8 +50,12 @@ def test_unknown_method_exits_2_with_suggestion(demo, capsys):
 
 
 def test_console_script_runs():
-    done = subprocess.run([sys.executable, "-m", "esegeta_core.cli", "methods"],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "esegeta_core.cli", "methods"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "method" in done.stdout
 

@@ -96,7 +96,9 @@ def test_model_runs_in_eval_mode_during_the_call(demo):
 
 
 def test_method_failures_are_wrapped_with_method_and_plugin(demo):
-    with pytest.raises(ec.MethodFailedError, match=r"demo\.broken.*plugin 'demo'.*exploded") as info:
+    with pytest.raises(
+        ec.MethodFailedError, match=r"demo\.broken.*plugin 'demo'.*exploded"
+    ) as info:
         ec.explain(tiny_model(), tiny_input(), "demo.broken")
     assert isinstance(info.value, RuntimeError)
     assert isinstance(info.value.__cause__, RuntimeError)
@@ -163,11 +165,18 @@ def test_threshold_wrapper_through_explain(demo):
 
     torch.manual_seed(0)
     model, x = OneChannel(), tiny_input("segmentation", 3)
-    e = ec.explain(model, x, "demo.grad_x_input", target=1, task="segmentation", wrapper="threshold")
+    e = ec.explain(
+        model, x, "demo.grad_x_input", target=1, task="segmentation", wrapper="threshold"
+    )
     assert e.attributions.abs().sum() > 0
     with pytest.raises(ec.InvalidModelError, match="multi_class"):
-        ec.explain(tiny_model("segmentation", 3), x, "demo.grad_x_input", task="segmentation",
-                   wrapper="threshold")
+        ec.explain(
+            tiny_model("segmentation", 3),
+            x,
+            "demo.grad_x_input",
+            task="segmentation",
+            wrapper="threshold",
+        )
 
 
 def test_region_target_explains_only_inside_the_mask(demo):
@@ -179,17 +188,29 @@ def test_region_target_explains_only_inside_the_mask(demo):
     manual_model = ec.ScoreModel(model, lambda out: (out * mask).flatten(2).sum(-1))
     assert torch.allclose(e.attributions, _grad_x_input(manual_model, x, e.target), atol=1e-6)
     with pytest.raises(ec.InvalidTargetError, match="empty"):
-        ec.explain(model, x, "demo.grad_x_input", target=ec.Region(2, mask * 0),
-                   task="segmentation")
+        ec.explain(
+            model, x, "demo.grad_x_input", target=ec.Region(2, mask * 0), task="segmentation"
+        )
     with pytest.raises(ec.InvalidTargetError, match="does not match"):
-        ec.explain(model, x, "demo.grad_x_input", target=ec.Region(2, torch.ones(5, 5)),
-                   task="segmentation")
+        ec.explain(
+            model,
+            x,
+            "demo.grad_x_input",
+            target=ec.Region(2, torch.ones(5, 5)),
+            task="segmentation",
+        )
 
 
 def test_callable_wrapper_and_layer_names_of_the_users_model(demo):
     model, x = tiny_model("segmentation", 2), tiny_input("segmentation", 2)
-    e = ec.explain(model, x, "demo.layer_mean", task="segmentation",
-                   wrapper=lambda out: out.mean((2, 3)), layer="encoder.conv2")
+    e = ec.explain(
+        model,
+        x,
+        "demo.layer_mean",
+        task="segmentation",
+        wrapper=lambda out: out.mean((2, 3)),
+        layer="encoder.conv2",
+    )
     assert e.attributions.shape == (2, 1, 8, 8)
     with pytest.raises(ec.LayerNotFoundError, match="encoder.conv2"):
         ec.explain(model, x, "demo.layer_mean", task="segmentation", layer="encoder.conv3")

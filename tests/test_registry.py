@@ -126,8 +126,11 @@ def test_contract_breaks_are_reported_as_plugin_failures(fake_entry_points, bad,
 
 def test_short_names_and_ambiguity(fake_entry_points):
     fake_entry_points("alpha", "alpha_mod", _plugin_module("alpha_mod", _method("alpha.saliency")))
-    fake_entry_points("beta", "beta_mod", _plugin_module(
-        "beta_mod", _method("beta.saliency"), _method("beta.rise")))
+    fake_entry_points(
+        "beta",
+        "beta_mod",
+        _plugin_module("beta_mod", _method("beta.saliency"), _method("beta.rise")),
+    )
     registry = manager.build_registry()
     assert registry.get("rise").name == "beta.rise"
     with pytest.raises(ec.AmbiguousMethodError, match="alpha.saliency, beta.saliency"):

@@ -100,7 +100,9 @@ def explain(
         if removed:
             log.warning(
                 "method %s (plugin %s) left %d hook(s) on the model; esegeta removed them",
-                cls.name, plugin, removed,
+                cls.name,
+                plugin,
+                removed,
             )
     extras: dict[str, Any] = {}
     if isinstance(result, MethodResult):
@@ -129,12 +131,11 @@ def validate_params(cls: type[Explainer], params: dict[str, Any]) -> MethodParam
     try:
         return cls.Params(**params)
     except ValidationError as exc:
-        fields = ", ".join(
-            f"{n}: {f.description}" for n, f in cls.Params.model_fields.items()
-        ) or "none"
+        fields = (
+            ", ".join(f"{n}: {f.description}" for n, f in cls.Params.model_fields.items()) or "none"
+        )
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}"
-            for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in exc.errors()
         )
         raise InvalidParamsError(
             f"Invalid parameters for method {cls.name!r}: {problems}. "

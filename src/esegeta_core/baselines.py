@@ -10,7 +10,7 @@ A tensor (broadcastable to the input) is used as is.
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from esegeta_core.errors import InvalidParamsError
 
 BaselineName = Literal["zeros", "mean", "blurred", "uniform", "gaussian"]
-BaselineLike = Union[BaselineName, float, torch.Tensor]
+BaselineLike = BaselineName | float | torch.Tensor
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 

@@ -48,8 +48,13 @@ def schema_type(prop: dict[str, Any], defs: dict[str, Any] | None = None) -> str
         if "prefixItems" in prop:
             return "[" + ", ".join(schema_type(p, defs) for p in prop["prefixItems"]) + "]"
         return f"list[{schema_type(prop.get('items', {}), defs)}]"
-    return {"integer": "int", "number": "float", "string": "str", "boolean": "bool",
-            "null": "None"}.get(kind, str(kind))
+    return {
+        "integer": "int",
+        "number": "float",
+        "string": "str",
+        "boolean": "bool",
+        "null": "None",
+    }.get(kind, str(kind))
 
 
 def _bounds(prop: dict[str, Any]) -> str:
@@ -67,7 +72,9 @@ def format_method(info: MethodInfo) -> str:
         default = "(required)" if name in required else json.dumps(prop.get("default"))
         desc = prop.get("description", "")
         bounds = _bounds(prop)
-        rows.append([name, schema_type(prop, defs), default, desc + (f" [{bounds}]" if bounds else "")])
+        rows.append(
+            [name, schema_type(prop, defs), default, desc + (f" [{bounds}]" if bounds else "")]
+        )
     head = [
         f"{info.name}  (plugin {info.plugin})",
         info.description,
@@ -77,7 +84,9 @@ def format_method(info: MethodInfo) -> str:
     ]
     if info.paper:
         head.append(f"paper: {info.paper}")
-    body = _table(rows, ["parameter", "type", "default", "description"]) if rows else "no parameters"
+    body = (
+        _table(rows, ["parameter", "type", "default", "description"]) if rows else "no parameters"
+    )
     return "\n".join(head) + "\n\n" + body
 
 
@@ -92,18 +101,29 @@ def cmd_methods(args: argparse.Namespace, out: TextIO) -> int:
     methods = list_methods(plugin=args.plugin, family=args.family)
     failures = plugin_failures()
     if args.json:
-        out.write(json.dumps({
-            "methods": [m.to_dict() for m in methods],
-            "failed_plugins": [{"plugin": f.plugin, "source": f.source, "error": f.error}
-                               for f in failures],
-        }, indent=2) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "methods": [m.to_dict() for m in methods],
+                    "failed_plugins": [
+                        {"plugin": f.plugin, "source": f.source, "error": f.error} for f in failures
+                    ],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         return 0
-    rows = [[m.name, m.family, _ranks(m.ranks), "yes" if m.needs_layer else "", m.cost,
-             m.description] for m in methods]
+    rows = [
+        [m.name, m.family, _ranks(m.ranks), "yes" if m.needs_layer else "", m.cost, m.description]
+        for m in methods
+    ]
     if rows:
         out.write(_table(rows, ["method", "family", "ranks", "layer", "cost", "description"]))
         plugins = sorted({m.plugin for m in methods})
-        out.write(f"\n\n{len(methods)} methods from {len(plugins)} plugin(s): {', '.join(plugins)}\n")
+        out.write(
+            f"\n\n{len(methods)} methods from {len(plugins)} plugin(s): {', '.join(plugins)}\n"
+        )
     else:
         out.write("No methods installed. Install a backend, e.g. `pip install esegeta-captum`.\n")
     if failures:
@@ -133,7 +153,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return int(args.func(args, out or sys.stdout))

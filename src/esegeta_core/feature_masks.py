@@ -25,9 +25,7 @@ def as_size(value: int | Sequence[int], rank: int, what: str, method: str = "") 
     return sizes
 
 
-def grid_mask(
-    inputs: torch.Tensor, cell: int | Sequence[int], *, method: str = ""
-) -> torch.Tensor:
+def grid_mask(inputs: torch.Tensor, cell: int | Sequence[int], *, method: str = "") -> torch.Tensor:
     """A ``(B, 1, *spatial)`` mask of grid cells of size ``cell`` (the last cells may be
     smaller); ids run in row-major order."""
     spatial = tuple(inputs.shape[2:])

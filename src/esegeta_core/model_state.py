@@ -58,8 +58,12 @@ class ModelState:
             hooks = getattr(module, attr)
             for key in [k for k in hooks if k not in keys]:
                 del hooks[key]
-                if attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                            "_backward_pre_hooks"):
+                if attr in (
+                    "_forward_hooks",
+                    "_forward_pre_hooks",
+                    "_backward_hooks",
+                    "_backward_pre_hooks",
+                ):
                     removed += 1
         for module, flag in self.is_full_backward_hook:
             if flag is not None or hasattr(module, "_is_full_backward_hook"):
@@ -79,6 +83,10 @@ def count_hooks(model: nn.Module) -> int:
     return sum(
         len(getattr(m, attr))
         for m in model.modules()
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                     "_backward_pre_hooks")
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        )
     )

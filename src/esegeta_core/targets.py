@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ class Region:
     mask: torch.Tensor
 
 
-TargetLike = Union[None, int, Sequence[int], torch.Tensor, Region]
+TargetLike = int | Sequence[int] | torch.Tensor | Region | None
 
 
 class ScoreModel(nn.Module):
@@ -184,9 +184,7 @@ def score_model(
 ) -> nn.Module:
     """The model the methods see: the user's own, or a :class:`ScoreModel` around it."""
     if task not in ("classification", "segmentation"):
-        raise InvalidModelError(
-            f"task must be 'classification' or 'segmentation', got {task!r}."
-        )
+        raise InvalidModelError(f"task must be 'classification' or 'segmentation', got {task!r}.")
     if isinstance(target, Region):
         if wrapper is not None:
             raise InvalidTargetError(
@@ -233,8 +231,7 @@ def normalise_target(target: TargetLike, scores: torch.Tensor) -> torch.Tensor:
         t = t.expand(batch)
     if t.ndim != 1 or t.shape[0] != batch:
         raise InvalidTargetError(
-            f"Target must be one int or one class per item ({batch}), got shape "
-            f"{tuple(t.shape)}."
+            f"Target must be one int or one class per item ({batch}), got shape {tuple(t.shape)}."
         )
     bad = (t < 0) | (t >= classes)
     if bool(bad.any()):

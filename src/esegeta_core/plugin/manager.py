@@ -82,9 +82,11 @@ class Registry:
         installed = sorted(set(self.plugin_of.values()))
         message += " Installed plugins: " + (", ".join(installed) or "none") + "."
         if self.failures:
-            message += " Plugins that failed to load: " + "; ".join(
-                f"{f.plugin} ({f.error})" for f in self.failures.values()
-            ) + "."
+            message += (
+                " Plugins that failed to load: "
+                + "; ".join(f"{f.plugin} ({f.error})" for f in self.failures.values())
+                + "."
+            )
         message += " Run `esegeta methods` to list every method."
         raise MethodNotFoundError(message)
 
