@@ -90,6 +90,23 @@ def format_method(info: MethodInfo) -> str:
     return "\n".join(head) + "\n\n" + body
 
 
+def markdown_table(methods: Sequence[MethodInfo]) -> str:
+    """The methods as a Markdown table: name, plugin, family, ranks, layer, description."""
+    lines = [
+        "| method | plugin | family | ranks | layer | description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in methods:
+        desc = m.description.replace("|", "\\|")
+        if m.paper:
+            desc += f" [paper]({m.paper})"
+        layer = "yes" if m.needs_layer else ""
+        lines.append(
+            f"| `{m.name}` | {m.plugin} | {m.family} | {_ranks(m.ranks)} | {layer} | {desc} |"
+        )
+    return "\n".join(lines)
+
+
 def cmd_methods(args: argparse.Namespace, out: TextIO) -> int:
     if args.name:
         info = describe_method(args.name)
@@ -113,6 +130,9 @@ def cmd_methods(args: argparse.Namespace, out: TextIO) -> int:
             )
             + "\n"
         )
+        return 0
+    if args.markdown:
+        out.write(markdown_table(methods) + "\n")
         return 0
     rows = [
         [m.name, m.family, _ranks(m.ranks), "yes" if m.needs_layer else "", m.cost, m.description]
@@ -144,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--plugin", help="only methods of this plugin")
     methods.add_argument("--family", help="only methods of this family")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
+    methods.add_argument("--markdown", action="store_true", help="a Markdown table (for docs)")
     methods.set_defaults(func=cmd_methods)
     return parser
 
