@@ -36,8 +36,8 @@ def summarise(
         e = ec.explain(model, x, name, seed=0, **kwargs, **params)
         heat = e.saliency()
         print(
-            f"{name:32} {str(e.target.tolist()):>8} {e.seconds:8.3f}  "
-            f"{str(tuple(heat.shape)):>18}  {float(heat.abs().max()):10.4f}"
+            f"{name:32} {e.target.tolist()!s:>8} {e.seconds:8.3f}  "
+            f"{tuple(heat.shape)!s:>18}  {float(heat.abs().max()):10.4f}"
         )
 
 
