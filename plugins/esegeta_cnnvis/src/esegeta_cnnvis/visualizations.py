@@ -1,0 +1,7 @@
+"""Placeholder until the methods of this module land."""
+
+from __future__ import annotations
+
+from esegeta_core import Explainer
+
+VISUALIZATION_METHODS: list[type[Explainer]] = []
