@@ -1,0 +1,149 @@
+"""What every gradient method shares: post-processing, SmoothGrad / VarGrad and
+``create_graph``, in one parameter base and one implementation.
+
+A method supplies a *base* attribution function ``(model, x, target, create_graph)
+-> attributions`` for a batch; :func:`run_gradient_method` post-processes it and,
+when asked, averages it over noisy copies of the input, ``noise_batch_size`` copies
+per pass (SmoothGrad, Smilkov et al. https://arxiv.org/abs/1706.03825; VarGrad,
+Adebayo et al. https://arxiv.org/abs/1810.03307). The noise standard deviation is
+``noise_level`` times each item's input range, as in the SmoothGrad paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from esegeta_core import MethodParams
+
+BaseFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+"""A batched attribution: ``(model, inputs, target, create_graph) -> attributions``."""
+
+PostProcess = Literal["none", "abs", "square", "channel_norm", "channel_max"]
+Smoothing = Literal["none", "smoothgrad", "smoothgrad_sq", "vargrad"]
+
+_NOISE_FIELDS = ("noise_samples", "noise_level", "noise_batch_size")
+
+
+class GradientParams(MethodParams):
+    """Parameters shared by every gradient method: post-processing, smoothing over
+    noisy inputs and differentiable output."""
+
+    postprocess: PostProcess = Field(
+        "none",
+        description=(
+            "Applied to each attribution (before smoothing): 'none', 'abs', 'square', "
+            "'channel_norm' (L2 norm over channels, one channel out) or 'channel_max' "
+            "(largest magnitude over channels, one channel out; Simonyan et al.)."
+        ),
+    )
+    smoothing: Smoothing = Field(
+        "none",
+        description=(
+            "Average over noisy copies of the input: 'smoothgrad' (mean), 'smoothgrad_sq' "
+            "(mean of squares) or 'vargrad' (variance); 'none' for a single pass."
+        ),
+    )
+    noise_samples: int = Field(
+        16, ge=1, description="Number of noisy copies per item (with smoothing)."
+    )
+    noise_level: float = Field(
+        0.15,
+        ge=0.0,
+        description=(
+            "Noise standard deviation as a fraction of each item's input range "
+            "(max - min), as in SmoothGrad (with smoothing)."
+        ),
+    )
+    noise_batch_size: int = Field(
+        16,
+        ge=1,
+        description="Noisy copies evaluated per pass; a pass holds batch x this many inputs.",
+    )
+    create_graph: bool = Field(
+        False,
+        description=(
+            "Keep the returned attributions attached to the autograd graph, so a loss on "
+            "them back-propagates into the model's parameters (attribution regularisation)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _noise_needs_smoothing(self) -> GradientParams:
+        unused = sorted(f for f in _NOISE_FIELDS if f in self.model_fields_set)
+        if unused and self.smoothing == "none":
+            raise ValueError(
+                f"{', '.join(unused)} only apply with smoothing='smoothgrad', "
+                "'smoothgrad_sq' or 'vargrad'; set smoothing or remove them"
+            )
+        return self
+
+
+def postprocess(a: torch.Tensor, how: PostProcess) -> torch.Tensor:
+    """One of :data:`PostProcess` on a ``(B, C, *spatial)`` attribution."""
+    if how == "abs":
+        return a.abs()
+    if how == "square":
+        return a * a
+    if how == "channel_norm":
+        return a.pow(2).sum(1, keepdim=True).sqrt()
+    if how == "channel_max":
+        return a.abs().amax(1, keepdim=True)
+    return a
+
+
+def _item_range(x: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(1, x.ndim))
+    return (x.amax(dims, keepdim=True) - x.amin(dims, keepdim=True)).detach()
+
+
+def _chunks(total: int, size: int) -> Iterable[int]:
+    done = 0
+    while done < total:
+        step = min(size, total - done)
+        yield step
+        done += step
+
+
+def run_gradient_method(
+    base: BaseFn,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    params: GradientParams,
+) -> torch.Tensor:
+    """``base`` post-processed and smoothed as ``params`` say; detached unless
+    ``params.create_graph``."""
+    cg = params.create_graph
+    if params.smoothing == "none":
+        out = postprocess(base(model, inputs, target, cg), params.postprocess)
+        return out if cg else out.detach()
+    batch = inputs.shape[0]
+    sigma = params.noise_level * _item_range(inputs)
+    total: torch.Tensor | None = None
+    squares: torch.Tensor | None = None
+    for k in _chunks(params.noise_samples, params.noise_batch_size):
+        noise = torch.randn((k, *inputs.shape), device=inputs.device, dtype=inputs.dtype)
+        noisy = (inputs.unsqueeze(0) + sigma.unsqueeze(0) * noise).flatten(0, 1)
+        a = base(model, noisy, target.repeat(k), cg)
+        a = postprocess(a, params.postprocess).unflatten(0, (k, batch))
+        if not cg:
+            a = a.detach()
+        s = a.sum(0)
+        total = s if total is None else total + s
+        if params.smoothing != "smoothgrad":
+            s2 = (a * a).sum(0)
+            squares = s2 if squares is None else squares + s2
+    n = params.noise_samples
+    assert total is not None
+    if params.smoothing == "smoothgrad":
+        return total / n
+    assert squares is not None
+    if params.smoothing == "smoothgrad_sq":
+        return squares / n
+    mean = total / n
+    return (squares / n - mean * mean).clamp(min=0)
