@@ -1,7 +1,170 @@
-"""Placeholder until the methods of this module land."""
+"""RISE (Petsiuk et al., https://arxiv.org/abs/1806.07421), N-dimensional and batched.
+
+Random binary grids of ``cells`` cells per side are up-sampled (bilinear in 2D,
+trilinear in 3D) with one cell of reflection padding and cropped at a random shift
+of less than a cell, as in the paper and TorchRay; masks are made on the model's
+device, ``batch_size`` at a time, from a generator seeded with ``seed`` (or torch's
+default generator, so ``explain(seed=...)`` is reproducible). Each item's saliency is
+``sum_m P(target | x * m) * m / (N * p)``; only the target's score is accumulated.
+"""
 
 from __future__ import annotations
 
-from esegeta_core import Explainer
+import math
+from typing import Literal
 
-RISE_METHODS: list[type[Explainer]] = []
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from esegeta_core import Explainer, InvalidParamsError, MethodParams
+from esegeta_core.feature_masks import as_size
+
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_MASK_FIELDS = ("num_masks", "cells", "seed")
+
+
+def rise_masks(
+    count: int,
+    cells: tuple[int, ...],
+    spatial: tuple[int, ...],
+    p: float,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``(count, 1, *spatial)`` smooth random masks in [0, 1]; a cell is on with
+    probability ``p``."""
+    rank = len(spatial)
+    cell = [math.ceil(s / c) for s, c in zip(spatial, cells, strict=True)]
+    grid = (torch.rand((count, 1, *cells), generator=generator, device=device) < p).to(dtype)
+    mode = "reflect" if min(cells) > 1 else "replicate"
+    padded = F.pad(grid, [1, 1] * rank, mode=mode)
+    size = [c * (k + 2) for c, k in zip(cell, cells, strict=True)]
+    up = F.interpolate(padded, size=size, mode=_MODES[rank], align_corners=False)[:, 0]
+    # crop at one padding cell plus a random shift in [0, cell) per dimension
+    index: list[torch.Tensor] = [torch.arange(count, device=device).view(-1, *([1] * rank))]
+    for d, (n, c) in enumerate(zip(spatial, cell, strict=True)):
+        shift = torch.randint(0, c, (count,), generator=generator, device=device)
+        positions = c + shift.view(-1, 1) + torch.arange(n, device=device)
+        shape = [count] + [1] * rank
+        shape[1 + d] = n
+        index.append(positions.view(shape))
+    return up[tuple(index)].unsqueeze(1)
+
+
+class RiseParams(MethodParams):
+    """RISE: number of masks, grid cells, keep probability, masks per pass."""
+
+    num_masks: int = Field(4000, ge=1, description="Number of random masks.")
+    cells: int | tuple[int, ...] = Field(
+        7,
+        description=(
+            "Cells per side of the low-resolution random grid: one int for every spatial "
+            "dimension or one per dimension."
+        ),
+    )
+    p: float = Field(
+        0.5, gt=0.0, le=1.0, description="Probability that a grid cell is kept (not masked)."
+    )
+    batch_size: int = Field(64, ge=1, description="Masked inputs per forward pass.")
+    scores: Literal["softmax", "sigmoid", "raw"] = Field(
+        "softmax",
+        description=(
+            "How a masked input is scored: the softmax probability of the target (paper), "
+            "the sigmoid of its logit (multi-label models; TorchRay's choice) or the raw score."
+        ),
+    )
+    seed: int | None = Field(
+        None,
+        description=(
+            "Seed of the mask generator; None draws from torch's default generator "
+            "(seeded by explain(seed=...))."
+        ),
+    )
+    masks: torch.Tensor | None = Field(
+        None,
+        description=(
+            "Precomputed masks shaped (N, 1, *spatial) or (N, *spatial), for "
+            "reproducibility or comparison; replaces num_masks, cells and seed."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _masks_replace_generation(self) -> RiseParams:
+        clash = sorted(f for f in _MASK_FIELDS if f in self.model_fields_set)
+        if self.masks is not None and clash:
+            raise ValueError(f"{', '.join(clash)} cannot be combined with precomputed masks")
+        return self
+
+
+def _score(out: torch.Tensor, target: int, how: str) -> torch.Tensor:
+    if how == "softmax":
+        return out.float().softmax(1)[:, target]
+    if how == "sigmoid":
+        return out[:, target].float().sigmoid()
+    return out[:, target].float()
+
+
+def _user_masks(masks: torch.Tensor, inputs: torch.Tensor, method: str) -> torch.Tensor:
+    spatial = tuple(inputs.shape[2:])
+    m = masks if masks.ndim == len(spatial) + 2 else masks.unsqueeze(1)
+    if m.ndim != len(spatial) + 2 or m.shape[1] != 1 or tuple(m.shape[2:]) != spatial:
+        raise InvalidParamsError(
+            f"Method {method!r}: masks must be shaped (N, 1, *{spatial}) or (N, *{spatial}), "
+            f"got {tuple(masks.shape)}."
+        )
+    return m.to(device=inputs.device, dtype=inputs.dtype)
+
+
+class Rise(Explainer):
+    """RISE: saliency as the average of random masks weighted by the target's score."""
+
+    name = "cnnvis.rise"
+    Params = RiseParams
+    family = "perturbation"
+    output = "input"
+    ranks = (2, 3)
+    cost = "high"
+    paper = "https://arxiv.org/abs/1806.07421"
+    deterministic = False
+
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: RiseParams
+    ) -> torch.Tensor:
+        spatial = tuple(inputs.shape[2:])
+        given = None if params.masks is None else _user_masks(params.masks, inputs, self.name)
+        total = params.num_masks if given is None else given.shape[0]
+        cells = as_size(params.cells, len(spatial), "cells", self.name)
+        generator = None
+        if given is None and params.seed is not None:
+            generator = torch.Generator(device=inputs.device).manual_seed(params.seed)
+        saliency = torch.zeros(inputs.shape[0], math.prod(spatial), device=inputs.device)
+        targets = target.tolist()
+        with torch.no_grad():
+            for start in range(0, total, params.batch_size):
+                count = min(params.batch_size, total - start)
+                if given is None:
+                    masks = rise_masks(
+                        count,
+                        cells,
+                        spatial,
+                        params.p,
+                        generator=generator,
+                        device=inputs.device,
+                        dtype=inputs.dtype,
+                    )
+                else:
+                    masks = given[start : start + count]
+                flat = masks.reshape(count, -1).float()
+                for i, t in enumerate(targets):
+                    weights = _score(model(inputs[i : i + 1] * masks), t, params.scores)
+                    saliency[i] += weights @ flat
+        saliency /= total * params.p
+        shape = (inputs.shape[0], 1, *spatial)
+        return saliency.view(shape).to(inputs.dtype).expand(inputs.shape).contiguous()
+
+
+RISE_METHODS: list[type[Explainer]] = [Rise]
