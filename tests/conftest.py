@@ -102,7 +102,37 @@ class Broken(Explainer):
         raise RuntimeError("backend exploded")
 
 
-DEMO_METHODS = [GradXInput, LayerMean, Flat2D, Noisy, Leaky, Broken]
+class ChunkParams(MethodParams):
+    chunk: int = Field(64, ge=1, description="Samples per internal batch.")
+    oom_above: int = Field(1 << 30, ge=0, description="Simulate OOM above this chunk.")
+
+
+class Chunky(Explainer):
+    """Gradient x input whose internal batch can run out of memory (simulated)."""
+
+    name = "demo.chunky"
+    Params = ChunkParams
+    batch_params = ("chunk",)
+
+    def attribute(self, model, inputs, target, params):
+        if params.chunk > params.oom_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return GradXInput().attribute(model, inputs, target, GradParams()) + params.chunk * 0
+
+
+class AmpFragile(Explainer):
+    """Gradient x input that overflows (NaN) under autocast."""
+
+    name = "demo.amp_fragile"
+
+    def attribute(self, model, inputs, target, params):
+        out = GradXInput().attribute(model, inputs, target, GradParams())
+        if torch.is_autocast_enabled(inputs.device.type):
+            out = out * float("nan")
+        return out
+
+
+DEMO_METHODS = [GradXInput, LayerMean, Flat2D, Noisy, Leaky, Broken, Chunky, AmpFragile]
 
 
 class DemoPlugin:

@@ -108,9 +108,21 @@ class Documented(MethodParams):
     steps: int = Field(5, description="Steps.")
 
 
+class Reserved(MethodParams):
+    seed: int = Field(0, description="Clashes with explain(seed=...).")
+
+
+def _batched(name):
+    cls = _method(name, Documented)
+    cls.batch_params = ("chunk",)
+    return cls
+
+
 @pytest.mark.parametrize(
     "bad, fragment",
     [
+        (_method("alpha.reserved", Reserved), "reserved by explain()"),
+        (_batched("alpha.batched"), "batch_params names chunk"),
         (_method("nodot"), "dotted name"),
         (_method("alpha.undocumented", Undocumented), "missing for steps"),
         (object, "not an Explainer subclass"),

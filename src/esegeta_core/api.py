@@ -22,6 +22,7 @@ from esegeta_core.errors import (
     InvalidInputError,
     InvalidModelError,
     InvalidParamsError,
+    InvalidTargetError,
     MethodFailedError,
     UnsupportedRankError,
 )
@@ -30,9 +31,44 @@ from esegeta_core.explanation import Explanation
 from esegeta_core.layers import resolve_layer
 from esegeta_core.model_state import ModelState
 from esegeta_core.plugin.manager import Registry, get_registry
-from esegeta_core.targets import ScoreFn, TargetLike, Task, normalise_target, score_model
+from esegeta_core.progress import progress_bar
+from esegeta_core.runtime.batching import auto_batch_params, run_with_oom_retry
+from esegeta_core.runtime.patches import (
+    PatchSpec,
+    count_patches,
+    iterate_patches,
+    needs_patches,
+    stitch_item,
+)
+from esegeta_core.runtime.precision import Precision, check_precision, run_with_precision
+from esegeta_core.targets import (
+    Region,
+    ScoreFn,
+    TargetLike,
+    Task,
+    normalise_target,
+    score_model,
+)
 
 log = logging.getLogger(__name__)
+
+
+RESERVED = frozenset(
+    {
+        "model",
+        "inputs",
+        "method",
+        "target",
+        "task",
+        "wrapper",
+        "seed",
+        "amp",
+        "patches",
+        "auto_batch",
+        "progress",
+    }
+)
+"""Keyword arguments of :func:`explain` itself; no method parameter may use these names."""
 
 
 def explain(
@@ -44,6 +80,10 @@ def explain(
     task: Task = "classification",
     wrapper: str | ScoreFn | None = None,
     seed: int | None = None,
+    amp: Precision | None = None,
+    patches: PatchSpec | dict[str, Any] | None = None,
+    auto_batch: bool = False,
+    progress: bool = True,
     **params: Any,
 ) -> Explanation:
     """Explain ``model`` on ``inputs`` with the installed method ``method``.
@@ -60,6 +100,14 @@ def explain(
         wrapper: how a segmentation output becomes per-class scores:
             ``"multi_class"`` (default for segmentation), ``"threshold"``, or a callable.
         seed: seeds torch's generators for the call only (stochastic methods).
+        amp: ``"bf16"`` or ``"fp16"`` runs the method under autocast; results come back
+            in float32, and a NaN or infinite result is recomputed in float32.
+        patches: explain inputs larger than a patch patch by patch and stitch the maps
+            (a :class:`~esegeta_core.runtime.patches.PatchSpec` or its fields as a dict,
+            e.g. ``{"size": 64, "overlap": 16, "mode": "hann"}``).
+        auto_batch: size the method's internal batches (``batch_params``) to the
+            largest that fits in memory; CUDA out-of-memory always halves and retries.
+        progress: show a progress bar over patches.
         **params: the method's parameters (see ``esegeta methods NAME``).
     """
     registry = get_registry()
@@ -68,27 +116,37 @@ def explain(
     _check_model(model, cls.name)
     x = _check_inputs(inputs, cls, registry)
     valid = validate_params(cls, params)
+    spec = _patch_spec(patches, cls)
     state = ModelState.capture(model)
     try:
         model.eval()
         device = model_device(model)
+        check_precision(amp, device, cls.name)
         x = x.to(device)
-        scored = score_model(model, task, wrapper, target)
-        with torch.no_grad():
-            scores = scored(x)
-        _check_scores(scores, x, task, cls.name)
-        t = normalise_target(target, scores)
         for field in valid.layer_fields():
             value = getattr(valid, field)
             for path in value if isinstance(value, (list, tuple)) else [value]:
                 if path is not None:
                     resolve_layer(model, path, method=cls.name)
-        with _seeded(seed, device):
-            start = time.perf_counter()
-            result = cls().attribute(scored, x, t, valid)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
+        job = _Job(cls, model, task, wrapper, amp, seed, device)
+        start = time.perf_counter()
+        if spec is not None and needs_patches(spec, x.shape[2:]):
+            t = job.patch_targets(x, target, spec)
+            if auto_batch:
+                valid = auto_batch_params(cls, valid, job.scored(None), _first_patch(x, spec))
+            result, valid = job.run_patched(x, t, target, valid, spec, progress)
+        else:
+            scored = job.scored(target)
+            with torch.no_grad():
+                scores = scored(x)
+            _check_scores(scores, x, task, cls.name)
+            t = normalise_target(target, scores)
+            if auto_batch:
+                valid = auto_batch_params(cls, valid, scored, x)
+            result, valid = job.run(scored, x, t, valid)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
     except EsegetaError:
         raise
     except Exception as exc:
@@ -124,6 +182,121 @@ def explain(
         output=cls.output,
         extras=extras,
     )
+
+
+class _Job:
+    """One method on one model: runs it once, or patch by patch, with the runtime
+    features (precision, OOM retry, seeding) applied around every call."""
+
+    def __init__(self, cls, model, task, wrapper, amp, seed, device) -> None:
+        self.cls, self.model, self.task, self.wrapper = cls, model, task, wrapper
+        self.amp, self.seed, self.device = amp, seed, device
+
+    def scored(self, target: TargetLike) -> nn.Module:
+        return score_model(self.model, self.task, self.wrapper, target)
+
+    def run(self, scored: nn.Module, x: torch.Tensor, t: torch.Tensor, params: MethodParams):
+        explainer = self.cls()
+
+        def once(p: MethodParams):
+            def call():
+                with _seeded(self.seed, self.device):
+                    return explainer.attribute(scored, x, t, p)
+
+            return run_with_precision(call, self.amp, self.device, self.cls.name)
+
+        return run_with_oom_retry(self.cls, params, once, self.device)
+
+    def patch_targets(self, x: torch.Tensor, target: TargetLike, spec: PatchSpec) -> torch.Tensor:
+        """Targets for patch mode; ``None`` = the class with the highest score summed over
+        every patch of the item (a forward pass per patch, no gradients)."""
+        if isinstance(target, Region):
+            return torch.full((x.shape[0],), int(target.label), device=x.device)
+        scored = self.scored(None)
+        patch = _first_patch(x, spec)
+        with torch.no_grad():
+            scores = scored(patch)
+        _check_scores(scores, patch, self.task, self.cls.name)
+        if target is not None:
+            return normalise_target(target, scores.new_zeros(x.shape[0], scores.shape[1]))
+        totals = []
+        for item in x:
+            total = torch.zeros_like(scores[0])
+            for patches, _, _ in iterate_patches(item, spec):
+                with torch.no_grad():
+                    total += scored(patches.to(x.device)).sum(0)
+            totals.append(total)
+        return torch.stack(totals).argmax(1)
+
+    def run_patched(self, x, t, target, params, spec, progress):
+        if self.cls.output == "image":
+            raise InvalidParamsError(
+                f"Method {self.cls.name!r} is a visualization (it synthesises images): "
+                "patch-based execution does not apply to it. Drop patches=."
+            )
+        region = target.mask if isinstance(target, Region) else None
+        used = [params]
+        total = sum(count_patches(item, spec) for item in x)
+        bar = progress_bar(total, f"{self.cls.name} patches", enabled=progress)
+        maps = []
+        try:
+            for i, item in enumerate(x):
+                extra = None
+                if region is not None:
+                    extra = _item_mask(region, i, item).to(torch.uint8)
+
+                def explain_batch(patches, extra_patches, i=i):
+                    patches = patches.to(x.device)
+                    tt = t[i].expand(patches.shape[0])
+                    if extra_patches is None:
+                        scored = self.scored(None)
+                    else:
+                        mask = extra_patches[:, 0].to(x.device)
+                        if not bool(mask.any()):
+                            return torch.zeros_like(patches)
+                        scored = self.scored(Region(int(t[i]), mask))
+                    result, used[0] = self.run(scored, patches, tt, used[0])
+                    return result.attributions if isinstance(result, MethodResult) else result
+
+                maps.append(stitch_item(item, spec, explain_batch, extra, bar.update))
+        finally:
+            bar.close()
+        return torch.stack(maps).to(x.device), used[0]
+
+
+def _first_patch(x: torch.Tensor, spec: PatchSpec) -> torch.Tensor:
+    """The top-left patch of the first item (probe passes: class count, memory)."""
+    size, _ = spec.sizes(x.ndim - 2)
+    return x[(slice(0, 1), slice(None), *(slice(0, n) for n in size))]
+
+
+def _item_mask(mask: torch.Tensor, index: int, item: torch.Tensor) -> torch.Tensor:
+    """Item ``index``'s region mask as ``(1, *spatial)`` (masks may be shared or per item)."""
+    m = torch.as_tensor(mask)
+    spatial = tuple(item.shape[1:])
+    if m.ndim == len(spatial) + 2:
+        m = m[:, 0]
+    if m.ndim == len(spatial) + 1:
+        m = m[index if m.shape[0] > 1 else 0]
+    if tuple(m.shape) != spatial:
+        raise InvalidTargetError(
+            f"Region mask shape {tuple(mask.shape)} does not match the input's spatial "
+            f"shape {spatial} (with patches, the mask must cover the whole input)."
+        )
+    return (m != 0).unsqueeze(0)
+
+
+def _patch_spec(
+    patches: PatchSpec | dict[str, Any] | None, cls: type[Explainer]
+) -> PatchSpec | None:
+    if patches is None or isinstance(patches, PatchSpec):
+        return patches
+    try:
+        return PatchSpec(**patches)
+    except ValidationError as exc:
+        raise InvalidParamsError(
+            f"Method {cls.name!r}: invalid patches={patches!r}: {exc}"
+        ) from exc
 
 
 def validate_params(cls: type[Explainer], params: dict[str, Any]) -> MethodParams:
@@ -186,9 +359,15 @@ def _check_inputs(inputs: object, cls: type[Explainer], registry: Registry) -> t
         )
     rank = inputs.ndim - 2
     if rank not in cls.ranks:
+        plugin = registry.plugin_of[cls.name]
         able = sorted(
-            n for n, c in registry.methods.items() if rank in c.ranks and c.family == cls.family
-        ) or sorted(n for n, c in registry.methods.items() if rank in c.ranks)
+            (n for n, c in registry.methods.items() if rank in c.ranks),
+            key=lambda n: (
+                registry.plugin_of[n] != plugin,
+                registry.methods[n].family != cls.family,
+                n,
+            ),
+        )
         raise UnsupportedRankError(
             f"Method {cls.name!r} (plugin {registry.plugin_of[cls.name]!r}) supports "
             f"{_ranks(cls.ranks)} inputs only, got a {rank}D input {tuple(inputs.shape)}. "

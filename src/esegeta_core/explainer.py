@@ -96,6 +96,9 @@ class Explainer(ABC):
     - ``cost``: see :data:`Cost`.
     - ``paper``: link to the paper that defines the method.
     - ``deterministic``: False when results vary with the random seed.
+    - ``batch_params``: names of the parameters that batch internal work (perturbations,
+      steps, samples, masks, channels); ``explain(auto_batch=True)`` sizes them and a
+      CUDA out-of-memory error halves them and retries.
     """
 
     name: ClassVar[str] = ""
@@ -107,6 +110,7 @@ class Explainer(ABC):
     cost: ClassVar[Cost] = "low"
     paper: ClassVar[str] = ""
     deterministic: ClassVar[bool] = True
+    batch_params: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def attribute(

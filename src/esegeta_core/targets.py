@@ -186,6 +186,11 @@ def score_model(
     if task not in ("classification", "segmentation"):
         raise InvalidModelError(f"task must be 'classification' or 'segmentation', got {task!r}.")
     if isinstance(target, Region):
+        if task != "segmentation":
+            raise InvalidTargetError(
+                "A Region target explains part of a segmentation output: pass "
+                "task='segmentation' with it."
+            )
         if wrapper is not None:
             raise InvalidTargetError(
                 "A Region target defines its own scores; do not pass a wrapper with it."

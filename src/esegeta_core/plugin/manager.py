@@ -133,6 +133,18 @@ def _check_contract(plugin: str, cls: Any) -> None:
             f"{where}: every parameter needs a description (Field(..., description=...)); "
             f"missing for {', '.join(missing)}."
         )
+    from esegeta_core.api import RESERVED
+
+    clash = sorted(RESERVED & set(cls.Params.model_fields))
+    if clash:
+        raise PluginConflictError(
+            f"{where}: parameter name(s) {', '.join(clash)} are reserved by explain(); rename them."
+        )
+    unknown = [p for p in cls.batch_params if p not in cls.Params.model_fields]
+    if unknown:
+        raise PluginConflictError(
+            f"{where}: batch_params names {', '.join(unknown)}, which are not parameters."
+        )
     if not cls.ranks or any(r not in (2, 3) for r in cls.ranks):
         raise PluginConflictError(f"{where}: ranks must be a subset of (2, 3), got {cls.ranks}.")
 

@@ -1,0 +1,122 @@
+"""Automatic batch sizes for methods with internal batching, and OOM recovery.
+
+Methods declare which of their parameters batch internal work (perturbations,
+integration steps, noise samples, masks, channels, LIME samples) in the class
+attribute ``batch_params``. With ``auto_batch=True`` the core sets those the user left
+unset to the largest batch that fits: the activation memory of one sample is measured
+with a probe forward pass, and the batch is the memory budget (70% of free CUDA memory,
+25% of available RAM on the CPU) divided by it, capped at ``MAX_BATCH``. Whatever the
+batch, a CUDA out-of-memory error halves every batch parameter and retries, down to 1,
+so a job is never lost to an OOM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from esegeta_core.explainer import Explainer, MethodParams
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+T = TypeVar("T")
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that a batch may use on ``device``."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.7)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 4
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return int(pages * os.sysconf("SC_PAGE_SIZE")) // 4 if pages else 2**30
+
+
+def bytes_per_sample(model: nn.Module, x: torch.Tensor) -> int:
+    """Activation memory of one sample through ``model``: the sizes of every module
+    output in a probe forward pass, doubled for the backward pass, plus the input."""
+    total = [0]
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return max(1, 2 * total[0] + 3 * x[:1].numel() * x.element_size())
+
+
+def auto_batch_params(
+    cls: type[Explainer],
+    params: MethodParams,
+    model: nn.Module,
+    x: torch.Tensor,
+) -> MethodParams:
+    """``params`` with every unset batch parameter set to the largest batch that fits."""
+    unset = [p for p in cls.batch_params if p not in params.model_fields_set]
+    if not unset:
+        if not cls.batch_params:
+            log.info("method %s has no internal batching; auto_batch does nothing", cls.name)
+        return params
+    per_sample = bytes_per_sample(model, x)
+    device = x.device
+    batch = max(1, min(MAX_BATCH, available_memory(device) // per_sample))
+    log.info(
+        "auto batch for %s on %s: %d (%.1f MB per sample)",
+        cls.name,
+        device,
+        batch,
+        per_sample / 1e6,
+    )
+    return params.model_copy(update={p: batch for p in unset})
+
+
+def _halved(cls: type[Explainer], params: MethodParams) -> MethodParams | None:
+    update = {}
+    for name in cls.batch_params:
+        value = getattr(params, name)
+        if isinstance(value, int) and value > 1:
+            update[name] = value // 2
+    return params.model_copy(update=update) if update else None
+
+
+def run_with_oom_retry(
+    cls: type[Explainer],
+    params: MethodParams,
+    run: Callable[[MethodParams], T],
+    device: torch.device,
+) -> tuple[T, MethodParams]:
+    """Run ``run(params)``; on CUDA out-of-memory halve the batch parameters and retry."""
+    while True:
+        try:
+            return run(params), params
+        except torch.cuda.OutOfMemoryError:
+            smaller = _halved(cls, params)
+            if smaller is None:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning(
+                "method %s ran out of memory; retrying with %s",
+                cls.name,
+                {n: getattr(smaller, n) for n in cls.batch_params},
+            )
+            params = smaller
