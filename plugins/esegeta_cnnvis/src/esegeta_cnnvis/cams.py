@@ -1,7 +1,537 @@
-"""Placeholder until the methods of this module land."""
+"""The CAM family: class activation maps from a layer's activations, batched and N-D.
+
+One template (:class:`CamMethod`, like pytorch-grad-cam's ``BaseCAM``): capture the
+layer's activations ``A`` (``(B, K, *spatial)``) and, for gradient CAMs, the target
+score's gradient ``G`` w.r.t. them; a per-method weighting; the weighted sum over
+channels; an optional ReLU; an optional differentiable up-sampling to the input size.
+Each CAM is a short subclass. Definitions follow pytorch-grad-cam 1.5.7 exactly (so the
+maps agree before its min-max scaling), but everything stays on the model's device as
+tensors, works on 2D and 3D layers, and with ``create_graph`` the returned map is still
+on the autograd graph (up-sampling included), so a loss on it reaches the model's
+parameters.
+
+Several layers may be given (``layer=[...]``): one map per layer, stacked in the
+channel dimension. Output ``"layer"``: ``(B, n_layers, *spatial)`` with ``spatial`` the
+input's (``upsample=True``) or the layer's.
+"""
 
 from __future__ import annotations
 
-from esegeta_core import Explainer
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-CAM_METHODS: list[type[Explainer]] = []
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+
+from esegeta_cnnvis.activations import (
+    capture,
+    input_gradient,
+    replacing_output,
+    target_scores,
+)
+from esegeta_cnnvis.relu_rules import relu_rule
+from esegeta_core import (
+    Explainer,
+    InvalidModelError,
+    InvalidParamsError,
+    LayerPath,
+    MethodFailedError,
+    MethodParams,
+    resolve_layer,
+    unwrap,
+)
+
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+# --- parameters ---------------------------------------------------------------------
+
+
+def _relu_field() -> Any:
+    return Field(True, description="Apply a ReLU to each map (keep what speaks for the target).")
+
+
+def _upsample_field() -> Any:
+    return Field(
+        True,
+        description="Up-sample each map to the input's size (bilinear/trilinear, "
+        "differentiable); False keeps the layer's resolution.",
+    )
+
+
+def _create_graph_field() -> Any:
+    return Field(
+        False,
+        description="Keep the returned map on the autograd graph (gradients computed with "
+        "create_graph=True, up-sampling included), so a loss on it can be back-propagated "
+        "into the model's parameters.",
+    )
+
+
+class LayersParams(MethodParams):
+    """Parameters of the CAMs that accept one or several layers."""
+
+    layer: LayerPath | list[LayerPath] = Field(
+        description="The layer to explain (usually the last convolutional block), or a list "
+        "of layers: one map per layer, stacked in the channel dimension."
+    )
+    relu: bool = _relu_field()
+    upsample: bool = _upsample_field()
+
+    @field_validator("layer")
+    @classmethod
+    def _non_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one layer")
+        return value
+
+
+class GradientCamParams(LayersParams):
+    """Parameters of the gradient CAMs."""
+
+    create_graph: bool = _create_graph_field()
+
+
+class ScoreCamParams(LayersParams):
+    """Parameters of Score-CAM."""
+
+    batch_size: int = Field(
+        32, ge=1, description="Masked inputs (item x channel) per forward pass."
+    )
+
+
+class AblationCamParams(LayersParams):
+    """Parameters of Ablation-CAM."""
+
+    batch_size: int = Field(
+        32, ge=1, description="Ablated copies (item x channel) per forward pass."
+    )
+    ablation_value: float = Field(
+        0.0, description="The value an ablated channel is set to (0 in the paper)."
+    )
+
+
+class CamParams(MethodParams):
+    """Parameters of the original CAM."""
+
+    layer: LayerPath = Field(
+        description="The layer whose channels the classifier pools (the last convolutional "
+        "block before global average pooling)."
+    )
+    fc_layer: LayerPath | None = Field(
+        None,
+        description="The nn.Linear (or 1x1 convolution) whose weights weigh the layer's "
+        "channels; None: the last such module whose input size is the layer's channel "
+        "count and whose output size is the number of classes.",
+    )
+    relu: bool = _relu_field()
+    upsample: bool = _upsample_field()
+    create_graph: bool = _create_graph_field()
+
+
+class GuidedGradCamParams(MethodParams):
+    """Parameters of guided Grad-CAM."""
+
+    layer: LayerPath = Field(description="The layer Grad-CAM explains.")
+    relu: bool = Field(True, description="Apply a ReLU to the Grad-CAM map before the product.")
+    create_graph: bool = _create_graph_field()
+
+
+# --- the template -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """Everything a CAM's weighting may look at, for one layer."""
+
+    model: nn.Module
+    inputs: torch.Tensor
+    target: torch.Tensor
+    module: nn.Module
+    path: str
+    scores: torch.Tensor
+    activations: torch.Tensor
+    gradients: torch.Tensor | None
+    params: Any
+    method: str
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        """The spatial dimensions of the activations."""
+        return tuple(range(2, self.activations.ndim))
+
+    @property
+    def grads(self) -> torch.Tensor:
+        """The gradients (gradient CAMs always have them)."""
+        if self.gradients is None:  # a CAM class declaring uses_gradients=False
+            raise MethodFailedError(f"Method {self.method!r}: gradients were not captured.")
+        return self.gradients
+
+
+def upsample_to(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``(B, L, *s)`` maps resized to ``size``, bilinear (2D) or trilinear (3D)."""
+    if tuple(maps.shape[2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode=_MODES[len(size)], align_corners=False)
+
+
+def layer_paths(layer: str | list[str]) -> list[str]:
+    """A layer parameter (one path or several) as a list."""
+    return [layer] if isinstance(layer, str) else list(layer)
+
+
+class CamMethod(Explainer):
+    """Base of the CAMs: capture, per-layer map (:meth:`layer_map`), ReLU, up-sample."""
+
+    family = "cam"
+    output = "layer"
+    needs_layer = True
+    Params: ClassVar[type[MethodParams]] = GradientCamParams
+    uses_gradients: ClassVar[bool] = True
+    """Whether :meth:`layer_map` needs the gradients of the target score."""
+
+    @abstractmethod
+    def layer_map(self, ctx: LayerContext) -> torch.Tensor:
+        """The ``(B, *spatial)`` map of one layer, before ReLU and up-sampling."""
+
+    def maps(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+    ) -> torch.Tensor:
+        """The ``(B, n_layers, *spatial)`` maps for ``params.layer``."""
+        paths = layer_paths(params.layer)
+        modules = [resolve_layer(model, p, method=self.name) for p in paths]
+        create_graph = bool(getattr(params, "create_graph", False))
+        captured = capture(
+            model,
+            inputs,
+            target,
+            modules,
+            paths,
+            method=self.name,
+            gradients=self.uses_gradients,
+            create_graph=create_graph,
+        )
+        size = tuple(inputs.shape[2:])
+        maps = []
+        with torch.set_grad_enabled(create_graph):
+            for i, (module, path) in enumerate(zip(modules, paths)):
+                ctx = LayerContext(
+                    model=model,
+                    inputs=inputs,
+                    target=target,
+                    module=module,
+                    path=path,
+                    scores=captured.scores,
+                    activations=captured.activations[i],
+                    gradients=None if captured.gradients is None else captured.gradients[i],
+                    params=params,
+                    method=self.name,
+                )
+                m = self.layer_map(ctx).unsqueeze(1)
+                if params.relu:
+                    m = torch.relu(m)
+                maps.append(upsample_to(m, size) if params.upsample else m)
+        shapes = {tuple(m.shape[2:]) for m in maps}
+        if len(shapes) > 1:
+            raise InvalidParamsError(
+                f"Method {self.name!r}: layers {paths} have different resolutions "
+                f"{sorted(shapes)}, so their maps cannot be stacked; pass upsample=True."
+            )
+        out = torch.cat(maps, 1) if len(maps) > 1 else maps[0]
+        return out if create_graph else out.detach()
+
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+    ) -> torch.Tensor:
+        return self.maps(model, inputs, target, params)
+
+
+class WeightedCam(CamMethod):
+    """A CAM whose map is ``sum_k w_k * A_k``: subclasses give the weights."""
+
+    @abstractmethod
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        """``(B, K)`` channel weights, or ``(B, K, *spatial)`` element-wise weights."""
+
+    def layer_map(self, ctx: LayerContext) -> torch.Tensor:
+        w = self.weights(ctx)
+        a = ctx.activations
+        if w.ndim == 2:
+            return torch.einsum("bk,bk...->b...", w.to(a.dtype), a)
+        return (w * a).sum(1)
+
+
+# --- gradient CAMs --------------------------------------------------------------------
+
+
+class GradCam(WeightedCam):
+    """Grad-CAM: channels weighted by the spatial mean of the target's gradient.
+
+    Several layers give one map per layer (stacked in the channel dimension).
+    """
+
+    name = "cnnvis.grad_cam"
+    paper = "https://arxiv.org/abs/1610.02391"
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        return ctx.grads.mean(ctx.spatial)
+
+
+class GradCamPlusPlus(WeightedCam):
+    """Grad-CAM++: positive gradients weighted by second/third-order terms (eq. 19)."""
+
+    name = "cnnvis.grad_cam_pp"
+    paper = "https://arxiv.org/abs/1710.11063"
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        g, a = ctx.grads, ctx.activations
+        g2 = g * g
+        total = a.sum(ctx.spatial, keepdim=True)
+        alpha = g2 / (2 * g2 + total * g2 * g + 1e-6)
+        alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+        return (torch.relu(g) * alpha).sum(ctx.spatial)
+
+
+class XGradCam(WeightedCam):
+    """XGrad-CAM: gradients weighted by the activations' share of the channel sum."""
+
+    name = "cnnvis.xgrad_cam"
+    paper = "https://arxiv.org/abs/2008.02312"
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        a = ctx.activations
+        total = a.sum(ctx.spatial, keepdim=True)
+        return (ctx.grads * a / (total + 1e-7)).sum(ctx.spatial)
+
+
+class HiResCam(WeightedCam):
+    """HiResCAM: the element-wise product of gradient and activation, summed over channels."""
+
+    name = "cnnvis.hires_cam"
+    paper = "https://arxiv.org/abs/2011.08891"
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        return ctx.grads
+
+
+class LayerCam(WeightedCam):
+    """LayerCAM: activations weighted element-wise by the positive gradient."""
+
+    name = "cnnvis.layer_cam"
+    paper = "https://ieeexplore.ieee.org/document/9462463"
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        return torch.relu(ctx.grads)
+
+
+# --- gradient-free CAMs -----------------------------------------------------------------
+
+
+def _item_channel_chunks(
+    batch: int, channels: int, chunk: int, device: torch.device
+) -> list[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """All (item, channel) pairs in chunks: (rows, items, channels) per chunk."""
+    rows = torch.arange(batch * channels, device=device)
+    out = []
+    for start in range(0, batch * channels, chunk):
+        idx = rows[start : start + chunk]
+        out.append((slice(start, start + len(idx)), idx // channels, idx % channels))
+    return out
+
+
+class ScoreCam(WeightedCam):
+    """Score-CAM: channels weighted by the softmax of the target score of the input
+    masked by each (up-sampled, min-max scaled) channel; (item, channel) pairs batched."""
+
+    name = "cnnvis.score_cam"
+    paper = "https://arxiv.org/abs/1910.01279"
+    Params = ScoreCamParams
+    uses_gradients = False
+    cost = "high"
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        a, x = ctx.activations, ctx.inputs
+        batch, channels = a.shape[:2]
+        size = tuple(x.shape[2:])
+        view = (-1, 1) + (1,) * len(size)
+        scores = a.new_empty(batch * channels)
+        for rows, items, chans in _item_channel_chunks(
+            batch, channels, ctx.params.batch_size, a.device
+        ):
+            # as in Score-CAM's reference code: align_corners=True, then min-max per map
+            masks = F.interpolate(
+                a[items, chans].unsqueeze(1), size=size, mode=_MODES[len(size)], align_corners=True
+            )
+            flat = masks.flatten(1)
+            low, high = flat.amin(1).view(view), flat.amax(1).view(view)
+            masks = (masks - low) / (high - low + 1e-8)
+            out = ctx.model(x[items] * masks.to(x.dtype))
+            scores[rows] = target_scores(out, ctx.target[items]).to(scores.dtype)
+        return torch.softmax(scores.view(batch, channels), dim=1)
+
+
+class AblationCam(WeightedCam):
+    """Ablation-CAM: channels weighted by the relative drop of the target score when
+    each channel is ablated; (item, channel) ablations batched."""
+
+    name = "cnnvis.ablation_cam"
+    paper = (
+        "https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_"
+        "Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020"
+        "_paper.pdf"
+    )
+    Params = AblationCamParams
+    uses_gradients = False
+    cost = "high"
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        a = ctx.activations
+        batch, channels = a.shape[:2]
+        ablated = a.new_empty(batch * channels)
+        value = ctx.params.ablation_value
+        for rows, items, chans in _item_channel_chunks(
+            batch, channels, ctx.params.batch_size, a.device
+        ):
+
+            def replace(
+                _out: torch.Tensor, items: torch.Tensor = items, chans: torch.Tensor = chans
+            ) -> torch.Tensor:
+                copy = a[items].clone()
+                copy[torch.arange(len(items), device=a.device), chans] = value
+                return copy
+
+            with replacing_output(ctx.module, replace):
+                out = ctx.model(ctx.inputs[items])
+            ablated[rows] = target_scores(out, ctx.target[items]).to(ablated.dtype)
+        original = target_scores(ctx.scores, ctx.target).to(a.dtype).unsqueeze(1)
+        return (original - ablated.view(batch, channels)) / original
+
+
+class EigenCam(CamMethod):
+    """Eigen-CAM: the activations projected on their first principal component
+    (no target dependence; the sign makes the map correlate with the summed activation)."""
+
+    name = "cnnvis.eigen_cam"
+    paper = "https://arxiv.org/abs/2008.00299"
+    Params = LayersParams
+    uses_gradients = False
+
+    def layer_map(self, ctx: LayerContext) -> torch.Tensor:
+        a = ctx.activations
+        flat = torch.nan_to_num(a.float()).flatten(2).transpose(1, 2)  # (B, N, K)
+        flat = flat - flat.mean(1, keepdim=True)
+        v = torch.linalg.svd(flat, full_matrices=False).Vh[:, 0]  # (B, K)
+        # SVD's sign is arbitrary; <projection, centred channel sum> = s1^2 * sum(v)
+        v = v * torch.where(v.sum(1, keepdim=True) < 0, -1.0, 1.0)
+        projection = (flat @ v.unsqueeze(2)).squeeze(2)
+        return projection.view(a.shape[0], *a.shape[2:]).to(a.dtype)
+
+
+class Cam(WeightedCam):
+    """CAM: channels weighted by the target's row of the classifier's fully connected
+    layer (a network ending in global average pooling and a linear layer)."""
+
+    name = "cnnvis.cam"
+    paper = "https://arxiv.org/abs/1512.04150"
+    Params = CamParams
+    uses_gradients = False
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        channels, classes = ctx.activations.shape[1], ctx.scores.shape[1]
+        path = ctx.params.fc_layer
+        if path is None:
+            fc = _find_fc(ctx.model, channels, classes, self.name)
+        else:
+            fc = resolve_layer(ctx.model, path, method=self.name)
+        weight = _fc_weight(fc, path or "(found)", channels, classes, self.name)
+        return weight[ctx.target.to(weight.device)]
+
+
+def _fc_matrix(module: nn.Module) -> torch.Tensor | None:
+    """The ``(out, in)`` weight of a Linear or a 1x1 convolution, else None."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and all(k == 1 for k in module.kernel_size)
+        and module.groups == 1
+    ):
+        return module.weight.flatten(1)
+    return None
+
+
+def _find_fc(model: nn.Module, channels: int, classes: int, method: str) -> nn.Module:
+    found = None
+    for module in unwrap(model).modules():
+        w = _fc_matrix(module)
+        if w is not None and tuple(w.shape) == (classes, channels):
+            found = module
+    if found is None:
+        raise InvalidParamsError(
+            f"Method {method!r}: no nn.Linear or 1x1 convolution maps the layer's {channels} "
+            f"channels to the model's {classes} classes; pass fc_layer=... (CAM needs a "
+            "network ending in global average pooling and a linear layer)."
+        )
+    return found
+
+
+def _fc_weight(
+    module: nn.Module, path: str, channels: int, classes: int, method: str
+) -> torch.Tensor:
+    w = _fc_matrix(module)
+    if w is None or tuple(w.shape) != (classes, channels):
+        shape = None if w is None else tuple(w.shape)
+        raise InvalidParamsError(
+            f"Method {method!r}: fc_layer {path!r} ({type(module).__name__}, weight {shape}) "
+            f"must be an nn.Linear or 1x1 convolution from the layer's {channels} channels to "
+            f"the model's {classes} classes."
+        )
+    return w
+
+
+# --- guided Grad-CAM ------------------------------------------------------------------
+
+
+class GuidedGradCam(Explainer):
+    """Guided Grad-CAM: guided backpropagation times the up-sampled Grad-CAM map."""
+
+    name = "cnnvis.guided_grad_cam"
+    paper = "https://arxiv.org/abs/1610.02391"
+    family = "cam"
+    output = "input"
+    needs_layer = True
+    Params = GuidedGradCamParams
+
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+    ) -> torch.Tensor:
+        cam_params = GradientCamParams(
+            layer=params.layer, relu=params.relu, upsample=True, create_graph=params.create_graph
+        )
+        cam = GradCam().maps(model, inputs, target, cam_params)
+        with relu_rule(model, "guided") as changed:
+            if changed == 0:
+                raise InvalidModelError(
+                    f"Method {self.name!r}: the model has no nn.ReLU modules (functional "
+                    "ReLUs cannot be reached), so guided backpropagation cannot be applied. "
+                    "Use cnnvis.grad_cam instead."
+                )
+            guided = input_gradient(model, inputs, target, create_graph=params.create_graph)
+        return guided * cam
+
+
+CAM_METHODS: list[type[Explainer]] = [
+    Cam,
+    GradCam,
+    GradCamPlusPlus,
+    GuidedGradCam,
+    ScoreCam,
+    HiResCam,
+    XGradCam,
+    LayerCam,
+    EigenCam,
+    AblationCam,
+]

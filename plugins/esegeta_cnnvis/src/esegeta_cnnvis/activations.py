@@ -1,0 +1,153 @@
+"""Capturing a layer's activations (and the target score's gradient w.r.t. them).
+
+The CAM family needs, for one or several layers of the user's model, the output of
+that layer on the input batch and, for gradient CAMs, ``d score[target] / d output``.
+:func:`capture` does both with one forward and one ``torch.autograd.grad`` call (no
+``.backward()``, so no parameter's ``.grad`` is touched), keeping everything on the
+model's device; :func:`replacing_output` lets perturbation CAMs substitute a layer's
+output during a forward. Every hook is removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from esegeta_core import InvalidParamsError, MethodFailedError
+
+
+@dataclass(frozen=True)
+class Captured:
+    """What one forward (and backward) recorded: per layer, in the order asked."""
+
+    scores: torch.Tensor
+    """The model's ``(B, classes)`` scores."""
+    activations: list[torch.Tensor]
+    """Each layer's output, ``(B, K, *spatial)``."""
+    gradients: list[torch.Tensor] | None
+    """``d sum_b scores[b, target_b] / d activation`` per layer, or None if not asked."""
+
+
+def target_scores(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``scores[b, target[b]]`` for every item: a ``(B,)`` tensor."""
+    return scores.gather(1, target.view(-1, 1).to(scores.device)).squeeze(1)
+
+
+@contextlib.contextmanager
+def recording(modules: Sequence[nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
+    """Within the block, every output of ``modules[i]`` is appended to ``records[i]``."""
+    records: list[list[torch.Tensor]] = [[] for _ in modules]
+    handles = []
+    for module, record in zip(modules, records):
+
+        def hook(_m: nn.Module, _i: object, output: object, record=record) -> None:
+            record.append(output)  # type: ignore[arg-type]
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def replacing_output(
+    module: nn.Module, replace: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Within the block, ``module``'s output ``y`` is replaced by ``replace(y)``."""
+
+    def hook(_m: nn.Module, _i: object, output: torch.Tensor) -> torch.Tensor:
+        return replace(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _single_output(
+    record: list[object], path: str, inputs: torch.Tensor, method: str
+) -> torch.Tensor:
+    if len(record) != 1:
+        raise InvalidParamsError(
+            f"Method {method!r}: layer {path!r} ran {len(record)} times in one forward pass; "
+            "a CAM needs a layer that runs exactly once. Choose another layer."
+        )
+    out = record[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != inputs.ndim or out.shape[0] != len(inputs):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InvalidParamsError(
+            f"Method {method!r}: layer {path!r} outputs {shape}, but a CAM needs a "
+            f"(B, channels, *spatial) tensor like the input {tuple(inputs.shape)}. Choose a "
+            "convolutional layer (or a block ending in one)."
+        )
+    return out
+
+
+def capture(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    modules: Sequence[nn.Module],
+    paths: Sequence[str],
+    *,
+    method: str,
+    gradients: bool = False,
+    create_graph: bool = False,
+) -> Captured:
+    """Run ``model`` once on ``inputs`` and record ``modules``' outputs.
+
+    With ``gradients``, also the gradient of the summed target scores w.r.t. each
+    output (items are independent, so each item gets its own target's gradient).
+    With ``create_graph`` the activations and gradients stay on the autograd graph so
+    that what is computed from them can be differentiated again; otherwise they are
+    detached.
+    """
+    track = gradients or create_graph
+    x = inputs.detach().requires_grad_(track)
+    with torch.set_grad_enabled(track), recording(modules) as records:
+        scores = model(x)
+    acts = [_single_output(r, p, inputs, method) for r, p in zip(records, paths)]
+    grads: list[torch.Tensor] | None = None
+    if gradients:
+        for act, path in zip(acts, paths):
+            if not act.requires_grad:
+                raise MethodFailedError(
+                    f"Method {method!r}: the output of layer {path!r} is not on the autograd "
+                    "graph (the model detaches it or runs it under no_grad), so its gradient "
+                    "cannot be computed."
+                )
+        try:
+            grads = list(
+                torch.autograd.grad(
+                    target_scores(scores, target).sum(), acts, create_graph=create_graph
+                )
+            )
+        except RuntimeError as exc:
+            if "not have been used in the graph" not in str(exc):
+                raise
+            raise InvalidParamsError(
+                f"Method {method!r}: the target score does not depend on layer(s) "
+                f"{list(paths)}; choose a layer on the path to the output."
+            ) from exc
+    if not create_graph:
+        acts = [a.detach() for a in acts]
+        scores = scores.detach()
+    return Captured(scores=scores, activations=acts, gradients=grads)
+
+
+def input_gradient(
+    model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, *, create_graph: bool = False
+) -> torch.Tensor:
+    """``d scores[b, target_b] / d inputs[b]`` for every item."""
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        score = target_scores(model(x), target).sum()
+        (grad,) = torch.autograd.grad(score, x, create_graph=create_graph)
+    return grad if create_graph else grad.detach()
