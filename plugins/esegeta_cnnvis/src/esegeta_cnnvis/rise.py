@@ -3,7 +3,7 @@
 Random binary grids of ``cells`` cells per side are up-sampled (bilinear in 2D,
 trilinear in 3D) with one cell of reflection padding and cropped at a random shift
 of less than a cell, as in the paper and TorchRay; masks are made on the model's
-device, ``batch_size`` at a time, from a generator seeded with ``seed`` (or torch's
+device, ``batch_size`` at a time, from a generator seeded with ``mask_seed`` (or torch's
 default generator, so ``explain(seed=...)`` is reproducible). Each item's saliency is
 ``sum_m P(target | x * m) * m / (N * p)``; only the target's score is accumulated.
 """
@@ -22,7 +22,7 @@ from esegeta_core import Explainer, InvalidParamsError, MethodParams
 from esegeta_core.feature_masks import as_size
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
-_MASK_FIELDS = ("num_masks", "cells", "seed")
+_MASK_FIELDS = ("num_masks", "cells", "mask_seed")
 
 
 def rise_masks(
@@ -77,7 +77,7 @@ class RiseParams(MethodParams):
             "the sigmoid of its logit (multi-label models; TorchRay's choice) or the raw score."
         ),
     )
-    seed: int | None = Field(
+    mask_seed: int | None = Field(
         None,
         description=(
             "Seed of the mask generator; None draws from torch's default generator "
@@ -88,7 +88,7 @@ class RiseParams(MethodParams):
         None,
         description=(
             "Precomputed masks shaped (N, 1, *spatial) or (N, *spatial), for "
-            "reproducibility or comparison; replaces num_masks, cells and seed."
+            "reproducibility or comparison; replaces num_masks, cells and mask_seed."
         ),
     )
 
@@ -139,8 +139,8 @@ class Rise(Explainer):
         total = params.num_masks if given is None else given.shape[0]
         cells = as_size(params.cells, len(spatial), "cells", self.name)
         generator = None
-        if given is None and params.seed is not None:
-            generator = torch.Generator(device=inputs.device).manual_seed(params.seed)
+        if given is None and params.mask_seed is not None:
+            generator = torch.Generator(device=inputs.device).manual_seed(params.mask_seed)
         saliency = torch.zeros(inputs.shape[0], math.prod(spatial), device=inputs.device)
         targets = target.tolist()
         with torch.no_grad():
