@@ -8,7 +8,6 @@ when it runs.
 from __future__ import annotations
 
 from esegeta_core import Explainer, hookimpl
-
 from esegeta_lime.method import Lime
 
 METHODS: list[type[Explainer]] = [Lime]

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from esegeta_core import Explainer, MethodResult
-
 from esegeta_lime.params import LimeParams
 from esegeta_lime.segmentation import segment
 from esegeta_lime.surrogate import fit_item, top_segments
@@ -50,6 +49,7 @@ class Lime(Explainer):
     cost: ClassVar[Any] = "high"
     paper: ClassVar[str] = "https://arxiv.org/abs/1602.04938"
     deterministic: ClassVar[bool] = False
+    batch_params: ClassVar[tuple[str, ...]] = ("batch_size",)
 
     def attribute(
         self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any

@@ -3,12 +3,15 @@
 The segmentation only decides which pixels/voxels move together; it sees a view of
 each item scaled to [0, 1]. 2D items with 1 or 3 channels are segmented as RGB in Lab
 space (grey repeated three times, as LIME's ``gray2rgb``); any other channel count,
-and every volume, is segmented on its real channels without colour conversion. The
-perturbation itself always acts on the real C-channel tensor.
+and every volume, is segmented on its real channels without colour conversion
+(quickshift sees them scaled to [0, 100], Lab's lightness range, so that ``max_dist``
+means the same). The perturbation itself always acts on the real C-channel tensor.
 """
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,7 +19,6 @@ import torch
 
 from esegeta_core import InvalidParamsError
 from esegeta_core.feature_masks import check_mask
-
 from esegeta_lime.params import LimeParams
 
 
@@ -72,16 +74,22 @@ def _algorithm(item: torch.Tensor, params: LimeParams, seed: int) -> Any:
             **sigma,
         )
     if kind == "quickshift":
+        # scikit-image 0.22 renamed quickshift's random_seed to rng
+        takes_rng = "rng" in inspect.signature(sk.quickshift).parameters
+        seeding = {"rng" if takes_rng else "random_seed": seed}
         return sk.quickshift(
-            image,
+            image if rgb else image * 100.0,  # the range of Lab's L, so knobs mean the same
             kernel_size=params.kernel_size,
             max_dist=params.max_dist,
             ratio=params.ratio,
             convert2lab=rgb,
-            random_seed=seed,
             channel_axis=-1,
+            **seeding,
             **sigma,
         )
-    return sk.felzenszwalb(
-        image, scale=params.scale, min_size=params.min_size, channel_axis=-1, **sigma
-    )
+    with warnings.catch_warnings():
+        # "image with third dimension of 5 ... interpreted as multichannel": intended
+        warnings.filterwarnings("ignore", message="Got image with third dimension")
+        return sk.felzenszwalb(
+            image, scale=params.scale, min_size=params.min_size, channel_axis=-1, **sigma
+        )
