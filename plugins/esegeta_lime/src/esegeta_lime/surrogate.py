@@ -65,7 +65,7 @@ def sample_scores(
             scores = model(torch.where(keep, item, hidden))
             if params.use_softmax:
                 scores = torch.softmax(scores, dim=1)
-            out.append(scores.detach().cpu())
+            out.append(scores.detach().to(device="cpu", dtype=torch.float64))  # AMP-safe
     return torch.cat(out).numpy()
 
 
