@@ -21,8 +21,9 @@ from pydantic import Field, StrictBool, model_validator
 
 from esegeta_core import InvalidParamsError, LayerPath, MethodParams, resolve_layer
 
-ResizeMode = Literal["nearest", "nearest-exact", "bilinear", "bicubic", "trilinear", "area"]
-"""``torch.nn.functional.interpolate`` modes TorchRay's ``resize_saliency`` can use."""
+ResizeMode = Literal["bilinear", "bicubic", "trilinear"]
+"""``torch.nn.functional.interpolate`` modes TorchRay's ``resize_saliency`` can use (it
+always passes ``align_corners=False``, which torch rejects for 'nearest' and 'area')."""
 
 _RANK_MODES = {"bilinear": 2, "bicubic": 2, "trilinear": 3}
 _DEFAULT_MODE = {2: "bilinear", 3: "trilinear"}
@@ -79,8 +80,8 @@ class ResizeParams(TorchRayParams):
     )
     resize_mode: ResizeMode | None = Field(
         None,
-        description="Interpolation mode of the resize (torch interpolate); None picks "
-        "'bilinear' in 2D and 'trilinear' in 3D. Only with resize.",
+        description="Interpolation of the resize: 'bilinear' or 'bicubic' (2D), 'trilinear' "
+        "(3D); None picks 'bilinear' in 2D and 'trilinear' in 3D. Only with resize.",
     )
 
     @model_validator(mode="after")
@@ -98,11 +99,11 @@ class ResizeParams(TorchRayParams):
                 f"for a {call.rank}D input; give {call.rank} (reversed spatial order) or True."
             )
         mode = self.resize_mode or _DEFAULT_MODE[call.rank]
-        if _RANK_MODES.get(mode, call.rank) != call.rank:
+        if _RANK_MODES[mode] != call.rank:
             raise InvalidParamsError(
                 f"Method {call.method!r}: resize_mode={mode!r} is for "
                 f"{_RANK_MODES[mode]}D maps, the input is {call.rank}D; use "
-                f"{_DEFAULT_MODE[call.rank]!r}, 'nearest' or 'area'."
+                f"{_DEFAULT_MODE[call.rank]!r}."
             )
         kwargs["resize"] = self.resize
         kwargs["resize_mode"] = mode
