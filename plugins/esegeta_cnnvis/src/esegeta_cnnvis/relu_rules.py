@@ -62,11 +62,17 @@ def relu_rule(model: nn.Module, rule: Rule) -> Iterator[int]:
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
         return fn.apply(inputs[0])
 
-    handles = [
-        m.register_forward_hook(hook) for m in unwrap(model).modules() if isinstance(m, nn.ReLU)
-    ]
+    relus = [m for m in unwrap(model).modules() if isinstance(m, nn.ReLU)]
+    # an in-place ReLU hands the hook its output as "input", so its own backward would
+    # still mask the gradient (deconvnet would become guided): run them out of place
+    inplace = [m for m in relus if m.inplace]
+    for m in inplace:
+        m.inplace = False
+    handles = [m.register_forward_hook(hook) for m in relus]
     try:
         yield len(handles)
     finally:
         for h in handles:
             h.remove()
+        for m in inplace:
+            m.inplace = True
