@@ -39,8 +39,12 @@ def _check_outputs(e, x: torch.Tensor) -> None:
         assert weights.numel() == int(seg[i].max()) + 1
         expected = weights.float()[seg[i, 0]]
         assert torch.allclose(e.attributions[i], expected.expand_as(e.attributions[i]))
-        positive = weights > 0
-        assert torch.equal(e.extras["positive_mask"][i, 0], positive[seg[i, 0]])
+        k = e.params.num_features
+        for key, signed in (("positive_mask", weights), ("negative_mask", -weights)):
+            top = signed.argsort(descending=True)[:k]
+            chosen = torch.zeros_like(weights, dtype=torch.bool)
+            chosen[top[signed[top] > 0]] = True
+            assert torch.equal(e.extras[key][i, 0], chosen[seg[i, 0]])
     for key in ("intercept", "score", "local_pred"):
         assert e.extras[key].shape == (b,)
 
@@ -174,6 +178,7 @@ def test_hide_color_is_used() -> None:
     ("params", "words"),
     [
         ({"num_samples": 0}, "num_samples"),
+        ({"num_samples": 1}, "num_samples"),
         ({"num_features": 0}, "num_features"),
         ({"batch_size": 0}, "batch_size"),
         ({"segmentation": "watershed"}, "segmentation"),
@@ -201,6 +206,18 @@ def test_2d_only_algorithms_on_3d(algorithm: str) -> None:
     x = tiny_input("classification", 3)
     with pytest.raises(InvalidParamsError, match="slic"):
         explain(model, x, "lime.lime", segmentation=algorithm, num_samples=4)
+
+
+def test_segmentation_model_with_raw_scores() -> None:
+    model = tiny_model("segmentation", 2)
+    x = _blobs(2, 1, 16)
+    e = explain(
+        model, x, "lime.lime", task="segmentation", target=1, use_softmax=False,
+        seed=0, **FAST,
+    )  # fmt: skip
+    assert e.attributions.shape == x.shape
+    assert bool(e.extras["score"].isfinite().all())
+    _check_outputs(e, x)
 
 
 def test_import_is_light() -> None:

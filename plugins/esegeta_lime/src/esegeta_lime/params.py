@@ -71,7 +71,12 @@ class LimeParams(MethodParams):
     scale: float = Field(1.0, gt=0, description="felzenszwalb: higher means larger segments.")
     min_size: int = Field(20, ge=1, description="felzenszwalb: minimum segment size in pixels.")
     num_samples: int = Field(
-        1000, ge=1, description="Perturbed samples per item (LIME's neighbourhood size)."
+        1000,
+        ge=2,
+        description=(
+            "Perturbed samples per item (LIME's neighbourhood size), at least 2: the "
+            "first one is the unperturbed item."
+        ),
     )
     num_features: int = Field(
         10,
