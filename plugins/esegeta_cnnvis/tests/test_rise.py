@@ -1,0 +1,94 @@
+"""RISE: equality with TorchRay given the same masks, masks, seeding, batching, 3D."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from esegeta_cnnvis.rise import rise_masks
+
+from esegeta_core import InvalidParamsError, explain
+from esegeta_core.testing import tiny_input, tiny_model
+
+
+def test_equals_torchray_given_the_same_masks() -> None:
+    rise_mod = pytest.importorskip("torchray.attribution.rise")
+    model, x = tiny_model("classification", 2), tiny_input("classification", 2)
+    masks = rise_masks(40, (4, 4), (16, 16), 0.5, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([1, 3])
+    ours = explain(
+        model,
+        x,
+        "cnnvis.rise",
+        target=target,
+        masks=masks,
+        p=0.5,
+        scores="sigmoid",
+        batch_size=16,
+    ).attributions
+    theirs = rise_mod.rise(model, x, num_masks=40, filter_masks=masks, batch_size=16)
+    # TorchRay normalises by N, the paper (and esegeta) by N * p
+    expected = theirs[torch.arange(2), target].unsqueeze(1) / 0.5
+    torch.testing.assert_close(ours, expected.expand_as(ours), rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_score_with_full_masks() -> None:
+    model, x = tiny_model("classification", 2), tiny_input("classification", 2)
+    ones = torch.ones(6, 1, 16, 16)
+    got = explain(model, x, "cnnvis.rise", target=[0, 2], masks=ones, p=0.25).attributions
+    with torch.no_grad():
+        prob = model(x).softmax(1)[torch.arange(2), torch.tensor([0, 2])]
+    torch.testing.assert_close(got, (prob / 0.25).view(2, 1, 1, 1).expand_as(got))
+    raw = explain(model, x, "cnnvis.rise", target=[0, 2], masks=ones, scores="raw", p=1.0)
+    with torch.no_grad():
+        logit = model(x)[torch.arange(2), torch.tensor([0, 2])]
+    torch.testing.assert_close(raw.attributions[:, 0, 0, 0], logit)
+
+
+@pytest.mark.parametrize("spatial", [(16, 16), (8, 9, 10)])
+def test_masks(spatial: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    cells = (3,) * len(spatial)
+    masks = rise_masks(500, cells, spatial, 0.3, generator=gen)
+    assert tuple(masks.shape) == (500, 1, *spatial)
+    assert float(masks.min()) >= 0.0 and float(masks.max()) <= 1.0
+    assert abs(float(masks.mean()) - 0.3) < 0.03
+    # smooth and shifted: not all masks share the same values at a cell centre
+    assert len(torch.unique(masks[:, 0].flatten(1)[:, 0])) > 2
+    again = rise_masks(500, cells, spatial, 0.3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(masks, again)
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_batch_equals_one_item_at_a_time(task: str, rank: int) -> None:
+    model, x = tiny_model(task, rank), tiny_input(task, rank)
+    target = torch.tensor([2, 0])
+    kw = {"num_masks": 24, "batch_size": 10, "cells": 3, "mask_seed": 5, "task": task}
+    batched = explain(model, x, "cnnvis.rise", target=target, **kw).attributions
+    assert tuple(batched.shape) == tuple(x.shape)
+    for i in range(2):
+        single = explain(model, x[i : i + 1], "cnnvis.rise", target=target[i : i + 1], **kw)
+        torch.testing.assert_close(batched[i : i + 1], single.attributions)
+
+
+def test_seeding() -> None:
+    model, x = tiny_model("classification", 3), tiny_input("classification", 3)
+    kw = {"num_masks": 16, "batch_size": 8, "cells": (2, 3, 4)}
+    a = explain(model, x, "cnnvis.rise", seed=0, **kw).attributions
+    b = explain(model, x, "cnnvis.rise", seed=0, **kw).attributions
+    c = explain(model, x, "cnnvis.rise", seed=1, **kw).attributions
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    d = explain(model, x, "cnnvis.rise", mask_seed=3, **kw).attributions
+    e = explain(model, x, "cnnvis.rise", mask_seed=3, seed=9, **kw).attributions
+    torch.testing.assert_close(d, e)
+
+
+def test_invalid_params() -> None:
+    model, x = tiny_model("classification", 2), tiny_input("classification", 2)
+    with pytest.raises(InvalidParamsError, match="masks must be shaped"):
+        explain(model, x, "cnnvis.rise", masks=torch.ones(4, 1, 8, 8))
+    with pytest.raises(InvalidParamsError, match="num_masks"):
+        explain(model, x, "cnnvis.rise", masks=torch.ones(4, 16, 16), num_masks=4)
+    with pytest.raises(InvalidParamsError, match="cells"):
+        explain(model, x, "cnnvis.rise", cells=(2, 2, 2), num_masks=2)
