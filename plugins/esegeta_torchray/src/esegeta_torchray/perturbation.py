@@ -35,7 +35,12 @@ class RiseParams(ResizeParams):
     p: float = Field(
         0.5, ge=0.0, le=1.0, description="Probability that a grid cell keeps the input (1)."
     )
-    batch_size: int = Field(32, ge=1, description="Masks evaluated per forward pass.")
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="Masks generated and evaluated per forward pass (TorchRay draws the "
+        "random masks chunk by chunk, so the masks depend on it too).",
+    )
     mask_seed: int = Field(
         0,
         ge=0,
@@ -98,6 +103,7 @@ class Rise(TorchRayMethod):
     ranks = (2,)
     cost = "high"
     paper = "https://arxiv.org/abs/1806.07421"
+    batch_params = ("batch_size",)
 
     def run(self, fn: Callable[..., Any], call: Call, params: Any) -> torch.Tensor:
         return fn(call.model, call.inputs, target=call.target, **params.torchray_kwargs(call))
