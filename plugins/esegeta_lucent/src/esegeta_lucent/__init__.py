@@ -8,7 +8,6 @@ Importing this package does not import Lucent: the method imports it when it run
 from __future__ import annotations
 
 from esegeta_core import Explainer, hookimpl
-
 from esegeta_lucent.method import FeatureVisParams, FeatureVisualization
 
 METHODS: list[type[Explainer]] = [FeatureVisualization]

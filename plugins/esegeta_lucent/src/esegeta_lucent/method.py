@@ -9,7 +9,6 @@ from pydantic import Field, field_validator
 
 from esegeta_core import Explainer, InvalidParamsError, MethodParams, MethodResult
 from esegeta_core.feature_masks import as_size
-
 from esegeta_lucent.objectives import Objective, parse_objective, resolve_layers
 from esegeta_lucent.render import Job, default_decorrelate, render_2d, render_nd
 
@@ -68,7 +67,9 @@ class FeatureVisParams(MethodParams):
         0.1,
         ge=0,
         lt=1,
-        description="Transform: random rescaling by a factor in [1 - scale, 1 + scale]; 0 disables.",
+        description=(
+            "Transform: random rescaling by a factor in [1 - scale, 1 + scale]; 0 disables."
+        ),
     )
     rotate: int = Field(
         10,

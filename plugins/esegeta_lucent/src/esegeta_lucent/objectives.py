@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -123,7 +123,7 @@ def captured(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]
     store: dict[str, torch.Tensor] = {}
     handles = []
 
-    def recorder(path: str):  # noqa: ANN202 - hook factory
+    def recorder(path: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
             store[path] = output  # type: ignore[assignment]
 
@@ -147,7 +147,12 @@ class Objective:
         self.method = method
 
     def __str__(self) -> str:
-        return " + ".join(str(t) for t in self.terms).replace("+ -", "- ")
+        text = ""
+        for term in self.terms:
+            sign = "-" if term.weight < 0 else "+"
+            plain = str(Term(term.layer, abs(term.weight), term.channel, term.position))
+            text += (f" {sign} " if text else ("-" if sign == "-" else "")) + plain
+        return text
 
     def values(self, scores: torch.Tensor, acts: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B,)`` objective values from the model's ``scores`` and captured ``acts``."""
