@@ -54,19 +54,7 @@ log = logging.getLogger(__name__)
 
 
 RESERVED = frozenset(
-    {
-        "model",
-        "inputs",
-        "method",
-        "target",
-        "task",
-        "wrapper",
-        "seed",
-        "amp",
-        "patches",
-        "auto_batch",
-        "progress",
-    }
+    {"target", "task", "wrapper", "seed", "amp", "patches", "auto_batch", "progress"}
 )
 """Keyword arguments of :func:`explain` itself; no method parameter may use these names."""
 
@@ -75,6 +63,7 @@ def explain(
     model: nn.Module,
     inputs: torch.Tensor,
     method: str,
+    /,
     target: TargetLike = None,
     *,
     task: Task = "classification",

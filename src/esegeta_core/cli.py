@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from esegeta_core.catalog import MethodInfo, describe_method, list_methods, plugin_failures
@@ -153,6 +154,66 @@ def cmd_methods(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
+    from esegeta_core.config import config_schema
+
+    out.write(json.dumps(config_schema(), indent=2) + "\n")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    from esegeta_core.config import load_config
+    from esegeta_core.runs import plan_jobs
+
+    config = load_config(args.config)
+    unknown = []
+    for spec in config.methods:
+        try:
+            from esegeta_core.api import validate_params
+            from esegeta_core.plugin.manager import get_registry
+
+            validate_params(get_registry().get(spec.method), spec.params)
+        except EsegetaError as exc:
+            unknown.append(str(exc))
+    if unknown:
+        raise EsegetaError("\n".join(unknown))
+    base = Path(args.config).resolve().parent
+    jobs = plan_jobs(config, base) if args.plan else []
+    out.write(f"{args.config}: valid ({len(config.methods)} methods")
+    out.write(f", {len(jobs)} jobs)\n" if args.plan else ")\n")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    from esegeta_core.config import load_config
+    from esegeta_core.runs import run
+
+    config = load_config(args.config)
+    if args.output_dir:
+        config = config.model_copy(update={"output_dir": Path(args.output_dir)})
+    base = Path(args.config).resolve().parent
+    summary = run(config, base)
+    ok = len(summary.records) - len(summary.failed)
+    out.write(
+        f"{summary.run_dir}: {ok} of {len(summary.records)} jobs ok "
+        f"({summary.skipped} finished earlier); summary in {summary.run_dir / 'summary.csv'}\n"
+    )
+    for record in summary.failed:
+        first = (record.get("error") or "").splitlines()[:1]
+        out.write(f"  {record['status']}: {record['job_id']}: {first[0] if first else ''}\n")
+    return 0 if not summary.failed else 1
+
+
+def cmd_convert(args: argparse.Namespace, out: TextIO) -> int:
+    from esegeta_core.legacy_config import write_converted
+
+    path, warnings = write_converted(Path(args.old), Path(args.output) if args.output else None)
+    for warning in warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    out.write(f"wrote {path} ({len(warnings)} warnings)\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="esegeta", description="Interpretability methods for PyTorch image models."
@@ -166,6 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     methods.add_argument("--markdown", action="store_true", help="a Markdown table (for docs)")
     methods.set_defaults(func=cmd_methods)
+    schema = sub.add_parser("schema", help="print the JSON Schema of run configs")
+    schema.set_defaults(func=cmd_schema)
+    validate = sub.add_parser("validate", help="check a run config without running it")
+    validate.add_argument("config", help="YAML or JSON run config")
+    validate.add_argument("--plan", action="store_true", help="also read inputs, count jobs")
+    validate.set_defaults(func=cmd_validate)
+    run = sub.add_parser("run", help="run a config: every input x method x target")
+    run.add_argument("config", help="YAML or JSON run config")
+    run.add_argument("--output-dir", help="override output_dir")
+    run.set_defaults(func=cmd_run)
+    convert = sub.add_parser("convert-config", help="convert a TorchEsegeta JSON config")
+    convert.add_argument("old", help="the TorchEsegeta JSON config")
+    convert.add_argument("-o", "--output", help="where to write the YAML (default: beside)")
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -1,0 +1,206 @@
+"""The run configuration: one YAML or JSON file drives ``esegeta run``.
+
+Every section is a pydantic model with described fields, so ``esegeta schema`` prints
+the full JSON Schema and ``esegeta validate`` checks a file without running anything.
+A run explains every input with every method for every target (the jobs), on the
+devices and with the runtime features the file asks for, and writes one folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from esegeta_core.errors import InvalidParamsError
+from esegeta_core.runtime.patches import PatchSpec
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Section):
+    """How to build the model: a factory function and an optional checkpoint."""
+
+    factory: str = Field(
+        description="'package.module:function' returning a torch.nn.Module "
+        "(a module file path also works: 'path/to/file.py:function')."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
+    checkpoint: Path | None = Field(
+        None, description="State dict loaded with torch.load(weights_only=True)."
+    )
+    checkpoint_key: str | None = Field(
+        None, description="Key of the state dict inside the checkpoint (e.g. 'state_dict')."
+    )
+    strict: bool = Field(True, description="Require checkpoint keys to match exactly.")
+
+    @field_validator("factory")
+    @classmethod
+    def _has_colon(cls, value: str) -> str:
+        if ":" not in value:
+            raise ValueError("factory must look like 'package.module:function'")
+        return value
+
+
+class Normalise(_Section):
+    """Per-channel normalisation applied after loading: (x - mean) / std."""
+
+    mean: list[float] = Field(description="Per-channel means (one value = every channel).")
+    std: list[float] = Field(description="Per-channel standard deviations.")
+
+
+class InputSpec(_Section):
+    """Which files to explain and how to read them into (B, C, *spatial) tensors."""
+
+    paths: list[str] = Field(
+        description="Files or glob patterns: NIfTI (.nii, .nii.gz), PNG/JPEG, .npy, .pt."
+    )
+    rank: Literal[2, 3] = Field(2, description="Spatial dimensions of the data: 2 or 3.")
+    depth_first: bool = Field(
+        True,
+        description="3D arrays are stored depth first (D, H, W). False: (H, W, D), re-ordered "
+        "on load and back on save. NIfTI volumes are read as (X, Y, Z) and re-ordered to "
+        "(Z, Y, X) when depth_first is true.",
+    )
+    batch_dim: bool = Field(
+        False, description="Arrays (.npy, .pt) already have a leading batch dimension."
+    )
+    channel_dim: bool = Field(
+        True, description="Arrays have a channel dimension (first, after any batch)."
+    )
+    channels: int | None = Field(
+        None, ge=1, description="Convert images to this many channels (1 grey, 3 RGB)."
+    )
+    scale: Literal["none", "unit", "minmax", "zscore"] = Field(
+        "unit",
+        description="Intensity scaling: 'unit' divides 8-bit images by 255 (other data "
+        "untouched), 'minmax' maps to [0, 1], 'zscore' standardises, 'none' keeps values.",
+    )
+    normalise: Normalise | None = Field(None, description="Optional (x - mean) / std.")
+    resize: list[int] | None = Field(
+        None, description="Resize the spatial dimensions to this size (linear interpolation)."
+    )
+
+
+class RegionSpec(_Section):
+    """A segmentation target restricted to a region: a class inside a mask file."""
+
+    label: int = Field(ge=0, description="The class to explain.")
+    mask: str = Field(description="Mask file (same formats as inputs), nonzero = inside.")
+
+
+class MethodSpec(_Section):
+    """One method with its parameters."""
+
+    method: str = Field(description="Method name, e.g. 'captum.integrated_gradients'.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Its parameters.")
+    title: str | None = Field(None, description="Title in figures (default: the name).")
+    patches: bool = Field(True, description="Use the run's patches for this method.")
+    sign: Literal["all", "positive", "absolute"] = Field(
+        "all", description="What figures show: signed map, positive part, or magnitude."
+    )
+
+
+class WrapperSpec(_Section):
+    """The segmentation wrapper turning outputs into per-class scores."""
+
+    name: Literal["multi_class", "threshold"] = Field(
+        "multi_class", description="multi_class (argmax regions) or threshold (sigmoid)."
+    )
+    threshold: float | Literal["otsu"] = Field(
+        0.5, description="Probability threshold for 'threshold', or 'otsu'."
+    )
+    logits: bool = Field(True, description="The one-channel output is a logit (not a prob).")
+
+
+class OutputSpec(_Section):
+    """What to write for every job."""
+
+    attributions: bool = Field(True, description="Write maps (NIfTI for 3D, .npz for 2D).")
+    figures: bool = Field(True, description="Write a PNG figure per job and per input.")
+    colorbar: bool = Field(True, description="Colour bars in figures.")
+
+
+class RunConfig(_Section):
+    """A whole run: model, inputs, targets, methods, devices and runtime features."""
+
+    name: str = Field("run", description="Run name: the run folder is output_dir/name.")
+    output_dir: Path = Field(Path("esegeta-out"), description="Where run folders go.")
+    model: ModelSpec = Field(description="The model to explain.")
+    inputs: InputSpec = Field(description="The inputs to explain.")
+    task: Literal["classification", "segmentation"] = Field(
+        "classification", description="Classification, or segmentation with a wrapper."
+    )
+    wrapper: WrapperSpec = Field(
+        default_factory=WrapperSpec, description="Segmentation wrapper (task=segmentation)."
+    )
+    targets: list[int | RegionSpec] | None = Field(
+        None, description="Classes to explain (each a job); null = each input's prediction."
+    )
+    methods: list[MethodSpec] = Field(min_length=1, description="Methods to run.")
+    devices: Literal["auto"] | list[str] = Field(
+        "auto", description="'auto' (every GPU, else CPU) or a list like ['cuda:0', 'cpu']."
+    )
+    cpu_workers: int = Field(
+        1, ge=0, description="CPU worker processes when running on the CPU (0 = in-process)."
+    )
+    jobs_per_gpu: int = Field(1, ge=1, description="Jobs run side by side on each GPU.")
+    patches: PatchSpec | None = Field(None, description="Patch-based execution, or null.")
+    amp: Literal["bf16", "fp16"] | None = Field(None, description="Mixed precision.")
+    auto_batch: bool = Field(False, description="Size internal batches to fit memory.")
+    time_limit: float | None = Field(
+        None, gt=0, description="Seconds per job; a job past it is killed (needs workers)."
+    )
+    seed: int | None = Field(0, description="Seed for stochastic methods (per job).")
+    outputs: OutputSpec = Field(default_factory=OutputSpec, description="What to write.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of the run's log file."
+    )
+    progress: bool = Field(True, description="Show progress bars.")
+
+    def run_dir(self, base: Path | None = None) -> Path:
+        """The folder this run writes to (relative paths resolve against ``base``)."""
+        root = self.output_dir if base is None else (base / self.output_dir)
+        return root / self.name
+
+
+def parse_config_text(text: str, suffix: str) -> dict[str, Any]:
+    """Parse YAML (``.yaml``/``.yml``) or JSON text into a dict."""
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise InvalidParamsError("A run config must be a mapping at the top level.")
+    return data
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config; errors list every problem with its location."""
+    path = Path(path)
+    try:
+        data = parse_config_text(path.read_text(), path.suffix.lower())
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, InvalidParamsError):
+            raise
+        raise InvalidParamsError(f"Cannot read config {path}: {exc}") from exc
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidParamsError(
+            f"Config {path} is invalid:\n{problems}\nSee `esegeta schema` for every field."
+        ) from exc
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of :class:`RunConfig`."""
+    return RunConfig.model_json_schema()
