@@ -39,6 +39,8 @@ def schema_type(prop: dict[str, Any], defs: dict[str, Any] | None = None) -> str
         return schema_type(ref, defs) if ref else prop["$ref"].rsplit("/", 1)[-1]
     if "enum" in prop:
         return " | ".join(json.dumps(v) for v in prop["enum"])
+    if "x-python-type" in prop:
+        return prop["title"]
     if "const" in prop:
         return json.dumps(prop["const"])
     for key in ("anyOf", "oneOf"):

@@ -16,6 +16,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 Family = Literal["gradient", "perturbation", "layer", "neuron", "cam", "visualization"]
 """How a method works; metrics and reports group methods by it."""
@@ -43,6 +45,16 @@ LayerPath = Annotated[str, LayerRef()]
 """A dotted path to a sub-module of the user's model, such as ``"layer4.1.conv2"``."""
 
 
+class TensorAwareSchema(GenerateJsonSchema):
+    """JSON Schema generation that describes Python-only values (tensors) instead of
+    failing: they appear as ``{"type": "object", "x-python-type": "torch.Tensor"}``."""
+
+    def is_instance_schema(self, schema: core_schema.IsInstanceSchema) -> JsonSchemaValue:
+        cls = schema["cls"]
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        return {"type": "object", "title": cls.__name__, "x-python-type": name}
+
+
 class MethodParams(BaseModel):
     """Base class of every method's parameter model.
 
@@ -57,6 +69,12 @@ class MethodParams(BaseModel):
         validate_default=True,
         frozen=True,
     )
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """The JSON Schema; tensor-valued options are described, not rejected."""
+        kwargs.setdefault("schema_generator", TensorAwareSchema)
+        return super().model_json_schema(*args, **kwargs)
 
     @classmethod
     def layer_fields(cls) -> list[str]:
