@@ -1,0 +1,400 @@
+"""Captum's primary attribution methods: attributions shaped like the input."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import Field
+
+from esegeta_captum.base import CaptumMethod
+from esegeta_captum.common import (
+    BaselineParams,
+    BatchParams,
+    Call,
+    CaptumParams,
+    DistributionParams,
+    FeatureMaskParams,
+    GradientSamplingParams,
+    LayerParams,
+    MultiplyParams,
+    NoiseTunnelParams,
+    PathParams,
+    ShapDistributionParams,
+    Size,
+    window_tuple,
+)
+from esegeta_captum.lrp_rules import nd_rules
+from esegeta_captum.masks import count_features
+from esegeta_core import InvalidParamsError
+
+
+class Saliency(CaptumMethod):
+    """Gradient of the class score with respect to the input (vanilla saliency).
+
+    Simonyan et al. 2013.
+    """
+
+    class Params(NoiseTunnelParams):
+        abs: bool = Field(True, description="Return absolute gradients (the original map).")
+
+        def call_kwargs(self, call: Call) -> dict[str, Any]:
+            return {**super().call_kwargs(call), "abs": self.abs}
+
+    name = "captum.saliency"
+    captum_class = "Saliency"
+    paper = "https://arxiv.org/abs/1312.6034"
+
+
+class IntegratedGradients(CaptumMethod):
+    """Integrated Gradients: gradients averaged along a straight path from a baseline.
+
+    Sundararajan et al. 2017; satisfies completeness (attributions sum to the score
+    difference between input and baseline, up to the integration error).
+    """
+
+    class Params(BaselineParams, PathParams, MultiplyParams, NoiseTunnelParams):
+        pass
+
+    name = "captum.integrated_gradients"
+    captum_class = "IntegratedGradients"
+    cost = "medium"
+    paper = "https://arxiv.org/abs/1703.01365"
+
+
+class DeepLift(CaptumMethod):
+    """DeepLIFT (rescale rule): contributions relative to a baseline in one backward pass.
+
+    Shrikumar et al. 2017; needs each ReLU to be its own module (not reused).
+    """
+
+    class Params(BaselineParams, MultiplyParams, NoiseTunnelParams):
+        eps: float = Field(
+            1e-10, gt=0.0, description="Below this input-baseline difference, use gradients."
+        )
+
+        def init_kwargs(self, call: Call) -> dict[str, Any]:
+            return {**super().init_kwargs(call), "eps": self.eps}
+
+    name = "captum.deep_lift"
+    captum_class = "DeepLift"
+    paper = "https://arxiv.org/abs/1704.02685"
+
+
+class DeepLiftShap(CaptumMethod):
+    """DeepLIFT averaged over a distribution of baselines (a SHAP approximation).
+
+    Lundberg and Lee 2017. The references are ``baselines`` (default zeros plus a
+    blurred copy of every item), at least two.
+    """
+
+    class Params(ShapDistributionParams, MultiplyParams, NoiseTunnelParams):
+        pass
+
+    name = "captum.deep_lift_shap"
+    captum_class = "DeepLiftShap"
+    cost = "medium"
+    paper = "https://arxiv.org/abs/1705.07874"
+
+
+class GradientShap(CaptumMethod):
+    """GradientSHAP: expected gradients times (input - reference) at random path points.
+
+    Lundberg and Lee 2017; the references are ``baselines`` (default zeros plus a
+    blurred copy of every item).
+    """
+
+    class Params(DistributionParams, GradientSamplingParams, MultiplyParams, NoiseTunnelParams):
+        pass
+
+    name = "captum.gradient_shap"
+    captum_class = "GradientShap"
+    cost = "medium"
+    deterministic = False
+    paper = "https://arxiv.org/abs/1705.07874"
+
+
+class InputXGradient(CaptumMethod):
+    """Input times gradient of the class score.
+
+    Shrikumar et al. 2016.
+    """
+
+    class Params(NoiseTunnelParams):
+        pass
+
+    name = "captum.input_x_gradient"
+    captum_class = "InputXGradient"
+    paper = "https://arxiv.org/abs/1605.01713"
+
+
+class GuidedBackprop(CaptumMethod):
+    """Guided backpropagation: gradients with negative signals cut at every ReLU.
+
+    Springenberg et al. 2014; ReLUs must be modules.
+    """
+
+    class Params(NoiseTunnelParams):
+        pass
+
+    name = "captum.guided_backprop"
+    captum_class = "GuidedBackprop"
+    paper = "https://arxiv.org/abs/1412.6806"
+
+
+class Deconvolution(CaptumMethod):
+    """Deconvnet: back-propagates through ReLUs by the sign of the gradient only.
+
+    Zeiler and Fergus 2014; ReLUs must be modules.
+    """
+
+    class Params(NoiseTunnelParams):
+        pass
+
+    name = "captum.deconvolution"
+    captum_class = "Deconvolution"
+    paper = "https://arxiv.org/abs/1311.2901"
+
+
+class GuidedGradCam(CaptumMethod):
+    """Guided Grad-CAM: guided backprop times the up-sampled Grad-CAM map of a layer.
+
+    Selvaraju et al. 2017; ``layer`` is usually the last convolution.
+    """
+
+    class Params(LayerParams, NoiseTunnelParams):
+        interpolate_mode: Literal["nearest", "area", "linear"] = Field(
+            "nearest",
+            description="How the layer's CAM is up-sampled: nearest, area or linear "
+            "(bilinear in 2D, trilinear in 3D).",
+        )
+
+        def call_kwargs(self, call: Call) -> dict[str, Any]:
+            mode = self.interpolate_mode
+            if mode == "linear":
+                mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[call.rank]
+            return {**super().call_kwargs(call), "interpolate_mode": mode}
+
+    name = "captum.guided_grad_cam"
+    captum_class = "GuidedGradCam"
+    needs_layer = True
+    paper = "https://arxiv.org/abs/1610.02391"
+
+
+class FeatureAblation(CaptumMethod):
+    """Feature ablation: score change when each feature (grid cell, superpixel) is set
+    to the baseline.
+
+    Zeiler and Fergus 2014 style perturbation; one pass per feature, batched.
+    """
+
+    class Params(BaselineParams, FeatureMaskParams, BatchParams):
+        pass
+
+    name = "captum.feature_ablation"
+    captum_class = "FeatureAblation"
+    family = "perturbation"
+    cost = "high"
+    paper = "https://arxiv.org/abs/1311.2901"
+
+
+class FeaturePermutation(CaptumMethod):
+    """Permutation importance: score change when a feature is shuffled across the batch.
+
+    Breiman 2001 / Fisher et al. 2019; needs a batch of more than one item (with one
+    item every attribution is zero).
+    """
+
+    class Params(FeatureMaskParams, BatchParams):
+        pass
+
+    name = "captum.feature_permutation"
+    captum_class = "FeaturePermutation"
+    family = "perturbation"
+    cost = "high"
+    deterministic = False
+    paper = "https://arxiv.org/abs/1801.01489"
+
+
+class Occlusion(CaptumMethod):
+    """Occlusion: score change when a sliding window is replaced by the baseline.
+
+    Zeiler and Fergus 2014; ``window`` and ``strides`` are spatial sizes (the channel
+    axis is covered whole), clipped to the input's size.
+    """
+
+    class Params(BaselineParams, BatchParams):
+        window: Size = Field(16, description="Window size: an int or one int per spatial dim.")
+        strides: Size = Field(8, description="Window step: an int or one int per spatial dim.")
+
+        def call_kwargs(self, call: Call) -> dict[str, Any]:
+            return {
+                **super().call_kwargs(call),
+                "sliding_window_shapes": window_tuple(self.window, call, "window"),
+                "strides": window_tuple(self.strides, call, "strides"),
+            }
+
+    name = "captum.occlusion"
+    captum_class = "Occlusion"
+    family = "perturbation"
+    cost = "high"
+    paper = "https://arxiv.org/abs/1311.2901"
+
+
+class ShapleyValueSampling(CaptumMethod):
+    """Shapley values estimated from random feature permutations.
+
+    Castro et al. 2009; cost is n_samples x features forward passes (batched).
+    """
+
+    class Params(BaselineParams, FeatureMaskParams, BatchParams):
+        n_samples: int = Field(25, ge=1, description="Random feature permutations.")
+
+        def call_kwargs(self, call: Call) -> dict[str, Any]:
+            return {**super().call_kwargs(call), "n_samples": self.n_samples}
+
+    name = "captum.shapley_value_sampling"
+    captum_class = "ShapleyValueSampling"
+    family = "perturbation"
+    cost = "high"
+    deterministic = False
+    paper = "https://doi.org/10.1016/j.cor.2008.04.004"
+
+
+MAX_EXACT_FEATURES = 7
+"""Captum's exact Shapley values evaluate all n! orderings (n * n! passes): 7 features
+already cost 35,280 evaluations."""
+
+
+class ShapleyValues(CaptumMethod):
+    """Exact Shapley values over every ordering of the features (factorial cost).
+
+    Shapley 1953. Captum evaluates n * n! perturbations for n features, so the default
+    grid is 2 x 2 over the last two spatial dimensions (4 features; in 3D each cell spans
+    the whole depth) and more than 7 features is refused.
+    """
+
+    class Params(BaselineParams, FeatureMaskParams, BatchParams):
+        grid_cell: Size | None = Field(
+            None,
+            description="Grid cell size (int or one per spatial dim); None: a 2 x 2 grid over "
+            "the last two spatial dimensions (4 features).",
+        )
+        n_segments: int = Field(4, ge=1, description="Approximate number of SLIC superpixels.")
+
+        def call_kwargs(self, call: Call) -> dict[str, Any]:
+            kwargs = super().call_kwargs(call)
+            features = count_features(kwargs["feature_mask"])
+            if features > MAX_EXACT_FEATURES:
+                raise InvalidParamsError(
+                    f"Method {call.method!r}: the feature mask has {features} features; exact "
+                    f"Shapley values evaluate {features} x {features}! perturbations, so at "
+                    f"most {MAX_EXACT_FEATURES} features are allowed. Use a bigger grid_cell, "
+                    "fewer n_segments, or captum.shapley_value_sampling."
+                )
+            return kwargs
+
+        def mask(self, call: Call) -> Any:
+            if self.feature_mask == "grid" and self.grid_cell is None:
+                spatial = call.inputs.shape[2:]
+                cell = (*spatial[:-2], *(-(-n // 2) for n in spatial[-2:]))
+                return self.model_copy(update={"grid_cell": cell}).mask(call)
+            return super().mask(call)
+
+    name = "captum.shapley_values"
+    captum_class = "ShapleyValues"
+    family = "perturbation"
+    cost = "high"
+    paper = "https://doi.org/10.1515/9781400881970-018"
+
+
+class Lime(CaptumMethod):
+    """LIME: a sparse linear surrogate fitted to the scores of random feature subsets.
+
+    Ribeiro et al. 2016; one Lasso surrogate per batch item (scikit-learn).
+    """
+
+    class Params(BaselineParams, FeatureMaskParams, BatchParams):
+        n_samples: int = Field(200, ge=1, description="Random feature subsets per item.")
+        alpha: float = Field(0.01, ge=0.0, description="Lasso regularisation of the surrogate.")
+
+        def init_kwargs(self, call: Call) -> dict[str, Any]:
+            from captum._utils.models.linear_model import SkLearnLasso
+
+            return {
+                **super().init_kwargs(call),
+                "interpretable_model": SkLearnLasso(alpha=self.alpha),
+            }
+
+        def call_kwargs(self, call: Call) -> dict[str, Any]:
+            return {**super().call_kwargs(call), "n_samples": self.n_samples}
+
+    name = "captum.lime"
+    captum_class = "Lime"
+    family = "perturbation"
+    cost = "high"
+    deterministic = False
+    paper = "https://arxiv.org/abs/1602.04938"
+
+
+class KernelShap(CaptumMethod):
+    """Kernel SHAP: LIME with the Shapley kernel, so the surrogate estimates Shapley values.
+
+    Lundberg and Lee 2017; one linear surrogate per batch item (scikit-learn).
+    """
+
+    class Params(BaselineParams, FeatureMaskParams, BatchParams):
+        n_samples: int = Field(200, ge=1, description="Random feature coalitions per item.")
+
+        def call_kwargs(self, call: Call) -> dict[str, Any]:
+            return {**super().call_kwargs(call), "n_samples": self.n_samples}
+
+    name = "captum.kernel_shap"
+    captum_class = "KernelShap"
+    family = "perturbation"
+    cost = "high"
+    deterministic = False
+    paper = "https://arxiv.org/abs/1705.07874"
+
+
+class LRP(CaptumMethod):
+    """Layer-wise Relevance Propagation with Captum's epsilon rules.
+
+    Bach et al. 2015. Layers Captum has no rule for in 1D/3D (Conv3d, BatchNorm3d,
+    AvgPool3d, AdaptiveAvgPool3d, Upsample) get the epsilon rule for the call; rules the
+    user attached are kept. Other layer types (e.g. Sigmoid) are rejected by Captum.
+    """
+
+    class Params(NoiseTunnelParams):
+        pass
+
+    name = "captum.lrp"
+    captum_class = "LRP"
+    paper = "https://doi.org/10.1371/journal.pone.0130140"
+
+    @contextlib.contextmanager
+    def prepared(self, call: Call, params: CaptumParams) -> Iterator[None]:
+        with nd_rules(call.model):
+            yield
+
+
+PRIMARY: list[type[CaptumMethod]] = [
+    Saliency,
+    IntegratedGradients,
+    DeepLift,
+    DeepLiftShap,
+    GradientShap,
+    InputXGradient,
+    GuidedBackprop,
+    Deconvolution,
+    GuidedGradCam,
+    FeatureAblation,
+    FeaturePermutation,
+    Occlusion,
+    ShapleyValueSampling,
+    ShapleyValues,
+    Lime,
+    KernelShap,
+    LRP,
+]
