@@ -80,6 +80,16 @@ def test_bad_parameters(clf, method, params, needle) -> None:
             "sigma = 3 \\* step",
         ),
         ("torchray.gradient", {"saliency_layer": "fc"}, 2, "convolutional layer"),
+        (
+            "torchray.contrastive_excitation_backprop",
+            {
+                "saliency_layer": "features.conv1",
+                "contrast_layer": "features.conv2",
+                "classifier_layer": "features.relu2",
+            },
+            2,
+            "no weight to negate",
+        ),
     ],
     ids=str,
 )

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from pydantic import Field
 
-from esegeta_core import LayerPath
+from esegeta_core import InvalidParamsError, LayerPath
 from esegeta_torchray.base import TorchRayMethod
 from esegeta_torchray.common import (
     Call,
@@ -102,7 +103,14 @@ class ContrastiveParams(SaliencyLayerParams, ResizeParams):
         kwargs = super().torchray_kwargs(call)
         kwargs["contrast_layer"] = call.layer(self.contrast_layer)
         if self.classifier_layer is not None:
-            kwargs["classifier_layer"] = call.layer(self.classifier_layer)
+            classifier = call.layer(self.classifier_layer)
+            if not isinstance(getattr(classifier, "weight", None), torch.Tensor):
+                raise InvalidParamsError(
+                    f"Method {call.method!r}: classifier_layer {self.classifier_layer!r} "
+                    f"({type(classifier).__name__}) has no weight to negate for the contrast "
+                    "pass; name the final Linear/Conv layer."
+                )
+            kwargs["classifier_layer"] = classifier
         return kwargs
 
 
