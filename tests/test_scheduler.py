@@ -17,8 +17,14 @@ def test_jobs_run_on_several_workers_and_failures_are_isolated():
         ("d", {"value": 4}),
     ]
     seen = []
-    results = run_jobs(jobs, scripted_runner, devices=["cpu", "cpu"], time_limit=6,
-                       progress=False, on_result=lambda r: seen.append(r.job_id))
+    results = run_jobs(
+        jobs,
+        scripted_runner,
+        devices=["cpu", "cpu"],
+        time_limit=6,
+        progress=False,
+        on_result=lambda r: seen.append(r.job_id),
+    )
     by_id = {r.job_id: r for r in results}
     assert [r.job_id for r in results] == [j for j, _ in jobs]
     assert sorted(seen) == sorted(by_id)

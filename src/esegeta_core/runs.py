@@ -163,13 +163,14 @@ class RunWorker:
         x = loaded.tensor[job.item : job.item + 1]
         folder = self.run_dir / "jobs" / job.job_id
         started = time.time()
+        target = self._target(job)
         e = explain(
             self.model(device),
             x,
             spec.method,
-            self._target(job),
+            target,
             task=config.task,
-            wrapper=_wrapper(config),
+            wrapper=None if isinstance(target, Region) else _wrapper(config),
             seed=config.seed,
             amp=config.amp,
             patches=config.patches if spec.patches else None,
