@@ -54,7 +54,7 @@ def volume(tmp_path):
 def test_nifti_run_writes_maps_with_the_affine_and_records(tmp_path, volume):
     import nibabel as nib
 
-    x, affine = volume
+    _, affine = volume
     summary = run(_config(tmp_path, targets=[1, 2]), tmp_path)
     assert [r["status"] for r in summary.records] == ["ok", "ok"]
     record = summary.records[0]
