@@ -37,7 +37,7 @@ class LayerFilterGradientParams(GradientParams):
     """A layer and one of its filters, plus the gradient methods' options."""
 
     layer: LayerPath = Field(description="The layer whose filter is explained.")
-    filter: int = Field(ge=0, description="The channel (filter) index at that layer.")
+    filter: int = Field(0, ge=0, description="The channel (filter) index at that layer.")
 
 
 class LayerActivationGuidedBackprop(Explainer):
@@ -136,7 +136,7 @@ class LayerVisualizationParams(MethodParams):
     """Activation maximisation of one filter from noise, with regularisation."""
 
     layer: LayerPath = Field(description="The layer whose filter is visualised.")
-    filter: int = Field(ge=0, description="The channel (filter) index at that layer.")
+    filter: int = Field(0, ge=0, description="The channel (filter) index at that layer.")
     steps: int = Field(30, ge=1, description="Optimisation steps (Adam).")
     lr: float = Field(0.05, gt=0.0, description="Adam learning rate, in units of the input range.")
     l2_weight: float = Field(
