@@ -201,3 +201,50 @@ def test_sigkill_halfway_loses_nothing_finished(tmp_path, volume):
     assert all(r["status"] == "ok" for r in summary.records) and len(summary.records) == 24
     for name, text in finished.items():
         assert (jobs_dir / name / "record.json").read_text() == text
+
+
+def test_figures_per_job_and_per_input(tmp_path, volume):
+    from PIL import Image
+
+    summary = run(_config(tmp_path, targets=[2], outputs={"figures": True}), tmp_path)
+    record = summary.records[0]
+    with Image.open(summary.run_dir / record["files"]["figure"]) as img:
+        assert img.size[0] > 100
+    assert (summary.run_dir / "figures" / "vol.nii.gz-0.png").exists()
+
+
+def test_convert_config_cli(tmp_path, capsys):
+    old = {
+        "model_nature": "Segmentation",
+        "model_name": "unet",
+        "dataset": "vessels",
+        "test_run": "1",
+        "is_3d": True,
+        "isDepthFirst": True,
+        "batch_dim_present": False,
+        "default": False,
+        "patch_size": 64,
+        "patch_overlap": 16,
+        "amp_enbled": False,
+        "share_gpu_threads": 1,
+        "timeout_enabled": True,
+        "timeout_time": 600,
+        "log_level": "INFO",
+        "methods": [
+            {
+                "method_name": "Saliency",
+                "library": "captum",
+                "device_id": "cpu",
+                "use": 1,
+                "keywords": {},
+            }
+        ],
+    }
+    src = tmp_path / "old.json"
+    src.write_text(json.dumps(old))
+    assert main(["convert-config", str(src)]) == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "model.factory is a placeholder" in captured.err
+    converted = yaml.safe_load((tmp_path / "old.yaml").read_text())
+    assert converted["name"] == "unet_vessels_1" and converted["time_limit"] == 600
+    assert converted["methods"][0]["method"] == "captum.saliency"
