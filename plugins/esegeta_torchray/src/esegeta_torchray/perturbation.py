@@ -116,7 +116,7 @@ class ExtremalPerturbationParams(ResizeParams, SmoothParams):
     """TorchRay's ``extremal_perturbation`` arguments."""
 
     areas: list[Area] = Field(
-        default_factory=lambda: [0.1],
+        [0.1],
         min_length=1,
         description="Target areas of the masks, fractions in (0, 1]; one mask per area, "
         "stacked in the channel dimension of the attributions.",
