@@ -300,7 +300,10 @@ class FeatureMaskParams(CaptumParams):
     grid_cell: Size = Field(16, description="Grid cell size (int or one per spatial dim).")
     n_segments: int = Field(64, ge=1, description="Approximate number of SLIC superpixels.")
     compactness: float = Field(
-        0.1, gt=0.0, description="SLIC compactness on inputs scaled to [0, 1] per item."
+        1.0,
+        gt=0.0,
+        description="SLIC compactness on inputs scaled to [0, 1] per item: higher gives more "
+        "regular superpixels, lower follows intensity edges more closely.",
     )
 
     @model_validator(mode="after")
