@@ -17,7 +17,7 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
     "captum.shapley_values": MASK,
     "captum.shapley_value_sampling": {**MASK, "n_samples": 2},
     "captum.lime": {**MASK, "n_samples": 8},
-    "captum.kernel_shap": {**MASK, "n_samples": 8},
+    "captum.kernel_shap": {"grid_cell": 4, "n_samples": 8},
     "captum.layer_conductance": PATH,
     "captum.internal_influence": PATH,
     "captum.layer_integrated_gradients": PATH,

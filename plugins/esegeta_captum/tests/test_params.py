@@ -75,6 +75,11 @@ def test_shapley_values_refuses_too_many_features() -> None:
         run("captum.shapley_values", grid_cell=4)
 
 
+def test_kernel_shap_needs_two_features() -> None:
+    with pytest.raises(InvalidParamsError, match="single feature"):
+        run("captum.kernel_shap", grid_cell=16, n_samples=4)
+
+
 def test_deep_lift_shap_needs_two_references() -> None:
     with pytest.raises(InvalidParamsError, match="at least two"):
         run("captum.deep_lift_shap", baselines=["zeros"])

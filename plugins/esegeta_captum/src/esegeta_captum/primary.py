@@ -348,7 +348,14 @@ class KernelShap(CaptumMethod):
         n_samples: int = Field(200, ge=1, description="Random feature coalitions per item.")
 
         def call_kwargs(self, call: Call) -> dict[str, Any]:
-            return {**super().call_kwargs(call), "n_samples": self.n_samples}
+            kwargs = {**super().call_kwargs(call), "n_samples": self.n_samples}
+            if count_features(kwargs["feature_mask"]) < 2:
+                raise InvalidParamsError(
+                    f"Method {call.method!r}: the feature mask has a single feature; the "
+                    "Shapley kernel needs at least two (use a smaller grid_cell or more "
+                    "n_segments)."
+                )
+            return kwargs
 
     name = "captum.kernel_shap"
     captum_class = "KernelShap"
