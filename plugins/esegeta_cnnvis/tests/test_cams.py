@@ -39,20 +39,32 @@ GRADIENT_CAMS = [
 ]
 
 
-def _ours(method: str, rank: int = 2, **params: Any) -> torch.Tensor:
+def _model(rank: int = 2, dead: bool = False) -> nn.Module:
+    """The tiny classifier; with ``dead``, channel 0 of ``features.relu2`` is all zero."""
     model = tiny_model(CLS, rank)
+    if dead:
+        with torch.no_grad():
+            model.features.conv2.weight[0] = 0
+            model.features.conv2.bias[0] = -1
+    return model
+
+
+def _ours(method: str, rank: int = 2, dead: bool = False, **params: Any) -> torch.Tensor:
+    model = _model(rank, dead)
     x = tiny_input(CLS, rank)
     params.setdefault("layer", "features.conv2")
     return explain(model, x, method, target=TARGETS, **params).attributions
 
 
-def _reference(cam_class: str, layer: str, rank: int = 2, **kwargs: Any) -> np.ndarray:
+def _reference(
+    cam_class: str, layer: str, rank: int = 2, dead: bool = False, **kwargs: Any
+) -> np.ndarray:
     """pytorch-grad-cam's map at layer resolution after its ReLU, before its scaling:
     its own ``get_cam_image`` on its own captured activations and gradients."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    model = tiny_model(CLS, rank)
+    model = _model(rank, dead)
     x = tiny_input(CLS, rank)
     module = model.get_submodule(layer)
     cam = getattr(pytorch_grad_cam, cam_class)(model, [module], **kwargs)
@@ -70,14 +82,19 @@ def _reference(cam_class: str, layer: str, rank: int = 2, **kwargs: Any) -> np.n
 
 
 def _agree(ours: torch.Tensor, ref: np.ndarray) -> None:
+    """Same maps: max abs diff < 1e-4 relative to the map's scale, and correlation > 0.99."""
     ours = ours.detach().squeeze(1)
     ref_t = torch.as_tensor(np.asarray(ref), dtype=ours.dtype)
     assert ours.shape == ref_t.shape
-    assert ours.abs().max() > 0, "degenerate (all-zero) map"
+    assert ref_t.abs().max() > 0, "degenerate (all-zero) maps"
     for a, b in zip(ours, ref_t):
+        scale = b.abs().max().item()
+        if scale == 0:  # the ReLU removed everything: so must ours
+            assert a.abs().max() == 0
+            continue
         diff = (a - b).abs().max().item()
         corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
-        assert diff < 1e-4 or corr > 0.99, (diff, corr)
+        assert diff < 1e-4 * scale and corr > 0.99, (diff, scale, corr)
 
 
 @pytest.mark.parametrize(
@@ -103,9 +120,19 @@ def test_grad_cam_3d_agrees_with_pytorch_grad_cam() -> None:
 
 
 def test_ablation_cam_agrees_with_pytorch_grad_cam() -> None:
-    # on a ReLU output pytorch-grad-cam ablates to 0, as the paper (and we) do
-    ours = _ours("cnnvis.ablation_cam", layer="features.relu2", upsample=False, batch_size=5)
-    _agree(ours, _reference("AblationCAM", "features.relu2", batch_size=5))
+    # on a ReLU output pytorch-grad-cam ablates to 0, as the paper (and we) do; the dead
+    # channel exercises our shortcut (ablating an all-zero channel changes nothing)
+    for dead in (False, True):
+        ours = _ours(
+            "cnnvis.ablation_cam", layer="features.relu2", upsample=False, batch_size=5, dead=dead
+        )
+        _agree(ours, _reference("AblationCAM", "features.relu2", batch_size=5, dead=dead))
+
+
+def test_score_cam_shortcut_for_dead_channels_agrees_with_pytorch_grad_cam() -> None:
+    # an all-zero channel masks the input to 0: we run that forward once for all of them
+    ours = _ours("cnnvis.score_cam", layer="features.relu2", upsample=False, dead=True)
+    _agree(ours, _reference("ScoreCAM", "features.relu2", dead=True))
 
 
 def test_eigen_cam_agrees_with_pytorch_grad_cam_up_to_the_svd_sign() -> None:

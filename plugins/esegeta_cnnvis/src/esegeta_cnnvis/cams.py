@@ -331,15 +331,19 @@ class LayerCam(WeightedCam):
 
 
 def _item_channel_chunks(
-    batch: int, channels: int, chunk: int, device: torch.device
-) -> list[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """All (item, channel) pairs in chunks: (rows, items, channels) per chunk."""
-    rows = torch.arange(batch * channels, device=device)
+    rows: torch.Tensor, channels: int, chunk: int
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Flat (item * channels + channel) row indices in chunks: (rows, items, channels)."""
     out = []
-    for start in range(0, batch * channels, chunk):
+    for start in range(0, len(rows), chunk):
         idx = rows[start : start + chunk]
-        out.append((slice(start, start + len(idx)), idx // channels, idx % channels))
+        out.append((idx, idx // channels, idx % channels))
     return out
+
+
+def _rows_where(mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the (item, channel) pairs where ``mask`` (``(B, K)``) holds."""
+    return mask.flatten().nonzero().squeeze(1)
 
 
 class ScoreCam(WeightedCam):
@@ -358,8 +362,14 @@ class ScoreCam(WeightedCam):
         size = tuple(x.shape[2:])
         view = (-1, 1) + (1,) * len(size)
         scores = a.new_empty(batch * channels)
+        # an all-zero channel masks the input to exactly 0: one forward serves them all
+        dead = a.flatten(2).abs().amax(2) == 0
+        if bool(dead.any()):
+            rows = _rows_where(dead)
+            zero = ctx.model(torch.zeros_like(x[:1]))
+            scores[rows] = zero[0, ctx.target[rows // channels]].to(scores.dtype)
         for rows, items, chans in _item_channel_chunks(
-            batch, channels, ctx.params.batch_size, a.device
+            _rows_where(~dead), channels, ctx.params.batch_size
         ):
             # as in Score-CAM's reference code: align_corners=True, then min-max per map
             masks = F.interpolate(
@@ -390,10 +400,13 @@ class AblationCam(WeightedCam):
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         a = ctx.activations
         batch, channels = a.shape[:2]
-        ablated = a.new_empty(batch * channels)
         value = ctx.params.ablation_value
+        original = target_scores(ctx.scores, ctx.target).to(a.dtype).unsqueeze(1)
+        # ablating a channel that already holds the ablation value changes nothing
+        same = (a.flatten(2) == value).all(2)
+        ablated = original.expand(batch, channels).flatten().clone()
         for rows, items, chans in _item_channel_chunks(
-            batch, channels, ctx.params.batch_size, a.device
+            _rows_where(~same), channels, ctx.params.batch_size
         ):
 
             def replace(
@@ -406,7 +419,6 @@ class AblationCam(WeightedCam):
             with replacing_output(ctx.module, replace):
                 out = ctx.model(ctx.inputs[items])
             ablated[rows] = target_scores(out, ctx.target[items]).to(ablated.dtype)
-        original = target_scores(ctx.scores, ctx.target).to(a.dtype).unsqueeze(1)
         return (original - ablated.view(batch, channels)) / original
 
 
