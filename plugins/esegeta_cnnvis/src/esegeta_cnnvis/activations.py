@@ -140,14 +140,3 @@ def capture(
         acts = [a.detach() for a in acts]
         scores = scores.detach()
     return Captured(scores=scores, activations=acts, gradients=grads)
-
-
-def input_gradient(
-    model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, *, create_graph: bool = False
-) -> torch.Tensor:
-    """``d scores[b, target_b] / d inputs[b]`` for every item."""
-    x = inputs.detach().requires_grad_(True)
-    with torch.enable_grad():
-        score = target_scores(model(x), target).sum()
-        (grad,) = torch.autograd.grad(score, x, create_graph=create_graph)
-    return grad if create_graph else grad.detach()

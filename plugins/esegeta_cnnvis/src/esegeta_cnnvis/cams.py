@@ -28,11 +28,11 @@ from torch import nn
 
 from esegeta_cnnvis.activations import (
     capture,
-    input_gradient,
     replacing_output,
     target_scores,
 )
 from esegeta_cnnvis.relu_rules import relu_rule
+from esegeta_cnnvis.targets_score import input_gradient
 from esegeta_core import (
     Explainer,
     InvalidModelError,
