@@ -73,7 +73,7 @@ class UNet3d(nn.Module):
 
 
 def _say(*parts: object, flush: bool = True) -> None:
-    print(*parts, flush=flush)  # noqa: T201 - a script's table
+    print(*parts, flush=flush)
 
 
 def _sync(device: torch.device) -> None:

@@ -208,7 +208,7 @@ def bench_model(
             "ratio": round(t_ours / t_floor, 3),
         }
         rows.append(row)
-        print(  # noqa: T201 - a benchmark script reports on stdout
+        print(
             f"{model_name:12s} {label:48s} {t_ours:8.3f}s {t_floor:8.3f}s "
             f"x{row['ratio']:.2f}  ({what})",
             flush=True,

@@ -217,7 +217,8 @@ def main() -> None:
     results["patches"] = bench_patches(sizes, patch, args.device)
     print(f"patches ({patch}^3), saliency on a 3D U-Net, {args.device}")
     print(
-        f"{'volume':>8} {'floor s':>9} {'explain s':>10} {'ratio':>6} {'peak MB':>9} {'vs smallest':>12}"
+        f"{'volume':>8} {'floor s':>9} {'explain s':>10} {'ratio':>6} "
+        f"{'peak MB':>9} {'vs smallest':>12}"
     )
     for r in results["patches"]:
         print(
@@ -227,7 +228,8 @@ def main() -> None:
     results["auto_batch"] = bench_auto_batch(args.device, 32 if args.quick else 64)
     a = results["auto_batch"]
     print(
-        f"\nCaptum occlusion, {a['image']}^2 image: perturbations_per_eval=1 {a['ppe1_seconds']:.2f} s, "
+        f"\nCaptum occlusion, {a['image']}^2 image: "
+        f"perturbations_per_eval=1 {a['ppe1_seconds']:.2f} s, "
         f"auto ({a['auto_batch']}) {a['auto_seconds']:.2f} s: {a['speedup']:.1f}x"
     )
     results["scheduler"] = bench_scheduler(8 if args.quick else 16, 300)
@@ -240,7 +242,8 @@ def main() -> None:
         results["amp"] = bench_amp(args.device)
         for amp, r in results["amp"].items():
             print(
-                f"\nAMP {amp}: {r['speedup']:.2f}x vs float32, map correlation {r['correlation']:.4f}"
+                f"\nAMP {amp}: {r['speedup']:.2f}x vs float32, "
+                f"map correlation {r['correlation']:.4f}"
             )
     else:
         print("\nAMP: needs a CUDA device (skipped on CPU)")
