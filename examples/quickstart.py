@@ -16,9 +16,16 @@ from esegeta_core.testing import tiny_input, tiny_model
 METHODS_2D = {
     "captum.saliency": {},
     "captum.integrated_gradients": {"n_steps": 32, "baselines": "blurred"},
-    "captum.occlusion": {"sliding_window_shapes": 4, "strides": 2},
+    "captum.occlusion": {"window": 4, "strides": 2},
     "captum.layer_grad_cam": {"layer": "features.conv2"},
     "captum.gradient_shap": {"n_samples": 16},
+}
+# other backends join when installed (`nox -s demo` installs them all)
+OPTIONAL_2D = {
+    "cnnvis.grad_cam": {"layer": "features.conv2"},
+    "cnnvis.score_cam": {"layer": "features.conv2"},
+    "torchray.rise": {"num_masks": 200},
+    "lime.lime": {"num_samples": 64, "segmentation": "slic", "n_segments": 16},
 }
 METHODS_3D = {
     "captum.saliency": {},
@@ -47,19 +54,22 @@ def main() -> None:
     missing = [m for m in {**METHODS_2D, **METHODS_3D} if m not in installed]
     if missing:
         raise SystemExit(f"install esegeta-captum first (missing {', '.join(missing)})")
+    optional = {name: p for name, p in OPTIONAL_2D.items() if name in installed}
     summarise(
         "2D classification (predicted classes)",
         tiny_model("classification", 2),
         tiny_input("classification", 2, batch=3),
-        METHODS_2D,
+        {**METHODS_2D, **optional},
     )
     seg, volume = tiny_model("segmentation", 3), tiny_input("segmentation", 3, size=16)
+    with torch.no_grad():  # the class that wins most voxels: its score is not empty
+        winner = int(seg(volume).argmax(1).flatten().mode().values)
     summarise(
-        "3D segmentation, class 1 via the multi_class wrapper",
+        f"3D segmentation, class {winner} via the multi_class wrapper",
         seg,
         volume,
         METHODS_3D,
-        target=1,
+        target=winner,
         task="segmentation",
     )
     mask = torch.zeros(16, 16, 16)

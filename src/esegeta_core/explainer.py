@@ -148,9 +148,9 @@ class Explainer(ABC):
 
     @classmethod
     def description(cls) -> str:
-        """The first line of the class docstring."""
-        doc = inspect.getdoc(cls) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The docstring's first paragraph, on one line (a summary may wrap)."""
+        doc = (inspect.getdoc(cls) or "").strip()
+        return " ".join(doc.split("\n\n")[0].split()) if doc else ""
 
 
 class MethodResult:

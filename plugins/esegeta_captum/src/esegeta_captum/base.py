@@ -102,6 +102,8 @@ class CaptumMethod(Explainer):
         with seeding, self.prepared(call, params), warnings.catch_warnings():
             # Lime/KernelShap warn that a batch trains one surrogate per item: expected
             warnings.filterwarnings("ignore", message="You are providing multiple inputs")
+            # Captum sets requires_grad on its own copy of the input: nothing to act on
+            warnings.filterwarnings("ignore", message="Input Tensor .* did not already require")
             algorithm = self.build(call, params)
             nt = params.noise_tunnel_kwargs() if isinstance(params, NoiseTunnelParams) else {}
             if nt:
