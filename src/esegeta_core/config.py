@@ -165,7 +165,7 @@ class RunConfig(_Section):
     def run_dir(self, base: Path | None = None) -> Path:
         """The folder this run writes to (relative paths resolve against ``base``)."""
         root = self.output_dir if base is None else (base / self.output_dir)
-        return root / self.name
+        return (root / self.name).resolve()
 
 
 def parse_config_text(text: str, suffix: str) -> dict[str, Any]:

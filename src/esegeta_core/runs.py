@@ -345,7 +345,11 @@ def _grid_figures(config: RunConfig, run_dir: Path, records: list[dict[str, Any]
         for r in group:
             saliency = _read_map(run_dir / r["files"]["attribution"], loaded)
             if saliency is not None:
-                maps[(r["title"], f"class {r['target']}")] = saliency
+                requested = str(r.get("target_requested", ""))
+                row = f"class {r['target']}"
+                if requested.startswith("r") and "-" in requested:  # a region target
+                    row += f" in {requested.split('-', 1)[1]}"
+                maps[(r["title"], row)] = saliency
         if maps:
             name = f"{_slug(loaded.path.name)}-{item}.png"
             grid_figure(

@@ -164,6 +164,13 @@ def _show_map(
         fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.04)
 
 
+def _wrapped(title: str, width: int = 24) -> str:
+    """A panel title broken after dots or spaces so neighbouring titles do not collide."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title.replace(".", ". "), width)).replace(". ", ".")
+
+
 def _new_figure(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(_CELL * cols, _CELL * rows), dpi=_DPI)
     FigureCanvasAgg(fig)
@@ -290,7 +297,7 @@ def grid_figure(
                 row_z = z if row_z is None else row_z
                 values, label = values[z], f"{method} (z={z})"
             _show_map(fig, ax, values, style, colorbar=colorbar)
-            ax.set_title(label)
+            ax.set_title(_wrapped(label), fontsize="medium")
         input_ax = axes[row, 0]
         if len(spatial) == 3:
             z = row_z or 0
