@@ -6,7 +6,10 @@ the output via a custom autograd function; the hooks are always removed. The rul
 are written with differentiable torch ops, so ``create_graph=True`` works through them.
 
 - ``"guided"`` (Springenberg et al., https://arxiv.org/abs/1412.6806): the gradient is
-  passed where both the forward input and the incoming gradient are positive.
+  passed where both the forward input and the incoming gradient are positive. Done with
+  a gradient hook on each ReLU's output that keeps the positive part of the incoming
+  gradient; the ReLU's own backward then masks by the positive inputs. No extra forward
+  work, and in-place ReLUs stay in place.
 - ``"deconv"`` (Zeiler & Fergus, https://arxiv.org/abs/1311.2901): the positive part of
   the incoming gradient, whatever the forward input.
 """
@@ -25,18 +28,6 @@ from esegeta_core import unwrap
 Rule = Literal["guided", "deconv"]
 
 
-class _GuidedReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (x > 0).to(grad.dtype)
-
-
 class _DeconvReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +38,17 @@ class _DeconvReLU(torch.autograd.Function):
         return grad.clamp(min=0)
 
 
-_FUNCTIONS = {"guided": _GuidedReLU, "deconv": _DeconvReLU}
+def _positive(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
+
+
+def _guided_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
+    if isinstance(output, torch.Tensor) and output.requires_grad:
+        output.register_hook(_positive)
+
+
+def _deconv_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
+    return _DeconvReLU.apply(inputs[0])
 
 
 @contextlib.contextmanager
@@ -57,15 +58,11 @@ def relu_rule(model: nn.Module, rule: Rule) -> Iterator[int]:
     Yields the number of ReLU modules changed (0 means the model uses functional ReLUs,
     which this cannot reach: callers should say so).
     """
-    fn = _FUNCTIONS[rule]
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
-        return fn.apply(inputs[0])
-
     relus = [m for m in unwrap(model).modules() if isinstance(m, nn.ReLU)]
-    # an in-place ReLU hands the hook its output as "input", so its own backward would
-    # still mask the gradient (deconvnet would become guided): run them out of place
-    inplace = [m for m in relus if m.inplace]
+    hook = _guided_hook if rule == "guided" else _deconv_hook
+    # deconvnet replaces the ReLU's backward: an in-place ReLU hands the hook its output
+    # as "input", so its own backward would still mask the gradient: run them out of place
+    inplace = [m for m in relus if m.inplace] if rule == "deconv" else []
     for m in inplace:
         m.inplace = False
     handles = [m.register_forward_hook(hook) for m in relus]
