@@ -246,9 +246,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PLUGIN_COMMANDS_GROUP = "esegeta.cli"
+"""Entry-point group of plugin sub-commands: ``esegeta NAME ARGS...`` calls the entry
+point ``NAME`` (a callable taking the list ``ARGS`` and returning an exit status)."""
+
+
+def plugin_commands() -> dict[str, Any]:
+    """The plugin sub-commands installed (entry points of ``esegeta.cli``) by name."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_COMMANDS_GROUP)}
+
+
+def run_plugin_command(parser: argparse.ArgumentParser, argv: list[str]) -> int | None:
+    """``esegeta NAME ...`` for a NAME that is no built-in command: run the plugin's
+    command, or explain what exists; ``None`` when argparse should handle ``argv``."""
+    index = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    builtin = [
+        name
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    ]
+    if index is None or argv[index] in builtin:
+        return None
+    name, commands = argv[index], plugin_commands()
+    if name not in commands:
+        from esegeta_core.errors import did_you_mean
+
+        sys.stderr.write(
+            f"esegeta: error: unknown command {name!r}."
+            + did_you_mean(name, [*builtin, *commands])
+            + f" Commands: {', '.join(builtin)}; from plugins: "
+            + (", ".join(sorted(commands)) or "none installed")
+            + f" (plugins add commands through the entry-point group {PLUGIN_COMMANDS_GROUP!r}).\n"
+        )
+        return 2
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("-v", "--verbose", action="count", default=0)
+    verbose = options.parse_known_args(argv[:index])[0].verbose
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        command = commands[name].load()
+        return int(command(argv[index + 1 :]) or 0)
+    except EsegetaError as exc:
+        sys.stderr.write(f"esegeta {name}: error: {exc}\n")
+        return 2
+    except ImportError as exc:
+        sys.stderr.write(
+            f"esegeta: error: the command {name!r} ({commands[name].value}) failed to "
+            f"load: {exc}. Reinstall the plugin that provides it.\n"
+        )
+        return 2
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Entry point of the ``esegeta`` command; returns the exit status."""
+    """Entry point of the ``esegeta`` command; returns the exit status.
+
+    ``esegeta NAME ...`` with a NAME that is not a built-in command runs the plugin
+    command registered as ``NAME`` in the entry-point group ``esegeta.cli`` (it writes
+    to the real stdout, not ``out``).
+    """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    code = run_plugin_command(parser, argv)
+    if code is not None:
+        return code
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
