@@ -1,0 +1,291 @@
+"""The leaderboard: methods x metrics, per model, with per-item values kept.
+
+Each :class:`MethodScores` holds one (model, method) pair's per-item metric values;
+:class:`Leaderboard` aggregates them into rows (means over items; the pointing game
+averaged per class, as TorchRay does), knows which direction is better for every
+column, merges results of several input batches, and writes CSV and JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esegeta_core.data_io import atomic_path, write_json
+
+__all__ = ["METRICS", "Leaderboard", "MethodScores", "MetricInfo"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A leaderboard column: its name, which direction is better, what it measures."""
+
+    name: str
+    higher_is_better: bool | None
+    description: str
+    needs_mask: bool = False
+
+
+METRICS: dict[str, MetricInfo] = {
+    m.name: m
+    for m in (
+        MetricInfo(
+            "infidelity",
+            False,
+            "Infidelity (Yeh et al. 2019): squared error of the map's prediction of the "
+            "score change under input noise.",
+        ),
+        MetricInfo(
+            "max_sensitivity",
+            False,
+            "Max-sensitivity (Yeh et al. 2019): largest relative change of the map under "
+            "small input noise.",
+        ),
+        MetricInfo(
+            "aopc",
+            True,
+            "AOPC (Samek et al. 2017): mean score drop when grid cells are perturbed most "
+            "relevant first.",
+        ),
+        MetricInfo(
+            "deletion",
+            False,
+            "Deletion AUC (Petsiuk et al. 2018): area under the score curve as the most "
+            "relevant pixels are removed.",
+        ),
+        MetricInfo(
+            "insertion",
+            True,
+            "Insertion AUC (Petsiuk et al. 2018): area under the score curve as the most "
+            "relevant pixels are restored onto a blurred canvas.",
+        ),
+        MetricInfo(
+            "pointing_game",
+            True,
+            "Pointing game (Zhang et al. 2016): share of maps whose maximum lies within "
+            "the tolerance of the object, averaged per class.",
+            needs_mask=True,
+        ),
+        MetricInfo(
+            "relevance_mass",
+            True,
+            "Relevance mass (Arras et al. 2022): share of positive relevance inside the "
+            "object mask.",
+            needs_mask=True,
+        ),
+        MetricInfo(
+            "relevance_rank_accuracy",
+            True,
+            "Relevance rank accuracy (Arras et al. 2022): share of the top-K pixels inside "
+            "the mask (K = mask size).",
+            needs_mask=True,
+        ),
+        MetricInfo(
+            "pompom",
+            False,
+            "POMPOM (Rio-Torto et al. 2020): share of meaningful pixels outside the mask.",
+            needs_mask=True,
+        ),
+        MetricInfo(
+            "randomisation",
+            False,
+            "Cascading randomisation (Adebayo et al. 2018): Spearman similarity of the "
+            "maps after re-initialising every layer; high means the map ignores the "
+            "model (the 'sanity' column says pass or fail).",
+        ),
+    )
+}
+"""Every metric :func:`~esegeta_core.evaluate.evaluate` knows, in leaderboard order."""
+
+COST_COLUMNS = (
+    MetricInfo("seconds", False, "Seconds per explain() call (mean over input batches)."),
+    MetricInfo("peak_mb", False, "Peak extra memory of one explain() call, MB."),
+)
+
+
+@dataclass(frozen=True)
+class MethodScores:
+    """One (model, method) pair: per-item metric values and its cost."""
+
+    model: str
+    method: str
+    title: str
+    params: Mapping[str, Any]
+    targets: torch.Tensor
+    """``(B,)`` the explained classes."""
+    values: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    """Per metric, ``(B,)`` per-item values (NaN: not defined for that item)."""
+    seconds: Sequence[float] = ()
+    """Seconds of each explain() call."""
+    peak_mb: float | None = None
+    sanity_failed: bool | None = None
+    status: str = "ok"
+    error: str = ""
+
+    def merged(self, other: MethodScores) -> MethodScores:
+        """These items followed by ``other``'s (same model and method)."""
+        values = {
+            k: torch.cat([self.values[k], other.values[k]])
+            for k in self.values
+            if k in other.values
+        }
+        peaks = [p for p in (self.peak_mb, other.peak_mb) if p is not None]
+        sanity = [s for s in (self.sanity_failed, other.sanity_failed) if s is not None]
+        failed = self.status if self.status != "ok" else other.status
+        return replace(
+            self,
+            targets=torch.cat([self.targets, other.targets]),
+            values=values,
+            seconds=(*self.seconds, *other.seconds),
+            peak_mb=max(peaks) if peaks else None,
+            sanity_failed=any(sanity) if sanity else None,
+            status=failed,
+            error=self.error or other.error,
+        )
+
+    def value(self, metric: str) -> float:
+        """The leaderboard value of ``metric``: the mean over items (NaN items skipped);
+        the pointing game per class first, then over classes."""
+        v = self.values.get(metric)
+        if v is None or v.numel() == 0:
+            return math.nan
+        v = v.double()
+        if metric == "pointing_game":
+            per_class = [torch.nanmean(v[self.targets == c]) for c in torch.unique(self.targets)]
+            per_class = [p for p in per_class if not torch.isnan(p)]
+            return float(torch.stack(per_class).mean()) if per_class else math.nan
+        return float(torch.nanmean(v))
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """Methods x metrics, per model; rows in the order the pairs were evaluated."""
+
+    entries: Sequence[MethodScores]
+    metrics: Sequence[str]
+    maps: Mapping[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    """With ``evaluate(keep_maps=True)``: the ``(model, title)`` pairs' maps (CPU)."""
+
+    @property
+    def columns(self) -> list[MetricInfo]:
+        """The metric columns, then the cost columns."""
+        return [METRICS[m] for m in self.metrics] + list(COST_COLUMNS)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per (model, method): labels, metric values, cost, status."""
+        out = []
+        for e in self.entries:
+            row: dict[str, Any] = {"model": e.model, "method": e.title}
+            for m in self.metrics:
+                row[m] = e.value(m)
+            row["seconds"] = sum(e.seconds) / len(e.seconds) if e.seconds else math.nan
+            row["peak_mb"] = math.nan if e.peak_mb is None else e.peak_mb
+            if "randomisation" in self.metrics:
+                row["sanity"] = (
+                    "" if e.sanity_failed is None else ("fail" if e.sanity_failed else "pass")
+                )
+            row["items"] = int(e.targets.numel())
+            row["status"] = e.status
+            row["error"] = e.error
+            out.append(row)
+        return out
+
+    def best(self, metric: str) -> dict[str, Any] | None:
+        """The row with the best value of ``metric`` (None when no row has one)."""
+        info = next((c for c in self.columns if c.name == metric), None)
+        if info is None:
+            from esegeta_core.errors import InvalidParamsError
+
+            raise InvalidParamsError(
+                f"Leaderboard: no column {metric!r}; columns: "
+                f"{', '.join(c.name for c in self.columns)}."
+            )
+        rows = [r for r in self.rows() if not math.isnan(r[metric])]
+        if not rows:
+            return None
+        pick = max if info.higher_is_better else min
+        return pick(rows, key=lambda r: r[metric])
+
+    def merged(self, other: Leaderboard) -> Leaderboard:
+        """Both leaderboards' items together (e.g. several input files)."""
+        by_key = {(e.model, e.title): e for e in self.entries}
+        for e in other.entries:
+            key = (e.model, e.title)
+            by_key[key] = by_key[key].merged(e) if key in by_key else e
+        metrics = list(dict.fromkeys([*self.metrics, *other.metrics]))
+        maps = dict(self.maps)
+        for key, m in other.maps.items():
+            maps[key] = torch.cat([maps[key], m]) if key in maps else m
+        return Leaderboard(list(by_key.values()), metrics, maps)
+
+    @classmethod
+    def combine(cls, boards: Iterable[Leaderboard]) -> Leaderboard:
+        """Merge any number of leaderboards (an empty one when there are none)."""
+        out = cls([], [])
+        for board in boards:
+            out = out.merged(board)
+        return out
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """The rows as CSV (written atomically to ``path`` when given)."""
+        rows = self.rows()
+        fields = list(rows[0]) if rows else ["model", "method"]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(v) for k, v in row.items()})
+        text = buffer.getvalue()
+        if path is not None:
+            with atomic_path(Path(path)) as tmp:
+                tmp.write_text(text)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """Columns (with direction and description) and rows, JSON-ready (NaN -> None)."""
+        return {
+            "columns": [
+                {
+                    "name": c.name,
+                    "higher_is_better": c.higher_is_better,
+                    "description": c.description,
+                }
+                for c in self.columns
+            ],
+            "rows": [{k: _json_value(v) for k, v in r.items()} for r in self.rows()],
+        }
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` atomically to ``path``."""
+        write_json(Path(path), self.to_dict())
+        return Path(path)
+
+    def to_report(self, title: str = "Metric leaderboard") -> Any:
+        """The leaderboard as the HTML report's table (``report.html.Leaderboard``)."""
+        from esegeta_core.report.html import Column
+        from esegeta_core.report.html import Leaderboard as Table
+
+        columns = [Column(c.name, c.higher_is_better, c.description) for c in self.columns]
+        extra = ["sanity"] if "randomisation" in self.metrics else []
+        columns += [Column(name, None, "") for name in (*extra, "items", "status")]
+        rows = [{k: v for k, v in r.items() if k != "error"} for r in self.rows()]
+        return Table(columns=columns, rows=rows, labels=("model", "method"), title=title)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
