@@ -1,0 +1,59 @@
+"""``xml.explainer``: the explanation a trained :class:`ExplainerClassifier` gives itself."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from esegeta_core import Explainer, MethodParams, MethodResult
+from esegeta_core.errors import InvalidModelError
+from esegeta_core.layers import unwrap
+from esegeta_xml.model import ExplainerClassifier
+from esegeta_xml.unet import PAPER
+
+
+class XmlExplainerParams(MethodParams):
+    """``xml.explainer`` has no parameters: the trained explainer is the method."""
+
+
+class XmlExplainer(Explainer):
+    """xML: the map of an explainer network trained jointly with the classifier (in-model).
+
+    Only for an :class:`esegeta_xml.ExplainerClassifier` trained with
+    :func:`esegeta_xml.train` (or ``esegeta xml train CONFIG``): any other model is an
+    ``InvalidModelError``, so the core's generic conformance cases on tiny plain
+    models do not apply. The attributions are the explainer's output ``(B, 1,
+    *spatial)`` in [0, 1), at input resolution: the share of each location that the
+    classifier's feature maps keep. The map is the same for every target class (the
+    explainer produces one map per input); extras: ``scores`` ``(B, classes)``, the
+    joint model's logits. Family ``perturbation``: the map is a learned mask applied to
+    the classifier's features.
+    """
+
+    name: ClassVar[str] = "xml.explainer"
+    Params: ClassVar[type[XmlExplainerParams]] = XmlExplainerParams
+    family: ClassVar[Any] = "perturbation"
+    output: ClassVar[Any] = "layer"
+    ranks: ClassVar[tuple[int, ...]] = (2, 3)
+    cost: ClassVar[Any] = "low"
+    paper: ClassVar[str] = PAPER
+    deterministic: ClassVar[bool] = True
+
+    def attribute(
+        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+    ) -> MethodResult:
+        joint = unwrap(model)
+        if not isinstance(joint, ExplainerClassifier):
+            raise InvalidModelError(
+                f"Method {self.name!r} (plugin 'xml') explains only an "
+                "esegeta_xml.ExplainerClassifier: a classifier trained jointly with its "
+                f"explainer network, whose map it returns; got {type(joint).__name__}. "
+                "Wrap your classifier, ExplainerClassifier(classifier, ...), train it with "
+                "esegeta_xml.train(config) or `esegeta xml train CONFIG`, and explain the "
+                "result (esegeta_xml.load_trained(folder)). For a plain classifier use a "
+                "post-hoc method such as 'cnnvis.grad_cam' or 'captum.integrated_gradients'."
+            )
+        with torch.no_grad():
+            scores, z = joint.forward_with_explanation(inputs)
+        return MethodResult(z.detach(), scores=scores.detach())
