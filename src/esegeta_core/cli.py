@@ -206,6 +206,16 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if not summary.failed else 1
 
 
+def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
+    from esegeta_core.report.html import REPORT_NAME, report_from_run, write_html_report
+
+    data = report_from_run(Path(args.run_dir), title=args.title)
+    path = write_html_report(data, Path(args.output or Path(args.run_dir) / REPORT_NAME))
+    failed = sum(1 for m in data.maps if not m.ok)
+    out.write(f"wrote {path} ({len(data.inputs)} inputs, {len(data.maps)} jobs, {failed} failed)\n")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace, out: TextIO) -> int:
     from esegeta_core.legacy_config import write_converted
 
@@ -239,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML or JSON run config")
     run.add_argument("--output-dir", help="override output_dir")
     run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", help="write a run folder's self-contained HTML report")
+    report.add_argument("run_dir", help="the run folder (output_dir/name)")
+    report.add_argument("-o", "--output", help="where to write it (default: RUN_DIR/report.html)")
+    report.add_argument("--title", help="the page title (default: the run's name)")
+    report.set_defaults(func=cmd_report)
     convert = sub.add_parser("convert-config", help="convert a TorchEsegeta JSON config")
     convert.add_argument("old", help="the TorchEsegeta JSON config")
     convert.add_argument("-o", "--output", help="where to write the YAML (default: beside)")

@@ -123,6 +123,9 @@ class OutputSpec(_Section):
     attributions: bool = Field(True, description="Write maps (NIfTI for 3D, .npz for 2D).")
     figures: bool = Field(True, description="Write a PNG figure per job and per input.")
     colorbar: bool = Field(True, description="Colour bars in figures.")
+    report: bool = Field(
+        True, description="Write report.html, a self-contained HTML report, at the end."
+    )
 
 
 class RunConfig(_Section):

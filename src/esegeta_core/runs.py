@@ -436,6 +436,8 @@ def run(config: RunConfig, base: Path | None = None) -> RunSummary:
         write_summary(run_dir, ordered)
         if config.outputs.figures:
             _grid_figures(config, run_dir, ordered)
+        if config.outputs.report:
+            _write_report(run_dir)
         failed = sum(1 for r in ordered if r["status"] != "ok")
         log.info("run %s finished: %d ok, %d failed", run_dir, len(ordered) - failed, failed)
         return RunSummary(run_dir, ordered, skipped)
@@ -443,6 +445,16 @@ def run(config: RunConfig, base: Path | None = None) -> RunSummary:
         root.removeHandler(handler)
         root.setLevel(previous)
         handler.close()
+
+
+def _write_report(run_dir: Path) -> None:
+    """``report.html``; a failure is logged, not raised: every job is already saved."""
+    from esegeta_core.report.html import REPORT_NAME, report_from_run, write_html_report
+
+    try:
+        write_html_report(report_from_run(run_dir), run_dir / REPORT_NAME)
+    except (EsegetaError, OSError, ValueError) as exc:
+        log.warning("no report.html (%s); retry with `esegeta report %s`", exc, run_dir)
 
 
 def _run_in_process(todo: list[Job], worker: RunWorker, config: RunConfig, record) -> None:

@@ -1,5 +1,28 @@
-"""Reports of a run: figures of attribution maps (PNG)."""
+"""Reports of a run: figures of attribution maps (PNG) and a self-contained HTML page."""
 
 from esegeta_core.report.figures import grid_figure, job_figure
+from esegeta_core.report.html import (
+    Column,
+    InputSection,
+    Leaderboard,
+    MapEntry,
+    ReportData,
+    Timing,
+    render_html,
+    report_from_run,
+    write_html_report,
+)
 
-__all__ = ["grid_figure", "job_figure"]
+__all__ = [
+    "Column",
+    "InputSection",
+    "Leaderboard",
+    "MapEntry",
+    "ReportData",
+    "Timing",
+    "grid_figure",
+    "job_figure",
+    "render_html",
+    "report_from_run",
+    "write_html_report",
+]
