@@ -57,7 +57,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, absolute: bool = True) -> torc
 
     Of absolute values by default (Adebayo et al. 2018, https://arxiv.org/abs/1810.03292,
     who compare absolute maps because the sign of many methods is unstable). Ties get
-    average ranks, as ``scipy.stats.spearmanr``; NaN where a map is constant.
+    average ranks, as ``scipy.stats.spearmanr``. Where scipy gives NaN, a constant map
+    (e.g. an all-zero gradient once the target class wins nowhere) against a varying one
+    scores 0 (no rank agreement) and two constant maps score 1.
     """
     x, y = _pair("spearman", a, b)
     x, y = x.flatten(1), y.flatten(1)
@@ -65,9 +67,11 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, absolute: bool = True) -> torc
         x, y = x.abs(), y.abs()
     rx, ry = average_ranks(x), average_ranks(y)
     rx, ry = rx - rx.mean(1, keepdim=True), ry - ry.mean(1, keepdim=True)
-    den = torch.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
-    out = (rx * ry).sum(1) / den
-    out[den == 0] = torch.nan
+    vx, vy = (rx * rx).sum(1), (ry * ry).sum(1)
+    out = (rx * ry).sum(1) / torch.sqrt(vx * vy).clamp_min(1e-300)
+    flat_x, flat_y = vx == 0, vy == 0
+    out[flat_x ^ flat_y] = 0.0
+    out[flat_x & flat_y] = 1.0
     return out.float().cpu()
 
 
