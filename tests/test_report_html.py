@@ -190,13 +190,20 @@ def test_explicit_anchors_and_duplicates():
                 ],
             )
         ],
-        leaderboard=Leaderboard([Column("x")], [{"method": "m", "x": 1, "anchor": "Job One"}]),
+        leaderboard=Leaderboard(
+            [Column("x")],
+            [
+                {"method": "m", "x": 1, "anchor": "Job One"},
+                {"method": "m", "x": 2, "anchor": "nowhere"},  # falls back to the first map
+            ],
+        ),
     )
     text = render_html(data)
     ids = _ids(text)
     assert len(ids) == len(set(ids))
     assert {"job-one", "job-one-2", "map-a-m-c1", "map-a-m-c1-2"} <= set(ids)
     assert re.search(r'<tr id="lb-m" data-i="0"><td data-v="m"><a href="#job-one"', text)
+    assert re.search(r'<tr id="lb-m-2" data-i="1"><td data-v="m"><a href="#job-one"', text)
 
 
 def test_leaderboard_markup():
@@ -222,17 +229,41 @@ def test_leaderboard_markup():
     assert re.search(r'<td class="num" data-v="4.0"[^>]*>4</td>', evil)  # 4 jobs, all failed
 
 
+def test_leaderboard_values_of_any_numeric_type():
+    import torch
+
+    rows = [
+        {"method": "a", "v": np.float32(0.5)},
+        {"method": "b", "v": torch.tensor(0.25)},
+        {"method": "c", "v": np.int64(3)},
+        {"method": "d", "v": "n/a"},
+        {"method": "e", "v": float("nan")},
+        {"method": "f", "v": math.inf},
+    ]
+    text = render_html(ReportData("t", leaderboard=Leaderboard([Column("v", False)], rows)))
+    cells = re.findall(r'<td class="(num[^"]*)" data-v="([^"]*)"[^>]*>([^<]*)<', text)
+    assert cells[:6] == [
+        ("num", "0.5", "0.5"),
+        ("num best", "0.25", "0.25"),
+        ("num", "3.0", "3"),
+        ("num missing", "", "n/a"),
+        ("num missing", "", "—"),
+        ("num", "Infinity", "∞"),
+    ]
+
+
 def test_timings_given_explicitly_and_params_block():
     data = ReportData(
         "t",
-        timings=[Timing("m", [1.0, 3.0], failed=1, model="unet")],
+        timings=[Timing("m", [1.0, 3.0], failed=1, model="unet"), Timing("slow", [1234.5])],
         params={"name": "r", "nested": {"a": [1, 2]}},
     )
     text = render_html(data)
-    cells = re.findall(r'<td class="num" data-v="([^"]*)"[^>]*>([^<]*)</td>', text)
+    cells = re.findall(r'<td class="num[^"]*" data-v="([^"]*)"[^>]*>([^<]*)<', text)
     # jobs, failed, total, mean, median, max
-    assert [v for v, _ in cells] == ["3.0", "1.0", "4.0", "2.0", "2.0", "3.0"]
-    assert [t for _, t in cells] == ["3", "1", "4", "2", "2", "3"]
+    assert [v for v, _ in cells[:6]] == ["3.0", "1.0", "4.0", "2.0", "2.0", "3.0"]
+    assert [t for _, t in cells[:6]] == ["3", "1", "4", "2", "2", "3"]
+    assert [t for _, t in cells[6:]] == ["1", "0", "1,234", "1,234", "1,234", "1,234"]
     assert "<details><summary>Run configuration (JSON)</summary><pre>{\n  &quot;name&quot;" in text
     assert "No inputs." in text
 

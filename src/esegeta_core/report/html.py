@@ -397,17 +397,18 @@ def _data_uri(png: bytes) -> str:
 
 
 def _number(value: Any) -> float | None:
-    """A finite-or-infinite float for sorting, or None when missing (None, NaN, text)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            import numpy as np
-
-            if isinstance(value, np.generic) and np.issubdtype(type(value), np.number):
-                value = value.item()
-            else:
-                return None
-        except ImportError:  # pragma: no cover - numpy is a core dependency
+    """A float (infinities kept) for sorting and highlighting, or None when the value is
+    missing: None, NaN, text, a bool. NumPy and torch scalars count as numbers."""
+    if not isinstance(value, (int, float)):
+        item = getattr(value, "item", None)
+        if not callable(item) or getattr(value, "ndim", 0) != 0:
             return None
+        try:
+            value = item()
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
     number = float(value)
     return None if math.isnan(number) else number
 
@@ -420,12 +421,17 @@ def _sort_key(number: float) -> str:
 
 def _format(value: Any, fmt: str) -> str:
     number = _number(value)
-    if number is None:
-        return "" if value is None else str(value)
+    if number is None:  # missing: empty for None and NaN, text as it is
+        try:
+            return "" if value is None or math.isnan(float(value)) else str(value)
+        except (TypeError, ValueError):
+            return str(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if math.isinf(number):
         return "∞" if number > 0 else "-∞"
+    if fmt == "seconds":  # internal: no exponent for long runs
+        return f"{number:.3g}" if abs(number) < 1000 else f"{number:,.0f}"
     return format(number, fmt)
 
 
@@ -869,10 +875,13 @@ def render_html(data: ReportData) -> str:
         for row in board.rows:
             name = "-".join(str(row.get(k, "")) for k in board.labels if row.get(k) is not None)
             row_ids.append(ids.take(f"lb-{name}"))
-            if row.get("anchor"):
-                row_links.append(anchor_id(str(row["anchor"])))
-            else:
-                row_links.append(next((eid for m, eid in flat if _row_matches(row, m)), None))
+            wanted = anchor_id(str(row["anchor"])) if row.get("anchor") else None
+            if wanted is not None and wanted not in ids.used:
+                log.warning("report: leaderboard row %r links to a missing id %r", name, wanted)
+                wanted = None
+            if wanted is None:
+                wanted = next((eid for m, eid in flat if _row_matches(row, m)), None)
+            row_links.append(wanted)
     backs: list[list[str | None]] = []
     for section in data.inputs:
         section_backs: list[str | None] = []
@@ -966,10 +975,10 @@ def render_html(data: ReportData) -> str:
             _TableColumn("method", False),
             _TableColumn("jobs", True, None, "jobs of this method"),
             _TableColumn("failed", True, None, "jobs that did not finish"),
-            _TableColumn("total s", True, None, "seconds over all successful jobs", ".3g"),
-            _TableColumn("mean s", True, False, "mean seconds per successful job", ".3g"),
-            _TableColumn("median s", True, None, "median seconds per successful job", ".3g"),
-            _TableColumn("max s", True, None, "slowest successful job", ".3g"),
+            _TableColumn("total s", True, None, "seconds over all successful jobs", "seconds"),
+            _TableColumn("mean s", True, False, "mean seconds per successful job", "seconds"),
+            _TableColumn("median s", True, None, "median seconds per successful job", "seconds"),
+            _TableColumn("max s", True, None, "slowest successful job", "seconds"),
         ]
         timing_ids = [ids.take(f"timing-{r['model']}-{r['method']}") for r in rows]
         timing_links = [
