@@ -216,6 +216,47 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
+    from esegeta_core.config import load_config
+    from esegeta_core.evaluate.runner import evaluate_config, write_evaluation_report
+
+    config = load_config(args.config)
+    if args.output_dir:
+        config = config.model_copy(update={"output_dir": Path(args.output_dir)})
+    base = Path(args.config).resolve().parent
+    board = evaluate_config(config, base)
+    report = write_evaluation_report(config, base, board)
+    out.write(format_leaderboard(board.rows(), [c.name for c in board.columns]))
+    folder = config.run_dir(base) / "evaluation"
+    out.write(f"\nleaderboard: {folder / 'leaderboard.csv'} (and .json); report: {report}\n")
+    return 0
+
+
+def format_leaderboard(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """The leaderboard as a plain-text table (3 significant digits)."""
+    shown = ["model", "method", *columns, *(["sanity"] if rows and "sanity" in rows[0] else [])]
+    shown = [c for c in shown if c != "model" or len({r["model"] for r in rows}) > 1]
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "-" if value != value else f"{value:.3g}"
+        return str(value)
+
+    table = [shown] + [[cell(r.get(c, "")) for c in shown] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(shown))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from esegeta_core.demo import run_demo
+
+    path = run_demo(Path(args.output_dir), quick=args.quick, progress=not args.no_progress)
+    out.write(f"esegeta demo: report written to {path}\n")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace, out: TextIO) -> int:
     from esegeta_core.legacy_config import write_converted
 
@@ -254,6 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", help="where to write it (default: RUN_DIR/report.html)")
     report.add_argument("--title", help="the page title (default: the run's name)")
     report.set_defaults(func=cmd_report)
+    evaluate = sub.add_parser(
+        "evaluate", help="score a config's methods with metrics: a leaderboard and a report"
+    )
+    evaluate.add_argument("config", help="YAML or JSON run config (its evaluation section)")
+    evaluate.add_argument("--output-dir", help="override output_dir")
+    evaluate.set_defaults(func=cmd_evaluate)
+    demo = sub.add_parser(
+        "demo", help="train tiny models, explain and evaluate them, write an HTML report"
+    )
+    demo.add_argument("--output-dir", default="esegeta-demo", help="where to write")
+    demo.add_argument("--quick", action="store_true", help="fewer images and methods")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
     convert = sub.add_parser("convert-config", help="convert a TorchEsegeta JSON config")
     convert.add_argument("old", help="the TorchEsegeta JSON config")
     convert.add_argument("-o", "--output", help="where to write the YAML (default: beside)")

@@ -128,6 +128,55 @@ class OutputSpec(_Section):
     )
 
 
+class EvaluationSpec(_Section):
+    """Which metrics score the run's methods, with what settings and ground truth."""
+
+    metrics: list[str] | None = Field(
+        None,
+        description="Metric names (see `esegeta_core.evaluate.METRICS`); null: every "
+        "metric that applies (localisation metrics only with masks).",
+    )
+    metric_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per metric, keyword arguments overriding the preset, e.g. {aopc: {grid: 16}}.",
+    )
+    preset: Literal["esegeta", "torchesegeta"] = Field(
+        "esegeta", description="Metric settings: esegeta's or the original TorchEsegeta's."
+    )
+    masks: list[str] | None = Field(
+        None,
+        description="Ground-truth object masks (or label maps for segmentation), one file "
+        "per input file in the order of inputs.paths (globs expanded the same way).",
+    )
+    model_name: str = Field("model", description="The run's model's name in the leaderboard.")
+    models: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More models to compare, by name: each a model section "
+        "({factory, kwargs, checkpoint, ...}).",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        from esegeta_core.evaluate.leaderboard import METRICS
+
+        if value is not None:
+            unknown = [m for m in value if m not in METRICS]
+            if unknown:
+                raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+        return value
+
+    @field_validator("metric_params")
+    @classmethod
+    def _known_params(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from esegeta_core.evaluate.leaderboard import METRICS
+
+        unknown = [m for m in value if m not in METRICS]
+        if unknown:
+            raise ValueError(f"metric_params for unknown metric(s) {unknown}")
+        return value
+
+
 class RunConfig(_Section):
     """A whole run: model, inputs, targets, methods, devices and runtime features."""
 
@@ -160,6 +209,9 @@ class RunConfig(_Section):
     )
     seed: int | None = Field(0, description="Seed for stochastic methods (per job).")
     outputs: OutputSpec = Field(default_factory=OutputSpec, description="What to write.")
+    evaluation: EvaluationSpec | None = Field(
+        None, description="Metrics for `esegeta evaluate CONFIG` (null: every metric that applies)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of the run's log file."
     )

@@ -12,6 +12,9 @@ class _Silent:
     def close(self) -> None:
         """Nothing to close."""
 
+    def set_postfix_str(self, text: str) -> None:
+        """Ignore the status text."""
+
 
 def progress_bar(total: int, description: str, *, enabled: bool = True) -> Any:
     """A tqdm bar over ``total`` steps, or a silent stand-in when disabled."""

@@ -87,7 +87,9 @@ def evaluate(
             integer label map is turned into the mask of each item's target class.
         metrics: names from :data:`~esegeta_core.evaluate.leaderboard.METRICS`; default
             every metric that applies (the localisation ones only with ``masks``).
-        metric_params: per metric, keyword arguments overriding the preset's.
+        metric_params: per metric, keyword arguments overriding the preset's (for
+            segmentation the curves score the raw region score unless ``score`` is set:
+            a softmax over summed logits saturates).
         preset: ``"esegeta"`` or ``"torchesegeta"`` (the original's settings).
         seed: seeds the methods and the metrics' noise.
         keep_maps: also return each pair's maps (``Leaderboard.maps``) for reports.
@@ -100,7 +102,7 @@ def evaluate(
     if not runs:
         raise InvalidParamsError("evaluate: pass at least one method.")
     chosen = _metrics(metrics, masks is not None)
-    settings = _settings(chosen, preset, metric_params or {})
+    settings = _settings(chosen, preset, metric_params or {}, task)
     entries: list[MethodScores] = []
     maps: dict[tuple[str, str], torch.Tensor] = {}
     bar = progress_bar(len(models) * len(runs), "evaluate", enabled=progress)
@@ -162,7 +164,7 @@ def _metrics(metrics: Sequence[str] | None, have_masks: bool) -> list[str]:
 
 
 def _settings(
-    metrics: list[str], preset: str, overrides: Mapping[str, Mapping[str, Any]]
+    metrics: list[str], preset: str, overrides: Mapping[str, Mapping[str, Any]], task: Task
 ) -> dict[str, dict[str, Any]]:
     if preset not in PRESETS:
         raise InvalidParamsError(
@@ -176,9 +178,48 @@ def _settings(
     out = {}
     for m in metrics:
         base = dict(PRESETS[preset].get(_PRESET_KEY.get(m, m), {}))
+        if task == "segmentation" and base.get("score") == "softmax":
+            # a segmentation score sums logits over a region: its softmax saturates at 1
+            # and would hide every change, so the curves follow the raw score
+            base["score"] = "raw"
         base.update(overrides.get(m, {}))
         out[m] = base
     return out
+
+
+_WARM: set[str] = set()
+
+
+def _warm_up(
+    run: MethodRun,
+    net: nn.Module,
+    inputs: torch.Tensor,
+    target: TargetLike,
+    task: Task,
+    wrapper: str | ScoreFn | None,
+    seed: int | None,
+) -> None:
+    """The first method of each plugin runs once on one item, untimed: plugins import
+    their backend lazily, and that import is not the method's cost."""
+    from esegeta_core.plugin.manager import get_registry
+
+    registry = get_registry()
+    plugin = registry.plugin_of[registry.get(run.method).name]
+    if plugin in _WARM:
+        return
+    one = target[:1] if isinstance(target, (torch.Tensor, list, tuple)) else target
+    explain(
+        net,
+        inputs[:1],
+        run.method,
+        one,
+        task=task,
+        wrapper=wrapper,
+        seed=seed,
+        progress=False,
+        **run.params,
+    )
+    _WARM.add(plugin)
 
 
 def _object_masks(
@@ -232,6 +273,7 @@ def _evaluate_pair(
         )
 
     try:
+        _warm_up(run, net, inputs, target, task, wrapper, seed)
         e, cost = measure(once, device)
     except EsegetaError as exc:
         log.warning("evaluate: %s on %s failed: %s", run.label, model_name, exc)
