@@ -98,6 +98,8 @@ def test_batched_equals_item_by_item_and_chunking(rank):
         assert torch.allclose(one.curve[0], full.curve[i], rtol=1e-5, atol=1e-4)
     d = deletion(model, x, t, a, steps=10, batch_size=5)
     assert d.curve.shape == (3, 11) and d.auc.shape == (3,)
+    assert not torch.is_inference(d.curve)  # results are ordinary tensors
+    d.curve[0, 0] = 0.0
     assert bool(((d.curve >= 0) & (d.curve <= 1)).all())  # softmax probabilities
 
 

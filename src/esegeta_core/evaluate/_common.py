@@ -284,5 +284,6 @@ def run_explain(
 
 
 def cpu(t: torch.Tensor) -> torch.Tensor:
-    """Results are small: hand them back detached, on the CPU."""
-    return t.detach().cpu()
+    """Results are small: hand them back detached, on the CPU, as ordinary tensors (a
+    copy, so that no inference-mode tensor escapes)."""
+    return t.detach().to("cpu", copy=True)

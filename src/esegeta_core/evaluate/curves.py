@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from esegeta_core.baselines import gaussian_blur, make_baseline
+from esegeta_core.baselines import gaussian_blur
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.evaluate._common import (
     Score,
@@ -260,11 +260,11 @@ def _run_curve(
         other = _fill(metric, fill_spec, x, blur_sigma)
         rank, units = _unit_ranks(a, cells, absolute)
         n_steps = units if steps is None else min(steps, units)
-        counts = torch.arange(n_steps + 1, device=device) * units // n_steps
+        counts = torch.arange(n_steps + 1) * units // n_steps
         start, end = (other, x) if insert else (x, other)
-        curve = _scores(metric, model, start, end, rank, counts, t, score, batch_size)
-    fractions = counts.double() / units
-    return cpu(curve), cpu(fractions)
+        counts_dev = counts.to(device=device, dtype=rank.dtype)
+        curve = _scores(metric, model, start, end, rank, counts_dev, t, score, batch_size)
+    return cpu(curve), counts.double() / units
 
 
 def _check_grid(metric: str, grid: object, spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -285,22 +285,36 @@ def _check_grid(metric: str, grid: object, spatial: tuple[int, ...]) -> tuple[in
 def _fill(
     metric: str, spec: Perturbation, x: torch.Tensor, blur_sigma: float | None
 ) -> torch.Tensor:
-    """The values a perturbed unit takes, shaped like ``x``."""
+    """The values a perturbed unit takes: shaped like ``x`` or broadcastable to it (a
+    constant stays ``(1, 1, 1, 1)``, a mean ``(B, C, 1, 1)``: nothing is materialised
+    that ``torch.where`` can broadcast)."""
+    ones = (1,) * (x.ndim - 1)
     if isinstance(spec, torch.Tensor):
-        return make_baseline(spec, x, method=metric)
+        fill = spec.detach().to(device=x.device, dtype=x.dtype)
+        fill = fill.reshape((1,) * (x.ndim - fill.ndim) + tuple(fill.shape))
+        try:
+            ok = torch.broadcast_shapes(fill.shape, x.shape) == x.shape
+        except RuntimeError:
+            ok = False
+        if not ok or fill.shape[0] not in (1, x.shape[0]):
+            raise InvalidParamsError(
+                f"Metric {metric!r}: a perturbation tensor of shape {tuple(spec.shape)} does "
+                f"not broadcast to the inputs {tuple(x.shape)}."
+            )
+        return fill
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return torch.full_like(x, float(spec))
+        return torch.full((1, *ones), float(spec), device=x.device, dtype=x.dtype)
     if spec == "zero":
-        return torch.zeros_like(x)
+        return torch.zeros((1, *ones), device=x.device, dtype=x.dtype)
     if spec == "mean":
-        return make_baseline("mean", x)
+        return x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
     if spec == "blur":
         sigma = blur_sigma or max(1.0, min(x.shape[2:]) / 16)
         return gaussian_blur(x, sigma)
     if spec == "noise":
         flat = x.flatten(1)
-        lo = flat.min(1).values.view(-1, *[1] * (x.ndim - 1))
-        hi = flat.max(1).values.view(-1, *[1] * (x.ndim - 1))
+        lo = flat.min(1).values.view(-1, *ones)
+        hi = flat.max(1).values.view(-1, *ones)
         return lo + (hi - lo) * torch.rand_like(x)
     raise InvalidParamsError(
         f"Metric {metric!r}: perturbation {spec!r} is not one of 'zero', 'mean', 'blur', "
@@ -338,6 +352,8 @@ def _unit_ranks(
     order = torch.sort(cell_rel, dim=1, descending=True, stable=True).indices
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(units, device=smap.device).expand(b, -1))
+    if units < 2**31:  # a quarter of the memory traffic when building inputs
+        ranks = ranks.int()
     if ids is not None:
         ranks = ranks.gather(1, ids.expand(b, -1))
     return ranks.view(b, 1, *spatial), units
@@ -354,16 +370,28 @@ def _scores(
     score: Score,
     batch_size: int,
 ) -> torch.Tensor:
-    """Scores of every (step, item) pair: ``end`` where ``rank < counts[step]``, else
-    ``start``; pairs are ordered step-major and run ``batch_size`` at a time."""
-    b = start.shape[0]
-    total = counts.shape[0] * b
-    out = torch.empty(total, device=start.device)
-    pad = [1] * (start.ndim - 1)
-    for part in chunks(total, batch_size):
-        pair = torch.arange(part.start, part.stop, device=start.device)
-        step, item = pair // b, pair % b
-        changed = rank[item] < counts[step].view(-1, *pad)
-        xk = torch.where(changed, end[item], start[item])
-        out[part] = target_scores(metric, model, xk, t[item], score).float()
-    return out.view(-1, b).T.contiguous()
+    """``(B, L + 1)`` scores: input ``(k, i)`` is ``end`` where ``rank < counts[k]``, else
+    ``start`` (both ``(B, ...)`` or broadcastable with a batch dimension of 1).
+
+    Each forward pass takes a block of steps for a group of items, built by one
+    broadcast ``torch.where`` (no gathers): ``min(B, batch_size)`` items times
+    ``batch_size // items`` steps.
+    """
+    b, n = rank.shape[0], counts.shape[0]
+    pad = (1,) * (rank.ndim - 1)
+    out = torch.empty(n, b, device=rank.device)
+    group = min(b, batch_size)
+    per_pass = max(1, batch_size // group)
+    for items in chunks(b, group):
+        s_i = start[items] if start.shape[0] == b else start
+        e_i = end[items] if end.shape[0] == b else end
+        r_i, t_i = rank[items].unsqueeze(0), t[items]
+        g = r_i.shape[1]
+        for steps in chunks(n, per_pass):
+            k = steps.stop - steps.start
+            changed = r_i < counts[steps].view(k, 1, *pad)
+            xk = torch.where(changed, e_i.unsqueeze(0), s_i.unsqueeze(0))
+            xk = xk.expand(k, g, *xk.shape[2:]).flatten(0, 1)
+            scores = target_scores(metric, model, xk, t_i.repeat(k), score)
+            out[steps, items] = scores.float().view(k, g)
+    return out.T.contiguous()

@@ -30,6 +30,8 @@ def _pair(metric: str, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, 
             f"Metric {metric!r}: maps must be (B, C, H, W), (B, C, D, H, W) or (B, H, W), "
             f"got {tuple(a.shape)}."
         )
+    if a.device.type == "mps":  # no float64 there; these maps are small
+        a = a.cpu()
     a = a.detach().double().sum(1, keepdim=True)
     b = b.detach().to(a.device).double().sum(1, keepdim=True)
     return a, b

@@ -1,0 +1,233 @@
+"""Speed of esegeta's perturbation curves against Quantus on the same work.
+
+Work: 64 RGB images of 66 x 66 (random, seeded), a small CNN built here (three
+conv-ReLU stages of 16/32/64 channels, global average pooling, 10 classes, random
+weights), a random attribution map per image (no ties) and about 100 steps:
+
+- deletion: pixels removed most relevant first in 99 steps of 44 pixels, each replaced
+  by the image's minimum (Quantus's ``"black"``), softmax score of the predicted
+  class; against ``quantus.PixelFlipping(features_in_step=132)`` (132 = 44 pixels x 3
+  channels: the one-channel map is broadcast over channels, so a step flips whole
+  pixels there too). 99 steps and 66 x 66 because Quantus wants its step to divide
+  H*W while it flips C*H*W values: whole pixels in exactly 100 steps are impossible.
+- AOPC: the 121 cells of 6 x 6 pixels removed most relevant first (121 steps); against
+  ``quantus.RegionPerturbation(patch_size=6, regions_evaluation=121)`` (MoRF).
+
+Fairness: same model, inputs, maps, order and fill values, and one forward pass of 64
+images per step for both (``batch_size=64``); the curves agree (the maximum absolute
+difference is printed). What differs: esegeta also scores the unperturbed images
+(101 forward passes of 64 against Quantus's 100 plus one for the original scores in
+RegionPerturbation), builds perturbed inputs on the model's device with ``torch.where``
+instead of numpy copies and calls the model under ``torch.inference_mode`` (Quantus:
+``no_grad``, numpy <-> torch conversions each step). The "floor" row is the same
+number of bare forward passes: no implementation of this work can beat it by much, so
+``quantus / floor`` bounds the achievable speed-up. Extra rows (not ``--quick``):
+esegeta with 256 (step, image) pairs per forward pass (it can batch across steps,
+Quantus only across images), and both with the model in ``channels_last``.
+
+Run::
+
+    python benchmarks/bench_metrics.py --quick --out metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from esegeta_core.evaluate import aopc, deletion
+
+
+def small_cnn(classes: int = 10) -> nn.Module:
+    """Three conv-ReLU(-pool) stages of 16/32/64 channels, GAP, a linear head."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, classes),
+    ).eval()
+
+
+def _time(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds per function, run interleaved."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _floor(model: nn.Module, x: torch.Tensor, passes: int) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(passes):
+                model(x)
+
+    return run
+
+
+def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import quantus
+
+    size, steps, n = args.size, args.steps, args.images
+    model = small_cnn()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, size, size, generator=gen)
+    a = torch.rand(n, 1, size, size, generator=gen)
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    black = x.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    xn, tn, an = x.numpy(), t.numpy(), np.broadcast_to(a.numpy(), x.shape).copy()
+    pixels_per_step = size * size // steps
+    cell = args.cell
+    cells = math.ceil(size / cell) ** 2
+    common = {"disable_warnings": True, "display_progressbar": False}
+    q_kw = {"model": model, "x_batch": xn, "y_batch": tn, "a_batch": an, "device": "cpu"}
+    rows = []
+
+    def row(work: str, ours_s: float, ref: str, ref_s: float, **extra: Any) -> None:
+        rows.append(
+            {
+                "work": work,
+                "ours_s": ours_s,
+                "reference": ref,
+                "reference_s": ref_s,
+                "speedup": ref_s / ours_s,
+                **extra,
+            }
+        )
+        r = rows[-1]
+        print(
+            f"{work:<38} ours {ours_s:8.2f} s   {ref:<26} {ref_s:8.2f} s   "
+            f"speed-up {r['speedup']:5.2f}x",
+            flush=True,
+        )
+
+    # deletion vs PixelFlipping ---------------------------------------------------------
+    pf = quantus.PixelFlipping(features_in_step=3 * pixels_per_step, **common)
+
+    def ours_deletion(bs: int = 64) -> torch.Tensor:
+        return deletion(model, x, t, a, steps=steps, perturbation=black, batch_size=bs).curve
+
+    def quantus_deletion() -> Any:
+        return pf(**q_kw, batch_size=n, softmax=True)
+
+    # warm-up (first-call costs of oneDNN and Quantus) on two images, then a check that
+    # both compute the same curves
+    deletion(model, x[:2], t[:2], a[:2], steps=steps, perturbation=black[:2])
+    pf(**{**q_kw, "x_batch": xn[:2], "y_batch": tn[:2], "a_batch": an[:2]}, softmax=True)
+    check = np.abs(ours_deletion()[:, 1:].numpy() - np.array(quantus_deletion())).max()
+    timed = _time(
+        {
+            "ours": ours_deletion,
+            "quantus": quantus_deletion,
+            "floor": _floor(model, x, steps + 1),
+        },
+        args.repeats,
+    )
+    work = f"deletion {n}x3x{size}x{size}, {steps} steps"
+    row(work, timed["ours"], "quantus.PixelFlipping", timed["quantus"], max_abs_diff=float(check))
+    row(work, timed["ours"], f"floor ({steps + 1} forwards)", timed["floor"])
+    if not args.quick:
+        big = _time({"ours": lambda: ours_deletion(256)}, args.repeats)["ours"]
+        row(work + ", 256/pass", big, "quantus.PixelFlipping", timed["quantus"])
+
+    # AOPC vs RegionPerturbation --------------------------------------------------------
+    rp = quantus.RegionPerturbation(
+        patch_size=cell,
+        regions_evaluation=cells,
+        perturb_baseline="black",
+        order="morf",
+        **common,
+    )
+
+    def ours_aopc() -> torch.Tensor:
+        r = aopc(model, x, t, a, grid=cell, perturbation=black, batch_size=64)
+        return r.curve[:, :1] - r.curve[:, 1:]
+
+    def quantus_aopc() -> Any:
+        return rp(**q_kw, batch_size=n, softmax=True)
+
+    check = np.abs(ours_aopc().numpy() - np.array(quantus_aopc())).max()
+    timed = _time({"ours": ours_aopc, "quantus": quantus_aopc}, args.repeats)
+    work = f"AOPC {n}x3x{size}x{size}, {cells} cells of {cell}px"
+    row(
+        work,
+        timed["ours"],
+        "quantus.RegionPerturbation",
+        timed["quantus"],
+        max_abs_diff=float(check),
+    )
+
+    if not args.quick:  # both with the model in channels_last
+        model.to(memory_format=torch.channels_last)
+        timed = _time({"ours": ours_deletion, "quantus": quantus_deletion}, args.repeats)
+        row(
+            "deletion, channels_last model",
+            timed["ours"],
+            "quantus.PixelFlipping",
+            timed["quantus"],
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one repeat, headline rows only")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", type=int, default=66)
+    parser.add_argument("--steps", type=int, default=99)
+    parser.add_argument("--cell", type=int, default=6, help="AOPC cell size")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if (args.size * args.size) % args.steps or args.steps % 3:
+        # Quantus's step (3 values per pixel) must divide H*W: whole pixels per step
+        parser.error("steps must divide size * size and be a multiple of 3")
+    logging.getLogger("quantus").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}")
+    rows = bench(args)
+    if args.out:
+        meta = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "quick": args.quick,
+            "repeats": args.repeats,
+        }
+        with open(args.out, "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
