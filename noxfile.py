@@ -75,7 +75,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Install the core with every plugin, list the methods, run the quick-start example."""
+    """Install the core with every plugin, list the methods, run `esegeta demo`."""
     session.install(*_editable(".", *(f"plugins/{p}" for p in PLUGINS)))
     session.run("esegeta", "methods")
-    session.run("python", "examples/quickstart.py", *session.posargs)
+    session.run("esegeta", "demo", *session.posargs)
