@@ -179,3 +179,11 @@ def test_cli_trains_from_a_yaml_config(tmp_path, capsys):
     path.write_text("data: {source: factory, factory: nowhere}\n")
     assert esegeta(["xml", "train", str(path)]) == 2
     assert "package.module:function" in capsys.readouterr().err
+
+
+def test_resuming_with_another_config_is_refused(trained):
+    config = fast_config(trained.output_dir.parent, loss={"beta": 0.5})
+    with pytest.raises(InvalidParamsError, match=r"another config \(changed: loss\.beta\)"):
+        train(config)
+    # runtime fields may change
+    train(fast_config(trained.output_dir.parent, num_workers=0, progress=False))

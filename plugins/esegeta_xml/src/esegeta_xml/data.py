@@ -83,7 +83,7 @@ def box_masks(masks: torch.Tensor) -> torch.Tensor:
 def shapes_datasets(spec: ShapesSource) -> tuple[TensorItems, TensorItems]:
     """Training and validation sets of the core's synthetic shapes benchmark."""
     try:
-        from esegeta_core.synthetic import make_shapes
+        from esegeta_core.synthetic.shapes import make_shapes
     except ImportError as exc:
         raise InvalidParamsError(
             "data.source 'shapes' needs esegeta_core.synthetic.make_shapes (esegeta-core "

@@ -134,6 +134,7 @@ def train(
         )
     model.to(device)
     train_set, val_set = datasets if datasets is not None else build_datasets(config.data)
+    _check_same_config(out, config)
     write_json(out / "config.json", config.model_dump(mode="json"))
     metrics: list[dict[str, Any]] = []
     results = []
@@ -433,6 +434,40 @@ def _to(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     x, y, m = batch
     return x.to(device), y.to(device), None if m is None else m.to(device)
+
+
+RUNTIME_FIELDS = frozenset({"output_dir", "device", "num_workers", "progress"})
+"""Config fields that may change between a run and its resumption."""
+
+
+def _check_same_config(out: Path, config: TrainConfig) -> None:
+    """Resuming a run with another config would mix two trainings: refuse it."""
+    path = out / "config.json"
+    if not path.is_file() or not any(out.glob("phase*/last.pt")):
+        return
+    import json
+
+    previous = json.loads(path.read_text())
+    current = config.model_dump(mode="json")
+    changed = [
+        key for key in _diff(previous, current) if key.split(".", 1)[0] not in RUNTIME_FIELDS
+    ]
+    if changed:
+        raise InvalidParamsError(
+            f"{out} holds an xML training run of another config (changed: "
+            f"{', '.join(changed)}); training into the same folder resumes that run, so "
+            f"the config must stay the same. Use a new output_dir, or delete {out}."
+        )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            path
+            for key in sorted(set(a) | set(b), key=str)
+            for path in _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        ]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _unfreeze(model: nn.Module) -> None:
