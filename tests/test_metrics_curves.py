@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -140,6 +141,31 @@ def test_deletion_matches_quantus_pixel_flipping():
     black = x.flatten(1).min(1).values.view(-1, 1, 1, 1)  # Quantus's "black"
     ours = deletion(model, x, t, a, steps=8, perturbation=black)
     assert torch.allclose(ours.curve[:, 1:], torch.tensor(expected).float(), atol=1e-5)
+
+
+def test_aopc_matches_quantus_region_perturbation():
+    quantus = pytest.importorskip("quantus")
+    model = tiny_model("classification", 2)
+    x = tiny_input("classification", 2, batch=2, size=8)
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    a = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    metric = quantus.RegionPerturbation(
+        patch_size=2, regions_evaluation=16, perturb_baseline="black", disable_warnings=True
+    )
+    expected = metric(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=t.numpy(),
+        a_batch=a.expand_as(x).numpy(),
+        device="cpu",
+        softmax=True,
+    )
+    black = x.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    ours = aopc(model, x, t, a, grid=2, perturbation=black)
+    drops = ours.curve[:, :1] - ours.curve[:, 1:]  # Quantus leaves out k = 0
+    assert torch.allclose(drops, torch.tensor(np.array(expected)).float(), atol=1e-6)
+    assert torch.allclose(ours.aopc, drops.sum(1) / 17)
 
 
 def test_curve_errors():
