@@ -211,3 +211,45 @@ def test_evaluation_section_is_validated(tmp_path):
         RunConfig.model_validate({**base, "evaluation": {"metric_params": {"nope": {}}}})
     ok = RunConfig.model_validate({**base, "evaluation": {"preset": "torchesegeta"}})
     assert ok.evaluation.preset == "torchesegeta"
+
+
+def test_segmentation_region_targets_score_the_region_per_item():
+    """A Region target's curves score the class's logits inside that item's own mask."""
+    from esegeta_core.targets import Region, RegionScores, ScoreModel
+
+    model = tiny_model("segmentation", 2)
+    x = tiny_input("segmentation", 2, batch=2, size=16)
+    regions = torch.zeros(2, 16, 16, dtype=torch.bool)
+    regions[0, 2:8, 2:8] = True
+    regions[1, 8:14, 6:12] = True
+    board = evaluate(
+        model,
+        x,
+        ["demo.grad_x_input"],
+        Region(1, regions),
+        task="segmentation",
+        metrics=["aopc"],
+        progress=False,
+        keep_maps=True,
+    )
+    maps = board.maps["model", "demo.grad_x_input"]
+    expected = [
+        aopc(
+            ScoreModel(model, RegionScores(regions[i : i + 1])),
+            x[i : i + 1],
+            1,
+            maps[i : i + 1],
+            score="raw",
+        ).aopc.reshape(())
+        for i in range(2)
+    ]
+    assert board.rows()[0]["aopc"] == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    # a shared mask scores the whole batch at once, the same as item by item
+    shared = evaluate(
+        model, x, ["demo.grad_x_input"], Region(1, regions[0]), task="segmentation",
+        metrics=["aopc"], progress=False, keep_maps=True,
+    )  # fmt: skip
+    one = ScoreModel(model, RegionScores(regions[0]))
+    shared_maps = shared.maps["model", "demo.grad_x_input"]
+    want = aopc(one, x, torch.ones(2, dtype=torch.long), shared_maps, score="raw")
+    assert shared.rows()[0]["aopc"] == pytest.approx(float(want.aopc.mean()), rel=1e-5)

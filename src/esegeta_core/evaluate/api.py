@@ -24,7 +24,7 @@ from esegeta_core.evaluate.leaderboard import METRICS, Leaderboard, MethodScores
 from esegeta_core.evaluate.presets import PRESETS
 from esegeta_core.explanation import Explanation
 from esegeta_core.progress import progress_bar
-from esegeta_core.targets import ScoreFn, TargetLike, Task, score_model
+from esegeta_core.targets import Region, ScoreFn, TargetLike, Task, score_model
 
 __all__ = ["MethodRun", "evaluate", "maps_of"]
 
@@ -282,7 +282,6 @@ def _evaluate_pair(
         return failed("skipped", "a visualization: it synthesises images, nothing to score"), None
     maps = maps_of(e).detach()
     targets = e.target
-    scored = score_model(net, task, wrapper, None)
     x = inputs.to(device)
     object_masks = _object_masks(masks, targets, tuple(x.shape[2:]), task)
 
@@ -291,6 +290,63 @@ def _evaluate_pair(
         again = explain(m, xs, run.method, t, seed=seed, progress=False, **run.params)
         return maps_of(again)
 
+    def score(items: slice) -> tuple[dict[str, torch.Tensor], bool | None, list[str]]:
+        region = target if isinstance(target, Region) else None
+        if region is not None and _per_item(region.mask, x):
+            region = Region(region.label, region.mask[items])
+        scored = score_model(net, task, wrapper, region)
+        om = object_masks[items] if object_masks is not None else None
+        return _score_metrics(
+            scored, x[items], targets[items], maps[items], om, explain_fn, metrics, settings,
+            run.label, model_name,
+        )  # fmt: skip
+
+    if isinstance(target, Region) and _per_item(target.mask, x) and len(x) > 1:
+        # one region per item: the scores of item i are its logits inside its own mask,
+        # and the metrics batch perturbed copies of one item, so score item by item
+        parts = [score(slice(i, i + 1)) for i in range(len(x))]
+        keys = [k for k in parts[0][0] if all(k in p[0] for p in parts)]
+        values = {k: torch.cat([p[0][k].reshape(-1) for p in parts]) for k in keys}
+        verdicts = [p[1] for p in parts if p[1] is not None]
+        sanity_failed = sum(verdicts) > len(verdicts) / 2 if verdicts else None  # majority
+        errors = sorted({e for p in parts for e in p[2]})
+    else:
+        values, sanity_failed, errors = score(slice(None))
+    values = {k: v.detach().float().cpu() for k, v in values.items()}
+    entry = MethodScores(
+        model_name,
+        run.method,
+        run.label,
+        dict(run.params),
+        targets.cpu(),
+        values,
+        seconds=(cost.seconds,),
+        peak_mb=cost.peak_mb,
+        sanity_failed=sanity_failed,
+        status="ok" if not errors else "partial",
+        error="; ".join(errors),
+    )
+    return entry, maps.cpu()
+
+
+def _per_item(mask: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether a region mask holds one mask per item (a leading batch axis > 1)."""
+    return mask.ndim >= x.ndim - 1 and mask.shape[0] > 1 and mask.shape[0] == len(x)
+
+
+def _score_metrics(
+    scored: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    maps: torch.Tensor,
+    object_masks: torch.Tensor | None,
+    explain_fn: Any,
+    metrics: list[str],
+    settings: dict[str, dict[str, Any]],
+    label: str,
+    model_name: str,
+) -> tuple[dict[str, torch.Tensor], bool | None, list[str]]:
+    """Every chosen metric of one method's maps: values, the sanity verdict, errors."""
     values: dict[str, torch.Tensor] = {}
     sanity_failed = None
     errors = []
@@ -324,20 +380,6 @@ def _evaluate_pair(
                 values[metric] = getattr(result, result.verdict_on)[-1]
                 sanity_failed = result.failed
         except EsegetaError as exc:
-            log.warning("evaluate: %s of %s on %s failed: %s", metric, run.label, model_name, exc)
+            log.warning("evaluate: %s of %s on %s failed: %s", metric, label, model_name, exc)
             errors.append(f"{metric}: {exc}")
-    values = {k: v.detach().float().cpu() for k, v in values.items()}
-    entry = MethodScores(
-        model_name,
-        run.method,
-        run.label,
-        dict(run.params),
-        targets.cpu(),
-        values,
-        seconds=(cost.seconds,),
-        peak_mb=cost.peak_mb,
-        sanity_failed=sanity_failed,
-        status="ok" if not errors else "partial",
-        error="; ".join(errors),
-    )
-    return entry, maps.cpu()
+    return values, sanity_failed, errors
