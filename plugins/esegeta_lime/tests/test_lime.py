@@ -227,3 +227,18 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_slic_on_pixel_noise_smooths_instead_of_one_segment(caplog) -> None:
+    """SLIC (Lab, no smoothing) merges a noisy RGB image into one segment; the plugin
+    retries with sigma=1 and says so, and an explicit sigma is left alone."""
+    model = tiny_model("classification", 2, in_channels=3)
+    x = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("WARNING", logger="esegeta_lime.segmentation"):
+        e = explain(model, x, "lime.lime", n_segments=30, num_samples=16, seed=0)
+    assert int(e.extras["segments"][0].max()) + 1 >= 10
+    assert "retrying with sigma=1" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="esegeta_lime.segmentation"):
+        e = explain(model, x, "lime.lime", n_segments=30, num_samples=16, seed=0, sigma=0.0)
+    assert int(e.extras["segments"][0].max()) + 1 < 3 and "retrying" not in caplog.text

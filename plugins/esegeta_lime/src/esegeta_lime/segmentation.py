@@ -11,6 +11,7 @@ means the same). The perturbation itself always acts on the real C-channel tenso
 from __future__ import annotations
 
 import inspect
+import logging
 import warnings
 from typing import Any
 
@@ -20,6 +21,8 @@ import torch
 from esegeta_core import InvalidParamsError
 from esegeta_core.feature_masks import check_mask
 from esegeta_lime.params import LimeParams
+
+logger = logging.getLogger(__name__)
 
 
 def segment(inputs: torch.Tensor, params: LimeParams, seed: int, method: str) -> torch.Tensor:
@@ -64,7 +67,7 @@ def _algorithm(item: torch.Tensor, params: LimeParams, seed: int) -> Any:
         compactness = params.compactness
         if compactness is None:
             compactness = 10.0 if rgb else 0.1
-        return sk.slic(
+        labels = sk.slic(
             image,
             n_segments=params.n_segments,
             compactness=compactness,
@@ -73,6 +76,26 @@ def _algorithm(item: torch.Tensor, params: LimeParams, seed: int) -> Any:
             start_label=0,
             **sigma,
         )
+        if params.sigma is None and len(np.unique(labels)) < max(2, params.n_segments // 10):
+            # on pixel noise SLIC's clusters fragment and its connectivity step merges
+            # them all into one segment: smooth first (sigma=1), as users of noisy
+            # (medical) images would, rather than explain with one segment
+            logger.warning(
+                "lime.lime: SLIC found %d segment(s) for n_segments=%d on a noisy input; "
+                "retrying with sigma=1 (set sigma to choose the smoothing yourself).",
+                len(np.unique(labels)),
+                params.n_segments,
+            )
+            labels = sk.slic(
+                image,
+                n_segments=params.n_segments,
+                compactness=compactness,
+                channel_axis=-1,
+                convert2lab=rgb,
+                start_label=0,
+                sigma=1.0,
+            )
+        return labels
     if kind == "quickshift":
         # scikit-image 0.22 renamed quickshift's random_seed to rng
         takes_rng = "rng" in inspect.signature(sk.quickshift).parameters
