@@ -55,6 +55,9 @@ def tests(session: nox.Session) -> None:
     )
     # One pytest process per package: the plugins' test folders share module names
     # (test_conformance.py, conftest.py), which cannot live in one pytest process.
+    # They share one cache of the synthetic benchmark's trained models, so each model
+    # trains once per session (tests that check the caching itself use their own).
+    session.env.setdefault("ESEGETA_CACHE", str(Path(session.create_tmp()) / "esegeta-cache"))
     failed = []
     for path in ("tests", *(f"plugins/{p}" for p in PLUGINS)):
         try:

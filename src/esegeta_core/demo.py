@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from esegeta_core.catalog import list_methods
+from esegeta_core.errors import MethodNotFoundError
 from esegeta_core.evaluate.api import MethodRun, evaluate
 from esegeta_core.evaluate.leaderboard import Leaderboard
 from esegeta_core.explanation import Explanation
@@ -61,7 +62,7 @@ def plan_2d(cam_layer: str, *, quick: bool = False) -> DemoPlan:
         MethodRun("captum.occlusion", {"window": 12, "strides": 6}, "Occlusion (Captum)"),
         MethodRun("cnnvis.score_cam", {"layer": cam_layer}, "Score-CAM (cnnvis)"),
         MethodRun("cnnvis.rise", {"num_masks": 500, "cells": 8}, "RISE (cnnvis)"),
-        MethodRun("lime.lime", {"num_samples": 150, "n_segments": 40}, "LIME"),
+        MethodRun("lime.lime", {"num_samples": 150, "n_segments": 40, "sigma": 1.0}, "LIME"),
     ]
     visual = [
         MethodRun(
@@ -123,8 +124,9 @@ def _image_bytes(image: torch.Tensor, path: Path, title: str) -> bytes:
     from matplotlib.figure import Figure
 
     img = image.detach().float().cpu()
-    if img.ndim == 4:  # a volume: its middle slice
-        img = img[:, img.shape[1] // 2]
+    if img.ndim == 4:  # a volume: its axial maximum-intensity projection
+        img = img.amax(dim=1)
+        title = f"{title} (axial MIP)"
     img = (img - img.min()) / (img.max() - img.min() + 1e-12)
     fig = Figure(figsize=(2.4, 2.6), dpi=100)
     FigureCanvasAgg(fig)
@@ -182,6 +184,7 @@ def _sections(
     from esegeta_core.report.html import InputSection, MapEntry, anchor_id
 
     by_title = {e.title: e for e in board.entries}
+    models = sorted({e.model for e in board.entries})
     sections = []
     for i, item_name in enumerate(names):
         input_png = _image_bytes(x[i], folder / f"{label}-{i}-input.png", item_name)
@@ -202,12 +205,18 @@ def _sections(
                     params=dict(entry.params),
                 )
             )
-        for run, e in visuals:
+        for run, e in visuals if i == 0 else ():  # once: it does not depend on the input
             png = _image_bytes(
                 e.attributions[0], folder / f"{anchor_id(label + run.label)}.png", run.label
             )
             maps.append(
-                MapEntry(method=run.label, target="(a visualization)", png=png, seconds=e.seconds)
+                MapEntry(
+                    method=run.label,
+                    target="(a visualization of the class)",
+                    png=png,
+                    seconds=e.seconds,
+                    model=models[0] if models else "",
+                )
             )
         for entry in board.entries:
             if entry.status not in ("ok", "partial"):
@@ -223,6 +232,14 @@ def run_demo(output_dir: Path, *, quick: bool = False, progress: bool = True) ->
     from esegeta_core.synthetic import pretrained
 
     start = time.perf_counter()
+    probe_2d, probe_3d = plan_2d("layer", quick=quick), plan_3d("layer", quick=quick)
+    if not (probe_2d.cheap or probe_2d.costly or probe_3d.cheap or probe_3d.costly):
+        raise MethodNotFoundError(
+            "esegeta demo: none of the demo's attribution methods is installed (it uses "
+            "the captum, cnnvis, torchray and lime backends). Install one, e.g. "
+            "`pip install esegeta-captum esegeta-cnnvis`, or run `python -m nox -s demo`, "
+            "which installs every backend."
+        )
     output_dir = Path(output_dir)
     figures = output_dir / "figures"
     classifier = pretrained("shapes_classifier", progress=progress)
