@@ -253,3 +253,13 @@ def test_segmentation_region_targets_score_the_region_per_item():
     shared_maps = shared.maps["model", "demo.grad_x_input"]
     want = aopc(one, x, torch.ones(2, dtype=torch.long), shared_maps, score="raw")
     assert shared.rows()[0]["aopc"] == pytest.approx(float(want.aopc.mean()), rel=1e-5)
+
+
+def test_the_evaluate_package_is_callable(clf):
+    import esegeta_core
+
+    model, x = clf
+    a = esegeta_core.evaluate(model, x, ["demo.grad_x_input"], metrics=["aopc"], progress=False)
+    b = evaluate(model, x, ["demo.grad_x_input"], metrics=["aopc"], progress=False)
+    assert isinstance(a, Leaderboard) and a.rows()[0]["aopc"] == b.rows()[0]["aopc"]
+    assert esegeta_core.evaluate.aopc is aopc  # still the metrics' module

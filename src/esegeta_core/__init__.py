@@ -13,6 +13,7 @@ Backends are plugins discovered through the ``esegeta`` entry-point group; see
 
 from __future__ import annotations
 
+from esegeta_core import evaluate
 from esegeta_core.api import explain, model_device, validate_params
 from esegeta_core.catalog import MethodInfo, describe_method, list_methods, plugin_failures
 from esegeta_core.errors import (
@@ -70,6 +71,7 @@ __all__ = [
     "UnsupportedRankError",
     "__version__",
     "describe_method",
+    "evaluate",
     "explain",
     "get_registry",
     "hookimpl",

@@ -1,5 +1,8 @@
 """Evaluation metrics for explanations: batched, 2D and 3D, on the model's device.
 
+- :func:`evaluate`: methods x metrics for one or several models, a :class:`Leaderboard`;
+  the module itself is callable, ``esegeta_core.evaluate(model, x, methods, ...)``;
+
 - faithfulness: :func:`infidelity`, :func:`max_sensitivity`, :func:`aopc`,
   :func:`deletion`, :func:`insertion`;
 - localisation: :func:`pointing_game` (+ :func:`pointing_accuracy`),
@@ -15,7 +18,14 @@ found it and returns per-item ``(B,)`` tensors (on the CPU) in frozen dataclasse
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
 from esegeta_core.evaluate._common import ExplainFn, Score
+
+# after the metric modules: the API imports them
+from esegeta_core.evaluate.api import MethodRun, evaluate
 from esegeta_core.evaluate.curves import (
     AOPCResult,
     CurveResult,
@@ -32,6 +42,7 @@ from esegeta_core.evaluate.faithfulness import (
     infidelity,
     max_sensitivity,
 )
+from esegeta_core.evaluate.leaderboard import METRICS, Leaderboard, MethodScores
 from esegeta_core.evaluate.localisation import (
     PointingAccuracy,
     PointingGameResult,
@@ -55,6 +66,10 @@ __all__ = [
     "ESEGETA",
     "ExplainFn",
     "InfidelityResult",
+    "Leaderboard",
+    "METRICS",
+    "MethodRun",
+    "MethodScores",
     "PRESETS",
     "Perturbation",
     "PerturbFn",
@@ -67,6 +82,7 @@ __all__ = [
     "aopc",
     "cascading_randomisation",
     "deletion",
+    "evaluate",
     "infidelity",
     "insertion",
     "max_sensitivity",
@@ -81,3 +97,13 @@ __all__ = [
     "spearman",
     "ssim",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """``esegeta_core.evaluate(...)`` is :func:`evaluate`: the package can be called."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Leaderboard:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
