@@ -12,7 +12,7 @@ import yaml
 
 from esegeta_core import InvalidInputError, InvalidParamsError
 from esegeta_core.cli import main
-from esegeta_core.evaluate import aopc, infidelity, pointing_game
+from esegeta_core.evaluate import aopc, infidelity, pointing_game, pompom
 from esegeta_core.evaluate.api import MethodRun, evaluate
 from esegeta_core.evaluate.leaderboard import METRICS, Leaderboard
 from esegeta_core.model_state import ModelState
@@ -71,6 +71,9 @@ def test_every_metric_for_two_methods_with_values_equal_to_the_metric_functions(
     hits = pointing_game(maps, masks).hit
     per_class = [hits[target == c].mean() for c in target.unique()]
     assert rows[0]["pointing_game"] == pytest.approx(float(torch.stack(per_class).mean()))
+    # POMPOM by default with a relative threshold (5% of each map's maximum)
+    expected_pompom = pompom(maps, masks, eps=0.05, relative=True).mean()
+    assert rows[0]["pompom"] == pytest.approx(float(expected_pompom))
     # layer-resolution maps are scored at input resolution
     assert board.maps["model", "demo.layer_mean"].shape == (3, 1, 16, 16)
 

@@ -90,7 +90,11 @@ def evaluate(
         metric_params: per metric, keyword arguments overriding the preset's (for
             segmentation the curves score the raw region score unless ``score`` is set:
             a softmax over summed logits saturates).
-        preset: ``"esegeta"`` or ``"torchesegeta"`` (the original's settings).
+        preset: ``"esegeta"`` or ``"torchesegeta"`` (the original's settings). Both
+            score POMPOM with a relative threshold (pixels above 5% of each map's
+            maximum count as meaningful, ``{"eps": 0.05, "relative": True}``), since
+            maps come in arbitrary units; pass ``metric_params={"pompom": {"eps": 1e-6,
+            "relative": False}}`` for the paper's absolute threshold.
         seed: seeds the methods and the metrics' noise.
         keep_maps: also return each pair's maps (``Leaderboard.maps``) for reports.
         progress: a progress bar over (model, method) pairs.

@@ -204,7 +204,8 @@ def pompom(
     CNNs: an in-model approach", https://doi.org/10.1016/j.patrec.2020.04.004, whose
     maps lie in [0, 1) and whose ``eps`` is about 1e-6). With ``relative`` the
     threshold is ``eps`` times the item's largest value, for maps in arbitrary units
-    (then choose e.g. ``eps=0.05``). A mask covering everything gives 0, as the
+    (then choose e.g. ``eps=0.05``; :func:`~esegeta_core.evaluate.evaluate` uses
+    ``relative=True, eps=0.05`` by default). A mask covering everything gives 0, as the
     paper's formula (whose denominator carries ``+ eps``) does.
     """
     metric = "pompom"
