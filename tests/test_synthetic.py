@@ -13,7 +13,6 @@ import importlib
 import json
 import logging
 import os
-import pickle
 import shutil
 from pathlib import Path
 
@@ -373,22 +372,10 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-_UNPICKLING = pytest.mark.xfail(
-    strict=True,
-    raises=pickle.UnpicklingError,
-    reason="pretrained._load catches (OSError, ValueError, RuntimeError, KeyError, "
-    "AttributeError, EOFError) but torch.load(weights_only=True) raises "
-    "pickle.UnpicklingError for a file that is not a checkpoint",
-)
-
-
 @pytest.mark.parametrize(
     "damage",
     [
-        pytest.param(
-            lambda folder: (folder / f"{VESSEL}.pt").write_bytes(b"not a checkpoint"),
-            marks=_UNPICKLING,
-        ),
+        lambda folder: (folder / f"{VESSEL}.pt").write_bytes(b"not a checkpoint"),
         lambda folder: (folder / f"{VESSEL}.pt").write_bytes(b""),
         lambda folder: _truncate(folder / f"{VESSEL}.pt"),
         lambda folder: (folder / f"{VESSEL}.json").write_text("{ truncated"),

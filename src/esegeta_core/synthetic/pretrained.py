@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -362,7 +363,15 @@ def _load(
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model = _build(recipe)
         model.load_state_dict(state)
-    except (OSError, ValueError, RuntimeError, KeyError, AttributeError, EOFError) as exc:
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        KeyError,
+        AttributeError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as exc:
         logger.warning("Cannot read the cached %s (%s): retraining.", weights, exc)
         return None
     return model.eval(), record
