@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
+from esegeta_core.errors import EsegetaError
 from esegeta_core.runtime.scheduler import default_devices, run_jobs
 from esegeta_core.testing.jobs import scripted_runner
 
@@ -39,3 +44,22 @@ def test_jobs_run_on_several_workers_and_failures_are_isolated():
 
 def test_default_devices_without_gpu():
     assert default_devices(cpu_workers=3) == ["cpu"] * 3
+
+
+def test_threads_per_worker_default_shares_the_cores_and_can_be_set():
+    jobs = [("a", {}), ("b", {})]
+    shared = run_jobs(jobs, scripted_runner, devices=["cpu", "cpu"], progress=False)
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    assert {r.result["threads"] for r in shared} == {expected}
+    one = run_jobs(
+        jobs, scripted_runner, devices=["cpu", "cpu"], progress=False, threads_per_worker=3
+    )
+    assert {r.result["threads"] for r in one} == {3}
+
+
+def test_bad_scheduler_arguments_raise_clear_errors():
+    with pytest.raises(EsegetaError, match="threads_per_worker must be >= 1") as info:
+        run_jobs([("a", {})], scripted_runner, devices=["cpu"], threads_per_worker=0)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(EsegetaError, match="unique"):
+        run_jobs([("a", {}), ("a", {})], scripted_runner, devices=["cpu"])

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import torch
 
+from esegeta_core.errors import InvalidParamsError
 from esegeta_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,14 @@ class _Pool:
     """One worker process per slot, each with its own pipe: killing a worker can never
     corrupt another worker's channel."""
 
-    def __init__(self, runner: Runner, devices: Sequence[str], ctx: Any) -> None:
+    def __init__(
+        self, runner: Runner, devices: Sequence[str], ctx: Any, threads: int | None = None
+    ) -> None:
         self.runner, self.ctx = runner, ctx
         cpu_slots = sum(1 for d in devices if d == "cpu")
-        self.threads = max(1, (os.cpu_count() or 1) // max(1, cpu_slots))
+        if threads is None:  # share the cores among the CPU workers
+            threads = (os.cpu_count() or 1) // max(1, cpu_slots)
+        self.threads = max(1, threads)
         self.slots = [_Slot(d) for d in devices]
         for slot in self.slots:
             self.start(slot)
@@ -142,6 +147,7 @@ def run_jobs(
     progress: bool = True,
     on_result: Callable[[JobResult], None] | None = None,
     poll: float = 0.05,
+    threads_per_worker: int | None = None,
 ) -> list[JobResult]:
     """Run ``(job_id, job)`` pairs with ``runner`` in worker processes, one per device slot.
 
@@ -149,15 +155,22 @@ def run_jobs(
     on GPU 0; ``["cpu"] * 4`` four CPU workers); default :func:`default_devices`.
     ``time_limit`` is in seconds per job. Returns one :class:`JobResult` per job, in the
     order given; ``on_result`` is called as each finishes (for writing records).
+    ``threads_per_worker`` sets torch's intra-op threads in each CPU worker (default:
+    the machine's cores divided among the CPU workers, so workers do not oversubscribe).
     """
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise InvalidParamsError(
+            f"run_jobs: threads_per_worker must be >= 1, got {threads_per_worker}; "
+            "pass None to share the cores among the CPU workers"
+        )
     pending = list(jobs)
     if not pending:
         return []
     ids = [job_id for job_id, _ in pending]
     if len(set(ids)) != len(ids):
-        raise ValueError("run_jobs: job ids must be unique")
+        raise InvalidParamsError("run_jobs: job ids must be unique; rename the repeated ones")
     slots_for = list(devices or default_devices())
-    pool = _Pool(runner, slots_for, mp.get_context("spawn"))
+    pool = _Pool(runner, slots_for, mp.get_context("spawn"), threads_per_worker)
     done: dict[str, JobResult] = {}
     bar = progress_bar(len(pending), "jobs", enabled=progress)
     todo = list(reversed(pending))

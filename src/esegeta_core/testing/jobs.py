@@ -15,7 +15,14 @@ def scripted_runner(job: dict[str, Any], device: str) -> dict[str, Any]:
         raise RuntimeError(f"job asked to fail: {job.get('message', '')}")
     if action == "exit":
         os._exit(3)
-    return {"pid": os.getpid(), "device": device, "value": job.get("value")}
+    import torch
+
+    return {
+        "pid": os.getpid(),
+        "device": device,
+        "value": job.get("value"),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def busy_runner(job: dict[str, Any], device: str) -> dict[str, Any]:
