@@ -228,12 +228,12 @@ def vessel(vessel_cache):
 
 
 def test_shapes_segmenter_reaches_its_target(shared_cache):
-    # The shapes classifier (about 18 s of training) is held to its target by the
+    # The shapes classifier (10 to 25 s of training) is held to its target by the
     # cnnvis plugin's tests/test_expected_results.py, which trains it anyway; training
     # it here too would take this file past a minute.
     trained = pretrained("shapes_segmenter", cache_dir=shared_cache, progress=False)
     recipe = trained.recipe
-    assert trained.metrics["dice"] >= recipe.target  # measured 0.975, target 0.85
+    assert trained.metrics["dice"] >= recipe.target  # measured 0.981, target 0.85
     # and on data it has never seen (seeds below TRAIN_SEED), at full size
     data = trained.test_data(100, seed=3)
     assert isinstance(data, ShapesSegmentationData)

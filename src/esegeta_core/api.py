@@ -46,8 +46,10 @@ from esegeta_core.targets import (
     ScoreFn,
     TargetLike,
     Task,
+    check_target_range,
     normalise_target,
     score_model,
+    target_classes,
 )
 
 log = logging.getLogger(__name__)
@@ -126,10 +128,13 @@ def explain(
             result, valid = job.run_patched(x, t, target, valid, spec, progress)
         else:
             scored = job.scored(target)
-            with torch.no_grad():
-                scores = scored(x)
-            _check_scores(scores, x, task, cls.name)
-            t = normalise_target(target, scores)
+            if target is None:  # the predicted class: one forward pass to find it
+                with torch.no_grad():
+                    scores = scored(x)
+                _check_scores(scores, x, task, cls.name)
+                t = normalise_target(target, scores)
+            else:  # checked against the scores of the method's own first forward pass
+                t = target_classes(target, x.shape[0], x.device)
             if auto_batch:
                 valid = auto_batch_params(cls, valid, scored, x)
             result, valid = job.run(scored, x, t, valid)
@@ -189,7 +194,10 @@ class _Job:
 
         def once(p: MethodParams):
             def call():
-                with _seeded(self.seed, self.device):
+                with (
+                    _seeded(self.seed, self.device),
+                    _checking_scores(scored, x, t, self.task, self.cls.name),
+                ):
                     return explainer.attribute(scored, x, t, p)
 
             return run_with_precision(call, self.amp, self.device, self.cls.name)
@@ -199,15 +207,13 @@ class _Job:
     def patch_targets(self, x: torch.Tensor, target: TargetLike, spec: PatchSpec) -> torch.Tensor:
         """Targets for patch mode; ``None`` = the class with the highest score summed over
         every patch of the item (a forward pass per patch, no gradients)."""
-        if isinstance(target, Region):
-            return torch.full((x.shape[0],), int(target.label), device=x.device)
+        if target is not None:  # checked on the method's first forward pass
+            return target_classes(target, x.shape[0], x.device)
         scored = self.scored(None)
         patch = _first_patch(x, spec)
         with torch.no_grad():
             scores = scored(patch)
         _check_scores(scores, patch, self.task, self.cls.name)
-        if target is not None:
-            return normalise_target(target, scores.new_zeros(x.shape[0], scores.shape[1]))
         totals = []
         for item in x:
             total = torch.zeros_like(scores[0])
@@ -369,13 +375,41 @@ def _ranks(ranks: tuple[int, ...]) -> str:
     return "/".join(f"{r}D" for r in ranks)
 
 
-def _check_scores(scores: object, x: torch.Tensor, task: str, method: str) -> None:
+@contextlib.contextmanager
+def _checking_scores(
+    scored: nn.Module, x: torch.Tensor, t: torch.Tensor, task: str, method: str
+) -> Iterator[None]:
+    """Check the first scores the method's own forward pass produces (a tensor of
+    ``(N, classes)``, the targets in range) instead of spending a forward pass on it.
+    The hook is removed on the way out, before the model's state is restored."""
+    checked = False
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        nonlocal checked
+        if checked:
+            return
+        checked = True
+        _check_scores(output, x, task, method, batch=False)
+        check_target_range(t, output.shape[1], method)
+
+    handle = scored.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _check_scores(
+    scores: object, x: torch.Tensor, task: str, method: str, *, batch: bool = True
+) -> None:
+    """``batch=False``: a method's own pass may stack several inputs per item (steps,
+    samples), so only the scores' rank is checked, not their batch size."""
     if not isinstance(scores, torch.Tensor):
         raise InvalidModelError(
             f"Method {method!r}: the model returned {type(scores).__name__}, expected a "
             "tensor. Wrap the model so that forward returns the logits tensor."
         )
-    if scores.ndim != 2 or scores.shape[0] != x.shape[0]:
+    if scores.ndim != 2 or (batch and scores.shape[0] != x.shape[0]):
         hint = (
             " This looks like a segmentation output: pass task='segmentation'."
             if task == "classification" and scores.ndim == x.ndim

@@ -215,16 +215,26 @@ def score_model(
 def normalise_target(target: TargetLike, scores: torch.Tensor) -> torch.Tensor:
     """A ``(B,)`` long tensor of classes on the scores' device; ``None`` = predicted."""
     batch, classes = scores.shape
+    if target is None:
+        return scores.argmax(dim=1)
+    return target_classes(target, batch, scores.device, classes)
+
+
+def target_classes(
+    target: TargetLike, batch: int, device: torch.device, classes: int | None = None
+) -> torch.Tensor:
+    """A ``(B,)`` long tensor from an explicit target (not ``None``), checked against
+    ``classes`` when known (else :func:`check_target_range` does it on the first scores)."""
     if isinstance(target, Region):
         target = target.label
     if target is None:
-        return scores.argmax(dim=1)
+        raise InvalidTargetError("target_classes needs an explicit target, got None.")
     if isinstance(target, bool) or (
         isinstance(target, torch.Tensor) and target.dtype in (torch.bool,)
     ):
         raise InvalidTargetError(f"Target must be class indices, got {target!r}.")
     try:
-        t = torch.as_tensor(target, device=scores.device)
+        t = torch.as_tensor(target, device=device)
     except (TypeError, ValueError) as exc:
         raise InvalidTargetError(
             f"Target must be an int, one int per item or a Region, got {target!r}."
@@ -238,10 +248,17 @@ def normalise_target(target: TargetLike, scores: torch.Tensor) -> torch.Tensor:
         raise InvalidTargetError(
             f"Target must be one int or one class per item ({batch}), got shape {tuple(t.shape)}."
         )
+    if classes is not None:
+        check_target_range(t, classes)
+    return t.clone()
+
+
+def check_target_range(t: torch.Tensor, classes: int, method: str | None = None) -> None:
+    """Raise :class:`InvalidTargetError` for a class outside ``0..classes-1``."""
     bad = (t < 0) | (t >= classes)
     if bool(bad.any()):
+        who = f"Method {method!r}: t" if method else "T"
         raise InvalidTargetError(
-            f"Target class {t[bad].tolist()} out of range: the model scores {classes} "
+            f"{who}arget class {t[bad].tolist()} out of range: the model scores {classes} "
             f"classes (0..{classes - 1})."
         )
-    return t.clone()

@@ -115,10 +115,11 @@ _RECIPES: dict[str, Recipe] = {
         task="classification",
         generator="shapes",
         model="ShapesNet",
-        phases=(*({"size": 32, "n": 2000},) * 3, {"size": 64, "n": 1000}),
+        # 4 phases at lr 0.01 reached 0.876-0.986 over seeds 0-3; 6 at 0.005: 0.974-0.986
+        phases=(*({"size": 32, "n": 2000},) * 5, {"size": 64, "n": 1000}),
         image_size=64,
         batch_size=32,
-        lr=0.01,
+        lr=0.005,
         eval_n=500,
         target=0.95,
         # TorchRay's 15 px at 224 px, scaled to 64 px
@@ -128,10 +129,12 @@ _RECIPES: dict[str, Recipe] = {
         task="segmentation",
         generator="shapes_segmentation",
         model="ShapesUNet",
-        phases=({"size": 32, "n": 1000, "objects": (1, 2)},) * 5,
+        # lr 0.01 or 5 phases collapsed a class on some seeds and CPUs (dice 0.44-0.85);
+        # 8 phases at 0.005 reached 0.981-0.993 on seeds 0-3
+        phases=({"size": 32, "n": 1000, "objects": (1, 2)},) * 8,
         image_size=64,
         batch_size=16,
-        lr=0.01,
+        lr=0.005,
         dice_weight=1.0,
         eval_n=200,
         target=0.85,
