@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -172,3 +173,18 @@ def test_localisation_errors():
         pointing_game(a, torch.ones(2, 4, 4), spacing=(1, 1, 1))
     with pytest.raises(InvalidParamsError, match="tolerance"):
         pointing_game(a, torch.ones(2, 4, 4), tolerance=-1)
+
+
+def test_pointing_game_warns_once_about_a_lenient_tolerance(caplog):
+    from esegeta_core.evaluate import localisation
+
+    localisation._WARNED.clear()
+    maps, masks = torch.rand(2, 1, 64, 64), torch.zeros(2, 1, 64, 64, dtype=torch.bool)
+    masks[:, :, 10:20, 10:20] = True
+    with caplog.at_level(logging.WARNING, logger="esegeta_core.evaluate.localisation"):
+        pointing_game(maps, masks, tolerance=4)
+        assert not caplog.records
+        pointing_game(maps, masks, tolerance=15)
+        pointing_game(maps, masks, tolerance=15)
+    assert len(caplog.records) == 1
+    assert "tolerance=4.3" in caplog.records[0].getMessage()

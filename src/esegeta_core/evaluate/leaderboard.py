@@ -90,7 +90,9 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo(
             "pompom",
             False,
-            "POMPOM (Rio-Torto et al. 2020): share of meaningful pixels outside the mask.",
+            "POMPOM (Rio-Torto et al. 2020): share of meaningful pixels outside the mask "
+            "(meaningful: above 5% of the map's maximum by default; the paper's absolute "
+            "1e-6 with metric_params={'pompom': {'eps': 1e-6, 'relative': False}}).",
             needs_mask=True,
         ),
         MetricInfo(
