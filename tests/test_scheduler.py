@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from esegeta_core.errors import EsegetaError
+from esegeta_core.errors import EsegetaError, WorkerStartError
 from esegeta_core.runtime.scheduler import default_devices, run_jobs
-from esegeta_core.testing.jobs import scripted_runner
+from esegeta_core.testing.jobs import DiesOnStart, scripted_runner
 
 
 def test_jobs_run_on_several_workers_and_failures_are_isolated():
@@ -63,3 +63,9 @@ def test_bad_scheduler_arguments_raise_clear_errors():
     assert isinstance(info.value, ValueError)
     with pytest.raises(EsegetaError, match="unique"):
         run_jobs([("a", {}), ("a", {})], scripted_runner, devices=["cpu"])
+
+
+def test_a_worker_that_dies_on_start_is_a_clear_error():
+    with pytest.raises(WorkerStartError, match="died on start") as info:
+        run_jobs([("a", {})], DiesOnStart(), devices=["cpu"], progress=False)
+    assert isinstance(info.value, RuntimeError)

@@ -29,6 +29,7 @@ from esegeta_core.errors import (
     PluginConflictError,
     PluginLoadError,
     UnsupportedRankError,
+    WorkerStartError,
 )
 from esegeta_core.explainer import Explainer, LayerPath, MethodParams, MethodResult
 from esegeta_core.explanation import Explanation
@@ -57,6 +58,7 @@ __all__ = [
     "LayerNotFoundError",
     "LayerPath",
     "MethodFailedError",
+    "WorkerStartError",
     "MethodInfo",
     "MethodNotFoundError",
     "MethodParams",

@@ -60,6 +60,10 @@ class MethodFailedError(EsegetaError, RuntimeError):
     """The method raised while running; the original exception is the ``__cause__``."""
 
 
+class WorkerStartError(EsegetaError, RuntimeError):
+    """A scheduler worker process died before it could take a job."""
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Return up to ``n`` candidates that look like ``word`` (for "did you mean")."""
     pool = list(candidates)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import torch
 
-from esegeta_core.errors import InvalidParamsError
+from esegeta_core.errors import InvalidParamsError, WorkerStartError
 from esegeta_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,12 @@ def run_jobs(
         code = slot.process.exitcode
         pool.replace(slot)
         if job_id is None:  # died before taking a job: the runner cannot even start
-            raise RuntimeError(f"a {slot.device} worker died on start (exit code {code})")
+            raise WorkerStartError(
+                f"A {slot.device} worker died on start (exit code {code}) before taking a "
+                "job: the runner could not be loaded in a fresh process. Make it a "
+                "module-level function or class (picklable), and call run_jobs under "
+                "`if __name__ == '__main__':` in scripts (workers are spawned)."
+            )
         finish(
             JobResult(
                 str(job_id),

@@ -33,3 +33,16 @@ def busy_runner(job: dict[str, Any], device: str) -> dict[str, Any]:
     for _ in range(int(job.get("work", 50))):
         a = torch.tanh(a @ a)
     return {"checksum": float(a.sum())}
+
+
+class DiesOnStart:
+    """A runner whose unpickling kills the worker process: a worker that dies on start."""
+
+    def __init__(self) -> None:
+        self.code = 5  # pickle calls __setstate__ only for a non-empty state
+
+    def __call__(self, job: dict[str, Any], device: str) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        os._exit(int(state.get("code", 5)))
