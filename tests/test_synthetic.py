@@ -238,10 +238,10 @@ def test_shapes_segmenter_reaches_its_target(shared_cache):
     data = trained.test_data(100, seed=3)
     assert isinstance(data, ShapesSegmentationData)
     assert data.images.shape[-1] == trained.image_size == 64
-    assert evaluate_model(trained.model, data)["dice"] >= recipe.target  # measured 0.977
+    assert evaluate_model(trained.model, data)["dice"] >= recipe.target  # measured 0.982
     assert trained.task == "segmentation" and "dice" in trained.describe()
     assert trained.classes == ("background", *SHAPE_CLASSES) and trained.cam_layer == "down.2"
-    assert trained.pointing_tolerance is None and not trained.model.training
+    assert trained.pointing_tolerance == 4.0 and not trained.model.training
     with torch.no_grad():
         assert trained.model(data.images[:2]).shape == (2, 5, 64, 64)
 

@@ -265,7 +265,7 @@ def run_demo(output_dir: Path, *, quick: bool = False, progress: bool = True) ->
     board3 = _evaluate_plan(
         segmenter.model, vessels.volumes, plan3, target=Region(1, vessels.labels),
         masks=vessels.labels.unsqueeze(1), task="segmentation", name="vessel segmenter",
-        progress=progress,
+        progress=progress, tolerance=segmenter.pointing_tolerance,
     )  # fmt: skip
     board = Leaderboard.combine([board2, board3])
     board.to_csv(output_dir / "leaderboard.csv")

@@ -138,6 +138,7 @@ _RECIPES: dict[str, Recipe] = {
         dice_weight=1.0,
         eval_n=200,
         target=0.85,
+        pointing_tolerance=4.0,  # TorchRay's 15 px at 224 px, scaled to 64 px
     ),
     "vessel_segmenter": Recipe(
         task="segmentation",
@@ -150,6 +151,7 @@ _RECIPES: dict[str, Recipe] = {
         dice_weight=1.0,
         eval_n=64,
         target=0.75,
+        pointing_tolerance=2.0,  # TorchRay's 15 px at 224 px, scaled to 32 voxels
     ),
 }
 
@@ -173,8 +175,8 @@ class TrainedModel:
             ``training_seconds``, the recipe and its ``recipe_hash``, versions.
         trained: True when this call trained the model, False when it loaded it.
         path: the weights file in the cache (None if it could not be written).
-        pointing_tolerance: for the classifier, the pointing-game tolerance in pixels
-            that matches TorchRay's 15 px at 224 px (4 px at 64 px); None otherwise.
+        pointing_tolerance: the pointing-game tolerance in pixels or voxels that
+            matches TorchRay's 15 px at 224 px (4 px at 64 px, 2 voxels at 32^3).
         recipe: the :class:`Recipe` it was made with.
     """
 
