@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-Family = Literal["gradient", "perturbation", "layer", "neuron", "cam", "visualization"]
-"""How a method works; metrics and reports group methods by it."""
+Family = Literal["gradient", "perturbation", "layer", "neuron", "cam", "visualization", "in_model"]
+"""How a method works; metrics and reports group methods by it. ``in_model``: the map
+comes from a part of the model trained to explain it (seed 004's explainer)."""
 
 Output = Literal["input", "layer", "image"]
 """What ``attribute`` returns: a map shaped like the input, a map at a layer's

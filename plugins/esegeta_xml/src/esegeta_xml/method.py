@@ -27,13 +27,13 @@ class XmlExplainer(Explainer):
     *spatial)`` in [0, 1), at input resolution: the share of each location that the
     classifier's feature maps keep. The map is the same for every target class (the
     explainer produces one map per input); extras: ``scores`` ``(B, classes)``, the
-    joint model's logits. Family ``perturbation``: the map is a learned mask applied to
-    the classifier's features.
+    joint model's logits. Family ``in_model``: the map is the output of a network trained
+    jointly with the classifier, a learned mask applied to its features.
     """
 
     name: ClassVar[str] = "xml.explainer"
     Params: ClassVar[type[XmlExplainerParams]] = XmlExplainerParams
-    family: ClassVar[Any] = "perturbation"
+    family: ClassVar[Any] = "in_model"
     output: ClassVar[Any] = "layer"
     ranks: ClassVar[tuple[int, ...]] = (2, 3)
     cost: ClassVar[Any] = "low"
