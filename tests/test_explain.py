@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -31,6 +33,35 @@ def test_targets_normalised_to_one_class_per_item(demo, target):
     expected = torch.as_tensor(target).long().expand(2)
     assert torch.equal(e.target, expected)
     assert torch.allclose(e.attributions, _grad_x_input(model, x, expected))
+
+
+def test_explicit_targets_cost_no_extra_forward_pass(demo):
+    model, x = tiny_model(), tiny_input()
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        ec.explain(model, x, "demo.grad_x_input", target=1)
+        assert len(calls) == 1  # the method's own pass checks the target
+        ec.explain(model, x, "demo.grad_x_input")
+        assert len(calls) == 3  # None: one no-grad pass finds the predicted class
+    finally:
+        handle.remove()
+    with pytest.raises(ec.InvalidTargetError, match="out of range"):
+        ec.explain(model, x, "demo.grad_x_input", target=7)
+    assert not model._forward_hooks and not model.training
+
+
+@pytest.mark.parametrize("target", [None, 1])
+def test_torchscript_models_are_explained(demo, target):
+    model, x = tiny_model(), tiny_input()
+    with warnings.catch_warnings():  # torch.jit.script is deprecated in recent torch
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(model)
+    e = ec.explain(scripted, x, "demo.grad_x_input", target=target)
+    expected = ec.explain(model, x, "demo.grad_x_input", target=target)
+    assert torch.allclose(e.attributions, expected.attributions, atol=1e-6)
+    with pytest.raises(ec.InvalidTargetError, match="out of range"):
+        ec.explain(scripted, x, "demo.grad_x_input", target=9)
 
 
 def test_params_are_validated_and_used(demo):
