@@ -4,8 +4,8 @@ Everything is measured side by side in one run and reported as ratios:
 
 - patches: a 3D U-Net explained (saliency) on 64^3, 128^3 and 192^3 volumes with 64^3
   patches: peak memory per size (CUDA: max allocated; CPU: peak RSS of a fresh
-  process per size), and time vs the sliding-window floor (one forward + backward
-  per patch, nothing else);
+  process per size), and time (best of 3) vs the sliding-window floor (one forward +
+  backward per patch, nothing else);
 - auto batch size vs Captum Occlusion at perturbations_per_eval=1 (the original's
   setting);
 - scheduler: N CPU-bound jobs on k one-thread workers vs 1 (throughput ratio);
@@ -108,7 +108,7 @@ def patches_child(size: int, patch: int, device: str, mode: str) -> dict:
     call(torch.rand(1, 1, patch, patch, patch, device=dev))
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    seconds = _timed(lambda: call(x), dev)
+    seconds = _timed(lambda: call(x), dev, repeat=3)  # best of 3: one run is noisy
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev)
     else:
