@@ -196,7 +196,7 @@ def run_jobs(
         if job_id is None:  # died before taking a job: the runner cannot even start
             raise WorkerStartError(
                 f"A {slot.device} worker died on start (exit code {code}) before taking a "
-                "job: the runner could not be loaded in a fresh process. Make it a "
+                "job. Most often the runner cannot be loaded in a fresh process: make it a "
                 "module-level function or class (picklable), and call run_jobs under "
                 "`if __name__ == '__main__':` in scripts (workers are spawned)."
             )
