@@ -128,16 +128,19 @@ def explain(
             result, valid = job.run_patched(x, t, target, valid, spec, progress)
         else:
             scored = job.scored(target)
-            if target is None:  # the predicted class: one forward pass to find it
+            # None needs the predicted class, and a TorchScript model takes no hooks: one
+            # forward pass here; else the method's own first pass checks the target
+            probe = target is None or isinstance(scored, torch.jit.ScriptModule)
+            if probe:
                 with torch.no_grad():
                     scores = scored(x)
                 _check_scores(scores, x, task, cls.name)
                 t = normalise_target(target, scores)
-            else:  # checked against the scores of the method's own first forward pass
+            else:
                 t = target_classes(target, x.shape[0], x.device)
             if auto_batch:
                 valid = auto_batch_params(cls, valid, scored, x)
-            result, valid = job.run(scored, x, t, valid)
+            result, valid = job.run(scored, x, t, valid, check=not probe)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
@@ -189,15 +192,33 @@ class _Job:
     def scored(self, target: TargetLike) -> nn.Module:
         return score_model(self.model, self.task, self.wrapper, target)
 
-    def run(self, scored: nn.Module, x: torch.Tensor, t: torch.Tensor, params: MethodParams):
+    def run(
+        self,
+        scored: nn.Module,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        params: MethodParams,
+        *,
+        check: bool = True,
+    ):
+        """``check``: validate the scores and ``t`` on the method's first forward pass
+        (False when a probe pass already did)."""
         explainer = self.cls()
+        if check and isinstance(scored, torch.jit.ScriptModule):  # takes no hooks
+            with torch.no_grad():
+                scores = scored(x)
+            _check_scores(scores, x, self.task, self.cls.name)
+            check_target_range(t, scores.shape[1], self.cls.name)
+            check = False
 
         def once(p: MethodParams):
             def call():
-                with (
-                    _seeded(self.seed, self.device),
-                    _checking_scores(scored, x, t, self.task, self.cls.name),
-                ):
+                checking = (
+                    _checking_scores(scored, x, t, self.task, self.cls.name)
+                    if check
+                    else contextlib.nullcontext()
+                )
+                with _seeded(self.seed, self.device), checking:
                     return explainer.attribute(scored, x, t, p)
 
             return run_with_precision(call, self.amp, self.device, self.cls.name)
@@ -382,13 +403,6 @@ def _checking_scores(
     """Check the first scores the method's own forward pass produces (a tensor of
     ``(N, classes)``, the targets in range) instead of spending a forward pass on it.
     The hook is removed on the way out, before the model's state is restored."""
-    if isinstance(scored, torch.jit.ScriptModule):  # takes no hooks: one probe pass
-        with torch.no_grad():
-            scores = scored(x)
-        _check_scores(scores, x, task, method)
-        check_target_range(t, scores.shape[1], method)
-        yield
-        return
     checked = False
 
     def hook(module: nn.Module, args: Any, output: Any) -> None:
