@@ -140,11 +140,11 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     # deletion vs PixelFlipping ---------------------------------------------------------
     pf = quantus.PixelFlipping(features_in_step=3 * pixels_per_step, **common)
 
-    def ours_deletion(bs: int = 64) -> torch.Tensor:
-        return deletion(model, x, t, a, steps=steps, perturbation=black, batch_size=bs).curve
+    def ours_deletion(bs: int = 64, m: nn.Module = model, tt: torch.Tensor = t) -> torch.Tensor:
+        return deletion(m, x, tt, a, steps=steps, perturbation=black, batch_size=bs).curve
 
-    def quantus_deletion() -> Any:
-        return pf(**q_kw, batch_size=n, softmax=True)
+    def quantus_deletion(m: nn.Module = model, tt: torch.Tensor = t) -> Any:
+        return pf(**{**q_kw, "model": m, "y_batch": tt.numpy()}, batch_size=n, softmax=True)
 
     # warm-up (first-call costs of oneDNN and Quantus) on two images, then a check that
     # both compute the same curves
@@ -195,16 +195,14 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     # the machinery alone: the same deletion work with a model that costs ~nothing
     free = free_model()
-    q_free = {**q_kw, "model": free}
     with torch.no_grad():
         t_free = free(x).argmax(1)
-    q_free["y_batch"] = t_free.numpy()
 
     def ours_free() -> torch.Tensor:
-        return deletion(free, x, t_free, a, steps=steps, perturbation=black, batch_size=64).curve
+        return ours_deletion(m=free, tt=t_free)
 
     def quantus_free() -> Any:
-        return pf(**q_free, batch_size=n, softmax=True)
+        return quantus_deletion(m=free, tt=t_free)
 
     check = np.abs(ours_free()[:, 1:].numpy() - np.array(quantus_free())).max()
     timed = _time({"ours": ours_free, "quantus": quantus_free}, args.repeats)
