@@ -8,7 +8,8 @@ target is read after every step: the curve has ``L + 1`` points, ``k = 0`` inclu
 
 Every (step, item) pair is an independent input, so the pairs are built on the fly and
 run through the model ``batch_size`` at a time: one forward pass per chunk, no Python
-loop over items or steps beyond the chunking.
+loop over items or steps beyond the chunking. ``batch_size="auto"`` (the default)
+measures the fastest pass size and memory layout first (:mod:`.passes`).
 
 Ties in relevance are broken by position (a stable sort), so results are repeatable.
 """
@@ -33,12 +34,14 @@ from esegeta_core.evaluate._common import (
     check_score,
     check_target,
     chunks,
+    class_scores,
     cpu,
     eval_mode,
     seeded,
     spatial_map,
     target_scores,
 )
+from esegeta_core.evaluate.passes import BatchSize, PassPlan, check_batch_size, plan_passes
 
 Perturbation = Literal["zero", "mean", "blur", "noise"] | float | torch.Tensor
 """What replaces a pixel (or what insertion starts from).
@@ -90,7 +93,7 @@ def aopc(
     absolute: bool = False,
     score: Score = "softmax",
     blur_sigma: float | None = None,
-    batch_size: int = 64,
+    batch_size: BatchSize = "auto",
     seed: int | None = 0,
 ) -> AOPCResult:
     """Area over the MoRF perturbation curve (Samek et al. 2017).
@@ -113,7 +116,9 @@ def aopc(
         absolute: rank by absolute relevance instead of signed relevance.
         score: ``"softmax"`` (the target's probability) or ``"raw"``.
         blur_sigma: Gaussian width for ``"blur"``.
-        batch_size: most perturbed inputs per forward pass.
+        batch_size: perturbed inputs per forward pass, or ``"auto"``: at most 64, the
+            fastest size and memory layout measured on the first inputs when the work
+            is long (see :mod:`esegeta_core.evaluate.passes`).
         seed: seeds ``"noise"``.
     """
     curve, fractions = _run_curve(
@@ -148,7 +153,7 @@ def deletion(
     absolute: bool = False,
     score: Score = "softmax",
     blur_sigma: float | None = None,
-    batch_size: int = 64,
+    batch_size: BatchSize = "auto",
     seed: int | None = 0,
 ) -> CurveResult:
     """Deletion curve and its AUC (Petsiuk et al. 2018, RISE).
@@ -190,7 +195,7 @@ def insertion(
     absolute: bool = False,
     score: Score = "softmax",
     blur_sigma: float | None = None,
-    batch_size: int = 64,
+    batch_size: BatchSize = "auto",
     seed: int | None = 0,
 ) -> CurveResult:
     """Insertion curve and its AUC (Petsiuk et al. 2018, RISE).
@@ -237,7 +242,7 @@ def _run_curve(
     absolute: bool,
     score: Score,
     blur_sigma: float | None,
-    batch_size: int,
+    batch_size: BatchSize,
     seed: int | None,
     *,
     insert: bool,
@@ -248,7 +253,7 @@ def _run_curve(
     cells = _check_grid(metric, grid, spatial)
     if steps is not None:
         check_positive_int(metric, "steps", steps)
-    check_positive_int(metric, "batch_size", batch_size)
+    check_batch_size(metric, batch_size)
     check_score(metric, score)
     if blur_sigma is not None and not (isinstance(blur_sigma, (int, float)) and blur_sigma > 0):
         raise InvalidParamsError(
@@ -263,7 +268,14 @@ def _run_curve(
         counts = torch.arange(n_steps + 1) * units // n_steps
         start, end = (other, x) if insert else (x, other)
         counts_dev = counts.to(device=device, dtype=rank.dtype)
-        curve = _scores(metric, model, start, end, rank, counts_dev, t, score, batch_size)
+        plan = plan_passes(
+            batch_size,
+            (n_steps + 1) * x.shape[0],
+            model,
+            x,
+            lambda xs: class_scores(metric, model, xs),
+        )
+        curve = _scores(metric, model, start, end, rank, counts_dev, t, score, plan)
     return cpu(curve), counts.double() / units
 
 
@@ -368,15 +380,16 @@ def _scores(
     counts: torch.Tensor,
     t: torch.Tensor,
     score: Score,
-    batch_size: int,
+    plan: PassPlan,
 ) -> torch.Tensor:
     """``(B, L + 1)`` scores: input ``(k, i)`` is ``end`` where ``rank < counts[k]``, else
     ``start`` (both ``(B, ...)`` or broadcastable with a batch dimension of 1).
 
     Each forward pass takes a block of steps for a group of items, built by one
     broadcast ``torch.where`` (no gathers): ``min(B, batch_size)`` items times
-    ``batch_size // items`` steps.
+    ``batch_size // items`` steps, in the plan's memory layout.
     """
+    batch_size = plan.batch_size
     b, n = rank.shape[0], counts.shape[0]
     pad = (1,) * (rank.ndim - 1)
     out = torch.empty(n, b, device=rank.device)
@@ -391,7 +404,7 @@ def _scores(
             k = steps.stop - steps.start
             changed = r_i < counts[steps].view(k, 1, *pad)
             xk = torch.where(changed, e_i.unsqueeze(0), s_i.unsqueeze(0))
-            xk = xk.expand(k, g, *xk.shape[2:]).flatten(0, 1)
+            xk = plan.layout(xk.expand(k, g, *xk.shape[2:]).flatten(0, 1))
             scores = target_scores(metric, model, xk, t_i.repeat(k), score)
             out[steps, items] = scores.float().view(k, g)
     return out.T.contiguous()
