@@ -23,6 +23,9 @@ timed, in every call). Rows:
 - ours (auto) vs Quantus (64 per pass): what a user gets from either by default;
 - ours with 64 per pass, contiguous, the same passes as Quantus: the machinery's
   difference only;
+- ours with ``amp="bf16"`` (mixed precision, opt-in), with how far its curves are
+  from float32's (largest point and per-image mean differences, and the rank
+  correlation of the per-image means);
 - ours vs the "floor": 100 bare forward passes of the 64 images (the way Quantus
   batches), which no implementation running passes of 64 can beat;
 - (not ``--quick``) Quantus at its own best pass size of 8, 16 or 32 (found by hand),
@@ -94,6 +97,19 @@ def _time(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _bf16_error(full: torch.Tensor, half: torch.Tensor) -> dict[str, float]:
+    """How far bf16 curves are from float32 ones: the largest difference of a point,
+    of a per-image mean (AUC-like), and the rank correlation of the per-image means."""
+    from scipy.stats import spearmanr
+
+    m_full, m_half = full.mean(1), half.mean(1)
+    return {
+        "bf16_max_point_diff": float((full - half).abs().max()),
+        "bf16_max_mean_diff": float((m_full - m_half).abs().max()),
+        "bf16_spearman_of_means": float(spearmanr(m_full, m_half).statistic),
+    }
+
+
 def _floor(model: nn.Module, x: torch.Tensor, passes: int) -> Callable[[], None]:
     def run() -> None:
         with torch.inference_mode():
@@ -144,10 +160,13 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     pf = quantus.PixelFlipping(features_in_step=3 * pixels_per_step, **common)
 
     def ours_deletion(
-        bs: int | str = "auto", m: nn.Module = model, tt: torch.Tensor = t
+        bs: int | str = "auto",
+        m: nn.Module = model,
+        tt: torch.Tensor = t,
+        amp: str | None = None,
     ) -> torch.Tensor:
         passes._plans.clear()  # every call pays its own measurement of pass sizes
-        return deletion(m, x, tt, a, steps=steps, perturbation=black, batch_size=bs).curve
+        return deletion(m, x, tt, a, steps=steps, perturbation=black, batch_size=bs, amp=amp).curve
 
     def quantus_deletion(m: nn.Module = model, tt: torch.Tensor = t, bs: int = n) -> Any:
         return pf(**{**q_kw, "model": m, "y_batch": tt.numpy()}, batch_size=bs, softmax=True)
@@ -157,12 +176,13 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     deletion(model, x[:2], t[:2], a[:2], steps=steps, perturbation=black[:2])
     pf(**{**q_kw, "x_batch": xn[:2], "y_batch": tn[:2], "a_batch": an[:2]}, softmax=True)
     check = np.abs(ours_deletion()[:, 1:].numpy() - np.array(quantus_deletion())).max()
-    plan = passes._plans[model][(tuple(x.shape[1:]), x.dtype, x.device)]
+    (plan,) = passes._plans[model].values()
     print(f"esegeta's measured plan: {plan}", flush=True)
     timed = _time(
         {
             "ours": ours_deletion,
             "ours64": lambda: ours_deletion(64),
+            "ours_bf16": lambda: ours_deletion(amp="bf16"),
             "quantus": quantus_deletion,
             "floor": _floor(model, x, steps + 1),
         },
@@ -179,6 +199,13 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         **extra,
     )
     row(work + ", 64/pass", timed["ours64"], "quantus.PixelFlipping", timed["quantus"])
+    row(
+        work + ", amp=bf16",
+        timed["ours_bf16"],
+        "quantus.PixelFlipping",
+        timed["quantus"],
+        **_bf16_error(ours_deletion(), ours_deletion(amp="bf16")),
+    )
     row(work, timed["ours"], f"floor ({steps + 1} x 64)", timed["floor"], **extra)
     if not args.quick:
         # Quantus at its own best pass size (a user would have to find it by hand)
@@ -202,16 +229,23 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         **common,
     )
 
-    def ours_aopc() -> torch.Tensor:
+    def ours_aopc(amp: str | None = None) -> torch.Tensor:
         passes._plans.clear()
-        r = aopc(model, x, t, a, grid=cell, perturbation=black)
+        r = aopc(model, x, t, a, grid=cell, perturbation=black, amp=amp)
         return r.curve[:, :1] - r.curve[:, 1:]
 
     def quantus_aopc() -> Any:
         return rp(**q_kw, batch_size=n, softmax=True)
 
     check = np.abs(ours_aopc().numpy() - np.array(quantus_aopc())).max()
-    timed = _time({"ours": ours_aopc, "quantus": quantus_aopc}, args.repeats)
+    timed = _time(
+        {
+            "ours": ours_aopc,
+            "ours_bf16": lambda: ours_aopc("bf16"),
+            "quantus": quantus_aopc,
+        },
+        args.repeats,
+    )
     work = f"AOPC {n}x3x{size}x{size}, {cells} cells of {cell}px"
     row(
         work,
@@ -219,6 +253,16 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         "quantus.RegionPerturbation",
         timed["quantus"],
         max_abs_diff=float(check),
+    )
+    row(
+        work + ", amp=bf16",
+        timed["ours_bf16"],
+        "quantus.RegionPerturbation",
+        timed["quantus"],
+        **_bf16_error(
+            torch.cat([torch.zeros(n, 1), ours_aopc()], 1),
+            torch.cat([torch.zeros(n, 1), ours_aopc("bf16")], 1),
+        ),
     )
 
     # the machinery alone: the same deletion work with a model that costs ~nothing

@@ -92,7 +92,7 @@ def test_auto_gives_the_curves_of_fixed_passes(model_fn):
     assert model.training and count_hooks(model) == 0
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]) and value.is_contiguous()
-    plan = passes._plans[model][((3, 16, 16), torch.float32, torch.device("cpu"))]
+    (plan,) = passes._plans[model].values()
     assert 4 <= plan.batch_size <= AUTO_MAX
     if model_fn is not small_cnn:  # rejected (ViewsFlat) or disagreeing (ReadsMemory)
         assert plan.channels_last is False
@@ -186,3 +186,37 @@ def test_channels_last_only_where_the_model_accepts_it_and_agrees(model_fn, agre
     assert seconds > 0 or model_fn is ViewsFlat  # rejected before it was timed
     one_channel, _ = passes._layout_agrees(small_cnn()[1:], torch.rand(2, 1, 8, 8))
     assert one_channel is False  # one channel: the layouts are the same memory
+
+
+class NaNUnderAutocast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = small_cnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return out * float("nan") if torch.is_autocast_enabled("cpu") else out
+
+
+def test_amp_bf16_curves_are_close_to_float32_and_planned_apart(caplog):
+    model = small_cnn()
+    x, a = long_case()
+    full = deletion(model, x, 1, a, steps=STEPS)
+    half = deletion(model, x, 1, a, steps=STEPS, amp="bf16")
+    assert half.curve.dtype == torch.float32
+    assert (half.curve - full.curve).abs().max() < 2e-2
+    assert not torch.equal(half.curve, full.curve)  # it did run in bfloat16
+    assert len(passes._plans[model]) == 2  # one plan per autocast dtype
+    # a curve that is not finite under autocast is recomputed in float32
+    nan_model = NaNUnderAutocast()
+    with caplog.at_level("WARNING"):
+        again = deletion(nan_model, x, 1, a, steps=10, amp="bf16")
+    assert torch.allclose(again.curve, deletion(nan_model, x, 1, a, steps=10).curve)
+    assert "recomputing in float32" in caplog.text
+
+
+@pytest.mark.parametrize(("amp", "match"), [("fp16", "needs a CUDA device"), ("fp8", "amp must")])
+def test_bad_amp(amp, match):
+    x, a = long_case()
+    with pytest.raises(InvalidParamsError, match=match):
+        aopc(small_cnn(), x, 1, a, amp=amp)

@@ -42,6 +42,7 @@ from esegeta_core.evaluate._common import (
     target_scores,
 )
 from esegeta_core.evaluate.passes import BatchSize, PassPlan, check_batch_size, plan_passes
+from esegeta_core.runtime.precision import Precision, check_precision, run_with_precision
 
 Perturbation = Literal["zero", "mean", "blur", "noise"] | float | torch.Tensor
 """What replaces a pixel (or what insertion starts from).
@@ -95,6 +96,7 @@ def aopc(
     blur_sigma: float | None = None,
     batch_size: BatchSize = "auto",
     seed: int | None = 0,
+    amp: Precision | None = None,
 ) -> AOPCResult:
     """Area over the MoRF perturbation curve (Samek et al. 2017).
 
@@ -120,6 +122,10 @@ def aopc(
             fastest size and memory layout measured on the first inputs when the work
             is long (see :mod:`esegeta_core.evaluate.passes`).
         seed: seeds ``"noise"``.
+        amp: mixed precision for the forward passes, ``"bf16"`` (CPU or CUDA) or
+            ``"fp16"`` (CUDA): faster, scores within about 1e-2 of float32's; scores
+            are read in float32, and curves with NaN or infinite values are recomputed
+            in float32 (logged). ``None`` (default): the model's own precision.
     """
     curve, fractions = _run_curve(
         "aopc",
@@ -136,6 +142,7 @@ def aopc(
         batch_size,
         seed,
         insert=False,
+        amp=amp,
     )
     drop = curve[:, :1] - curve
     return AOPCResult(curve=curve, fractions=fractions, aopc=drop.mean(dim=1))
@@ -155,6 +162,7 @@ def deletion(
     blur_sigma: float | None = None,
     batch_size: BatchSize = "auto",
     seed: int | None = 0,
+    amp: Precision | None = None,
 ) -> CurveResult:
     """Deletion curve and its AUC (Petsiuk et al. 2018, RISE).
 
@@ -179,6 +187,7 @@ def deletion(
         batch_size,
         seed,
         insert=False,
+        amp=amp,
     )
     return CurveResult(curve=curve, fractions=fractions, auc=_auc(curve, fractions))
 
@@ -197,6 +206,7 @@ def insertion(
     blur_sigma: float | None = None,
     batch_size: BatchSize = "auto",
     seed: int | None = 0,
+    amp: Precision | None = None,
 ) -> CurveResult:
     """Insertion curve and its AUC (Petsiuk et al. 2018, RISE).
 
@@ -220,6 +230,7 @@ def insertion(
         batch_size,
         seed,
         insert=True,
+        amp=amp,
     )
     return CurveResult(curve=curve, fractions=fractions, auc=_auc(curve, fractions))
 
@@ -246,6 +257,7 @@ def _run_curve(
     seed: int | None,
     *,
     insert: bool,
+    amp: Precision | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x = check_inputs(metric, inputs)
     a = spatial_map(check_attributions(metric, attributions, x))
@@ -260,6 +272,7 @@ def _run_curve(
             f"Metric {metric!r}: blur_sigma must be a positive number, got {blur_sigma!r}."
         )
     with eval_mode(model, metric) as device, seeded(seed, device), torch.inference_mode():
+        check_precision(amp, device, metric)
         x, a = x.to(device), a.to(device)
         t = check_target(metric, target, x.shape[0], device)
         other = _fill(metric, fill_spec, x, blur_sigma)
@@ -268,14 +281,18 @@ def _run_curve(
         counts = torch.arange(n_steps + 1) * units // n_steps
         start, end = (other, x) if insert else (x, other)
         counts_dev = counts.to(device=device, dtype=rank.dtype)
-        plan = plan_passes(
-            batch_size,
-            (n_steps + 1) * x.shape[0],
-            model,
-            x,
-            lambda xs: class_scores(metric, model, xs),
-        )
-        curve = _scores(metric, model, start, end, rank, counts_dev, t, score, plan)
+
+        def run() -> torch.Tensor:
+            plan = plan_passes(
+                batch_size,
+                (n_steps + 1) * x.shape[0],
+                model,
+                x,
+                lambda xs: class_scores(metric, model, xs),
+            )
+            return _scores(metric, model, start, end, rank, counts_dev, t, score, plan)
+
+        curve = run_with_precision(run, amp, device, metric)
     return cpu(curve), counts.double() / units
 
 
