@@ -49,6 +49,15 @@ class ViewsFlat(nn.Module):
         return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
 
 
+class WantsContiguous(ViewsFlat):
+    """Refuses other layouts with its own check (a ValueError, not a torch error)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_contiguous():
+            raise ValueError("contiguous inputs only")
+        return super().forward(x)
+
+
 class ReadsMemory(nn.Module):
     """Reads its input's storage in contiguous order whatever the strides: its scores
     change with the memory layout, so channels-last must not be used for it."""
@@ -79,7 +88,7 @@ def fresh_plans():
     passes._plans.clear()
 
 
-@pytest.mark.parametrize("model_fn", [small_cnn, ViewsFlat, ReadsMemory])
+@pytest.mark.parametrize("model_fn", [small_cnn, ViewsFlat, WantsContiguous, ReadsMemory])
 def test_auto_gives_the_curves_of_fixed_passes(model_fn):
     model = model_fn()
     x, a = long_case()
@@ -94,7 +103,7 @@ def test_auto_gives_the_curves_of_fixed_passes(model_fn):
         assert torch.equal(value, before[key]) and value.is_contiguous()
     (plan,) = passes._plans[model].values()
     assert 4 <= plan.batch_size <= AUTO_MAX
-    if model_fn is not small_cnn:  # rejected (ViewsFlat) or disagreeing (ReadsMemory)
+    if model_fn is not small_cnn:  # rejected, or disagreeing (ReadsMemory)
         assert plan.channels_last is False
 
 
@@ -175,7 +184,8 @@ def test_bad_batch_size(bad):
 
 
 @pytest.mark.parametrize(
-    ("model_fn", "agrees"), [(small_cnn, True), (ViewsFlat, False), (ReadsMemory, False)]
+    ("model_fn", "agrees"),
+    [(small_cnn, True), (ViewsFlat, False), (WantsContiguous, False), (ReadsMemory, False)],
 )
 def test_channels_last_only_where_the_model_accepts_it_and_agrees(model_fn, agrees):
     model = model_fn()
@@ -183,7 +193,7 @@ def test_channels_last_only_where_the_model_accepts_it_and_agrees(model_fn, agre
     with torch.inference_mode():
         ok, seconds = passes._layout_agrees(model, x)
     assert ok is agrees
-    assert seconds > 0 or model_fn is ViewsFlat  # rejected before it was timed
+    assert seconds > 0 or model_fn in (ViewsFlat, WantsContiguous)  # rejected untimed
     one_channel, _ = passes._layout_agrees(small_cnn()[1:], torch.rand(2, 1, 8, 8))
     assert one_channel is False  # one channel: the layouts are the same memory
 

@@ -138,7 +138,8 @@ def _layout_agrees(
     try:
         seconds = _timed(scores, channels_last)
         got = scores(channels_last).float()
-    except RuntimeError as exc:  # e.g. a .view() that needs contiguous strides
+    except Exception as exc:  # noqa: BLE001 - any failure here only rules the layout out
+        # e.g. a .view() that needs contiguous strides, or a check of is_contiguous()
         log.debug("channels-last inputs rejected by the model: %s", exc)
         return False, 0.0
     want = scores(x).float()
