@@ -14,7 +14,7 @@ from esegeta_core import InvalidInputError, InvalidParamsError
 from esegeta_core.cli import main
 from esegeta_core.evaluate import aopc, infidelity, pointing_game, pompom
 from esegeta_core.evaluate.api import MethodRun, evaluate
-from esegeta_core.evaluate.leaderboard import METRICS, Leaderboard
+from esegeta_core.evaluate.leaderboard import METRICS, Leaderboard, MethodScores
 from esegeta_core.model_state import ModelState
 from esegeta_core.testing import tiny_input, tiny_model
 
@@ -152,15 +152,47 @@ def test_merge_csv_and_json(tmp_path, clf):
     assert merged.rows()[0]["aopc"] == pytest.approx(whole.rows()[0]["aopc"], rel=1e-5)
     text = merged.to_csv(tmp_path / "lb.csv")
     assert (tmp_path / "lb.csv").read_text() == text
-    assert text.splitlines()[0].startswith("model,method,aopc,seconds,peak_mb")
+    assert text.splitlines()[0].startswith("model,method,mean_rank,aopc,seconds,peak_mb")
     merged.to_json(tmp_path / "lb.json")
     data = json.loads((tmp_path / "lb.json").read_text())
-    assert data["columns"][0] == {
+    assert data["columns"][1] == {
         "name": "aopc",
         "higher_is_better": True,
         "description": METRICS["aopc"].description,
     }
     assert data["rows"][0]["method"] == "demo.grad_x_input"
+
+
+def test_mean_rank_is_per_model_unit_free_and_averages_ties():
+    def scores(model, method, **values):
+        t = torch.zeros(1, dtype=torch.long)
+        vals = {k: torch.tensor([v], dtype=torch.float64) for k, v in values.items()}
+        return MethodScores(model, method, method, {}, t, vals)
+
+    nan = float("nan")
+    board = Leaderboard(
+        [
+            # model a: aopc higher is better, deletion lower is better
+            scores("a", "m1", aopc=3.0, deletion=0.1),  # best, best
+            scores("a", "m2", aopc=1.0, deletion=0.5),  # worst, tied second
+            scores("a", "m3", aopc=2.0, deletion=0.5),  # second, tied second
+            scores("a", "m4", aopc=nan, deletion=0.9),  # only deletion: last of 4
+            # model b: values in other units (x1000), ranked on their own
+            scores("b", "m1", aopc=1000.0, deletion=900.0),
+            scores("b", "m2", aopc=3000.0, deletion=100.0),
+            scores("b", "m3", aopc=nan, deletion=nan),
+        ],
+        ["aopc", "deletion"],
+    )
+    got = {(r["model"], r["method"]): r["mean_rank"] for r in board.rows()}
+    assert got[("a", "m1")] == 1.0
+    assert got[("a", "m2")] == pytest.approx((3 + 2.5) / 2)
+    assert got[("a", "m3")] == pytest.approx((2 + 2.5) / 2)
+    assert got[("a", "m4")] == 4.0
+    assert got[("b", "m1")] == 2.0 and got[("b", "m2")] == 1.0
+    assert math.isnan(got[("b", "m3")])
+    assert board.best("mean_rank")["method"] == "m1"
+    assert "mean_rank" not in Leaderboard([scores("a", "m1")], []).rows()[0]
 
 
 def test_esegeta_evaluate_cli_writes_leaderboard_and_report(tmp_path, capsys):

@@ -106,6 +106,14 @@ METRICS: dict[str, MetricInfo] = {
 }
 """Every metric :func:`~esegeta_core.evaluate.evaluate` knows, in leaderboard order."""
 
+MEAN_RANK = MetricInfo(
+    "mean_rank",
+    False,
+    "Mean rank of the method among its model's methods over the metric columns it has "
+    "values for (1 = best in every metric; ties share the mean rank). Unit-free: it "
+    "weighs metrics in different units alike and compares across models.",
+)
+
 COST_COLUMNS = (
     MetricInfo("seconds", False, "Seconds per explain() call (mean over input batches)."),
     MetricInfo("peak_mb", False, "Peak extra memory of one explain() call, MB."),
@@ -177,14 +185,18 @@ class Leaderboard:
 
     @property
     def columns(self) -> list[MetricInfo]:
-        """The metric columns, then the cost columns."""
-        return [METRICS[m] for m in self.metrics] + list(COST_COLUMNS)
+        """The mean rank (when there are metrics), the metric columns, then the cost
+        columns."""
+        ranked = [MEAN_RANK] if self.metrics else []
+        return ranked + [METRICS[m] for m in self.metrics] + list(COST_COLUMNS)
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per (model, method): labels, metric values, cost, status."""
         out = []
         for e in self.entries:
             row: dict[str, Any] = {"model": e.model, "method": e.title}
+            if self.metrics:
+                row["mean_rank"] = math.nan  # filled in below, once all rows exist
             for m in self.metrics:
                 row[m] = e.value(m)
             row["seconds"] = sum(e.seconds) / len(e.seconds) if e.seconds else math.nan
@@ -197,6 +209,7 @@ class Leaderboard:
             row["status"] = e.status
             row["error"] = e.error
             out.append(row)
+        _fill_mean_ranks(out, [METRICS[m] for m in self.metrics])
         return out
 
     def best(self, metric: str) -> dict[str, Any] | None:
@@ -279,6 +292,30 @@ class Leaderboard:
         columns += [Column(name, None, "") for name in (*extra, "items", "status")]
         rows = [{k: v for k, v in r.items() if k != "error"} for r in self.rows()]
         return Table(columns=columns, rows=rows, labels=("model", "method"), title=title)
+
+
+def _fill_mean_ranks(rows: list[dict[str, Any]], metrics: Sequence[MetricInfo]) -> None:
+    """Set each row's ``mean_rank``: its rank (1 = best, ties averaged) among the rows
+    of the same model with a value, averaged over the metrics it has values for."""
+    ranks: list[list[float]] = [[] for _ in rows]
+    for info in metrics:
+        if info.higher_is_better is None:
+            continue
+        by_model: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            value = row[info.name]
+            if isinstance(value, float) and math.isfinite(value):
+                by_model.setdefault(row["model"], []).append(i)
+        for members in by_model.values():
+            sign = -1.0 if info.higher_is_better else 1.0
+            values = [sign * rows[i][info.name] for i in members]
+            for i, value in zip(members, values):
+                better = sum(v < value for v in values)
+                ties = sum(v == value for v in values)
+                ranks[i].append(better + (ties + 1) / 2)
+    for row, got in zip(rows, ranks):
+        if "mean_rank" in row:
+            row["mean_rank"] = sum(got) / len(got) if got else math.nan
 
 
 def _csv_value(value: Any) -> Any:

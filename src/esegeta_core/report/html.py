@@ -12,7 +12,7 @@ Content-Security-Policy forbids loading anything from elsewhere. The page shows:
   any column when its header is clicked or activated from the keyboard: numbers sort
   numerically, the first activation puts the best values first (respecting
   ``higher_is_better``), the next one reverses, and missing values always go last; the
-  best value of each metric column is highlighted;
+  best value of each metric column is highlighted (per model);
 - per-method timing, sortable the same way;
 - the run's parameters as a collapsible pretty-printed block.
 
@@ -466,14 +466,20 @@ def _sortable_table(
     link_column: str,
 ) -> str:
     """A table whose headers sort it (see the script); the best cell of each numeric
-    column with a direction is marked ``best``. ``links[i]`` is the id row ``i``'s
+    column with a direction is marked ``best``, per model where rows name one (models'
+    scores may come in different units). ``links[i]`` is the id row ``i``'s
     ``link_column`` cell points at."""
-    best: dict[str, float] = {}
+    best: dict[tuple[str, Any], float] = {}
     for col in columns:
         if col.numeric and col.higher_is_better is not None:
-            values = [n for r in rows if (n := _number(r.get(col.name))) is not None]
-            if values and min(values) != max(values):  # all equal: nothing to point out
-                best[col.name] = max(values) if col.higher_is_better else min(values)
+            groups: dict[Any, list[float]] = {}
+            for r in rows:
+                if (n := _number(r.get(col.name))) is not None:
+                    groups.setdefault(r.get("model"), []).append(n)
+            for group, values in groups.items():
+                if min(values) != max(values):  # all equal: nothing to point out
+                    pick = max if col.higher_is_better else min
+                    best[col.name, group] = pick(values)
     head = []
     for col in columns:
         if col.numeric and col.higher_is_better is not None:
@@ -503,7 +509,7 @@ def _sortable_table(
                 text = _format(value, col.fmt) if value is not None else ""
                 classes = ["num"]
                 mark = ""
-                if number is not None and col.name in best and number == best[col.name]:
+                if number is not None and number == best.get((col.name, row.get("model"))):
                     classes.append("best")
                     mark = '<span class="sr-only"> (best)</span>'
                 if number is None:
@@ -952,7 +958,7 @@ def render_html(data: ReportData) -> str:
                     "leaderboard-table",
                     "Click a column header to sort (again to reverse; missing values stay "
                     "last). ↑ higher is better, ↓ lower is better; the best value of each "
-                    "metric is highlighted.",
+                    "metric is highlighted (per model).",
                     columns,
                     board.rows,
                     row_ids,
