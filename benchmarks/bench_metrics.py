@@ -16,9 +16,9 @@ weights), a random attribution map per image (no ties) and about 100 steps:
 Fairness: same model, inputs, maps, order and fill values; the curves agree (the
 maximum absolute difference is printed). Quantus runs with its default of 64 images
 per pass (one pass per step). esegeta runs with its default ``batch_size="auto"``: it
-first measures a few pass sizes and both memory layouts on its first inputs and keeps
-the fastest (``esegeta_core.evaluate.passes``; the measurement is repeated, and
-timed, in every call). Rows:
+tunes the pass size and memory layout on its own first passes and runs the rest in the
+fastest (``esegeta_core.evaluate.passes``; the cache of tuned plans is cleared before
+every call, so each timed call tunes again). Rows:
 
 - ours (auto) vs Quantus (64 per pass): what a user gets from either by default;
 - ours with 64 per pass, contiguous, the same passes as Quantus: the machinery's
@@ -165,7 +165,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         tt: torch.Tensor = t,
         amp: str | None = None,
     ) -> torch.Tensor:
-        passes._plans.clear()  # every call pays its own measurement of pass sizes
+        passes._plans.clear()  # every call tunes its passes again
         return deletion(m, x, tt, a, steps=steps, perturbation=black, batch_size=bs, amp=amp).curve
 
     def quantus_deletion(m: nn.Module = model, tt: torch.Tensor = t, bs: int = n) -> Any:
@@ -177,7 +177,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     pf(**{**q_kw, "x_batch": xn[:2], "y_batch": tn[:2], "a_batch": an[:2]}, softmax=True)
     check = np.abs(ours_deletion()[:, 1:].numpy() - np.array(quantus_deletion())).max()
     (plan,) = passes._plans[model].values()
-    print(f"esegeta's measured plan: {plan}", flush=True)
+    print(f"esegeta's tuned plan: {plan}", flush=True)
     timed = _time(
         {
             "ours": ours_deletion,

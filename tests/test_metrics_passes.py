@@ -18,7 +18,7 @@ from torch import nn
 
 from esegeta_core import InvalidParamsError
 from esegeta_core.evaluate import aopc, deletion, insertion, passes
-from esegeta_core.evaluate.passes import AUTO_MAX, MEASURE_FROM, PassPlan, plan_passes
+from esegeta_core.evaluate.passes import AUTO_MAX, TUNE_FROM, PassPlan, memory_format, run_passes
 from esegeta_core.model_state import count_hooks
 
 
@@ -72,8 +72,8 @@ class ReadsMemory(nn.Module):
         return self.fc(x.as_strided((x.shape[0], n), (n, 1)))
 
 
-# enough (step, image) pairs that "auto" measures: 16 images x 130 points > MEASURE_FROM
-STEPS = MEASURE_FROM // 16 + 1
+# enough (step, image) pairs that "auto" tunes to the end: 16 images x 130 points
+STEPS = 129
 
 
 def long_case(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,10 +101,15 @@ def test_auto_gives_the_curves_of_fixed_passes(model_fn):
     assert model.training and count_hooks(model) == 0
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]) and value.is_contiguous()
-    (plan,) = passes._plans[model].values()
+    ((key, plan),) = passes._plans[model].items()
     assert 4 <= plan.batch_size <= AUTO_MAX
     if model_fn is not small_cnn:  # rejected, or disagreeing (ReadsMemory)
         assert plan.channels_last is False
+    else:  # whatever was chosen here: passes built channels-last give the same curves
+        for forced in (PassPlan(16, True), PassPlan(40, True), PassPlan(64, False)):
+            passes._plans[model][key] = forced
+            again = deletion(model, x, 1, a, steps=STEPS, perturbation="zero")
+            assert torch.allclose(again.curve, fixed.curve, atol=1e-6)
 
 
 def test_auto_matches_fixed_for_aopc_and_insertion_in_3d():
@@ -117,7 +122,7 @@ def test_auto_matches_fixed_for_aopc_and_insertion_in_3d():
         nn.Linear(4, 3),
     ).eval()
     x, a = torch.rand(8, 2, 8, 8, 8), torch.rand(8, 1, 8, 8, 8)
-    steps = MEASURE_FROM // 8
+    steps = 256  # 8 items x 257 points
     for metric in (aopc, insertion):
         kw = {"steps": steps} if metric is insertion else {"grid": 1, "steps": steps}
         auto = metric(model, x, 0, a, **kw)
@@ -126,42 +131,69 @@ def test_auto_matches_fixed_for_aopc_and_insertion_in_3d():
         assert torch.allclose(auto.curve, fixed.curve, atol=1e-6)
 
 
-def test_short_work_is_not_measured_and_plans_are_cached():
+def recorder(cost: dict[int, float] | None = None):
+    """A chunk function that records its calls, returns each input's index as its score
+    and (with ``cost``) sleeps ``cost[size]`` seconds per input."""
     calls = []
 
-    def scores(x):
-        calls.append(x.shape[0])
-        return torch.zeros(x.shape[0], 2)
+    def chunk(start, stop, channels_last):
+        calls.append((stop - start, channels_last))
+        if cost is not None:
+            time.sleep(cost[stop - start] * (stop - start))
+        return torch.arange(start, stop, dtype=torch.float32)
 
+    return chunk, calls
+
+
+def test_every_input_is_scored_once_in_order():
+    sample = torch.rand(4, 3, 8, 8)
+    works = [(100, "auto"), (10, "auto"), (TUNE_FROM, "auto"), (TUNE_FROM * 3 + 7, "auto")]
+    for work, batch_size in [*works, (23, 5)]:
+        passes._plans.clear()
+        chunk, calls = recorder()
+        scores = run_passes(work, chunk, batch_size, nn.Identity(), sample)
+        assert torch.equal(scores, torch.arange(work, dtype=torch.float32))
+        if batch_size == 5:
+            assert calls == [(5, False)] * 4 + [(3, False)]
+        elif work < TUNE_FROM:
+            assert calls == [(min(work, 64), False)] * (work // 64) + (
+                [(work % 64, False)] if work % 64 else []
+            )
+
+
+def test_tuning_runs_on_the_work_and_is_cached():
     model, sample = nn.Identity(), torch.rand(4, 3, 8, 8)
-    assert plan_passes("auto", 100, model, sample, scores) == PassPlan(64)
-    assert plan_passes("auto", 10, model, sample, scores) == PassPlan(10)
-    assert plan_passes(5, 10**6, model, sample, scores) == PassPlan(5)
-    assert calls == []
-    first = plan_passes("auto", MEASURE_FROM, model, sample, scores)
-    measured = len(calls)
-    assert measured > 0
-    assert plan_passes("auto", MEASURE_FROM, model, sample, scores) == first
-    assert len(calls) == measured  # cached: no second measurement
-    plan_passes("auto", MEASURE_FROM, model, sample[:, :1], scores)  # another shape
-    assert len(calls) > measured
+    chunk, calls = recorder()
+    run_passes(TUNE_FROM * 4, chunk, "auto", model, sample)
+    # two contiguous passes of 64, then one computed both ways (channels-last first)
+    assert calls[:4] == [(64, False), (64, False), (64, True), (64, False)]
+    (plan,) = passes._plans[model].values()
+    calls.clear()
+    run_passes(TUNE_FROM * 4, chunk, "auto", model, sample)
+    assert set(calls) == {(plan.batch_size, plan.channels_last)}  # straight to the plan
+    calls.clear()
+    run_passes(TUNE_FROM * 4, chunk, "auto", model, sample[:, :1])  # one channel
+    assert calls[:3] == [(64, False), (64, False), (32, False)]  # no layout trial
+    assert all(not cl for _, cl in calls)
+    assert len(passes._plans[model]) == 2
 
 
 def test_the_fastest_pass_size_is_kept():
-    # seconds per input: 2 ms in passes of 64 or 32, 0.5 ms in 16, 1 ms in 8 and 4
-    cost = {64: 2e-3, 32: 2e-3, 16: 5e-4, 8: 1e-3, 4: 1e-3}
-
-    def scores(x):
-        time.sleep(cost[x.shape[0]] * x.shape[0])
-        return torch.zeros(x.shape[0], 2)
-
-    plan = plan_passes("auto", MEASURE_FROM, nn.Identity(), torch.rand(3, 1, 4, 4), scores)
-    # 32 is not 5% faster than 64: the halving stops there
-    assert plan == PassPlan(64)
+    # seconds per input: 2 ms in passes of 64, 3 ms in 32, 0.5 ms in 16, 1 ms in 8, 4
+    cost = {64: 2e-3, 32: 3e-3, 16: 5e-4, 8: 1e-3, 4: 1e-3}
+    sample = torch.rand(3, 1, 4, 4)  # one channel: no layout trial
+    chunk, calls = recorder(cost)
+    run_passes(TUNE_FROM, chunk, "auto", nn.Identity(), sample)
+    # 32 is slower than 64: the halving stops there
+    assert calls[:4] == [(64, False)] * 2 + [(32, False)] * 2
+    assert set(calls[4:]) == {(64, False)}
     cost[32] = 1e-3
-    passes._plans.clear()
-    plan = plan_passes("auto", MEASURE_FROM, nn.Identity(), torch.rand(3, 1, 4, 4), scores)
-    assert plan == PassPlan(16)
+    chunk, calls = recorder(cost)
+    model = nn.Identity()
+    run_passes(TUNE_FROM, chunk, "auto", model, sample)
+    assert [size for size, _ in calls[:8]] == [64, 64, 32, 32, 16, 16, 8, 8]
+    assert list(passes._plans[model].values()) == [PassPlan(16)]
+    assert set(calls[8:]) == {(16, False)}
 
 
 def test_plans_do_not_keep_models_alive():
@@ -190,12 +222,18 @@ def test_bad_batch_size(bad):
 def test_channels_last_only_where_the_model_accepts_it_and_agrees(model_fn, agrees):
     model = model_fn()
     x, _ = long_case()
+
+    def chunk(start, stop, channels_last):
+        xs = x[start:stop].contiguous(memory_format=memory_format(channels_last, 4))
+        return model(xs).max(1).values
+
+    runner = passes._Runner(len(x), chunk, x.device)
     with torch.inference_mode():
-        ok, seconds = passes._layout_agrees(model, x)
-    assert ok is agrees
-    assert seconds > 0 or model_fn in (ViewsFlat, WantsContiguous)  # rejected untimed
-    one_channel, _ = passes._layout_agrees(small_cnn()[1:], torch.rand(2, 1, 8, 8))
-    assert one_channel is False  # one channel: the layouts are the same memory
+        assert runner.layout_agrees(8) is agrees
+    if model_fn in (ViewsFlat, WantsContiguous):  # refused: nothing else was run
+        assert runner.done == 0
+    else:  # the contiguous scores of the pass are kept
+        assert runner.done == 8 and torch.equal(runner.scores[0], chunk(0, 8, False))
 
 
 class NaNUnderAutocast(nn.Module):

@@ -9,7 +9,7 @@ target is read after every step: the curve has ``L + 1`` points, ``k = 0`` inclu
 Every (step, item) pair is an independent input, so the pairs are built on the fly and
 run through the model ``batch_size`` at a time: one forward pass per chunk, no Python
 loop over items or steps beyond the chunking. ``batch_size="auto"`` (the default)
-measures the fastest pass size and memory layout first (:mod:`.passes`).
+tunes the pass size and memory layout on the metric's own passes (:mod:`.passes`).
 
 Ties in relevance are broken by position (a stable sort), so results are repeatable.
 """
@@ -33,15 +33,13 @@ from esegeta_core.evaluate._common import (
     check_positive_int,
     check_score,
     check_target,
-    chunks,
-    class_scores,
     cpu,
     eval_mode,
     seeded,
     spatial_map,
     target_scores,
 )
-from esegeta_core.evaluate.passes import BatchSize, PassPlan, check_batch_size, plan_passes
+from esegeta_core.evaluate.passes import BatchSize, check_batch_size, memory_format, run_passes
 from esegeta_core.runtime.precision import Precision, check_precision, run_with_precision
 
 Perturbation = Literal["zero", "mean", "blur", "noise"] | float | torch.Tensor
@@ -119,8 +117,8 @@ def aopc(
         score: ``"softmax"`` (the target's probability) or ``"raw"``.
         blur_sigma: Gaussian width for ``"blur"``.
         batch_size: perturbed inputs per forward pass, or ``"auto"``: at most 64, the
-            fastest size and memory layout measured on the first inputs when the work
-            is long (see :mod:`esegeta_core.evaluate.passes`).
+            fastest size and memory layout found on the first passes when the work is
+            long (see :mod:`esegeta_core.evaluate.passes`).
         seed: seeds ``"noise"``.
         amp: mixed precision for the forward passes, ``"bf16"`` (CPU or CUDA) or
             ``"fp16"`` (CUDA): faster, scores within about 1e-2 of float32's; scores
@@ -282,17 +280,12 @@ def _run_curve(
         start, end = (other, x) if insert else (x, other)
         counts_dev = counts.to(device=device, dtype=rank.dtype)
 
-        def run() -> torch.Tensor:
-            plan = plan_passes(
-                batch_size,
-                (n_steps + 1) * x.shape[0],
-                model,
-                x,
-                lambda xs: class_scores(metric, model, xs),
-            )
-            return _scores(metric, model, start, end, rank, counts_dev, t, score, plan)
-
-        curve = run_with_precision(run, amp, device, metric)
+        curve = run_with_precision(
+            lambda: _scores(metric, model, start, end, rank, counts_dev, t, score, batch_size),
+            amp,
+            device,
+            metric,
+        )
     return cpu(curve), counts.double() / units
 
 
@@ -397,31 +390,37 @@ def _scores(
     counts: torch.Tensor,
     t: torch.Tensor,
     score: Score,
-    plan: PassPlan,
+    batch_size: BatchSize,
 ) -> torch.Tensor:
     """``(B, L + 1)`` scores: input ``(k, i)`` is ``end`` where ``rank < counts[k]``, else
     ``start`` (both ``(B, ...)`` or broadcastable with a batch dimension of 1).
 
-    Each forward pass takes a block of steps for a group of items, built by one
-    broadcast ``torch.where`` (no gathers): ``min(B, batch_size)`` items times
-    ``batch_size // items`` steps, in the plan's memory layout.
+    The pairs are numbered step-major (``k * B + i``) and run in passes of consecutive
+    pairs (:func:`~esegeta_core.evaluate.passes.run_passes`); each pass is built by one
+    broadcast ``torch.where`` per step it spans, straight into a buffer in the pass's
+    memory layout (no gathers, no copies).
     """
-    batch_size = plan.batch_size
     b, n = rank.shape[0], counts.shape[0]
-    pad = (1,) * (rank.ndim - 1)
-    out = torch.empty(n, b, device=rank.device)
-    group = min(b, batch_size)
-    per_pass = max(1, batch_size // group)
-    for items in chunks(b, group):
-        s_i = start[items] if start.shape[0] == b else start
-        e_i = end[items] if end.shape[0] == b else end
-        r_i, t_i = rank[items].unsqueeze(0), t[items]
-        g = r_i.shape[1]
-        for steps in chunks(n, per_pass):
-            k = steps.stop - steps.start
-            changed = r_i < counts[steps].view(k, 1, *pad)
-            xk = torch.where(changed, e_i.unsqueeze(0), s_i.unsqueeze(0))
-            xk = plan.layout(xk.expand(k, g, *xk.shape[2:]).flatten(0, 1))
-            scores = target_scores(metric, model, xk, t_i.repeat(k), score)
-            out[steps, items] = scores.float().view(k, g)
-    return out.T.contiguous()
+    shape = torch.broadcast_shapes(start.shape, end.shape, (b,) + (1,) * (start.ndim - 1))
+
+    def rows(tensor: torch.Tensor, items: slice) -> torch.Tensor:
+        return tensor if tensor.shape[0] == 1 else tensor[items]
+
+    def chunk(first: int, stop: int, channels_last: bool) -> torch.Tensor:
+        layout = memory_format(channels_last, len(shape))
+        x = torch.empty((stop - first, *shape[1:]), dtype=start.dtype, device=rank.device)
+        x = x.contiguous(memory_format=layout)
+        done = first
+        while done < stop:
+            k, i = divmod(done, b)
+            items = slice(i, min(b, i + stop - done))
+            changed = rank[items] < counts[k]
+            out = x[done - first : done - first + items.stop - items.start]
+            torch.where(changed, rows(end, items), rows(start, items), out=out)
+            done += items.stop - items.start
+        pairs = torch.arange(first, stop, device=rank.device) % b
+        return target_scores(metric, model, x, t[pairs], score).float()
+
+    sample = torch.empty(shape, dtype=start.dtype, device=rank.device)
+    scores = run_passes(n * b, chunk, batch_size, model, sample)
+    return scores.view(n, b).T.contiguous()

@@ -7,13 +7,14 @@ stop fitting in the cache (measured on 2 cores: the same 6,400 inputs through a 
 CNN took 3.3 s in passes of 64 and 1.7 s in passes of 32). Memory layout: oneDNN's
 convolutions run much faster on channels-last tensors (0.7 s in passes of 16).
 
-With ``batch_size="auto"`` a metric whose work is long enough measures both on its own
-first inputs (a few passes, a few per cent of the work) and keeps the fastest; the
-channels-last layout is used only when the model accepts it and its scores agree with
-the contiguous ones. The outcome is cached per model, input shape and autocast dtype
-for the process.
-An integer ``batch_size`` runs exactly that many inputs per pass, contiguous: no
-measurement, predictable memory.
+With ``batch_size="auto"`` the metric tunes both on its own passes, which all count
+towards the result: passes of 64 in the contiguous layout, then channels-last (used
+only when the model accepts it and its scores agree with the contiguous ones on one
+pass computed both ways), then halving the pass while the time per input improves by
+5%; the rest of the work runs in the fastest. The outcome is cached per model, input
+shape and autocast dtype for the process, so later calls start at full speed. An
+integer ``batch_size`` runs exactly that many inputs per pass, contiguous: no tuning,
+predictable memory.
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ BatchSize = int | Literal["auto"]
 AUTO_MAX = 64
 """Most inputs per pass under ``batch_size="auto"``."""
 AUTO_MIN = 4
-"""Fewest inputs per pass the measurement tries."""
-MEASURE_FROM = 32 * AUTO_MAX
-"""Work (inputs) from which ``"auto"`` measures: below, passes of ``AUTO_MAX`` as is."""
+"""Fewest inputs per pass the tuning tries."""
+TUNE_FROM = 8 * AUTO_MAX
+"""Work (inputs) from which ``"auto"`` tunes: below, passes of ``AUTO_MAX`` as is. It
+covers the longest tuning, 2 x 64 + 64 + 2 x 64 + 2 x (32 + 16 + 8 + 4) = 440 inputs."""
+
+Chunk = Callable[[int, int, bool], torch.Tensor]
+"""``(start, stop, channels_last) -> (stop - start,)`` float scores of those inputs."""
 
 _plans: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], PassPlan]] = (
     weakref.WeakKeyDictionary()
@@ -54,12 +59,6 @@ class PassPlan:
     batch_size: int
     channels_last: bool = False
 
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in the plan's memory layout (a copy only when it changes)."""
-        if not self.channels_last:
-            return x
-        return x.contiguous(memory_format=_channels_last(x))
-
 
 def check_batch_size(metric: str, batch_size: object) -> BatchSize:
     """An integer >= 1 or ``"auto"``."""
@@ -72,30 +71,116 @@ def check_batch_size(metric: str, batch_size: object) -> BatchSize:
     return batch_size
 
 
-def plan_passes(
-    batch_size: BatchSize,
+def memory_format(channels_last: bool, ndim: int) -> torch.memory_format:
+    """The layout of ``ndim``-dimensional inputs under a plan."""
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last if ndim == 4 else torch.channels_last_3d
+
+
+def run_passes(
     work: int,
+    chunk: Chunk,
+    batch_size: BatchSize,
     model: nn.Module,
     sample: torch.Tensor,
-    scores: Callable[[torch.Tensor], torch.Tensor],
-) -> PassPlan:
-    """The plan for ``work`` inputs shaped like ``sample``'s items.
+) -> torch.Tensor:
+    """``(work,)`` scores of inputs ``0 .. work - 1``, computed ``chunk`` by chunk.
 
-    ``scores(x)`` runs the model on ``x`` and returns what the metric reads (the
-    comparison of layouts uses it); ``sample`` holds real items (on the model's
-    device), repeated as needed to fill the measured passes.
+    ``sample`` is one input batch of the shape, dtype and device the chunks build
+    (it keys the cache of plans and says whether channels-last is possible).
     """
     if batch_size != "auto":
-        return PassPlan(batch_size)
-    if work < MEASURE_FROM:
-        return PassPlan(min(AUTO_MAX, work))
+        return _Runner(work, chunk, sample.device).finish(PassPlan(batch_size))
     key = (tuple(sample.shape[1:]), sample.dtype, sample.device, _autocast(sample.device))
     cached = _plans.get(model, {}).get(key)
+    runner = _Runner(work, chunk, sample.device)
     if cached is not None:
-        return cached
-    plan = _measure(sample, scores)
+        return runner.finish(cached)
+    if work < TUNE_FROM:
+        return runner.finish(PassPlan(AUTO_MAX))
+    reshapes = sample.ndim in (4, 5) and sample.shape[1] > 1  # else both layouts are one
+    plan = _tune(runner, reshapes)
     _plans.setdefault(model, {})[key] = plan
     log.debug("forward passes for %s: %s", type(model).__name__, plan)
+    return runner.finish(plan)
+
+
+class _Runner:
+    """Runs the work's chunks in order, keeping every score, timing on request."""
+
+    def __init__(self, work: int, chunk: Chunk, device: torch.device) -> None:
+        self.work, self.chunk, self.device = work, chunk, device
+        self.done = 0
+        self.scores: list[torch.Tensor] = []
+
+    @property
+    def left(self) -> int:
+        return self.work - self.done
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, size: int, channels_last: bool) -> float:
+        """Run the next ``size`` inputs; seconds per input."""
+        stop = min(self.work, self.done + size)
+        self._sync()
+        start = time.perf_counter()
+        self.scores.append(self.chunk(self.done, stop, channels_last))
+        self._sync()
+        seconds = (time.perf_counter() - start) / (stop - self.done)
+        self.done = stop
+        return seconds
+
+    def timed(self, size: int, channels_last: bool) -> float:
+        """Seconds per input of the second of two passes of ``size`` (the first pays
+        the set-up of a new shape or layout)."""
+        self.run(size, channels_last)
+        return self.run(size, channels_last)
+
+    def layout_agrees(self, size: int) -> bool:
+        """One pass computed both ways: whether channels-last is accepted and agrees
+        (the contiguous scores are kept)."""
+        stop = min(self.work, self.done + size)
+        try:
+            got = self.chunk(self.done, stop, True).float()
+        except Exception as exc:  # noqa: BLE001 - any failure only rules the layout out
+            # e.g. a .view() that needs contiguous strides, or a check of is_contiguous()
+            log.debug("channels-last inputs rejected by the model: %s", exc)
+            return False
+        want = self.chunk(self.done, stop, False)
+        self.scores.append(want)
+        self.done = stop
+        want = want.float()
+        # under autocast the two layouts round differently; a layout-dependent model
+        # differs by far more than either tolerance
+        rtol = 1e-3 if _autocast(self.device) is None else 3e-2
+        atol = rtol / 10 * max(1.0, float(want.abs().max()))
+        return bool(torch.allclose(got, want, rtol=rtol, atol=atol))
+
+    def finish(self, plan: PassPlan) -> torch.Tensor:
+        while self.left > 0:
+            self.run(plan.batch_size, plan.channels_last)
+        return torch.cat(self.scores) if self.scores else torch.empty(0)
+
+
+def _tune(runner: _Runner, reshapes: bool) -> PassPlan:
+    """The fastest plan, found on the runner's own passes (at least ``TUNE_FROM``)."""
+    best = runner.timed(AUTO_MAX, False)
+    channels_last = False
+    if reshapes and runner.layout_agrees(AUTO_MAX):
+        seconds = runner.timed(AUTO_MAX, True)
+        if seconds < best:
+            best, channels_last = seconds, True
+    plan = PassPlan(AUTO_MAX, channels_last)
+    size = AUTO_MAX // 2
+    while size >= AUTO_MIN:
+        seconds = runner.timed(size, channels_last)
+        if seconds > 0.95 * best:
+            break
+        best, plan = seconds, PassPlan(size, channels_last)
+        size //= 2
     return plan
 
 
@@ -104,67 +189,3 @@ def _autocast(device: torch.device) -> torch.dtype | None:
     if not torch.is_autocast_enabled(device.type):
         return None
     return torch.get_autocast_dtype(device.type)
-
-
-def _channels_last(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.ndim == 4 else torch.channels_last_3d
-
-
-def _repeat_items(sample: torch.Tensor, size: int) -> torch.Tensor:
-    index = torch.arange(size, device=sample.device) % sample.shape[0]
-    return sample.index_select(0, index)
-
-
-def _timed(scores: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
-    """Seconds per input of the second of two passes (the first pays the set-up of new
-    shapes and layouts)."""
-    scores(x)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    start = time.perf_counter()
-    scores(x)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    return (time.perf_counter() - start) / x.shape[0]
-
-
-def _layout_agrees(
-    scores: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-) -> tuple[bool, float]:
-    """Whether channels-last scores equal the contiguous ones, and its time per input."""
-    if x.ndim not in (4, 5) or x.shape[1] == 1:
-        return False, 0.0  # one channel: both layouts are the same memory
-    channels_last = x.contiguous(memory_format=_channels_last(x))
-    try:
-        seconds = _timed(scores, channels_last)
-        got = scores(channels_last).float()
-    except Exception as exc:  # noqa: BLE001 - any failure here only rules the layout out
-        # e.g. a .view() that needs contiguous strides, or a check of is_contiguous()
-        log.debug("channels-last inputs rejected by the model: %s", exc)
-        return False, 0.0
-    want = scores(x).float()
-    # under autocast the two layouts round differently; a layout-dependent model
-    # differs by far more than either tolerance
-    rtol = 1e-3 if _autocast(x.device) is None else 3e-2
-    atol = rtol / 10 * max(1.0, float(want.abs().max()))
-    return bool(torch.allclose(got, want, rtol=rtol, atol=atol)), seconds
-
-
-def _measure(sample: torch.Tensor, scores: Callable[[torch.Tensor], torch.Tensor]) -> PassPlan:
-    """Time passes of ``AUTO_MAX``, halving while the time per input improves by 5%,
-    in the faster layout that agrees."""
-    x = _repeat_items(sample, AUTO_MAX)
-    best = _timed(scores, x)
-    agrees, seconds = _layout_agrees(scores, x)
-    channels_last = agrees and seconds < best
-    if channels_last:
-        best = seconds
-    plan = PassPlan(AUTO_MAX, channels_last)
-    size = AUTO_MAX // 2
-    while size >= AUTO_MIN:
-        seconds = _timed(scores, plan.layout(x[:size]))
-        if seconds > 0.95 * best:
-            break
-        best, plan = seconds, PassPlan(size, channels_last)
-        size //= 2
-    return plan
