@@ -268,3 +268,23 @@ def test_bad_amp(amp, match):
     x, a = long_case()
     with pytest.raises(InvalidParamsError, match=match):
         aopc(small_cnn(), x, 1, a, amp=amp)
+
+
+def test_segmentation_wrappers_share_their_network_plan():
+    from esegeta_core import ScoreModel
+    from esegeta_core.targets import MultiClassScores
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1)).eval()
+    x, a = long_case()
+    deletion(ScoreModel(net, MultiClassScores()), x, 1, a, steps=STEPS)
+    assert list(passes._plans) == [net]  # kept with the network, not the wrapper
+    (plan,) = passes._plans[net].values()
+    passes._plans[net] = {k: PassPlan(8, plan.channels_last) for k in passes._plans[net]}
+    calls = []
+    handle = net.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    try:
+        deletion(ScoreModel(net, MultiClassScores()), x, 1, a, steps=STEPS)  # a new wrapper
+    finally:
+        handle.remove()
+    assert set(calls) == {8}  # straight to the cached plan

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from esegeta_core.errors import InvalidParamsError
+from esegeta_core.targets import ScoreModel
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,18 @@ def run_passes(
     """
     if batch_size != "auto":
         return _Runner(work, chunk, sample.device).finish(PassPlan(batch_size))
-    key = (tuple(sample.shape[1:]), sample.dtype, sample.device, _autocast(sample.device))
+    # a segmentation model's scores come through a fresh ScoreModel per method: the
+    # plan is the network's, kept with it (the wrapper's kind is part of the key)
+    reduce = None
+    if isinstance(model, ScoreModel):
+        model, reduce = model.model, type(model.reduce).__name__
+    key = (
+        tuple(sample.shape[1:]),
+        sample.dtype,
+        sample.device,
+        _autocast(sample.device),
+        reduce,
+    )
     cached = _plans.get(model, {}).get(key)
     runner = _Runner(work, chunk, sample.device)
     if cached is not None:
