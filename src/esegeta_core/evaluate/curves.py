@@ -421,6 +421,6 @@ def _scores(
         pairs = torch.arange(first, stop, device=rank.device) % b
         return target_scores(metric, model, x, t[pairs], score).float()
 
-    sample = torch.empty(shape, dtype=start.dtype, device=rank.device)
-    scores = run_passes(n * b, chunk, batch_size, model, sample)
+    item = torch.empty((1, *shape[1:]), dtype=start.dtype, device=rank.device)
+    scores = run_passes(n * b, chunk, batch_size, model, item)
     return scores.view(n, b).T.contiguous()

@@ -88,8 +88,9 @@ def run_passes(
 ) -> torch.Tensor:
     """``(work,)`` scores of inputs ``0 .. work - 1``, computed ``chunk`` by chunk.
 
-    ``sample`` is one input batch of the shape, dtype and device the chunks build
-    (it keys the cache of plans and says whether channels-last is possible).
+    ``sample`` is an input (one item is enough) of the shape, dtype and device the
+    chunks build: it keys the cache of plans and says whether channels-last is
+    possible.
     """
     if batch_size != "auto":
         return _Runner(work, chunk, sample.device).finish(PassPlan(batch_size))
