@@ -192,6 +192,8 @@ def test_mean_rank_is_per_model_unit_free_and_averages_ties():
     assert got[("b", "m1")] == 2.0 and got[("b", "m2")] == 1.0
     assert math.isnan(got[("b", "m3")])
     assert board.best("mean_rank")["method"] == "m1"
+    assert board.best("mean_rank", "b")["method"] == "m2"  # among model b's rows
+    assert board.best("mean_rank", "nope") is None
     assert "mean_rank" not in Leaderboard([scores("a", "m1")], []).rows()[0]
 
 

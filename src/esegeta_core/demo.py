@@ -280,6 +280,7 @@ def run_demo(output_dir: Path, *, quick: bool = False, progress: bool = True) ->
         "Localisation metrics use the known object masks (shapes) and vessel labels "
         "(volume, class 1). Costly methods are not re-run by max-sensitivity and the "
         "randomisation check.",
+        _best_note(board),
         f"Total time {time.perf_counter() - start:.0f} s on {torch.get_num_threads()} "
         "CPU thread(s)."
         if not torch.cuda.is_available()
@@ -298,3 +299,16 @@ def run_demo(output_dir: Path, *, quick: bool = False, progress: bool = True) ->
         notes=[n for n in notes if n],
     )
     return write_html_report(data, output_dir / "report.html")
+
+
+def _best_note(board: Leaderboard) -> str:
+    """Each model's method with the best mean rank over the metrics, in one line."""
+    parts = []
+    for model in dict.fromkeys(r["model"] for r in board.rows()):
+        row = board.best("mean_rank", model)
+        if row is not None:
+            sanity = " (fails the randomisation check)" if row.get("sanity") == "fail" else ""
+            parts.append(f"{model}: {row['method']}, {row['mean_rank']:.2f}{sanity}")
+    if not parts:
+        return ""
+    return "Best mean rank over the metrics (1 = best in all): " + "; ".join(parts) + "."

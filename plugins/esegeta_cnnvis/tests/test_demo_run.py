@@ -31,5 +31,9 @@ def test_quick_demo_writes_a_report_and_leaderboard(cache, tmp_path, capsys):
     gc = next(r for r in rows if r["method"] == "Grad-CAM (cnnvis)")
     # the trained classifier's Grad-CAM points at the shapes (localisation ground truth)
     assert float(gc["pointing_game"]) >= 0.75
-    for metric in ("aopc", "deletion", "insertion", "relevance_mass", "pompom"):
+    for metric in ("aopc", "deletion", "insertion", "relevance_mass", "pompom", "mean_rank"):
         assert gc[metric] != "", metric
+    # the report names each model's best method by mean rank
+    best = min((r for r in rows if r["model"] == "shapes classifier"),
+               key=lambda r: float(r["mean_rank"]))  # fmt: skip
+    assert f"shapes classifier: {best['method']}, {float(best['mean_rank']):.2f}" in html

@@ -212,8 +212,9 @@ class Leaderboard:
         _fill_mean_ranks(out, [METRICS[m] for m in self.metrics])
         return out
 
-    def best(self, metric: str) -> dict[str, Any] | None:
-        """The row with the best value of ``metric`` (None when no row has one)."""
+    def best(self, metric: str, model: str | None = None) -> dict[str, Any] | None:
+        """The row with the best value of ``metric``, among ``model``'s rows when given
+        (None when no row has one)."""
         info = next((c for c in self.columns if c.name == metric), None)
         if info is None:
             from esegeta_core.errors import InvalidParamsError
@@ -222,7 +223,11 @@ class Leaderboard:
                 f"Leaderboard: no column {metric!r}; columns: "
                 f"{', '.join(c.name for c in self.columns)}."
             )
-        rows = [r for r in self.rows() if not math.isnan(r[metric])]
+        rows = [
+            r
+            for r in self.rows()
+            if not math.isnan(r[metric]) and (model is None or r["model"] == model)
+        ]
         if not rows:
             return None
         pick = max if info.higher_is_better else min
