@@ -407,9 +407,12 @@ def _scores(
         return tensor if tensor.shape[0] == 1 else tensor[items]
 
     def chunk(first: int, stop: int, channels_last: bool) -> torch.Tensor:
-        layout = memory_format(channels_last, len(shape))
-        x = torch.empty((stop - first, *shape[1:]), dtype=start.dtype, device=rank.device)
-        x = x.contiguous(memory_format=layout)
+        x = torch.empty(
+            (stop - first, *shape[1:]),
+            dtype=start.dtype,
+            device=rank.device,
+            memory_format=memory_format(channels_last, len(shape)),
+        )
         done = first
         while done < stop:
             k, i = divmod(done, b)
