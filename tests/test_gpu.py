@@ -55,3 +55,17 @@ def test_scheduler_runs_jobs_on_gpu_slots():
     results = run_jobs(jobs, scripted_runner, devices=devices, progress=False)
     assert [r.status for r in results] == ["ok"] * 4
     assert {r.device for r in results} <= set(devices)
+
+
+@pytest.mark.parametrize("amp", [None, "fp16"])
+def test_tuned_curves_on_cuda_equal_fixed_passes(amp):
+    from esegeta_core.evaluate import deletion, passes
+
+    model = tiny_model("classification", 2).cuda()
+    gen = torch.Generator().manual_seed(0)
+    x, a = torch.rand(16, 3, 16, 16, generator=gen), torch.rand(16, 1, 16, 16, generator=gen)
+    passes._plans.clear()
+    auto = deletion(model, x.cuda(), 1, a.cuda(), steps=64, amp=amp)  # 16 x 65: tunes
+    fixed = deletion(model, x.cuda(), 1, a.cuda(), steps=64, batch_size=64, amp=amp)
+    assert len(passes._plans[model]) == 1
+    torch.testing.assert_close(auto.curve, fixed.curve, atol=1e-2 if amp else 1e-5, rtol=0)
