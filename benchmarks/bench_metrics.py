@@ -40,6 +40,7 @@ library controls.
 Run::
 
     python benchmarks/bench_metrics.py --quick --out metrics.json
+    python benchmarks/bench_metrics.py --device cuda --quick   # both libraries on a GPU
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def _floor(model: nn.Module, x: torch.Tensor, passes: int) -> Callable[[], None]
         with torch.inference_mode():
             for _ in range(passes):
                 model(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
 
     return run
 
@@ -124,19 +127,21 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     import quantus
 
     size, steps, n = args.size, args.steps, args.images
-    model = small_cnn()
+    device = torch.device(args.device)
+    model = small_cnn().to(device)
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 3, size, size, generator=gen)
-    a = torch.rand(n, 1, size, size, generator=gen)
+    x = torch.rand(n, 3, size, size, generator=gen).to(device)
+    a = torch.rand(n, 1, size, size, generator=gen).to(device)
     with torch.no_grad():
         t = model(x).argmax(1)
     black = x.flatten(1).min(1).values.view(-1, 1, 1, 1)
-    xn, tn, an = x.numpy(), t.numpy(), np.broadcast_to(a.numpy(), x.shape).copy()
+    xn, tn = x.cpu().numpy(), t.cpu().numpy()
+    an = np.broadcast_to(a.cpu().numpy(), x.shape).copy()
     pixels_per_step = size * size // steps
     cell = args.cell
     cells = math.ceil(size / cell) ** 2
     common = {"disable_warnings": True, "display_progressbar": False}
-    q_kw = {"model": model, "x_batch": xn, "y_batch": tn, "a_batch": an, "device": "cpu"}
+    q_kw = {"model": model, "x_batch": xn, "y_batch": tn, "a_batch": an, "device": args.device}
     rows = []
 
     def row(work: str, ours_s: float, ref: str, ref_s: float, **extra: Any) -> None:
@@ -170,7 +175,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         return deletion(m, x, tt, a, steps=steps, perturbation=black, batch_size=bs, amp=amp).curve
 
     def quantus_deletion(m: nn.Module = model, tt: torch.Tensor = t, bs: int = n) -> Any:
-        return pf(**{**q_kw, "model": m, "y_batch": tt.numpy()}, batch_size=bs, softmax=True)
+        return pf(**{**q_kw, "model": m, "y_batch": tt.cpu().numpy()}, batch_size=bs, softmax=True)
 
     # warm-up (first-call costs of oneDNN and Quantus) on two images, then a check that
     # both compute the same curves
@@ -284,7 +289,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
 
     # the machinery alone: the same deletion work with a model that costs ~nothing
-    free = free_model()
+    free = free_model().to(device)
     with torch.no_grad():
         t_free = free(x).argmax(1)
 
@@ -325,6 +330,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=99)
     parser.add_argument("--cell", type=int, default=6, help="AOPC cell size")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both libraries)")
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args()
     if args.quick:
@@ -343,6 +349,7 @@ def main() -> None:
         meta = {
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "device": args.device,
             "machine": platform.machine(),
             "quick": args.quick,
             "repeats": args.repeats,

@@ -17,4 +17,6 @@ python benchmarks/bench_cnnvis_cams.py --device cuda --quick \
   --out "$out/cnnvis_cams_cuda_quick.json" || status=1
 python benchmarks/bench_runtime.py --device cuda --quick \
   --out "$out/runtime_cuda_quick.json" || status=1
+python benchmarks/bench_metrics.py --device cuda --quick \
+  --out "$out/metrics_cuda_quick.json" || status=1
 exit $status
