@@ -263,7 +263,10 @@ def test_amp_bf16_curves_are_close_to_float32_and_planned_apart(caplog):
     assert "recomputing in float32" in caplog.text
 
 
-@pytest.mark.parametrize(("amp", "match"), [("fp16", "needs a CUDA device"), ("fp8", "amp must")])
+@pytest.mark.parametrize(
+    ("amp", "match"),
+    [("fp16", "Metric 'aopc': amp='fp16' needs a CUDA device"), ("fp8", "Metric 'aopc': amp must")],
+)
 def test_bad_amp(amp, match):
     x, a = long_case()
     with pytest.raises(InvalidParamsError, match=match):

@@ -270,7 +270,7 @@ def _run_curve(
             f"Metric {metric!r}: blur_sigma must be a positive number, got {blur_sigma!r}."
         )
     with eval_mode(model, metric) as device, seeded(seed, device), torch.inference_mode():
-        check_precision(amp, device, metric)
+        check_precision(amp, device, metric, kind="Metric")
         x, a = x.to(device), a.to(device)
         t = check_target(metric, target, x.shape[0], device)
         other = _fill(metric, fill_spec, x, blur_sigma)
@@ -279,7 +279,6 @@ def _run_curve(
         counts = torch.arange(n_steps + 1) * units // n_steps
         start, end = (other, x) if insert else (x, other)
         counts_dev = counts.to(device=device, dtype=rank.dtype)
-
         curve = run_with_precision(
             lambda: _scores(metric, model, start, end, rank, counts_dev, t, score, batch_size),
             amp,

@@ -209,7 +209,8 @@ class Leaderboard:
             row["status"] = e.status
             row["error"] = e.error
             out.append(row)
-        _fill_mean_ranks(out, [METRICS[m] for m in self.metrics])
+        if self.metrics:
+            _fill_mean_ranks(out, [METRICS[m] for m in self.metrics])
         return out
 
     def best(self, metric: str, model: str | None = None) -> dict[str, Any] | None:
@@ -319,8 +320,7 @@ def _fill_mean_ranks(rows: list[dict[str, Any]], metrics: Sequence[MetricInfo]) 
                 ties = sum(v == value for v in values)
                 ranks[i].append(better + (ties + 1) / 2)
     for row, got in zip(rows, ranks):
-        if "mean_rank" in row:
-            row["mean_rank"] = sum(got) / len(got) if got else math.nan
+        row["mean_rank"] = sum(got) / len(got) if got else math.nan
 
 
 def _csv_value(value: Any) -> Any:

@@ -26,15 +26,20 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 T = TypeVar("T")
 
 
-def check_precision(amp: str | None, device: torch.device, method: str = "") -> None:
-    """Raise a clear error for an unknown or unsupported precision."""
+def check_precision(
+    amp: str | None, device: torch.device, method: str = "", *, kind: str = "Method"
+) -> None:
+    """Raise a clear error for an unknown or unsupported precision; messages start
+    with ``kind`` and the name (``"Method 'x'"``, ``"Metric 'deletion'"``)."""
     if amp is None:
         return
     if amp not in _DTYPES:
-        raise InvalidParamsError(f"amp must be 'bf16', 'fp16' or None, got {amp!r}.")
+        raise InvalidParamsError(
+            f"{kind} {method!r}: amp must be 'bf16', 'fp16' or None, got {amp!r}."
+        )
     if amp == "fp16" and device.type != "cuda":
         raise InvalidParamsError(
-            f"Method {method!r}: amp='fp16' needs a CUDA device (the model is on "
+            f"{kind} {method!r}: amp='fp16' needs a CUDA device (the model is on "
             f"{device}); use amp='bf16' on CPU."
         )
 
