@@ -248,3 +248,45 @@ def test_convert_config_cli(tmp_path, capsys):
     converted = yaml.safe_load((tmp_path / "old.yaml").read_text())
     assert converted["name"] == "unet_vessels_1" and converted["time_limit"] == 600
     assert converted["methods"][0]["method"] == "captum.saliency"
+
+
+def test_records_and_report_say_which_layer_auto_chose(tmp_path, volume):
+    pytest.importorskip("esegeta_cnnvis")
+    from esegeta_core.report.html import report_from_run
+
+    config = _config(tmp_path, methods=[{"method": "cnnvis.grad_cam"}])
+    summary = run(config, tmp_path)
+    record = summary.records[0]
+    assert record["status"] == "ok", record["error"]
+    assert record["params"]["layer"] == "encoder"
+    assert record["notes"]["layer_auto"] == {"layer": "encoder"}
+    entry = report_from_run(summary.run_dir).inputs[0].maps[0]
+    assert entry.details["layer (auto)"] == "encoder"
+
+
+def test_model_output_from_the_config_and_the_command_line(tmp_path, volume):
+    config = _config(
+        tmp_path,
+        model={
+            "factory": "tests_helpers_outputs:dict_segmenter",
+            "kwargs": {},
+            "output": "seg",
+        },
+    )
+    assert config.model.output == "seg"
+    data = config.model_dump(mode="json")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        summary = run(load_config(path), tmp_path)
+        assert [r["status"] for r in summary.records] == ["ok"], summary.records
+        data["model"]["output"] = None
+        data["name"] = "r2"
+        path.write_text(yaml.safe_dump(data))
+        assert main(["run", str(path), "--model-output", "seg"]) == 0
+        data["name"] = "r3"
+        path.write_text(yaml.safe_dump(data))
+        assert main(["run", str(path)]) == 1  # two tensors, neither 'out' nor 'logits'
+    finally:
+        sys.path.remove(str(Path(__file__).parent))

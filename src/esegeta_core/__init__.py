@@ -26,12 +26,19 @@ from esegeta_core.errors import (
     LayerNotFoundError,
     MethodFailedError,
     MethodNotFoundError,
+    NotApplicableError,
     PluginConflictError,
     PluginLoadError,
     UnsupportedRankError,
     WorkerStartError,
 )
-from esegeta_core.explainer import Explainer, LayerPath, MethodParams, MethodResult
+from esegeta_core.explainer import (
+    Explainer,
+    LayerPath,
+    MethodParams,
+    MethodResult,
+    ModulePath,
+)
 from esegeta_core.explanation import Explanation
 from esegeta_core.layers import layer_names, resolve_layer, unwrap
 from esegeta_core.plugin import hookimpl
@@ -43,6 +50,7 @@ from esegeta_core.targets import (
     ScoreModel,
     ThresholdScores,
 )
+from esegeta_core.tracing import ModelTrace
 
 __version__ = "0.1.0"
 
@@ -62,6 +70,9 @@ __all__ = [
     "MethodNotFoundError",
     "MethodParams",
     "MethodResult",
+    "ModulePath",
+    "NotApplicableError",
+    "ModelTrace",
     "MultiClassScores",
     "PluginConflictError",
     "PluginLoadError",

@@ -1,8 +1,11 @@
 """``explain()``: the one call that runs any installed method on any model.
 
-Data flows one way: validate the model, inputs and parameters; wrap a segmentation
-model so that it returns ``B x classes``; normalise the target; move everything to the
-model's device; run the method once; restore the model exactly as it was found.
+Data flows one way: validate the model, inputs and parameters; wrap the model so that
+it returns ``B x classes`` (output adapter, segmentation reduction); choose ``"auto"``
+layers; prepare the model for rule-based methods and let the method refuse a model it
+cannot apply to; refuse huge requested counts; normalise the target; move everything
+to the model's device; run the method once; check the map; restore the model exactly
+as it was found.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from esegeta_core.checks import check_cost, check_map
 from esegeta_core.errors import (
     EsegetaError,
     InvalidInputError,
@@ -28,9 +32,12 @@ from esegeta_core.errors import (
 )
 from esegeta_core.explainer import Explainer, MethodParams, MethodResult
 from esegeta_core.explanation import Explanation
-from esegeta_core.layers import resolve_layer
+from esegeta_core.layers import AUTO, auto_layer, resolve_layer, unwrap
+from esegeta_core.layouts import Layout, ReshapeSpec, layer_layouts
 from esegeta_core.model_state import ModelState
+from esegeta_core.outputs import OutputSelector, selector_label
 from esegeta_core.plugin.manager import Registry, get_registry
+from esegeta_core.preparation import no_inplace, prepared, tapped
 from esegeta_core.progress import progress_bar
 from esegeta_core.runtime.batching import auto_batch_params, run_with_oom_retry
 from esegeta_core.runtime.patches import (
@@ -51,12 +58,14 @@ from esegeta_core.targets import (
     score_model,
     target_classes,
 )
+from esegeta_core.tracing import trace_model
 
 log = logging.getLogger(__name__)
 
 
 RESERVED = frozenset(
-    {"target", "task", "wrapper", "seed", "amp", "patches", "auto_batch", "progress"}
+    {"target", "task", "wrapper", "output", "seed", "amp", "patches", "auto_batch"}
+    | {"progress", "force", "reshape"}
 )
 """Keyword arguments of :func:`explain` itself; no method parameter may use these names."""
 
@@ -70,18 +79,22 @@ def explain(
     *,
     task: Task = "classification",
     wrapper: str | ScoreFn | None = None,
+    output: OutputSelector = None,
+    reshape: ReshapeSpec = None,
     seed: int | None = None,
     amp: Precision | None = None,
     patches: PatchSpec | dict[str, Any] | None = None,
     auto_batch: bool = False,
     progress: bool = True,
+    force: bool = False,
     **params: Any,
 ) -> Explanation:
     """Explain ``model`` on ``inputs`` with the installed method ``method``.
 
     Args:
         model: any ``torch.nn.Module``; it is put in eval mode for the call and left
-            exactly as it was found (mode, hooks, ``requires_grad``, ``.grad``).
+            exactly as it was found (mode, hooks, ``requires_grad``, ``.grad``, module
+            attributes).
         inputs: a batch shaped ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
         method: a method name from :func:`list_methods`, such as
             ``"captum.integrated_gradients"`` (a unique short name also works).
@@ -90,6 +103,14 @@ def explain(
         task: ``"classification"`` or ``"segmentation"``.
         wrapper: how a segmentation output becomes per-class scores:
             ``"multi_class"`` (default for segmentation), ``"threshold"``, or a callable.
+        output: which part of what the model returns holds the logits: None (auto: a
+            tensor, a dict's single tensor or its ``"logits"`` / ``"out"``, a tuple's
+            first element, an object's ``.logits``), a key, an index or a callable.
+        reshape: how layer outputs are laid out (layer methods): None / ``"auto"``
+            (inferred: channels-first, channels-last, or tokens with the patch grid and
+            extra tokens found from the model), or a layout such as ``"tokens:1:14x14"``
+            (see :data:`~esegeta_core.layouts.ReshapeSpec`). Layer methods always see
+            the layer's output as ``(B, C, *grid)``.
         seed: seeds torch's generators for the call only (stochastic methods).
         amp: ``"bf16"`` or ``"fp16"`` runs the method under autocast; results come back
             in float32, and a NaN or infinite result is recomputed in float32.
@@ -99,7 +120,10 @@ def explain(
         auto_batch: size the method's internal batches (``batch_params``) to the
             largest that fits in memory; CUDA out-of-memory always halves and retries.
         progress: show a progress bar over patches.
-        **params: the method's parameters (see ``esegeta methods NAME``).
+        force: run even when the requested counts (steps, samples, masks) are
+            estimated at more than :data:`~esegeta_core.checks.MAX_PASSES` passes.
+        **params: the method's parameters (see ``esegeta methods NAME``); layer
+            parameters take ``"auto"`` (the default where a layer is required).
     """
     registry = get_registry()
     cls = registry.get(method)
@@ -109,41 +133,66 @@ def explain(
     valid = validate_params(cls, params)
     spec = _patch_spec(patches, cls)
     state = ModelState.capture(model)
+    extras: dict[str, Any] = {}
     try:
         model.eval()
         device = model_device(model)
         check_precision(amp, device, cls.name)
         x = x.to(device)
-        for field in valid.layer_fields():
-            value = getattr(valid, field)
-            for path in value if isinstance(value, (list, tuple)) else [value]:
-                if path is not None:
-                    resolve_layer(model, path, method=cls.name)
-        job = _Job(cls, model, task, wrapper, amp, seed, device)
-        start = time.perf_counter()
-        if spec is not None and needs_patches(spec, x.shape[2:]):
-            t = job.patch_targets(x, target, spec)
-            if auto_batch:
-                valid = auto_batch_params(cls, valid, job.scored(None), _first_patch(x, spec))
-            result, valid = job.run_patched(x, t, target, valid, spec, progress)
-        else:
-            scored = job.scored(target)
-            # None needs the predicted class, and a TorchScript model takes no hooks: one
-            # forward pass here; else the method's own first pass checks the target
-            probe = target is None or isinstance(scored, torch.jit.ScriptModule)
-            if probe:
-                with torch.no_grad():
-                    scores = scored(x)
-                _check_scores(scores, x, task, cls.name)
-                t = normalise_target(target, scores)
+        job = _Job(cls, model, task, wrapper, output, amp, seed, device)
+        patched = spec is not None and needs_patches(spec, x.shape[2:])
+        probe = _first_patch(x, spec) if patched and spec is not None else x[:1]
+        valid, chosen = _resolve_layers(cls, valid, model, job.scored(target), probe)
+        if chosen:
+            extras["layer_auto"] = chosen
+        explainer = cls()
+        with contextlib.ExitStack() as stack:
+            trace = None
+            inplace_off = 0
+            if not isinstance(model, torch.jit.ScriptModule):
+                inplace_off = stack.enter_context(no_inplace(model))
+                layers = _layer_modules(valid, model, cls.name)
+                layouts = layer_layouts(
+                    job.scored(target), unwrap(model), probe, layers, reshape=reshape,
+                    method=cls.name,
+                )  # fmt: skip
+                odd = {p: layouts[id(m)].record() for p, m in layers if not _plain(layouts, m)}
+                if odd:
+                    extras["layouts"] = odd
+                stack.enter_context(tapped(model, [m for _, m in layers], layouts))
+            if cls.model_rules != "none":
+                prep = stack.enter_context(
+                    prepared(job.scored(target), probe, cls.model_rules, method=cls.name)
+                )
+                trace = prep.trace
+                extras["preparation"] = {**prep.summary(), "inplace_modules": inplace_off}
+            elif cls.needs_trace:
+                trace = trace_model(unwrap(model), probe)
+            explainer.check_model(job.scored(target), valid, trace)
+            check_cost(
+                explainer, valid, job.scored(None), x, probe=probe, force=force, plugin=plugin
+            )
+            start = time.perf_counter()
+            if patched and spec is not None:
+                t = job.patch_targets(x, target, spec)
+                if auto_batch:
+                    valid = auto_batch_params(cls, valid, job.scored(None), probe)
+                result, valid = job.run_patched(explainer, x, t, target, valid, spec, progress)
             else:
-                t = target_classes(target, x.shape[0], x.device)
-            if auto_batch:
-                valid = auto_batch_params(cls, valid, scored, x)
-            result, valid = job.run(scored, x, t, valid, check=not probe)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
+                scored = job.scored(target)
+                if target is None:  # the predicted class: one forward pass
+                    with torch.no_grad():
+                        scores = scored(x)
+                    _check_scores(scores, x, task, cls.name)
+                    t = normalise_target(target, scores)
+                else:  # checked on the method's own first forward pass
+                    t = target_classes(target, x.shape[0], x.device)
+                if auto_batch:
+                    valid = auto_batch_params(cls, valid, scored, x)
+                result, valid = job.run(explainer, scored, x, t, valid, check=target is not None)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
     except EsegetaError:
         raise
     except Exception as exc:
@@ -159,15 +208,14 @@ def explain(
                 plugin,
                 removed,
             )
-    extras: dict[str, Any] = {}
     if isinstance(result, MethodResult):
-        extras = dict(result.extras)
+        extras.update(result.extras)
         result = result.attributions
-    if not isinstance(result, torch.Tensor):
-        raise MethodFailedError(
-            f"Method {cls.name!r} (plugin {plugin!r}) returned {type(result).__name__}, "
-            "not a tensor: this is a bug in the plugin."
-        )
+    warning = job.warnings
+    if warning:
+        extras["warnings"] = warning
+    if output is not None:
+        extras["output"] = selector_label(output)
     return Explanation(
         attributions=result,
         method=cls.name,
@@ -181,38 +229,92 @@ def explain(
     )
 
 
+def _layer_modules(
+    params: MethodParams, model: nn.Module, method: str
+) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` of every layer whose output the parameters read as a map."""
+    modules = []
+    for field in params.layer_fields(maps_only=True):
+        value = getattr(params, field)
+        for path in value if isinstance(value, (list, tuple)) else [value]:
+            if path is not None:
+                modules.append((path, resolve_layer(model, path, method=method)))
+    return modules
+
+
+def _plain(layouts: dict[int, Layout], module: nn.Module) -> bool:
+    layout = layouts.get(id(module))
+    return layout is None or layout.trivial
+
+
+def _resolve_layers(
+    cls: type[Explainer],
+    params: MethodParams,
+    model: nn.Module,
+    scored: nn.Module,
+    probe: torch.Tensor,
+) -> tuple[MethodParams, dict[str, str]]:
+    """Replace ``"auto"`` layer values by the chosen layer (one probe pass for all) and
+    check every layer path; return the new parameters and what was chosen."""
+    update: dict[str, Any] = {}
+    chosen: dict[str, str] = {}
+    auto: str | None = None
+    maps = params.layer_fields(maps_only=True)
+    for field in params.layer_fields():
+        value = getattr(params, field)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if AUTO in values and field in maps:
+            if auto is None:
+                auto = auto_layer(scored, probe, method=cls.name)
+                log.info("method %s: layer='auto' chose %r", cls.name, auto)
+            values = [auto if v == AUTO else v for v in values]
+            update[field] = type(value)(values) if isinstance(value, (list, tuple)) else auto
+            chosen[field] = auto
+        for path in values:
+            if path is not None:
+                resolve_layer(model, path, method=cls.name)
+    return (params.model_copy(update=update) if update else params), chosen
+
+
 class _Job:
     """One method on one model: runs it once, or patch by patch, with the runtime
-    features (precision, OOM retry, seeding) applied around every call."""
+    features (precision, OOM retry, seeding) applied around every call and every map
+    checked (:func:`~esegeta_core.checks.check_map`)."""
 
-    def __init__(self, cls, model, task, wrapper, amp, seed, device) -> None:
+    def __init__(
+        self,
+        cls: type[Explainer],
+        model: nn.Module,
+        task: Task,
+        wrapper: str | ScoreFn | None,
+        output: OutputSelector,
+        amp: Precision | None,
+        seed: int | None,
+        device: torch.device,
+    ) -> None:
         self.cls, self.model, self.task, self.wrapper = cls, model, task, wrapper
-        self.amp, self.seed, self.device = amp, seed, device
+        self.output, self.amp, self.seed, self.device = output, amp, seed, device
+        self.plugin = get_registry().plugin_of.get(cls.name, "?")
+        self.warnings: list[str] = []
 
     def scored(self, target: TargetLike) -> nn.Module:
-        return score_model(self.model, self.task, self.wrapper, target)
+        return score_model(self.model, self.task, self.wrapper, target, self.output)
 
     def run(
         self,
+        explainer: Explainer,
         scored: nn.Module,
         x: torch.Tensor,
         t: torch.Tensor,
         params: MethodParams,
         *,
         check: bool = True,
-    ):
+    ) -> tuple[torch.Tensor | MethodResult, MethodParams]:
         """``check``: validate the scores and ``t`` on the method's first forward pass
         (False when a probe pass already did)."""
-        explainer = self.cls()
-        if check and isinstance(scored, torch.jit.ScriptModule):  # takes no hooks
-            with torch.no_grad():
-                scores = scored(x)
-            _check_scores(scores, x, self.task, self.cls.name)
-            check_target_range(t, scores.shape[1], self.cls.name)
-            check = False
 
-        def once(p: MethodParams):
-            def call():
+        def once(p: MethodParams) -> torch.Tensor | MethodResult:
+            def call() -> torch.Tensor | MethodResult:
                 checking = (
                     _checking_scores(scored, x, t, self.task, self.cls.name)
                     if check
@@ -223,7 +325,17 @@ class _Job:
 
             return run_with_precision(call, self.amp, self.device, self.cls.name)
 
-        return run_with_oom_retry(self.cls, params, once, self.device)
+        result, used = run_with_oom_retry(self.cls, params, once, self.device)
+        tensor = result.attributions if isinstance(result, MethodResult) else result
+        if not isinstance(tensor, torch.Tensor):
+            raise MethodFailedError(
+                f"Method {self.cls.name!r} (plugin {self.plugin!r}) returned "
+                f"{type(tensor).__name__}, not a tensor: this is a bug in the plugin."
+            )
+        warning = check_map(tensor, x, self.cls, self.plugin)
+        if warning and warning not in self.warnings:
+            self.warnings.append(warning)
+        return result, used
 
     def patch_targets(self, x: torch.Tensor, target: TargetLike, spec: PatchSpec) -> torch.Tensor:
         """Targets for patch mode; ``None`` = the class with the highest score summed over
@@ -244,7 +356,16 @@ class _Job:
             totals.append(total)
         return torch.stack(totals).argmax(1)
 
-    def run_patched(self, x, t, target, params, spec, progress):
+    def run_patched(
+        self,
+        explainer: Explainer,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        target: TargetLike,
+        params: MethodParams,
+        spec: PatchSpec,
+        progress: bool,
+    ) -> tuple[torch.Tensor, MethodParams]:
         if self.cls.output == "image":
             raise InvalidParamsError(
                 f"Method {self.cls.name!r} is a visualization (it synthesises images): "
@@ -271,7 +392,7 @@ class _Job:
                         if not bool(mask.any()):
                             return torch.zeros_like(patches)
                         scored = self.scored(Region(int(t[i]), mask))
-                    result, used[0] = self.run(scored, patches, tt, used[0])
+                    result, used[0] = self.run(explainer, scored, patches, tt, used[0])
                     return result.attributions if isinstance(result, MethodResult) else result
 
                 maps.append(stitch_item(item, spec, explain_batch, extra, bar.update))

@@ -25,6 +25,9 @@ class MethodInfo:
     description: str
     paper: str
     schema: dict[str, Any]
+    requirements: tuple[str, ...] = ()
+    cost_note: str = ""
+    model_rules: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +47,9 @@ def method_info(cls: type[Explainer], plugin: str) -> MethodInfo:
         description=cls.description(),
         paper=cls.paper,
         schema=cls.Params.model_json_schema(),
+        requirements=tuple(cls.requirements),
+        cost_note=cls.cost_note,
+        model_rules=cls.model_rules,
     )
 
 

@@ -74,6 +74,8 @@ def format_method(info: MethodInfo) -> str:
     for name, prop in schema.get("properties", {}).items():
         default = "(required)" if name in required else json.dumps(prop.get("default"))
         desc = prop.get("description", "")
+        if prop.get("aliases"):
+            desc += f" Also accepted as: {', '.join(prop['aliases'])}."
         bounds = _bounds(prop)
         rows.append(
             [name, schema_type(prop, defs), default, desc + (f" [{bounds}]" if bounds else "")]
@@ -87,6 +89,15 @@ def format_method(info: MethodInfo) -> str:
     ]
     if info.paper:
         head.append(f"paper: {info.paper}")
+    if info.cost_note:
+        head.append(f"cost: {info.cost_note}")
+    for requirement in info.requirements:
+        head.append(f"requires: {requirement}")
+    if info.model_rules != "none":
+        head.append(
+            f"rules: {info.model_rules} (the core gives every activation call site a module "
+            "of its own for the call; see the README's 'Real architectures')"
+        )
     body = (
         _table(rows, ["parameter", "type", "default", "description"]) if rows else "no parameters"
     )
@@ -190,9 +201,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     from esegeta_core.config import load_config
     from esegeta_core.runs import run
 
-    config = load_config(args.config)
-    if args.output_dir:
-        config = config.model_copy(update={"output_dir": Path(args.output_dir)})
+    config = _overridden(load_config(args.config), args)
     base = Path(args.config).resolve().parent
     summary = run(config, base)
     ok = len(summary.records) - len(summary.failed)
@@ -204,6 +213,20 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         first = (record.get("error") or "").splitlines()[:1]
         out.write(f"  {record['status']}: {record['job_id']}: {first[0] if first else ''}\n")
     return 0 if not summary.failed else 1
+
+
+def _overridden(config: Any, args: argparse.Namespace) -> Any:
+    """The config with the command line's --output-dir and --model-output applied."""
+    if args.output_dir:
+        config = config.model_copy(update={"output_dir": Path(args.output_dir)})
+    if args.model_output is not None:
+        value: str | int = args.model_output
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            value = int(value)
+        config = config.model_copy(
+            update={"model": config.model.model_copy(update={"output": value})}
+        )
+    return config
 
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
@@ -220,9 +243,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     from esegeta_core.config import load_config
     from esegeta_core.evaluate.runner import evaluate_config, write_evaluation_report
 
-    config = load_config(args.config)
-    if args.output_dir:
-        config = config.model_copy(update={"output_dir": Path(args.output_dir)})
+    config = _overridden(load_config(args.config), args)
     base = Path(args.config).resolve().parent
     board = evaluate_config(config, base)
     report = write_evaluation_report(config, base, board)
@@ -289,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a config: every input x method x target")
     run.add_argument("config", help="YAML or JSON run config")
     run.add_argument("--output-dir", help="override output_dir")
+    run.add_argument(
+        "--model-output",
+        help="which part of the model's output holds the logits (a dict key, attribute or "
+        "tuple index); overrides model.output",
+    )
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="write a run folder's self-contained HTML report")
     report.add_argument("run_dir", help="the run folder (output_dir/name)")
@@ -300,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("config", help="YAML or JSON run config (its evaluation section)")
     evaluate.add_argument("--output-dir", help="override output_dir")
+    evaluate.add_argument(
+        "--model-output",
+        help="which part of the model's output holds the logits; overrides model.output",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
     demo = sub.add_parser(
         "demo", help="train tiny models, explain and evaluate them, write an HTML report"

@@ -37,6 +37,12 @@ class ModelSpec(_Section):
         None, description="Key of the state dict inside the checkpoint (e.g. 'state_dict')."
     )
     strict: bool = Field(True, description="Require checkpoint keys to match exactly.")
+    output: str | int | None = Field(
+        None,
+        description="Which part of what the model returns holds the logits: a dict key or "
+        "attribute name, or a tuple index; null reads a tensor, a dict's 'logits' or 'out', "
+        "a tuple's first element or an object's .logits.",
+    )
 
     @field_validator("factory")
     @classmethod
@@ -102,6 +108,11 @@ class MethodSpec(_Section):
     patches: bool = Field(True, description="Use the run's patches for this method.")
     sign: Literal["all", "positive", "absolute"] = Field(
         "all", description="What figures show: signed map, positive part, or magnitude."
+    )
+    force: bool = Field(
+        False,
+        description="Run even when the requested counts (steps, samples, masks) are "
+        "estimated at more than 200,000 forward passes.",
     )
 
 
@@ -202,6 +213,12 @@ class RunConfig(_Section):
     )
     jobs_per_gpu: int = Field(1, ge=1, description="Jobs run side by side on each GPU.")
     patches: PatchSpec | None = Field(None, description="Patch-based execution, or null.")
+    reshape: str | dict[str, Any] | None = Field(
+        None,
+        description="Layout of layer outputs for layer methods: null or 'auto' (inferred: "
+        "channels-first, channels-last or tokens), or e.g. 'tokens:1:14x14' (one class "
+        "token before a 14x14 patch grid) or {kind: tokens, extra: 1, grid: [14, 14]}.",
+    )
     amp: Literal["bf16", "fp16"] | None = Field(None, description="Mixed precision.")
     auto_batch: bool = Field(False, description="Size internal batches to fit memory.")
     time_limit: float | None = Field(

@@ -48,6 +48,12 @@ class InvalidModelError(EsegetaError, TypeError):
     """The model is not a ``torch.nn.Module`` or its output cannot be scored."""
 
 
+class NotApplicableError(InvalidModelError):
+    """The method cannot apply to this model for a reason its capabilities state
+    (``Explainer.requirements``): CAM without a pooling + linear head, LRP rules on
+    attention, ReLU-only rules on a network with other activations."""
+
+
 class LayerNotFoundError(EsegetaError, LookupError):
     """A layer path does not name a sub-module of the model."""
 

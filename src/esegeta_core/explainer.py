@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
+
+if TYPE_CHECKING:
+    from esegeta_core.tracing import ModelTrace
 
 Family = Literal["gradient", "perturbation", "layer", "neuron", "cam", "visualization", "in_model"]
 """How a method works; metrics and reports group methods by it. ``in_model``: the map
@@ -30,20 +33,37 @@ resolution, or synthesised images (feature visualisation) that are not attributi
 Cost = Literal["low", "medium", "high"]
 """Rough cost: low ~ a few passes, medium ~ tens, high ~ hundreds or more."""
 
+ModelRules = Literal["none", "gates", "relevance"]
+"""Whether a method attaches rules to the model's modules, and which: ``"gates"``
+(guided backprop, deconvnet, DeepLift, excitation backprop act on activations) or
+``"relevance"`` (LRP: relevance conserved through every operation). The core then runs
+the method on a prepared model (:mod:`esegeta_core.preparation`)."""
+
 
 class LayerRef:
     """Marks a ``str`` parameter as a layer path of the user's model.
 
     The core resolves such fields before running a method, so a typo is reported with
     near names before any work is done, and the conformance suite can fill them in.
+    ``reads_map``: the method reads (or replaces) the layer's output as a map, so the
+    core resolves ``"auto"``, infers the output's layout (tokens, channels-last) and
+    taps it; False for a module the method only uses otherwise (a classifier's weights).
     """
 
+    def __init__(self, reads_map: bool = True) -> None:
+        self.reads_map = reads_map
+
     def __repr__(self) -> str:
-        return "LayerRef()"
+        return f"LayerRef(reads_map={self.reads_map})"
 
 
 LayerPath = Annotated[str, LayerRef()]
-"""A dotted path to a sub-module of the user's model, such as ``"layer4.1.conv2"``."""
+"""A dotted path to a sub-module of the user's model, such as ``"layer4.1.conv2"``,
+whose output the method reads as a map (``"auto"``: chosen by the core)."""
+
+ModulePath = Annotated[str, LayerRef(reads_map=False)]
+"""A dotted path to a sub-module the method uses otherwise than by reading its output
+as a map (a classifier layer whose weights it uses, a layer it probes as a vector)."""
 
 
 class TensorAwareSchema(GenerateJsonSchema):
@@ -71,22 +91,60 @@ class MethodParams(BaseModel):
         frozen=True,
     )
 
-    @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        """The JSON Schema; tensor-valued options are described, not rejected."""
-        kwargs.setdefault("schema_generator", TensorAwareSchema)
-        return super().model_json_schema(*args, **kwargs)
+    field_aliases: ClassVar[dict[str, str]] = {}
+    """Other names accepted for fields, ``{alias: field}`` (for example Captum's own
+    parameter names); every class in the hierarchy may add some. Giving a field under
+    two names is an error; the schema lists the aliases of each field."""
 
     @classmethod
-    def layer_fields(cls) -> list[str]:
-        """Names of the fields annotated as :data:`LayerPath` (or lists of them)."""
+    def all_aliases(cls) -> dict[str, str]:
+        """``{alias: field}`` over the whole class hierarchy."""
+        merged: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(klass.__dict__.get("field_aliases", {}))
+        fields = cls.model_fields
+        return {a: f for a, f in merged.items() if f in fields and a not in fields}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_aliases(cls, data: Any) -> Any:
+        aliases = cls.all_aliases()
+        if not aliases or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for alias, name in aliases.items():
+            if alias in data:
+                if name in data:
+                    raise ValueError(f"{alias!r} is another name for {name!r}; give only one")
+                data[name] = data.pop(alias)
+        return data
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """The JSON Schema; tensor-valued options are described, not rejected, and each
+        field lists its ``aliases``."""
+        kwargs.setdefault("schema_generator", TensorAwareSchema)
+        schema = super().model_json_schema(*args, **kwargs)
+        props = schema.get("properties", {})
+        for alias, name in cls.all_aliases().items():
+            if name in props:
+                props[name].setdefault("aliases", []).append(alias)
+        return schema
+
+    @classmethod
+    def layer_fields(cls, *, maps_only: bool = False) -> list[str]:
+        """Names of the fields annotated as :data:`LayerPath` or :data:`ModulePath` (or
+        lists of them); ``maps_only``: only those whose output is read as a map."""
         names = []
         for name, field in cls.model_fields.items():
             metas = list(field.metadata)
             args = getattr(field.annotation, "__args__", ()) or ()
             for arg in args:
                 metas.extend(getattr(arg, "__metadata__", ()))
-            if any(isinstance(m, LayerRef) for m in metas):
+                for inner in getattr(arg, "__args__", ()) or ():
+                    metas.extend(getattr(inner, "__metadata__", ()))
+            refs = [m for m in metas if isinstance(m, LayerRef)]
+            if refs and (not maps_only or any(r.reads_map for r in refs)):
                 names.append(name)
         return names
 
@@ -118,6 +176,17 @@ class Explainer(ABC):
     - ``batch_params``: names of the parameters that batch internal work (perturbations,
       steps, samples, masks, channels); ``explain(auto_batch=True)`` sizes them and a
       CUDA out-of-memory error halves them and retries.
+    - ``count_params``: parameters whose product is the number of passes per item
+      (steps, samples, masks); huge requests are refused with an estimate unless
+      ``force=True`` (override :meth:`passes` when the count is more involved).
+    - ``model_rules``: see :data:`ModelRules`.
+    - ``needs_trace``: the core records what the model computes in one probe pass
+      (:func:`esegeta_core.tracing.trace_model`) and hands it to :meth:`check_model`,
+      without preparing the model (rule-based methods always get it).
+    - ``requirements``: what the model must have for the method to apply, in words
+      (shown by ``esegeta methods NAME``); :meth:`check_model` raises
+      :class:`~esegeta_core.NotApplicableError` citing one when it is missing.
+    - ``cost_note``: how the cost grows with the model or the parameters, in words.
     """
 
     name: ClassVar[str] = ""
@@ -130,6 +199,28 @@ class Explainer(ABC):
     paper: ClassVar[str] = ""
     deterministic: ClassVar[bool] = True
     batch_params: ClassVar[tuple[str, ...]] = ()
+    count_params: ClassVar[tuple[str, ...]] = ()
+    model_rules: ClassVar[ModelRules] = "none"
+    needs_trace: ClassVar[bool] = False
+    requirements: ClassVar[tuple[str, ...]] = ()
+    cost_note: ClassVar[str] = ""
+
+    def check_model(self, model: torch.nn.Module, params: Any, trace: ModelTrace | None) -> None:
+        """Refuse before running if the method cannot apply to ``model``.
+
+        Called by the core after validation and model preparation; ``trace`` is the
+        probe's record for rule-based methods (None otherwise). Raise
+        :class:`~esegeta_core.NotApplicableError` for a missing requirement, or another
+        esegeta error naming the problem and the fix. The default accepts every model.
+        """
+        return None
+
+    def passes(self, params: Any, shape: tuple[int, ...]) -> int | None:
+        """Forward-pass equivalents per item for ``params`` on inputs of ``shape``
+        (None: small or unknown). The default multiplies the ``count_params``."""
+        from esegeta_core.checks import product_of_counts
+
+        return product_of_counts(params, self.count_params)
 
     @abstractmethod
     def attribute(

@@ -1,9 +1,12 @@
 """Leaving the user's model exactly as it was found.
 
 :class:`ModelState` records, before a method runs, each module's train/eval mode, the
-hook dictionaries of every module, each parameter's ``requires_grad`` and ``.grad``;
-:meth:`ModelState.restore` puts all of it back and removes hooks a method forgot, and
-says how many it had to remove so the core can warn about a leaky plugin.
+hook dictionaries of every module, each parameter's ``requires_grad`` and ``.grad``, and
+each module's own attributes (its ``__dict__``, children, parameters and buffers by
+identity); :meth:`ModelState.restore` puts all of it back, removes hooks a method forgot
+and attributes it left (Captum's DeepLift and LRP leave ``input``, ``output`` and
+``activations`` tensors on modules), and says how many hooks it had to remove so the
+core can warn about a leaky plugin.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ _HOOK_DICTS = (
 )
 
 
+_TABLES = ("_modules", "_parameters", "_buffers")
+"""Per-module tables whose entries are restored by identity too."""
+
+_MISSING = object()
+
+
 @dataclass
 class ModelState:
     """A snapshot of what methods are allowed to touch temporarily."""
@@ -34,6 +43,9 @@ class ModelState:
     hooks: list[tuple[nn.Module, str, frozenset[int]]] = field(default_factory=list)
     params: list[tuple[torch.Tensor, bool, torch.Tensor | None]] = field(default_factory=list)
     is_full_backward_hook: list[tuple[nn.Module, bool | None]] = field(default_factory=list)
+    attributes: list[tuple[nn.Module, dict[str, object], dict[str, dict[str, object]]]] = field(
+        default_factory=list
+    )
 
     @classmethod
     def capture(cls, model: nn.Module) -> ModelState:
@@ -47,6 +59,11 @@ class ModelState:
                 hooks = getattr(module, attr, None)
                 if hooks is not None:
                     state.hooks.append((module, attr, frozenset(hooks.keys())))
+            if isinstance(module, torch.jit.ScriptModule):  # attributes live in C++
+                continue
+            own = {k: v for k, v in module.__dict__.items() if k not in _HOOK_DICTS}
+            tables = {k: dict(module.__dict__[k]) for k in _TABLES if k in module.__dict__}
+            state.attributes.append((module, own, tables))
         for p in model.parameters():
             state.params.append((p, p.requires_grad, p.grad))
         return state
@@ -68,6 +85,18 @@ class ModelState:
         for module, flag in self.is_full_backward_hook:
             if flag is not None or hasattr(module, "_is_full_backward_hook"):
                 module._is_full_backward_hook = flag
+        for module, own, tables in self.attributes:
+            current = module.__dict__
+            for key in [k for k in current if k not in own and k not in _HOOK_DICTS]:
+                del current[key]
+            for key, value in own.items():
+                if current.get(key, _MISSING) is not value:
+                    current[key] = value
+            for key, saved in tables.items():
+                table = current[key]
+                if table.keys() != saved.keys() or any(table[k] is not v for k, v in saved.items()):
+                    table.clear()
+                    table.update(saved)
         for module, training in self.modes:
             module.training = training
         for p, requires_grad, grad in self.params:

@@ -171,11 +171,14 @@ class RunWorker:
             target,
             task=config.task,
             wrapper=None if isinstance(target, Region) else _wrapper(config),
+            output=config.model.output,
+            reshape=config.reshape,
             seed=config.seed,
             amp=config.amp,
             patches=config.patches if spec.patches else None,
             auto_batch=config.auto_batch,
             progress=False,
+            force=spec.force,
             **spec.params,
         )
         files: dict[str, str] = {}
@@ -216,9 +219,16 @@ class RunWorker:
             "device": device,
             "error": "",
             "files": {k: str(Path(v).relative_to(self.run_dir)) for k, v in files.items()},
+            "notes": {k: e.extras[k] for k in NOTED_EXTRAS if k in e.extras},
         }
         write_json(folder / RECORD, record)
         return record
+
+
+NOTED_EXTRAS = ("layer_auto", "layouts", "preparation", "warnings", "output")
+"""What ``explain()`` decided for a job and reports in ``Explanation.extras`` (layers
+chosen by ``layer="auto"``, layer layouts, the model preparation of rule-based
+methods, warnings such as an all-zero map), kept in the job's record."""
 
 
 @dataclass

@@ -14,6 +14,12 @@ the ``B x classes x spatial`` output into per-class scores, differentiably:
 - :class:`RegionScores`: class c's logits summed inside a user mask, the same as
   pytorch-grad-cam's ``SemanticSegmentationTarget``; use it through :class:`Region`.
 - any callable mapping the model output to ``B x classes`` scores.
+
+Every model the methods see goes through :class:`ScoreModel`, which first takes the
+logits tensor out of whatever the model returns (a dict, a tuple, an object with
+``.logits``: :mod:`esegeta_core.outputs`). The built-in reductions give per-pixel
+scores that a :class:`~esegeta_core.sites.Sum` module adds up, so relevance rules
+split each class score among its pixels in proportion to their logits.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import torch
 from torch import nn
 
 from esegeta_core.errors import InvalidModelError, InvalidTargetError
+from esegeta_core.outputs import OutputSelector, select_output
+from esegeta_core.sites import Sum
 
 Task = Literal["classification", "segmentation"]
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -50,15 +58,28 @@ class ScoreModel(nn.Module):
     """Wraps the user's model so that it returns ``B x classes`` scores.
 
     The user's model is held as the child ``model``; nothing on it is changed.
+    ``output`` selects the logits in what the model returns (see
+    :func:`~esegeta_core.outputs.select_output`); ``reduce`` (segmentation) turns them
+    into per-class scores, through the ``total`` :class:`~esegeta_core.sites.Sum`
+    module when it gives per-pixel scores (``pixel_scores``).
     """
 
-    def __init__(self, model: nn.Module, reduce: ScoreFn) -> None:
+    def __init__(
+        self, model: nn.Module, reduce: ScoreFn | None = None, output: OutputSelector = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.reduce = reduce
+        self.output = output
+        self.total = Sum(-1) if hasattr(reduce, "pixel_scores") else None
 
     def forward(self, *args: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        return self.reduce(self.model(*args, **kwargs))
+        out = select_output(self.model(*args, **kwargs), self.output)
+        if self.reduce is None:
+            return out
+        if self.total is not None:
+            return self.total(self.reduce.pixel_scores(out))  # type: ignore[union-attr]
+        return self.reduce(out)
 
 
 class MultiClassScores:
@@ -67,6 +88,10 @@ class MultiClassScores:
     name = "multi_class"
 
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        return self.pixel_scores(out).sum(-1)
+
+    def pixel_scores(self, out: torch.Tensor) -> torch.Tensor:
+        """``(B, classes, pixels)``: each class's logits where it wins, zero elsewhere."""
         if out.ndim < 3 or out.shape[1] < 2:
             raise InvalidModelError(
                 f"Segmentation wrapper 'multi_class' needs an output shaped "
@@ -76,7 +101,7 @@ class MultiClassScores:
         with torch.no_grad():
             winners = out.argmax(dim=1, keepdim=True)
             onehot = torch.zeros_like(out).scatter_(1, winners, 1.0)
-        return (out * onehot).flatten(2).sum(-1)
+        return (out * onehot).flatten(2)
 
 
 class ThresholdScores:
@@ -101,6 +126,10 @@ class ThresholdScores:
         self.logits = logits
 
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        return self.pixel_scores(out).sum(-1)
+
+    def pixel_scores(self, out: torch.Tensor) -> torch.Tensor:
+        """``(B, 2, pixels)``: background and foreground scores per pixel."""
         if out.ndim < 3 or out.shape[1] != 1:
             raise InvalidModelError(
                 f"Segmentation wrapper 'threshold' needs a one-channel output shaped "
@@ -117,9 +146,9 @@ class ThresholdScores:
             above = (prob > level).to(flat.dtype)
         below = 1.0 - above
         if self.logits:
-            fg, bg = (flat * above).sum(1), (-flat * below).sum(1)
+            fg, bg = flat * above, -flat * below
         else:
-            fg, bg = (flat * above).sum(1), ((1.0 - flat) * below).sum(1)
+            fg, bg = flat * above, (1.0 - flat) * below
         return torch.stack([bg, fg], dim=1)
 
 
@@ -132,6 +161,10 @@ class RegionScores:
         self.mask = torch.as_tensor(mask)
 
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        return self.pixel_scores(out).sum(-1)
+
+    def pixel_scores(self, out: torch.Tensor) -> torch.Tensor:
+        """``(B, classes, pixels)``: the logits inside the mask, zero outside."""
         spatial = tuple(out.shape[2:])
         n = len(spatial)
         mask = self.mask.to(device=out.device, dtype=out.dtype)
@@ -151,7 +184,7 @@ class RegionScores:
             )
         if not bool((mask != 0).any()):
             raise InvalidTargetError("Region mask is empty: nothing to explain.")
-        return (out * mask.unsqueeze(1)).flatten(2).sum(-1)
+        return (out * mask.unsqueeze(1)).flatten(2)
 
 
 WRAPPERS: dict[str, Callable[[], ScoreFn]] = {
@@ -181,8 +214,10 @@ def score_model(
     task: Task,
     wrapper: str | ScoreFn | None,
     target: TargetLike,
-) -> nn.Module:
-    """The model the methods see: the user's own, or a :class:`ScoreModel` around it."""
+    output: OutputSelector = None,
+) -> ScoreModel:
+    """The model the methods see: a :class:`ScoreModel` around the user's model that
+    returns ``B x classes`` scores."""
     if task not in ("classification", "segmentation"):
         raise InvalidModelError(f"task must be 'classification' or 'segmentation', got {task!r}.")
     if isinstance(target, Region):
@@ -195,10 +230,10 @@ def score_model(
             raise InvalidTargetError(
                 "A Region target defines its own scores; do not pass a wrapper with it."
             )
-        return ScoreModel(model, RegionScores(target.mask))
+        return ScoreModel(model, RegionScores(target.mask), output)
     if wrapper is None:
         if task == "classification":
-            return model
+            return ScoreModel(model, None, output)
         wrapper = "multi_class"
     if isinstance(wrapper, str):
         if wrapper not in WRAPPERS:
@@ -206,9 +241,9 @@ def score_model(
                 f"Unknown segmentation wrapper {wrapper!r}; choose one of "
                 f"{', '.join(WRAPPERS)}, a Region target, or pass a callable."
             )
-        return ScoreModel(model, WRAPPERS[wrapper]())
+        return ScoreModel(model, WRAPPERS[wrapper](), output)
     if callable(wrapper):
-        return ScoreModel(model, wrapper)
+        return ScoreModel(model, wrapper, output)
     raise InvalidModelError(f"wrapper must be a name, a callable or None, got {wrapper!r}.")
 
 

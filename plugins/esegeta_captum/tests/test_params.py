@@ -8,7 +8,12 @@ import sys
 import pytest
 import torch
 
-from esegeta_core import InvalidParamsError, MethodFailedError, explain, get_registry
+from esegeta_core import (
+    InvalidParamsError,
+    NotApplicableError,
+    explain,
+    get_registry,
+)
 from esegeta_core.testing import tiny_input, tiny_model
 
 CAPTUM = sorted(n for n, p in get_registry().plugin_of.items() if p == "captum")
@@ -152,9 +157,17 @@ def test_feature_permutation_numpy_state_is_left_alone() -> None:
     assert np.random.rand() == expected
 
 
-def test_lrp_unsupported_layer_fails_clearly() -> None:
+class _Exp(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.exp()
+
+
+def test_lrp_passes_relevance_through_any_activation_and_refuses_unknown_layers() -> None:
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 2, 3), torch.nn.Softplus(), torch.nn.Flatten(), torch.nn.Linear(392, 2)
     )
-    with pytest.raises(MethodFailedError, match="rule"):
-        explain(model, tiny_input(), "captum.lrp")
+    e = explain(model, tiny_input(), "captum.lrp", 0)
+    assert torch.isfinite(e.attributions).all() and e.attributions.abs().sum() > 0
+    model[1] = _Exp()
+    with pytest.raises(NotApplicableError, match="exp inside _Exp"):
+        explain(model, tiny_input(), "captum.lrp", 0)

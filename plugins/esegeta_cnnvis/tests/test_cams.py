@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esegeta_core import InvalidModelError, InvalidParamsError, explain
+from esegeta_core import InvalidParamsError, NotApplicableError, explain
 from esegeta_core.testing import tiny_input, tiny_model
 
 CLS = "classification"
@@ -232,7 +232,7 @@ def test_guided_grad_cam_is_guided_backprop_times_grad_cam() -> None:
 
     model = tiny_model(CLS, 2)
     x = tiny_input(CLS, 2).requires_grad_(True)
-    with relu_rule(model, "guided"):
+    with relu_rule(model, "guided", x, "test"):
         model(x)[[0, 1], TARGETS].sum().backward()
     expected = x.grad * _ours("cnnvis.grad_cam")
     torch.testing.assert_close(_ours("cnnvis.guided_grad_cam"), expected)
@@ -250,9 +250,14 @@ class _FunctionalRelu(nn.Module):
 
 def test_errors_are_clear() -> None:
     x = tiny_input(CLS, 2)
-    with pytest.raises(InvalidModelError, match="no nn.ReLU"):
-        explain(_FunctionalRelu(), x, "cnnvis.guided_grad_cam", target=0, layer="conv")
-    with pytest.raises(InvalidParamsError, match=r"\(B, channels, \*spatial\)"):
+    # a functional ReLU gets the guided rule (a module of its own for the call)
+    functional = explain(_FunctionalRelu(), x, "cnnvis.guided_grad_cam", target=0, layer="conv")
+    assert torch.isfinite(functional.attributions).all()
+    linear = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(4, 2))  # fmt: skip
+    with pytest.raises(NotApplicableError, match="plain gradient"):
+        explain(linear, x, "cnnvis.guided_grad_cam", target=0, layer="0")
+    with pytest.raises(InvalidParamsError, match=r"no 2D spatial layout.*convolutional layer"):
         _ours("cnnvis.grad_cam", layer="fc")
     with pytest.raises(InvalidParamsError, match="batch_size"):
         _ours("cnnvis.score_cam", batch_size=0)

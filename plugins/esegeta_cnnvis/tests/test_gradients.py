@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,9 +13,9 @@ from esegeta_cnnvis.integration import quadrature
 from torch import nn
 
 from esegeta_core import (
-    InvalidModelError,
     InvalidParamsError,
     MultiClassScores,
+    NotApplicableError,
     Region,
     RegionScores,
     ScoreModel,
@@ -246,10 +248,19 @@ class _FunctionalReLU(nn.Module):
         return self.fc(F.relu(self.conv(x)).mean((2, 3)))
 
 
-def test_relu_rules_need_relu_modules() -> None:
+def test_relu_rules_reach_functional_relus_and_need_an_activation() -> None:
     x = tiny_input("classification", 2)
-    with pytest.raises(InvalidModelError, match="functional ReLUs"):
-        explain(_FunctionalReLU(), x, "cnnvis.guided_backprop")
+    model = _FunctionalReLU()
+    guided = explain(model, x, "cnnvis.guided_backprop", target=1).attributions
+    plain = explain(model, x, "cnnvis.vanilla_backprop", target=1).attributions
+    assert not torch.allclose(guided, plain)  # the rule reached F.relu
+    if importlib.util.find_spec("esegeta_captum") is not None:
+        theirs = explain(model, x, "captum.guided_backprop", target=1).attributions
+        torch.testing.assert_close(guided, theirs)
+    linear = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(2))
+    linear(x)
+    with pytest.raises(NotApplicableError, match="plain gradient"):
+        explain(linear, x, "cnnvis.guided_backprop", target=1)
 
 
 def test_inplace_relu_deconvnet() -> None:

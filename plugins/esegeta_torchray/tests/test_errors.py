@@ -44,12 +44,7 @@ def clf() -> tuple[torch.nn.Module, torch.Tensor]:
         ("torchray.gradient", {"resize": (16, 0)}, "resize"),
         ("torchray.gradient", {"resize_mode": "nearest", "resize": True}, "resize_mode"),
         ("torchray.gradient", {"smooth": -1.0}, "smooth"),
-        ("torchray.grad_cam", {}, "saliency_layer"),
-        (
-            "torchray.contrastive_excitation_backprop",
-            {"saliency_layer": "features.conv1"},
-            "contrast_layer",
-        ),
+        ("torchray.grad_cam", {"layer": "features.conv2", "saliency_layer": "fc"}, "another name"),
     ],
     ids=str,
 )
@@ -57,6 +52,21 @@ def test_bad_parameters(clf, method, params, needle) -> None:
     model, x = clf
     with pytest.raises(InvalidParamsError, match=needle):
         explain(model, x, method, **params)
+
+
+def test_layers_default_to_auto_and_saliency_layer_is_an_alias(clf) -> None:
+    model, x = clf
+    e = explain(model, x, "torchray.grad_cam", 1)
+    assert e.params.layer == "features" and e.extras["layer_auto"] == {"layer": "features"}
+    same = explain(model, x, "torchray.grad_cam", 1, saliency_layer="features")
+    assert torch.equal(same.attributions, e.attributions)
+    # the contrast layer defaults to the module that runs just before the classifier
+    ceb = explain(model, x, "torchray.contrastive_excitation_backprop", 1, layer="features.conv1")
+    explicit = explain(
+        model, x, "torchray.contrastive_excitation_backprop", 1, layer="features.conv1",
+        contrast_layer="pool",
+    )  # fmt: skip
+    assert torch.allclose(ceb.attributions, explicit.attributions)
 
 
 @pytest.mark.parametrize(

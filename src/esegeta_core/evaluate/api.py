@@ -23,6 +23,7 @@ from esegeta_core.evaluate.cost import measure
 from esegeta_core.evaluate.leaderboard import METRICS, Leaderboard, MethodScores
 from esegeta_core.evaluate.presets import PRESETS
 from esegeta_core.explanation import Explanation
+from esegeta_core.outputs import OutputSelector
 from esegeta_core.progress import progress_bar
 from esegeta_core.targets import Region, ScoreFn, TargetLike, Task, score_model
 
@@ -64,6 +65,7 @@ def evaluate(
     masks: torch.Tensor | None = None,
     task: Task = "classification",
     wrapper: str | ScoreFn | None = None,
+    output: OutputSelector | Mapping[str, OutputSelector] = None,
     metrics: Sequence[str] | None = None,
     metric_params: Mapping[str, Mapping[str, Any]] | None = None,
     preset: str = "esegeta",
@@ -85,6 +87,10 @@ def evaluate(
         masks: ground-truth object masks ``(B, 1, *spatial)`` or ``(B, *spatial)``
             (nonzero = object) for the localisation metrics; for segmentation, an
             integer label map is turned into the mask of each item's target class.
+        output: which part of the model's output holds the logits (as for
+            :func:`~esegeta_core.explain`: None reads a dict's ``"out"`` / ``"logits"``,
+            a tuple's first element, an object's ``.logits``); with several models, a
+            ``{name: selector}`` mapping gives each its own.
         metrics: names from :data:`~esegeta_core.evaluate.leaderboard.METRICS`; default
             every metric that applies (the localisation ones only with ``masks``).
         metric_params: per metric, keyword arguments overriding the preset's (for
@@ -123,6 +129,7 @@ def evaluate(
                     masks,
                     task,
                     wrapper,
+                    output.get(model_name) if isinstance(output, Mapping) else output,
                     chosen,
                     settings,
                     seed,
@@ -201,6 +208,7 @@ def _warm_up(
     target: TargetLike,
     task: Task,
     wrapper: str | ScoreFn | None,
+    output: OutputSelector,
     seed: int | None,
 ) -> None:
     """The first method of each plugin runs once on one item, untimed: plugins import
@@ -219,6 +227,7 @@ def _warm_up(
         one,
         task=task,
         wrapper=wrapper,
+        output=output,
         seed=seed,
         progress=False,
         **run.params,
@@ -251,6 +260,7 @@ def _evaluate_pair(
     masks: torch.Tensor | None,
     task: Task,
     wrapper: str | ScoreFn | None,
+    output: OutputSelector,
     metrics: list[str],
     settings: dict[str, dict[str, Any]],
     seed: int | None,
@@ -265,6 +275,7 @@ def _evaluate_pair(
             target,
             task=task,
             wrapper=wrapper,
+            output=output,
             seed=seed,
             progress=False,
             **run.params,
@@ -277,7 +288,7 @@ def _evaluate_pair(
         )
 
     try:
-        _warm_up(run, net, inputs, target, task, wrapper, seed)
+        _warm_up(run, net, inputs, target, task, wrapper, output, seed)
         e, cost = measure(once, device)
     except EsegetaError as exc:
         log.warning("evaluate: %s on %s failed: %s", run.label, model_name, exc)
@@ -298,7 +309,7 @@ def _evaluate_pair(
         region = target if isinstance(target, Region) else None
         if region is not None and _per_item(region.mask, x):
             region = Region(region.label, region.mask[items])
-        scored = score_model(net, task, wrapper, region)
+        scored = score_model(net, task, wrapper, region, output)
         om = object_masks[items] if object_masks is not None else None
         return _score_metrics(
             scored, x[items], targets[items], maps[items], om, explain_fn, metrics, settings,

@@ -37,6 +37,14 @@ def _models(config: RunConfig, spec: EvaluationSpec, base: Path) -> dict[str, nn
     return models
 
 
+def _outputs(config: RunConfig, spec: EvaluationSpec) -> dict[str, str | int | None]:
+    """Each model's output selector, by its leaderboard name."""
+    outputs = {spec.model_name: config.model.output}
+    for name, section in spec.models.items():
+        outputs[name] = ModelSpec.model_validate(section).output
+    return outputs
+
+
 def evaluate_config(
     config: RunConfig, base: Path | None = None, *, progress: bool | None = None
 ) -> Leaderboard:
@@ -84,6 +92,7 @@ def evaluate_config(
                     masks=gt if config.task == "segmentation" or gt is None else gt != 0,
                     task=config.task,
                     wrapper=_wrapper(config),
+                    output=_outputs(config, spec),
                     metrics=spec.metrics,
                     metric_params=spec.metric_params,
                     preset=spec.preset,

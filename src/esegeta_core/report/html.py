@@ -1117,6 +1117,31 @@ def _run_records(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _notes(notes: object) -> dict[str, str]:
+    """A job record's notes as report detail lines: layers chosen automatically, layer
+    layouts other than channels-first, warnings."""
+    if not isinstance(notes, dict):
+        return {}
+    out = {}
+    chosen = notes.get("layer_auto")
+    if isinstance(chosen, dict):
+        for field_name, layer in chosen.items():
+            out[f"{field_name} (auto)"] = str(layer)
+    layouts = notes.get("layouts")
+    if isinstance(layouts, dict):
+        for layer, layout in layouts.items():
+            if isinstance(layout, dict):
+                extra = layout.get("extra_tokens") or 0
+                grid = "x".join(str(g) for g in layout.get("grid", []))
+                out[f"layout of {layer}"] = f"{layout.get('kind')} {grid}" + (
+                    f", {extra} extra token(s)" if extra else ""
+                )
+    warnings = notes.get("warnings")
+    if isinstance(warnings, list) and warnings:
+        out["warning"] = " ".join(str(w) for w in warnings)
+    return out
+
+
 def report_from_run(
     run_dir: str | os.PathLike[str],
     *,
@@ -1157,6 +1182,7 @@ def report_from_run(
         target = _target_text(record)
         if record.get("target_requested") == "pred" and record.get("target") is not None:
             details["predicted"] = f"class {record['target']}"
+        details.update(_notes(record.get("notes")))
         params = record.get("params")
         entry = MapEntry(
             method=str(record.get("method") or record.get("title") or job_id or "?"),

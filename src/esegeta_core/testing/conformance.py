@@ -4,8 +4,10 @@ For each registered method, on every input rank it claims, on a classification a
 segmentation tiny model, :func:`run_conformance` checks: the parameter schema builds;
 unknown parameters raise pydantic's ``ValidationError`` (and ``InvalidParamsError``
 through ``explain``); output shapes; no hooks left behind by the method itself; the
-model's mode, ``requires_grad`` flags, gradients and weights unchanged; determinism
-under a seed. Use it from a plugin's tests::
+model's mode, ``requires_grad`` flags, gradients, weights, module attributes, submodules
+and pickled size unchanged (a method that leaves tensors on modules, as Captum's DeepLift
+and LRP do, is caught); determinism under a seed. :mod:`esegeta_core.testing.zoo` runs
+the methods on real architectures too. Use it from a plugin's tests::
 
     import pytest
     from esegeta_core.testing import conformance_cases, run_conformance
@@ -18,6 +20,7 @@ under a seed. Use it from a plugin's tests::
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +102,9 @@ def _snapshot(model: torch.nn.Module) -> dict[str, Any]:
         "grads": [p.grad is None for p in model.parameters()],
         "state": {k: v.clone() for k, v in model.state_dict().items()},
         "hooks": count_hooks(model),
+        "attributes": [sorted(m.__dict__) for m in model.modules()],
+        "children": [list(m._modules) for m in model.modules()],
+        "pickled": len(pickle.dumps(model)),
     }
 
 
@@ -147,6 +153,9 @@ def run_conformance(case: Case) -> None:
     assert after["modes"] == before["modes"], f"{case}: module modes changed"
     assert after["requires_grad"] == before["requires_grad"], f"{case}: requires_grad changed"
     assert after["grads"] == before["grads"], f"{case}: parameter gradients left behind"
+    assert after["attributes"] == before["attributes"], f"{case}: module attributes left behind"
+    assert after["children"] == before["children"], f"{case}: submodules changed"
+    assert after["pickled"] == before["pickled"], f"{case}: the pickled model changed size"
     for key, value in before["state"].items():
         assert torch.equal(value, after["state"][key]), f"{case}: {key} changed"
     assert torch.equal(x, x_before), f"{case}: the input tensor was modified"

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from esegeta_captum.common import Call, CaptumParams, FeatureMaskParams, NoiseTunnelParams
-from esegeta_core import Explainer, MethodFailedError, MethodResult
+from esegeta_captum.rules import (
+    deeplift_on_activations,
+    guided_on_activations,
+    lrp_rules,
+    lrp_unsupported,
+)
+from esegeta_core import Explainer, MethodFailedError, MethodResult, NotApplicableError
+from esegeta_core.preparation import activation_modules, ensure_prepared
 
 
 @contextlib.contextmanager
@@ -41,6 +48,10 @@ def numpy_seeded_from_torch() -> Iterator[None]:
 BATCH_PARAMS = ("perturbations_per_eval", "internal_batch_size", "nt_samples_batch_size")
 """Parameters that only set how much work runs per pass: ``explain(auto_batch=True)``
 may size them (declared per method as ``batch_params``)."""
+
+
+COUNT_PARAMS = ("n_steps", "n_samples")
+"""Parameters that multiply the passes a method runs (``Explainer.count_params``)."""
 
 
 def captum_class(name: str) -> Any:
@@ -72,10 +83,22 @@ class CaptumMethod(Explainer):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.batch_params = tuple(p for p in BATCH_PARAMS if p in cls.Params.model_fields)
+        cls.count_params = tuple(p for p in COUNT_PARAMS if p in cls.Params.model_fields)
+
+    def passes(self, params: Any, shape: tuple[int, ...]) -> int | None:
+        """Steps or samples per item, times the noise tunnel's copies."""
+        count = super().passes(params, shape)
+        if getattr(params, "noise_tunnel", None) is not None:
+            count = (count or 1) * params.nt_samples
+        return count
 
     def build(self, call: Call, params: CaptumParams) -> Any:
         """The Captum attribution object for ``call.model``."""
         return captum_class(self.captum_class)(call.model, **params.init_kwargs(call))
+
+    def adapt(self, algorithm: Any, call: Call) -> Any:
+        """Adjust the built Captum object (guided rules on every activation)."""
+        return algorithm
 
     def call_kwargs(self, call: Call, params: CaptumParams) -> dict[str, Any]:
         """Everything but the inputs that ``attribute`` receives."""
@@ -84,13 +107,14 @@ class CaptumMethod(Explainer):
             kwargs["target"] = call.target
         return kwargs
 
-    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any]) -> Any:
-        """Call Captum; a method overrides this to work around a Captum limitation."""
+    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
+        """Call Captum; a method overrides this to work around a Captum limitation or to
+        compute the same result faster."""
         return algorithm.attribute(inputs, **kwargs)
 
     @contextlib.contextmanager
     def prepared(self, call: Call, params: CaptumParams) -> Iterator[None]:
-        """Temporary model changes a method needs (LRP rules); nothing by default."""
+        """Temporary changes a method needs (rules for its layers); nothing by default."""
         yield
 
     def attribute(
@@ -99,16 +123,88 @@ class CaptumMethod(Explainer):
         call = Call(model=model, inputs=inputs, target=target, method=self.name)
         kwargs = self.call_kwargs(call, params)
         seeding = contextlib.nullcontext() if self.deterministic else numpy_seeded_from_torch()
-        with seeding, self.prepared(call, params), warnings.catch_warnings():
+        ready = (
+            ensure_prepared(model, inputs, self.model_rules, method=self.name)
+            if self.model_rules != "none"
+            else contextlib.nullcontext()
+        )
+        with seeding, ready, self.prepared(call, params), warnings.catch_warnings():
             # Lime/KernelShap warn that a batch trains one surrogate per item: expected
             warnings.filterwarnings("ignore", message="You are providing multiple inputs")
             # Captum sets requires_grad on its own copy of the input: nothing to act on
             warnings.filterwarnings("ignore", message="Input Tensor .* did not already require")
-            algorithm = self.build(call, params)
+            # Captum announces the hooks of its rule-based methods; esegeta removes them
+            warnings.filterwarnings("ignore", message="Setting .*hooks")
+            algorithm = self.adapt(self.build(call, params), call)
             nt = params.noise_tunnel_kwargs() if isinstance(params, NoiseTunnelParams) else {}
             if nt:
                 algorithm = captum_class("NoiseTunnel")(algorithm)
-            result = single_tensor(self.run(algorithm, inputs, {**nt, **kwargs}), self.name)
+            result = single_tensor(self.run(algorithm, inputs, {**nt, **kwargs}, params), self.name)
         if isinstance(params, FeatureMaskParams):
             return MethodResult(result, feature_mask=kwargs["feature_mask"])
         return result
+
+
+class DeepLiftMethod(CaptumMethod):
+    """Base of the DeepLift family: the rescale rule at every activation of the
+    prepared model (see :mod:`esegeta_captum.rules`)."""
+
+    model_rules = "gates"
+
+    @contextlib.contextmanager
+    def prepared(self, call: Call, params: CaptumParams) -> Iterator[None]:
+        with deeplift_on_activations(call.model):
+            yield
+
+
+class GuidedMethod(CaptumMethod):
+    """Base of guided backprop and deconvnet (also at a neuron, and guided Grad-CAM):
+    the rule at every activation of the prepared model, whatever its class."""
+
+    model_rules = "gates"
+    requirements = (
+        "at least one activation (module or function): the guided and deconvnet rules act "
+        "on activations, without one the map is the plain gradient",
+    )
+    guided_attribute: ClassVar[str | None] = None
+    """The attribute holding Captum's inner GuidedBackprop/Deconvolution object (None:
+    the algorithm itself)."""
+
+    def check_model(self, model: torch.nn.Module, params: Any, trace: Any) -> None:
+        if trace is not None and not activation_modules(model):
+            raise NotApplicableError(
+                f"Method {self.name!r} (plugin 'captum') applies its rule at the model's "
+                "activations, and this model has none: the map would be the plain gradient. "
+                "Use 'captum.saliency' for the gradient."
+            )
+
+    def adapt(self, algorithm: Any, call: Call) -> Any:
+        inner = getattr(algorithm, self.guided_attribute) if self.guided_attribute else algorithm
+        guided_on_activations(inner, call.model)
+        return algorithm
+
+
+class LRPMethod(CaptumMethod):
+    """Base of Captum's LRP methods: rules for every layer of the prepared model."""
+
+    model_rules = "relevance"
+    requirements = (
+        "no multiplicative interaction between activations (attention, gating): LRP's "
+        "standard rules define no relevance split for them",
+        "every leaf layer is a convolution, linear, pooling, up-sampling, normalisation, "
+        "activation or shape-only module",
+    )
+
+    def check_model(self, model: torch.nn.Module, params: Any, trace: Any) -> None:
+        missing = lrp_unsupported(model)
+        if missing:
+            raise NotApplicableError(
+                f"Method {self.name!r} (plugin 'captum') has no LRP rule for "
+                f"{', '.join(missing)} layers. Use 'zennit.lrp' (zennit's rules and "
+                "canonizers), or give those modules a Captum rule (module.rule = ...)."
+            )
+
+    @contextlib.contextmanager
+    def prepared(self, call: Call, params: CaptumParams) -> Iterator[None]:
+        with lrp_rules(call.model):
+            yield

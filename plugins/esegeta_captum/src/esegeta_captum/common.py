@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, WithJsonSchema, model_validator
@@ -182,6 +182,8 @@ class ShapDistributionParams(DistributionParams):
 class PathParams(CaptumParams):
     """Path integral settings of Integrated Gradients-style methods."""
 
+    field_aliases: ClassVar[dict[str, str]] = {"method": "integration_method"}
+
     n_steps: int = Field(50, ge=1, description="Number of integration steps along the path.")
     integration_method: IntegrationMethod = Field(
         "gausslegendre", description="Integration rule: gausslegendre or riemann_*."
@@ -253,6 +255,8 @@ class NoiseTunnelParams(CaptumParams):
     Smilkov et al. 2017, https://arxiv.org/abs/1706.03825; Adebayo et al. 2018,
     https://arxiv.org/abs/1810.03307.
     """
+
+    field_aliases: ClassVar[dict[str, str]] = {"nt_type": "noise_tunnel", "stdevs": "nt_stdevs"}
 
     noise_tunnel: Literal["smoothgrad", "smoothgrad_sq", "vargrad"] | None = Field(
         None, description="Average the method over noisy copies of the input (None: off)."
@@ -336,7 +340,11 @@ class FeatureMaskParams(CaptumParams):
 class LayerParams(CaptumParams):
     """The internal layer a layer method explains."""
 
-    layer: LayerPath = Field(description="Dotted path of the layer, such as 'layer4.1.conv2'.")
+    layer: LayerPath = Field(
+        "auto",
+        description="Dotted path of the layer, such as 'layer4.1.conv2'; 'auto' picks the "
+        "last layer with a spatial output (or a transformer's last block).",
+    )
     attribute_to_layer_input: bool = Field(
         False, description="Attribute to the layer's input instead of its output."
     )
@@ -399,7 +407,11 @@ def full_neuron_index(
 class NeuronParams(CaptumParams):
     """The neuron a neuron method explains: a layer and an index into its output."""
 
-    layer: LayerPath = Field(description="Dotted path of the layer that holds the neuron.")
+    layer: LayerPath = Field(
+        "auto",
+        description="Dotted path of the layer that holds the neuron ('auto': the last layer "
+        "with a spatial output, or a transformer's last block).",
+    )
     neuron_selector: tuple[int, ...] = Field(
         min_length=1,
         description="Index of the neuron in the layer's output without the batch dimension, "
@@ -425,8 +437,19 @@ class NeuronParams(CaptumParams):
 
 
 def window_tuple(value: Size, call: Call, what: str) -> tuple[int, ...]:
-    """A spatial size as Captum's ``(C, *spatial)`` tuple; the channel axis is covered whole
-    and each size is clipped to the input's extent."""
+    """A spatial size as Captum's ``(C, *spatial)`` tuple: the channel axis is covered
+    whole, and each size is clipped to the input's extent. A tuple with a channel entry
+    first (Captum's own form, such as ``(1, 15, 15)``) keeps that entry."""
+    channels = call.inputs.shape[1]
+    if isinstance(value, tuple) and len(value) == call.rank + 1:
+        if not 1 <= value[0] <= channels:
+            raise InvalidParamsError(
+                f"Method {call.method!r}: {what}={value} has {len(value)} entries for a "
+                f"{call.rank}D input: read as Captum's (channels, *spatial) form, its channel "
+                f"extent {value[0]} must be between 1 and the input's {channels} channels. "
+                f"Give {call.rank} spatial sizes, or a channel extent that fits."
+            )
+        channels, value = value[0], value[1:]
     sizes = as_size(value, call.rank, what, call.method)
     spatial = call.inputs.shape[2:]
-    return (call.inputs.shape[1], *(min(s, n) for s, n in zip(sizes, spatial, strict=True)))
+    return (channels, *(min(s, n) for s, n in zip(sizes, spatial, strict=True)))

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
-from esegeta_captum.base import CaptumMethod, single_tensor
+from esegeta_captum.base import (
+    CaptumMethod,
+    DeepLiftMethod,
+    LRPMethod,
+    captum_class,
+    single_tensor,
+)
 from esegeta_captum.common import (
     BaselineParams,
     BatchParams,
@@ -29,7 +35,8 @@ from esegeta_captum.common import (
     Tensor,
     layer_shape,
 )
-from esegeta_captum.lrp_rules import nd_rules
+from esegeta_core.layer_replay import replaced_scores
+from esegeta_core.preparation import layer_tap
 
 
 class LayerMethod(CaptumMethod):
@@ -125,7 +132,7 @@ class LayerGradCam(LayerMethod):
     paper = "https://arxiv.org/abs/1610.02391"
 
 
-class LayerDeepLift(LayerMethod):
+class LayerDeepLift(LayerMethod, DeepLiftMethod):
     """DeepLIFT contributions of a layer's units relative to a baseline input.
 
     Shrikumar et al. 2017.
@@ -139,7 +146,7 @@ class LayerDeepLift(LayerMethod):
     paper = "https://arxiv.org/abs/1704.02685"
 
 
-class LayerDeepLiftShap(LayerMethod):
+class LayerDeepLiftShap(LayerMethod, DeepLiftMethod):
     """DeepLIFT at a layer averaged over a baseline distribution (at least two references).
 
     Lundberg and Lee 2017.
@@ -187,13 +194,65 @@ class LayerIntegratedGradients(LayerMethod):
     paper = "https://arxiv.org/abs/1703.01365"
 
 
+def group_ablation(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    baseline: float,
+    chunk: int | None,
+    method: str,
+) -> torch.Tensor:
+    """Captum's ``LayerFeatureAblation`` result for group masks, with the layers before
+    ``layer`` run once per item (:func:`esegeta_core.layer_replay.replaced_scores`):
+    each unit gets the score drop when its group is set to ``baseline``."""
+    with torch.no_grad(), recording_output(layer) as seen:
+        scores = model(inputs)
+    original = seen[0]
+    reference = scores.gather(1, target.view(-1, 1)).squeeze(1)
+    groups = torch.broadcast_to(mask.to(original.device), original.shape).long()
+    rows = [(b, int(g)) for b in range(len(inputs)) for g in groups[b].unique()]
+
+    def build(item: int, ids: list[int]) -> torch.Tensor:
+        chosen = groups[item].unsqueeze(0) == torch.as_tensor(ids, device=groups.device).view(
+            -1, *([1] * (original.ndim - 1))
+        )
+        return torch.where(chosen, torch.as_tensor(baseline, dtype=original.dtype), original[item])
+
+    ablated = replaced_scores(
+        model, layer, inputs, original, target, reference, rows, build, chunk=chunk,
+        method=method,
+    )  # fmt: skip
+    out = torch.zeros_like(original)
+    for (item, group), score in zip(rows, ablated):
+        out[item][groups[item] == group] = (reference[item] - score).to(out.dtype)
+    return out
+
+
+@contextlib.contextmanager
+def recording_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, ``module``'s first output is appended to the yielded list."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _a, out: seen.append(out) or None)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 class LayerFeatureAblation(LayerMethod):
     """Score change when groups of a layer's units are set to a constant.
 
-    Ablation at a layer; by default whole channels are ablated.
+    Ablation at a layer; by default whole channels are ablated. With group masks
+    ('channel' or a tensor) the layers before ``layer`` run once per item and only the
+    rest of the model per ablated group (the result equals Captum's; the cost grows
+    with the number of groups times the part of the model after the layer).
     """
 
     class Params(LayerParams, BatchParams):
+        field_aliases: ClassVar[dict[str, str]] = {"layer_baselines": "layer_baseline"}
+
         layer_mask: Literal["channel", "unit"] | Tensor = Field(
             "channel",
             description="'channel' ablates each channel whole, 'unit' every unit alone (one "
@@ -215,7 +274,17 @@ class LayerFeatureAblation(LayerMethod):
                 kwargs["layer_mask"] = None
             return kwargs
 
-    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
+        if kwargs["layer_mask"] is not None and not kwargs["attribute_to_layer_input"]:
+            chunk = (
+                kwargs["perturbations_per_eval"]
+                if "perturbations_per_eval" in params.model_fields_set
+                else None
+            )
+            return group_ablation(
+                algorithm.forward_func, algorithm.layer, inputs, kwargs["target"],
+                kwargs["layer_mask"], kwargs["layer_baselines"], chunk, self.name,
+            )  # fmt: skip
         # Captum (0.9) does not expand per-item targets when perturbations_per_eval > 1
         # ("Tensor target dimension ... is not valid"): run item by item in that case.
         target = kwargs["target"]
@@ -233,13 +302,18 @@ class LayerFeatureAblation(LayerMethod):
     name = "captum.layer_feature_ablation"
     captum_class = "LayerFeatureAblation"
     cost = "medium"
+    cost_note = (
+        "one forward pass of the layers after `layer` per group of units (per channel by "
+        "default: 2048 passes at ResNet-50's layer4) and item; the layers before it run "
+        "once per item, unless the model needs whole passes (then one whole pass per group)"
+    )
     paper = "https://arxiv.org/abs/1311.2901"
 
 
-class LayerLRP(LayerMethod):
+class LayerLRP(LayerMethod, LRPMethod):
     """Layer-wise Relevance Propagation relevance at a layer, with epsilon rules.
 
-    Bach et al. 2015; 1D/3D layers and Upsample get the epsilon rule for the call.
+    Bach et al. 2015; the rules of captum.lrp (see esegeta_captum.rules).
     """
 
     class Params(LayerParams, NoiseTunnelParams):
@@ -249,10 +323,19 @@ class LayerLRP(LayerMethod):
     captum_class = "LayerLRP"
     paper = "https://doi.org/10.1371/journal.pone.0130140"
 
-    @contextlib.contextmanager
-    def prepared(self, call: Call, params: CaptumParams) -> Iterator[None]:
-        with nd_rules(call.model):
-            yield
+    def build(self, call: Call, params: CaptumParams) -> Any:
+        """Captum reads a layer's relevance from its rule, which only leaf layers have:
+        read it at the core's tap around the layer instead (an identity leaf carrying
+        the layer's output, or input), so blocks work too."""
+        from captum.attr._utils.lrp_rules import EpsilonRule
+
+        kwargs = params.init_kwargs(call)
+        tap = layer_tap(call.model, kwargs["layer"])
+        if tap is not None:
+            probe = tap.before if params.attribute_to_layer_input else tap.after
+            probe.rule = EpsilonRule()
+            kwargs["layer"] = probe
+        return captum_class(self.captum_class)(call.model, **kwargs)
 
 
 LAYER: list[type[CaptumMethod]] = [

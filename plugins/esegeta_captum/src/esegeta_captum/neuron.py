@@ -9,7 +9,7 @@ measures the neuron's share of the target class's score.
 
 from __future__ import annotations
 
-from esegeta_captum.base import CaptumMethod
+from esegeta_captum.base import CaptumMethod, DeepLiftMethod, GuidedMethod
 from esegeta_captum.common import (
     BaselineParams,
     BatchParams,
@@ -78,7 +78,7 @@ class NeuronConductance(NeuronMethod):
     paper = "https://arxiv.org/abs/1805.12233"
 
 
-class NeuronDeepLift(NeuronMethod):
+class NeuronDeepLift(NeuronMethod, DeepLiftMethod):
     """DeepLIFT contributions of the input to one neuron (target ignored).
 
     Shrikumar et al. 2017.
@@ -92,7 +92,7 @@ class NeuronDeepLift(NeuronMethod):
     paper = "https://arxiv.org/abs/1704.02685"
 
 
-class NeuronDeepLiftShap(NeuronMethod):
+class NeuronDeepLiftShap(NeuronMethod, DeepLiftMethod):
     """DeepLIFT to one neuron averaged over a baseline distribution (target ignored).
 
     Lundberg and Lee 2017; at least two references.
@@ -125,7 +125,7 @@ class NeuronGradientShap(NeuronMethod):
     paper = "https://arxiv.org/abs/1705.07874"
 
 
-class NeuronGuidedBackprop(NeuronMethod):
+class NeuronGuidedBackprop(NeuronMethod, GuidedMethod):
     """Guided backpropagation from one neuron (target ignored).
 
     Springenberg et al. 2014.
@@ -136,10 +136,11 @@ class NeuronGuidedBackprop(NeuronMethod):
 
     name = "captum.neuron_guided_backprop"
     captum_class = "NeuronGuidedBackprop"
+    guided_attribute = "guided_backprop"
     paper = "https://arxiv.org/abs/1412.6806"
 
 
-class NeuronDeconvolution(NeuronMethod):
+class NeuronDeconvolution(NeuronMethod, GuidedMethod):
     """Deconvnet from one neuron (target ignored).
 
     Zeiler and Fergus 2014.
@@ -150,6 +151,7 @@ class NeuronDeconvolution(NeuronMethod):
 
     name = "captum.neuron_deconvolution"
     captum_class = "NeuronDeconvolution"
+    guided_attribute = "deconv"
     paper = "https://arxiv.org/abs/1311.2901"
 
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from esegeta_captum.base import CaptumMethod
+from esegeta_captum.base import CaptumMethod, DeepLiftMethod, GuidedMethod, LRPMethod
 from esegeta_captum.common import (
     BaselineParams,
     BatchParams,
     Call,
-    CaptumParams,
     DistributionParams,
     FeatureMaskParams,
     GradientSamplingParams,
@@ -25,7 +22,6 @@ from esegeta_captum.common import (
     Size,
     window_tuple,
 )
-from esegeta_captum.lrp_rules import nd_rules
 from esegeta_captum.masks import count_features
 from esegeta_core import InvalidParamsError
 
@@ -63,10 +59,11 @@ class IntegratedGradients(CaptumMethod):
     paper = "https://arxiv.org/abs/1703.01365"
 
 
-class DeepLift(CaptumMethod):
+class DeepLift(DeepLiftMethod):
     """DeepLIFT (rescale rule): contributions relative to a baseline in one backward pass.
 
-    Shrikumar et al. 2017; needs each ReLU to be its own module (not reused).
+    Shrikumar et al. 2017; the rescale rule applies at every element-wise activation
+    (reused modules and functional calls get a module per call site).
     """
 
     class Params(BaselineParams, MultiplyParams, NoiseTunnelParams):
@@ -82,7 +79,7 @@ class DeepLift(CaptumMethod):
     paper = "https://arxiv.org/abs/1704.02685"
 
 
-class DeepLiftShap(CaptumMethod):
+class DeepLiftShap(DeepLiftMethod):
     """DeepLIFT averaged over a distribution of baselines (a SHAP approximation).
 
     Lundberg and Lee 2017. The references are ``baselines`` (default zeros plus a
@@ -129,10 +126,12 @@ class InputXGradient(CaptumMethod):
     paper = "https://arxiv.org/abs/1605.01713"
 
 
-class GuidedBackprop(CaptumMethod):
-    """Guided backpropagation: gradients with negative signals cut at every ReLU.
+class GuidedBackprop(GuidedMethod):
+    """Guided backpropagation: gradients with negative signals cut at every activation.
 
-    Springenberg et al. 2014; ReLUs must be modules.
+    Springenberg et al. 2014. At a ReLU exactly the paper's rule; at GELU, SiLU, PReLU,
+    Hardswish and other activations the same gate: the activation's local gradient is
+    applied, then negative values are cut. A model without activations is refused.
     """
 
     class Params(NoiseTunnelParams):
@@ -143,10 +142,11 @@ class GuidedBackprop(CaptumMethod):
     paper = "https://arxiv.org/abs/1412.6806"
 
 
-class Deconvolution(CaptumMethod):
-    """Deconvnet: back-propagates through ReLUs by the sign of the gradient only.
+class Deconvolution(GuidedMethod):
+    """Deconvnet: back-propagates through activations by the sign of the gradient only.
 
-    Zeiler and Fergus 2014; ReLUs must be modules.
+    Zeiler and Fergus 2014; at every activation (ReLU or not) only the positive part of
+    the incoming gradient passes. A model without activations is refused.
     """
 
     class Params(NoiseTunnelParams):
@@ -157,7 +157,7 @@ class Deconvolution(CaptumMethod):
     paper = "https://arxiv.org/abs/1311.2901"
 
 
-class GuidedGradCam(CaptumMethod):
+class GuidedGradCam(GuidedMethod):
     """Guided Grad-CAM: guided backprop times the up-sampled Grad-CAM map of a layer.
 
     Selvaraju et al. 2017; ``layer`` is usually the last convolution.
@@ -178,6 +178,7 @@ class GuidedGradCam(CaptumMethod):
 
     name = "captum.guided_grad_cam"
     captum_class = "GuidedGradCam"
+    guided_attribute = "guided_backprop"
     needs_layer = True
     paper = "https://arxiv.org/abs/1610.02391"
 
@@ -225,8 +226,18 @@ class Occlusion(CaptumMethod):
     """
 
     class Params(BaselineParams, BatchParams):
-        window: Size = Field(16, description="Window size: an int or one int per spatial dim.")
-        strides: Size = Field(8, description="Window step: an int or one int per spatial dim.")
+        field_aliases: ClassVar[dict[str, str]] = {"sliding_window_shapes": "window"}
+
+        window: Size = Field(
+            16,
+            description="Window size: an int or one int per spatial dim (Captum's form with "
+            "the channel extent first, such as (1, 15, 15), is also accepted).",
+        )
+        strides: Size = Field(
+            8,
+            description="Window step: an int or one int per spatial dim (or Captum's form "
+            "with a channel step first).",
+        )
 
         def call_kwargs(self, call: Call) -> dict[str, Any]:
             return {
@@ -365,12 +376,14 @@ class KernelShap(CaptumMethod):
     paper = "https://arxiv.org/abs/1705.07874"
 
 
-class LRP(CaptumMethod):
+class LRP(LRPMethod):
     """Layer-wise Relevance Propagation with Captum's epsilon rules.
 
-    Bach et al. 2015. Layers Captum has no rule for in 1D/3D (Conv3d, BatchNorm3d,
-    AvgPool3d, AdaptiveAvgPool3d, Upsample) get the epsilon rule for the call; rules the
-    user attached are kept. Other layer types (e.g. Sigmoid) are rejected by Captum.
+    Bach et al. 2015. Epsilon rule for convolutions (1D-3D, transposed), linear layers,
+    batch norm, pooling and up-sampling, a proportional rule at skip connections,
+    pass-through at activations, shape-only modules and other normalisations (see
+    esegeta_captum.rules); rules the user attached are kept. Models with attention or
+    gating are refused: use zennit.lrp or a gradient method.
     """
 
     class Params(NoiseTunnelParams):
@@ -379,11 +392,6 @@ class LRP(CaptumMethod):
     name = "captum.lrp"
     captum_class = "LRP"
     paper = "https://doi.org/10.1371/journal.pone.0130140"
-
-    @contextlib.contextmanager
-    def prepared(self, call: Call, params: CaptumParams) -> Iterator[None]:
-        with nd_rules(call.model):
-            yield
 
 
 PRIMARY: list[type[CaptumMethod]] = [

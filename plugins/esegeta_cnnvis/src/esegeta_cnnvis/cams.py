@@ -28,21 +28,22 @@ from torch import nn
 
 from esegeta_cnnvis.activations import (
     capture,
-    replacing_output,
     target_scores,
 )
-from esegeta_cnnvis.relu_rules import relu_rule
+from esegeta_cnnvis.relu_rules import GATE_REQUIREMENT, refuse_without_activations, relu_rule
 from esegeta_cnnvis.targets_score import input_gradient
 from esegeta_core import (
     Explainer,
-    InvalidModelError,
     InvalidParamsError,
     LayerPath,
     MethodFailedError,
     MethodParams,
+    ModulePath,
+    NotApplicableError,
     resolve_layer,
     unwrap,
 )
+from esegeta_core.layer_replay import replaced_scores
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -75,8 +76,10 @@ class LayersParams(MethodParams):
     """Parameters of the CAMs that accept one or several layers."""
 
     layer: LayerPath | list[LayerPath] = Field(
-        description="The layer to explain (usually the last convolutional block), or a list "
-        "of layers: one map per layer, stacked in the channel dimension."
+        "auto",
+        description="The layer to explain (usually the last convolutional block; 'auto' "
+        "picks it, or a transformer's last block), or a list of layers: one map per layer, "
+        "stacked in the channel dimension.",
     )
     relu: bool = _relu_field()
     upsample: bool = _upsample_field()
@@ -106,8 +109,12 @@ class ScoreCamParams(LayersParams):
 class AblationCamParams(LayersParams):
     """Parameters of Ablation-CAM."""
 
-    batch_size: int = Field(
-        32, ge=1, description="Ablated copies (item x channel) per forward pass."
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Ablated copies (item x channel) per forward pass; None: 512 when only "
+        "the layers after the explained one run per copy (the layers before it run once "
+        "per item), 32 when the model needs whole passes.",
     )
     ablation_value: float = Field(
         0.0, description="The value an ablated channel is set to (0 in the paper)."
@@ -118,10 +125,12 @@ class CamParams(MethodParams):
     """Parameters of the original CAM."""
 
     layer: LayerPath = Field(
+        "auto",
         description="The layer whose channels the classifier pools (the last convolutional "
-        "block before global average pooling)."
+        "block before global average pooling; 'auto' picks the last layer with a spatial "
+        "output).",
     )
-    fc_layer: LayerPath | None = Field(
+    fc_layer: ModulePath | None = Field(
         None,
         description="The nn.Linear (or 1x1 convolution) whose weights weigh the layer's "
         "channels; None: the last such module whose input size is the layer's channel "
@@ -135,7 +144,9 @@ class CamParams(MethodParams):
 class GuidedGradCamParams(MethodParams):
     """Parameters of guided Grad-CAM."""
 
-    layer: LayerPath = Field(description="The layer Grad-CAM explains.")
+    layer: LayerPath = Field(
+        "auto", description="The layer Grad-CAM explains ('auto': the last spatial layer)."
+    )
     relu: bool = Field(True, description="Apply a ReLU to the Grad-CAM map before the product.")
     create_graph: bool = _create_graph_field()
 
@@ -355,6 +366,11 @@ class ScoreCam(WeightedCam):
     Params = ScoreCamParams
     uses_gradients = False
     cost = "high"
+    cost_note = (
+        "one whole forward pass per channel of the layer and item (batched by "
+        "batch_size): 2048 passes per image at ResNet-50's layer4, 512 at ResNet-18's; "
+        "choose an earlier, narrower layer to make it cheaper"
+    )
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         a, x = ctx.activations, ctx.inputs
@@ -396,30 +412,34 @@ class AblationCam(WeightedCam):
     Params = AblationCamParams
     uses_gradients = False
     cost = "high"
+    cost_note = (
+        "one forward pass of the layers after `layer` per channel and item (2048 at "
+        "ResNet-50's layer4); the layers before it run once per item, unless the model "
+        "needs whole passes (then one whole pass per channel)"
+    )
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         a = ctx.activations
         batch, channels = a.shape[:2]
         value = ctx.params.ablation_value
-        original = target_scores(ctx.scores, ctx.target).to(a.dtype).unsqueeze(1)
+        original = target_scores(ctx.scores, ctx.target).to(a.dtype)
         # ablating a channel that already holds the ablation value changes nothing
         same = (a.flatten(2) == value).all(2)
-        ablated = original.expand(batch, channels).flatten().clone()
-        for rows, items, chans in _item_channel_chunks(
-            _rows_where(~same), channels, ctx.params.batch_size
-        ):
+        ablated = original.unsqueeze(1).expand(batch, channels).flatten().clone()
+        rows = _rows_where(~same)
+        pairs = [(int(r) // channels, int(r) % channels) for r in rows]
 
-            def replace(
-                _out: torch.Tensor, items: torch.Tensor = items, chans: torch.Tensor = chans
-            ) -> torch.Tensor:
-                copy = a[items].clone()
-                copy[torch.arange(len(items), device=a.device), chans] = value
-                return copy
+        def build(item: int, chans: list[int]) -> torch.Tensor:
+            copy = a[item].unsqueeze(0).repeat(len(chans), *([1] * (a.ndim - 1)))
+            copy[torch.arange(len(chans), device=a.device), torch.as_tensor(chans)] = value
+            return copy
 
-            with replacing_output(ctx.module, replace):
-                out = ctx.model(ctx.inputs[items])
-            ablated[rows] = target_scores(out, ctx.target[items]).to(ablated.dtype)
-        return (original - ablated.view(batch, channels)) / original
+        if pairs:
+            ablated[rows] = replaced_scores(
+                ctx.model, ctx.module, ctx.inputs, a, ctx.target, original, pairs, build,
+                chunk=ctx.params.batch_size, method=self.name,
+            ).to(ablated.dtype)  # fmt: skip
+        return (original.unsqueeze(1) - ablated.view(batch, channels)) / original.unsqueeze(1)
 
 
 class EigenCam(CamMethod):
@@ -450,6 +470,10 @@ class Cam(WeightedCam):
     paper = "https://arxiv.org/abs/1512.04150"
     Params = CamParams
     uses_gradients = False
+    requirements = (
+        "a classifier ending in global average pooling and one linear layer (or 1x1 "
+        "convolution) from the explained layer's channels to the classes",
+    )
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         channels, classes = ctx.activations.shape[1], ctx.scores.shape[1]
@@ -482,10 +506,12 @@ def _find_fc(model: nn.Module, channels: int, classes: int, method: str) -> nn.M
         if w is not None and tuple(w.shape) == (classes, channels):
             found = module
     if found is None:
-        raise InvalidParamsError(
+        raise NotApplicableError(
             f"Method {method!r}: no nn.Linear or 1x1 convolution maps the layer's {channels} "
-            f"channels to the model's {classes} classes; pass fc_layer=... (CAM needs a "
-            "network ending in global average pooling and a linear layer)."
+            f"channels to the model's {classes} classes. CAM needs a network ending in "
+            "global average pooling and one linear layer, explained at the layer that feeds "
+            "the pooling: pass that layer (and fc_layer=... if the search misses it), or use "
+            "'cnnvis.grad_cam', which needs no particular head."
         )
     return found
 
@@ -516,6 +542,11 @@ class GuidedGradCam(Explainer):
     output = "input"
     needs_layer = True
     Params = GuidedGradCamParams
+    model_rules = "gates"
+    requirements = (GATE_REQUIREMENT,)
+
+    def check_model(self, model: nn.Module, params: Any, trace: Any) -> None:
+        refuse_without_activations(self.name, model, trace)
 
     def attribute(
         self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
@@ -524,13 +555,7 @@ class GuidedGradCam(Explainer):
             layer=params.layer, relu=params.relu, upsample=True, create_graph=params.create_graph
         )
         cam = GradCam().maps(model, inputs, target, cam_params)
-        with relu_rule(model, "guided") as changed:
-            if changed == 0:
-                raise InvalidModelError(
-                    f"Method {self.name!r}: the model has no nn.ReLU modules (functional "
-                    "ReLUs cannot be reached), so guided backpropagation cannot be applied. "
-                    "Use cnnvis.grad_cam instead."
-                )
+        with relu_rule(model, "guided", inputs, self.name):
             guided = input_gradient(model, inputs, target, create_graph=params.create_graph)
         return guided * cam
 

@@ -18,10 +18,15 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from esegeta_cnnvis.integration import Integration, quadrature
-from esegeta_cnnvis.relu_rules import Rule, relu_rule
+from esegeta_cnnvis.relu_rules import (
+    GATE_REQUIREMENT,
+    Rule,
+    refuse_without_activations,
+    relu_rule,
+)
 from esegeta_cnnvis.smoothing import BaseFn, GradientParams, run_gradient_method
 from esegeta_cnnvis.targets_score import input_gradient
-from esegeta_core import Explainer, InvalidModelError
+from esegeta_core import Explainer
 from esegeta_core.baselines import make_baseline
 
 BaselineChoice = Literal["zeros", "mean", "blurred", "uniform", "gaussian"] | float | torch.Tensor
@@ -35,17 +40,10 @@ def vanilla(model: nn.Module, x: torch.Tensor, target: torch.Tensor, cg: bool) -
 
 
 def with_relu_rule(rule: Rule, method: str) -> BaseFn:
-    """The input gradient with every ``nn.ReLU`` back-propagating by ``rule``."""
+    """The input gradient with every activation back-propagating by ``rule``."""
 
     def base(model: nn.Module, x: torch.Tensor, target: torch.Tensor, cg: bool) -> torch.Tensor:
-        with relu_rule(model, rule) as changed:
-            if not changed:
-                raise InvalidModelError(
-                    f"Method {method!r} changes the backward pass of nn.ReLU modules, and "
-                    "this model has none (it uses functional ReLUs such as F.relu). Use "
-                    "nn.ReLU modules, or a method without ReLU rules such as "
-                    "'cnnvis.vanilla_backprop'."
-                )
+        with relu_rule(model, rule, x, method):
             return input_gradient(model, x, target, create_graph=cg)
 
     return base
@@ -65,6 +63,15 @@ class _GradientExplainer(Explainer):
     output = "input"
     ranks = (2, 3)
     cost = "low"
+
+    count_params = ("n_steps",)
+
+    def passes(self, params: GradientParams, shape: tuple[int, ...]) -> int | None:
+        """Integration steps per item, times the noisy copies when smoothing."""
+        count = super().passes(params, shape)
+        if params.smoothing != "none":
+            count = (count or 1) * params.noise_samples
+        return count
 
     @abstractmethod
     def base(self, params: GradientParams) -> BaseFn:
@@ -89,22 +96,40 @@ class VanillaBackprop(_GradientExplainer):
 
 class GuidedBackprop(_GradientExplainer):
     """Guided backprop: gradients passed back only through positive ReLU inputs and
-    positive gradients."""
+    positive gradients.
+
+    At every activation, ReLU or not (GELU, SiLU, PReLU, Hardswish: the gradient leaving
+    the activation keeps its positive part, as captum.guided_backprop does); a model
+    without activations is refused.
+    """
 
     name = "cnnvis.guided_backprop"
     Params = GradientParams
     paper = "https://arxiv.org/abs/1412.6806"
+    model_rules = "gates"
+    requirements = (GATE_REQUIREMENT,)
+
+    def check_model(self, model: nn.Module, params: object, trace: object) -> None:
+        refuse_without_activations(self.name, model, trace)
 
     def base(self, params: GradientParams) -> BaseFn:
         return with_relu_rule("guided", self.name)
 
 
 class Deconvnet(_GradientExplainer):
-    """Deconvnet: ReLUs pass back the positive part of the gradient, whatever the input."""
+    """Deconvnet: ReLUs pass back the positive part of the gradient, whatever the input.
+
+    At every activation, ReLU or not; a model without activations is refused.
+    """
 
     name = "cnnvis.deconvnet"
     Params = GradientParams
     paper = "https://arxiv.org/abs/1311.2901"
+    model_rules = "gates"
+    requirements = (GATE_REQUIREMENT,)
+
+    def check_model(self, model: nn.Module, params: object, trace: object) -> None:
+        refuse_without_activations(self.name, model, trace)
 
     def base(self, params: GradientParams) -> BaseFn:
         return with_relu_rule("deconv", self.name)

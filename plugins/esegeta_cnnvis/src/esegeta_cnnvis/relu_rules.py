@@ -1,15 +1,15 @@
-"""Modified ReLU backward rules (guided backprop, deconvnet), N-D and batched.
+"""Modified activation backward rules (guided backprop, deconvnet), N-D and batched.
 
-:func:`relu_rule` makes every ``nn.ReLU`` of the user's model pass gradients back by
-another rule for the duration of a ``with`` block, through forward hooks that route
-the output via a custom autograd function; the hooks are always removed. The rules
-are written with differentiable torch ops, so ``create_graph=True`` works through them.
+:func:`relu_rule` makes every activation of the prepared model (the core's
+:mod:`esegeta_core.preparation`: ReLU, GELU, SiLU, PReLU, Hardswish modules and
+functional activations alike, one module per call site) pass gradients back by another
+rule for the duration of a ``with`` block, through forward hooks; the hooks are always
+removed. The rules are written with differentiable torch ops, so ``create_graph=True``
+works through them. They match captum.guided_backprop / captum.deconvolution.
 
-- ``"guided"`` (Springenberg et al., https://arxiv.org/abs/1412.6806): the gradient is
-  passed where both the forward input and the incoming gradient are positive. Done with
-  a gradient hook on each ReLU's output that keeps the positive part of the incoming
-  gradient; the ReLU's own backward then masks by the positive inputs. No extra forward
-  work, and in-place ReLUs stay in place.
+- ``"guided"`` (Springenberg et al., https://arxiv.org/abs/1412.6806): the gradient that
+  leaves an activation (its local derivative applied) keeps its positive part. At a
+  ReLU that is the paper's rule: positive input and positive gradient.
 - ``"deconv"`` (Zeiler & Fergus, https://arxiv.org/abs/1311.2901): the positive part of
   the incoming gradient, whatever the forward input.
 """
@@ -23,53 +23,77 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from esegeta_core import unwrap
+from esegeta_core import NotApplicableError
+from esegeta_core.preparation import activation_modules, ensure_prepared
 
 Rule = Literal["guided", "deconv"]
 
 
-class _DeconvReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=0)
+class _Deconv(torch.autograd.Function):
+    """Forwards the activation's output; sends the positive part of the incoming
+    gradient to the activation's input (the activation's own derivative is skipped)."""
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp(min=0)
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.clamp(min=0), None
 
 
 def _positive(grad: torch.Tensor) -> torch.Tensor:
     return grad.clamp(min=0)
 
 
-def _guided_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
-    if isinstance(output, torch.Tensor) and output.requires_grad:
-        output.register_hook(_positive)
+def _guided_pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or not x.requires_grad:
+        return None
+    gate_input = x.view_as(x)  # used by this activation only
+    gate_input.register_hook(_positive)
+    return (gate_input, *args[1:])
 
 
-def _deconv_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
-    return _DeconvReLU.apply(inputs[0])
+def _deconv_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
+        return None
+    if output.shape != x.shape or not x.requires_grad:
+        return None
+    return _Deconv.apply(x, output.detach())
 
 
 @contextlib.contextmanager
-def relu_rule(model: nn.Module, rule: Rule) -> Iterator[int]:
-    """Within the block, every ``nn.ReLU`` of ``model`` back-propagates by ``rule``.
+def relu_rule(model: nn.Module, rule: Rule, inputs: torch.Tensor, method: str) -> Iterator[int]:
+    """Within the block, every activation of the prepared ``model`` back-propagates by
+    ``rule`` (a method called outside ``explain()`` prepares the model here, with
+    ``inputs`` as the probe). Yields the number of activation modules changed (0: the
+    model has none, which the methods refuse before running)."""
+    with ensure_prepared(model, inputs, "gates", method=method):
+        gates = activation_modules(model)
+        if rule == "guided":
+            handles = [m.register_forward_pre_hook(_guided_pre_hook) for m in gates]
+        else:
+            handles = [m.register_forward_hook(_deconv_hook) for m in gates]
+        try:
+            yield len(handles)
+        finally:
+            for h in handles:
+                h.remove()
 
-    Yields the number of ReLU modules changed (0 means the model uses functional ReLUs,
-    which this cannot reach: callers should say so).
-    """
-    relus = [m for m in unwrap(model).modules() if isinstance(m, nn.ReLU)]
-    hook = _guided_hook if rule == "guided" else _deconv_hook
-    # deconvnet replaces the ReLU's backward: an in-place ReLU hands the hook its output
-    # as "input", so its own backward would still mask the gradient: run them out of place
-    inplace = [m for m in relus if m.inplace] if rule == "deconv" else []
-    for m in inplace:
-        m.inplace = False
-    handles = [m.register_forward_hook(hook) for m in relus]
-    try:
-        yield len(handles)
-    finally:
-        for h in handles:
-            h.remove()
-        for m in inplace:
-            m.inplace = True
+
+GATE_REQUIREMENT = (
+    "at least one activation (module or function): the guided and deconvnet rules act on "
+    "activations, without one the map is the plain gradient"
+)
+
+
+def refuse_without_activations(method: str, model: nn.Module, trace: object) -> None:
+    """The guided and deconvnet rules need an activation to act on."""
+    if trace is not None and not activation_modules(model):
+        raise NotApplicableError(
+            f"Method {method!r} (plugin 'cnnvis') applies its rule at the model's "
+            "activations, and this model has none: the map would be the plain gradient. "
+            "Use 'cnnvis.vanilla_backprop' for the gradient."
+        )

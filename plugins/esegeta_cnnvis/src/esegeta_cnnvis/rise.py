@@ -123,6 +123,7 @@ class Rise(Explainer):
     """RISE: saliency as the average of random masks weighted by the target's score."""
 
     name = "cnnvis.rise"
+    count_params = ("num_masks",)
     Params = RiseParams
     family = "perturbation"
     output = "input"

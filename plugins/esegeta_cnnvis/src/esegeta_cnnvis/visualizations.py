@@ -18,16 +18,17 @@ image is optimised (``torch.autograd.grad``): the model's parameters, their
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from esegeta_cnnvis.layer_capture import check_filter, layer_output
-from esegeta_cnnvis.relu_rules import relu_rule
+from esegeta_cnnvis.relu_rules import GATE_REQUIREMENT, refuse_without_activations, relu_rule
 from esegeta_cnnvis.smoothing import GradientParams, run_gradient_method
 from esegeta_cnnvis.targets_score import grad_leaf
-from esegeta_core import Explainer, InvalidModelError, LayerPath, MethodParams
+from esegeta_core import Explainer, LayerPath, MethodParams
 from esegeta_core.baselines import gaussian_blur
 
 # -- layer activation with guided backprop -----------------------------------------------
@@ -36,7 +37,9 @@ from esegeta_core.baselines import gaussian_blur
 class LayerFilterGradientParams(GradientParams):
     """A layer and one of its filters, plus the gradient methods' options."""
 
-    layer: LayerPath = Field(description="The layer whose filter is explained.")
+    layer: LayerPath = Field(
+        "auto", description="The layer whose filter is explained ('auto': the last spatial layer)."
+    )
     filter: int = Field(0, ge=0, description="The channel (filter) index at that layer.")
 
 
@@ -52,6 +55,11 @@ class LayerActivationGuidedBackprop(Explainer):
     needs_layer = True
     cost = "low"
     paper = "https://arxiv.org/abs/1412.6806"
+    model_rules = "gates"
+    requirements = (GATE_REQUIREMENT,)
+
+    def check_model(self, model: nn.Module, params: Any, trace: Any) -> None:
+        refuse_without_activations(self.name, model, trace)
 
     def attribute(
         self,
@@ -62,12 +70,7 @@ class LayerActivationGuidedBackprop(Explainer):
     ) -> torch.Tensor:
         def base(model: nn.Module, x: torch.Tensor, _: torch.Tensor, cg: bool) -> torch.Tensor:
             xg = grad_leaf(x, cg)
-            with torch.enable_grad(), relu_rule(model, "guided") as changed:
-                if not changed:
-                    raise InvalidModelError(
-                        f"Method {self.name!r} needs nn.ReLU modules (guided ReLUs); this "
-                        "model has none."
-                    )
+            with torch.enable_grad(), relu_rule(model, "guided", x, self.name):
                 act = layer_output(model, params.layer, xg, method=self.name)
                 check_filter(act, params.filter, params.layer, self.name)
                 (grad,) = torch.autograd.grad(act[:, params.filter].sum(), xg, create_graph=cg)
@@ -135,7 +138,10 @@ def _filter_mean(act: torch.Tensor, index: int | None) -> torch.Tensor:
 class LayerVisualizationParams(MethodParams):
     """Activation maximisation of one filter from noise, with regularisation."""
 
-    layer: LayerPath = Field(description="The layer whose filter is visualised.")
+    layer: LayerPath = Field(
+        "auto",
+        description="The layer whose filter is visualised ('auto': the last spatial layer).",
+    )
     filter: int = Field(0, ge=0, description="The channel (filter) index at that layer.")
     steps: int = Field(30, ge=1, description="Optimisation steps (Adam).")
     lr: float = Field(0.05, gt=0.0, description="Adam learning rate, in units of the input range.")
@@ -155,6 +161,7 @@ class LayerVisualization(Explainer):
     """Layer visualization: an image that maximises one filter's activation, from noise."""
 
     name = "cnnvis.layer_visualization"
+    count_params = ("steps",)
     Params = LayerVisualizationParams
     family = "visualization"
     output = "image"
@@ -201,7 +208,9 @@ class LayerVisualization(Explainer):
 class DeepDreamParams(MethodParams):
     """DeepDream: amplify a filter (or a whole layer) starting from the input."""
 
-    layer: LayerPath = Field(description="The layer to amplify.")
+    layer: LayerPath = Field(
+        "auto", description="The layer to amplify ('auto': the last spatial layer)."
+    )
     filter: int | None = Field(
         None, ge=0, description="Channel to amplify; None amplifies the whole layer (L2)."
     )
@@ -217,6 +226,7 @@ class DeepDream(Explainer):
     """DeepDream: the input changed by gradient ascent to amplify what a layer sees."""
 
     name = "cnnvis.deep_dream"
+    count_params = ("steps",)
     Params = DeepDreamParams
     family = "visualization"
     output = "image"
@@ -250,7 +260,10 @@ class DeepDream(Explainer):
 class InvertedRepresentationParams(MethodParams):
     """Reconstruct an input from a layer's representation (Mahendran & Vedaldi)."""
 
-    layer: LayerPath = Field(description="The layer whose representation is inverted.")
+    layer: LayerPath = Field(
+        "auto",
+        description="The layer whose representation is inverted ('auto': the last spatial layer).",
+    )
     steps: int = Field(100, ge=1, description="Optimisation steps (Adam).")
     lr: float = Field(0.05, gt=0.0, description="Adam learning rate, in units of the input range.")
     alpha: float = Field(6.0, ge=1.0, description="Exponent of the alpha-norm prior.")
@@ -265,6 +278,7 @@ class InvertedRepresentation(Explainer):
     """Inverted representation: an input whose layer representation matches the input's."""
 
     name = "cnnvis.inverted_representation"
+    count_params = ("steps",)
     Params = InvertedRepresentationParams
     family = "visualization"
     output = "image"

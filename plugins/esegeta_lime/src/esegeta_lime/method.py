@@ -42,6 +42,7 @@ class Lime(Explainer):
     """
 
     name: ClassVar[str] = "lime.lime"
+    count_params: ClassVar[tuple[str, ...]] = ("num_samples",)
     Params: ClassVar[type[LimeParams]] = LimeParams
     family: ClassVar[Any] = "perturbation"
     output: ClassVar[Any] = "input"

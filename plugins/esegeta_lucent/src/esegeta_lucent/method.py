@@ -108,6 +108,7 @@ class FeatureVisualization(Explainer):
     """
 
     name = "lucent.feature_visualization"
+    count_params = ("steps",)
     Params = FeatureVisParams
     family = "visualization"
     output = "image"

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from esegeta_core import InvalidParamsError, LayerPath
-from esegeta_torchray.base import TorchRayMethod
+from esegeta_core import InvalidParamsError, ModulePath, unwrap
+from esegeta_core.preparation import tapped
+from esegeta_torchray.base import ReluRuleMethod, TorchRayMethod
 from esegeta_torchray.common import (
     Call,
     LayerSaliencyParams,
@@ -33,16 +34,17 @@ class Gradient(TorchRayMethod):
     paper = "https://arxiv.org/abs/1312.6034"
 
 
-class Deconvnet(TorchRayMethod):
+class Deconvnet(ReluRuleMethod):
     """DeConvNet: backprop passing only positive gradients through ReLUs (TorchRay)."""
 
     name = "torchray.deconvnet"
     Params = SaliencyParams
+    alternative = "captum.deconvolution"
     function = "deconvnet:deconvnet"
     paper = "https://arxiv.org/abs/1311.2901"
 
 
-class GuidedBackprop(TorchRayMethod):
+class GuidedBackprop(ReluRuleMethod):
     """Guided backprop: ReLU backward masked by positive inputs and gradients (TorchRay)."""
 
     name = "torchray.guided_backprop"
@@ -76,12 +78,13 @@ class LinearApprox(TorchRayMethod):
     paper = "https://arxiv.org/abs/1605.01713"
 
 
-class ExcitationBackprop(TorchRayMethod):
+class ExcitationBackprop(ReluRuleMethod):
     """Excitation backprop: top-down winning probabilities through positive weights
     (TorchRay)."""
 
     name = "torchray.excitation_backprop"
     Params = SaliencyParams
+    alternative = "zennit.lrp"
     function = "excitation_backprop:excitation_backprop"
     paper = "https://arxiv.org/abs/1608.00507"
 
@@ -89,11 +92,14 @@ class ExcitationBackprop(TorchRayMethod):
 class ContrastiveParams(SaliencyLayerParams, ResizeParams):
     """TorchRay's ``contrastive_excitation_backprop`` arguments."""
 
-    contrast_layer: LayerPath = Field(
+    contrast_layer: ModulePath | None = Field(
+        None,
         description="Layer where the excitation of the negated classifier (all other "
-        "classes) is subtracted; it must run after saliency_layer and before the classifier."
+        "classes) is subtracted; it must run after layer and before the classifier. None: "
+        "the module that runs just before the classifier layer (TorchRay's examples use "
+        "the penultimate fully connected layer's output).",
     )
-    classifier_layer: LayerPath | None = Field(
+    classifier_layer: ModulePath | None = Field(
         None,
         description="Final classifier layer whose weights are negated for the contrast "
         "pass; None = the last Conv/Linear layer of the model (TorchRay's choice).",
@@ -101,7 +107,7 @@ class ContrastiveParams(SaliencyLayerParams, ResizeParams):
 
     def torchray_kwargs(self, call: Call) -> dict[str, Any]:
         kwargs = super().torchray_kwargs(call)
-        kwargs["contrast_layer"] = call.layer(self.contrast_layer)
+        classifier = None
         if self.classifier_layer is not None:
             classifier = call.layer(self.classifier_layer)
             if not isinstance(getattr(classifier, "weight", None), torch.Tensor):
@@ -111,15 +117,71 @@ class ContrastiveParams(SaliencyLayerParams, ResizeParams):
                     "pass; name the final Linear/Conv layer."
                 )
             kwargs["classifier_layer"] = classifier
+        if self.contrast_layer is not None:
+            kwargs["contrast_layer"] = call.layer(self.contrast_layer)
+        else:
+            kwargs["contrast_layer"] = _before_classifier(call, classifier)
         return kwargs
 
 
-class ContrastiveExcitationBackprop(TorchRayMethod):
+def _before_classifier(call: Call, classifier: torch.nn.Module | None) -> torch.nn.Module:
+    """The module whose forward ends last before the classifier's starts (TorchRay's
+    classifier by default: the last Conv/Linear module of the model)."""
+    model = unwrap(call.model)
+    if classifier is None:
+        weighted = [
+            m
+            for m in model.modules()
+            if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))
+        ]
+        if not weighted:
+            raise InvalidParamsError(
+                f"Method {call.method!r}: the model has no Conv/Linear classifier layer."
+            )
+        classifier = weighted[-1]
+    inside = {id(m) for m in model.modules() if any(c is classifier for c in m.modules())}
+    finished: list[torch.nn.Module] = []
+    started: list[int] = []
+
+    def pre(module: torch.nn.Module, args: Any) -> None:
+        if module is classifier and not started:
+            started.append(len(finished))
+
+    def post(module: torch.nn.Module, args: Any, output: Any) -> None:
+        if id(module) not in inside and isinstance(output, torch.Tensor):
+            finished.append(module)
+
+    handles = [m.register_forward_pre_hook(pre) for m in model.modules()]
+    handles += [m.register_forward_hook(post) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            call.model(call.inputs[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not started or started[0] == 0:
+        raise InvalidParamsError(
+            f"Method {call.method!r}: no module runs before the classifier layer; pass "
+            "contrast_layer=..."
+        )
+    return finished[started[0] - 1]
+
+
+class ContrastiveExcitationBackprop(ReluRuleMethod):
     """Contrastive excitation backprop: the target's excitation minus that of the other
     classes, at a layer (TorchRay)."""
 
+    def run(self, fn: Any, call: Call, params: Any) -> Any:
+        kwargs = params.torchray_kwargs(call)
+        # TorchRay probes the contrast layer's output; the core taps the layers named in
+        # the parameters, the default contrast layer is found here: tap it too, so an
+        # in-place operation after it (DenseNet's F.relu) cannot reach TorchRay's probe
+        with tapped(call.model, [kwargs["contrast_layer"]]):
+            return fn(call.model, call.inputs, call.target, **kwargs)
+
     name = "torchray.contrastive_excitation_backprop"
     Params = ContrastiveParams
+    alternative = "zennit.lrp"
     function = "excitation_backprop:contrastive_excitation_backprop"
     needs_layer = True
     paper = "https://arxiv.org/abs/1608.00507"

@@ -10,13 +10,16 @@ so :func:`restored_on_error` puts the model back before the error propagates.
 from __future__ import annotations
 
 import contextlib
+import gc
+import sys
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
 
-from esegeta_core import Explainer, InvalidParamsError, MethodResult
+from esegeta_core import Explainer, InvalidParamsError, MethodResult, NotApplicableError
 from esegeta_core.model_state import ModelState
 from esegeta_torchray.common import Call, TorchRayParams, torchray_function
 
@@ -31,6 +34,10 @@ def restored_on_error(model: torch.nn.Module) -> Iterator[None]:
     try:
         yield
     except BaseException:
+        # TorchRay's probes restore a module's inplace flag in __del__, whenever they are
+        # collected: free them now (the traceback's frames hold them), not later
+        traceback.clear_frames(sys.exc_info()[2])
+        gc.collect()
         state.restore()
         for module, flag in inplace:
             module.inplace = flag
@@ -76,6 +83,35 @@ class TorchRayMethod(Explainer):
             raise InvalidParamsError(
                 f"Method {self.name!r}: the saliency map is shaped {tuple(saliency.shape)}, "
                 f"not (B, 1, *spatial) like the {call.rank}D input {tuple(call.inputs.shape)}: "
-                "pick a convolutional layer (one with spatial output) as saliency_layer."
+                "pick a convolutional layer (one with spatial output) as layer."
             )
         return saliency
+
+
+RELU_ONLY = (
+    "ReLU activations only: TorchRay's rule replaces ReLU's backward and assumes "
+    "non-negative activations; other activations would keep their plain gradient",
+)
+
+
+class ReluRuleMethod(TorchRayMethod):
+    """A TorchRay method whose rule is defined for ReLU networks only (deconvnet, guided
+    backprop, excitation backprop): a model with any other activation is refused
+    before running, naming the activations found, since TorchRay would pass them the
+    plain gradient (or divide by negative excitations) without a word."""
+
+    needs_trace = True
+    requirements = RELU_ONLY
+    alternative: ClassVar[str] = "captum.guided_backprop"
+
+    def check_model(self, model: torch.nn.Module, params: Any, trace: Any) -> None:
+        if trace is None:
+            return
+        found = trace.activation_functions()
+        other = sorted(name for name in found if name != "relu")
+        if other:
+            raise NotApplicableError(
+                f"Method {self.name!r} (plugin 'torchray') applies TorchRay's ReLU rule, and "
+                f"this model also computes {', '.join(other)}, which the rule does not reach. "
+                f"Use {self.alternative!r}, which applies its rule at every activation."
+            )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, StrictBool, model_validator
@@ -135,16 +135,18 @@ class SmoothParams(TorchRayParams):
 class OptionalSaliencyLayerParams(TorchRayParams):
     """Where the pseudo-gradient is read: the input by default, or a layer's output."""
 
-    saliency_layer: LayerPath | None = Field(
+    field_aliases: ClassVar[dict[str, str]] = {"saliency_layer": "layer"}
+
+    layer: LayerPath | None = Field(
         None,
         description="Layer whose output gets the saliency (map at that layer's "
-        "resolution); None = the input.",
+        "resolution); None = the input. TorchRay's saliency_layer.",
     )
 
     def torchray_kwargs(self, call: Call) -> dict[str, Any]:
         kwargs = super().torchray_kwargs(call)
         # TorchRay reads the model's input when saliency_layer is ''
-        layer = self.saliency_layer
+        layer = self.layer
         kwargs["saliency_layer"] = "" if layer is None else call.layer(layer)
         return kwargs
 
@@ -152,14 +154,18 @@ class OptionalSaliencyLayerParams(TorchRayParams):
 class SaliencyLayerParams(TorchRayParams):
     """A required saliency layer (Grad-CAM, contrastive excitation backprop)."""
 
-    saliency_layer: LayerPath = Field(
-        description="Layer whose output gets the saliency, usually the last convolution; "
-        "the map has that layer's resolution unless resized."
+    field_aliases: ClassVar[dict[str, str]] = {"saliency_layer": "layer"}
+
+    layer: LayerPath = Field(
+        "auto",
+        description="Layer whose output gets the saliency, usually the last convolution "
+        "('auto' chooses it); the map has that layer's resolution unless resized. "
+        "TorchRay's saliency_layer.",
     )
 
     def torchray_kwargs(self, call: Call) -> dict[str, Any]:
         kwargs = super().torchray_kwargs(call)
-        kwargs["saliency_layer"] = call.layer(self.saliency_layer)
+        kwargs["saliency_layer"] = call.layer(self.layer)
         return kwargs
 
 

@@ -97,6 +97,7 @@ class Rise(TorchRayMethod):
     """RISE: score-weighted average of random masks (TorchRay, all classes per pass)."""
 
     name = "torchray.rise"
+    count_params = ("num_masks",)
     Params = RiseParams
     function = "rise:rise_class"
     family = "perturbation"
@@ -189,6 +190,7 @@ class ExtremalPerturbation(TorchRayMethod):
     """
 
     name = "torchray.extremal_perturbation"
+    count_params = ("max_iter",)
     Params = ExtremalPerturbationParams
     function = "extremal_perturbation:extremal_perturbation"
     family = "perturbation"

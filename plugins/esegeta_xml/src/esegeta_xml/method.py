@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from esegeta_core import Explainer, MethodParams, MethodResult
-from esegeta_core.errors import InvalidModelError
+from esegeta_core.errors import NotApplicableError
 from esegeta_core.layers import unwrap
 from esegeta_xml.model import ExplainerClassifier
 from esegeta_xml.unet import PAPER
@@ -21,9 +21,9 @@ class XmlExplainer(Explainer):
     """xML: the map of an explainer network trained jointly with the classifier (in-model).
 
     Only for an :class:`esegeta_xml.ExplainerClassifier` trained with
-    :func:`esegeta_xml.train` (or ``esegeta xml train CONFIG``): any other model is an
-    ``InvalidModelError``, so the core's generic conformance cases on tiny plain
-    models do not apply. The attributions are the explainer's output ``(B, 1,
+    :func:`esegeta_xml.train` (or ``esegeta xml train CONFIG``): any other model is a
+    ``NotApplicableError`` (an ``InvalidModelError``), so the core's generic conformance
+    cases on tiny plain models do not apply. The attributions are the explainer's output ``(B, 1,
     *spatial)`` in [0, 1), at input resolution: the share of each location that the
     classifier's feature maps keep. The map is the same for every target class (the
     explainer produces one map per input); extras: ``scores`` ``(B, classes)``, the
@@ -39,13 +39,15 @@ class XmlExplainer(Explainer):
     cost: ClassVar[Any] = "low"
     paper: ClassVar[str] = PAPER
     deterministic: ClassVar[bool] = True
+    requirements: ClassVar[tuple[str, ...]] = (
+        "an esegeta_xml.ExplainerClassifier: a classifier trained jointly with its "
+        "explainer network",
+    )
 
-    def attribute(
-        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
-    ) -> MethodResult:
+    def check_model(self, model: torch.nn.Module, params: Any, trace: Any) -> None:
         joint = unwrap(model)
         if not isinstance(joint, ExplainerClassifier):
-            raise InvalidModelError(
+            raise NotApplicableError(
                 f"Method {self.name!r} (plugin 'xml') explains only an "
                 "esegeta_xml.ExplainerClassifier: a classifier trained jointly with its "
                 f"explainer network, whose map it returns; got {type(joint).__name__}. "
@@ -54,6 +56,12 @@ class XmlExplainer(Explainer):
                 "result (esegeta_xml.load_trained(folder)). For a plain classifier use a "
                 "post-hoc method such as 'cnnvis.grad_cam' or 'captum.integrated_gradients'."
             )
+
+    def attribute(
+        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+    ) -> MethodResult:
+        joint = unwrap(model)
+        self.check_model(model, params, None)
         with torch.no_grad():
             scores, z = joint.forward_with_explanation(inputs)
         return MethodResult(z.detach(), scores=scores.detach())

@@ -1,0 +1,120 @@
+"""Scores with a layer's output replaced, computing the layers before it once per item.
+
+Channel ablation (Ablation-CAM, Captum's layer feature ablation) scores the model many
+times with one layer's output changed: a 2048-channel layer means 2048 forward passes
+per item. Run naively, every pass recomputes everything before the layer, although
+that part is the same for every ablated copy of an item. :func:`replaced_scores` runs
+the model on the item once per chunk and, at the layer, expands to the chunk's
+replacements, so the layers before it run once and only the rest of the model runs
+per copy.
+
+Whether this is valid depends on the model: a tensor from before the layer that meets
+the expanded batch later (a skip connection) broadcasts from the one item to its copies,
+which is right, but a concatenation or an explicit reshape with the item's batch size
+fails or changes the result. The first chunk therefore carries the unmodified output
+too and its score must equal the plain forward pass's; otherwise (or on any error) the
+call falls back to full passes, with the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+Build = Callable[[int, list[Any]], torch.Tensor]
+
+FAST_CHUNK = 512
+"""Rows per pass when only the layers after the replaced one run per row."""
+FULL_CHUNK = 32
+"""Rows per pass when every row runs the whole model."""
+
+
+def replaced_scores(
+    model: nn.Module,
+    module: nn.Module,
+    inputs: torch.Tensor,
+    original: torch.Tensor,
+    target: torch.Tensor,
+    reference: torch.Tensor,
+    rows: list[tuple[int, Any]],
+    build: Build,
+    *,
+    chunk: int | None,
+    method: str = "",
+) -> torch.Tensor:
+    """The target score of each replaced row.
+
+    ``original``: ``module``'s output on ``inputs`` ``(B, ...)``; ``reference``: the
+    ``(B,)`` target scores of the plain forward pass; ``rows``: ``(item, key)`` pairs;
+    ``build(item, keys)`` returns the replacements of one item's rows, ``(len(keys),
+    *original.shape[1:])`` (built a chunk at a time). ``chunk``: rows per forward pass;
+    None picks :data:`FAST_CHUNK` when only the layers after ``module`` run per row and
+    :data:`FULL_CHUNK` when whole passes do. Returns a ``(len(rows),)`` tensor, in the
+    order of ``rows``.
+    """
+    scores = torch.empty(len(rows), dtype=reference.dtype, device=reference.device)
+    by_item: dict[int, list[int]] = {}
+    for r, (item, _) in enumerate(rows):
+        by_item.setdefault(item, []).append(r)
+    if not by_item:
+        return scores
+    first = next(iter(by_item))
+    fast = _fast_is_exact(model, module, inputs, original, target, reference, first)
+    if not fast:
+        log.info("%s: layer replay falls back to full passes", method or "ablation")
+    size = chunk or (FAST_CHUNK if fast else FULL_CHUNK)
+    for item, indices in by_item.items():
+        for start in range(0, len(indices), size):
+            part = indices[start : start + size]
+            batch = build(item, [rows[r][1] for r in part])
+            one = inputs[item : item + 1]
+            many = one if fast else one.expand(len(part), *inputs.shape[1:])
+            out = _run(model, module, many, batch)
+            t = target[item].expand(len(part))
+            scores[part] = out.gather(1, t.view(-1, 1).to(out.device)).squeeze(1).to(scores.dtype)
+    return scores
+
+
+def _fast_is_exact(
+    model: nn.Module,
+    module: nn.Module,
+    inputs: torch.Tensor,
+    original: torch.Tensor,
+    target: torch.Tensor,
+    reference: torch.Tensor,
+    item: int,
+) -> bool:
+    """Whether expanding at the layer reproduces the plain score (on two copies)."""
+    copies = original[item : item + 1].expand(2, *original.shape[1:]).clone()
+    try:
+        out = _run(model, module, inputs[item : item + 1], copies)
+    except Exception:  # noqa: BLE001 - any failure means: run full passes instead
+        return False
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
+        return False
+    got = out[:, int(target[item])].float()
+    want = reference[item].float().expand(2)
+    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + float(want.abs().max()))))
+
+
+def _run(
+    model: nn.Module, module: nn.Module, x: torch.Tensor, replacements: torch.Tensor
+) -> torch.Tensor:
+    """``model(x)`` with ``module``'s output replaced by ``replacements`` (whose batch
+    may be larger than ``x``'s: the layers after ``module`` run on it)."""
+
+    def hook(_m: nn.Module, _args: Any, _out: Any) -> torch.Tensor:
+        return replacements
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        handle.remove()
