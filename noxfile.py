@@ -6,6 +6,7 @@
                           # dependency fails (nox -s "plugin(name='esegeta_captum')")
     nox -s lint           # ruff
     nox -s demo           # the README's main-job command
+    nox -s zoo            # every method on the full model zoo -> benchmarks/results/zoo.json
 
 Plugins are found by globbing plugins/*/pyproject.toml: a new plugin joins every
 session without editing this file. Each session is its own virtualenv (about 5.5 GB
@@ -74,6 +75,17 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def zoo(session: nox.Session) -> None:
+    """Every installed method on the full model zoo of real architectures (torchvision,
+    timm, MONAI, Hugging Face; random weights): the table behind the README's figures.
+    CI runs the fast subset (tests/test_zoo.py) inside ``tests``."""
+    session.install(*_editable(".[test]", *(f"plugins/{p}" for p in PLUGINS)))
+    session.run(
+        "python", "benchmarks/zoo.py", "--out", "benchmarks/results/zoo.json", *session.posargs
+    )
 
 
 @nox.session

@@ -245,3 +245,24 @@ def test_model_state_removes_attributes_a_method_left() -> None:
     assert "extra" not in model.block._modules
     assert model.fc.weight.requires_grad
     assert len(__import__("pickle").dumps(model)) == size
+
+
+def test_a_module_held_by_two_parents_gets_one_object_per_holder() -> None:
+    class Aliased(nn.Module):  # MONAI's SegResNet holds act_mod here and in conv_final
+        def __init__(self) -> None:
+            super().__init__()
+            self.act_mod = nn.ReLU()
+            self.final = nn.Sequential(nn.Conv2d(3, 2, 3), self.act_mod)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.final(x).mean((2, 3))
+
+    model = Aliased().eval()
+    x = torch.rand(1, 3, 6, 6)
+    with prepared(model, x, "gates", method="test.m"):
+        assert model.final[1] is not model.act_mod
+        assert rule_kind(model.final[1]) == "activation"
+        assert len({id(m) for m in model.modules()}) == len(
+            list(model.named_modules(remove_duplicate=False))
+        )
+    assert model.final[1] is model.act_mod

@@ -58,7 +58,7 @@ from esegeta_core.targets import (
     score_model,
     target_classes,
 )
-from esegeta_core.tracing import trace_model
+from esegeta_core.tracing import ModelTrace, trace_model
 
 log = logging.getLogger(__name__)
 
@@ -142,32 +142,14 @@ def explain(
         job = _Job(cls, model, task, wrapper, output, amp, seed, device)
         patched = spec is not None and needs_patches(spec, x.shape[2:])
         probe = _first_patch(x, spec) if patched and spec is not None else x[:1]
-        valid, chosen = _resolve_layers(cls, valid, model, job.scored(target), probe)
+        # probes score every class (a region's mask fits the whole input, not a patch)
+        plain = job.scored(None)
+        valid, chosen = _resolve_layers(cls, valid, model, plain, probe)
         if chosen:
             extras["layer_auto"] = chosen
         explainer = cls()
         with contextlib.ExitStack() as stack:
-            trace = None
-            inplace_off = 0
-            if not isinstance(model, torch.jit.ScriptModule):
-                inplace_off = stack.enter_context(no_inplace(model))
-                layers = _layer_modules(valid, model, cls.name)
-                layouts = layer_layouts(
-                    job.scored(target), unwrap(model), probe, layers, reshape=reshape,
-                    method=cls.name,
-                )  # fmt: skip
-                odd = {p: layouts[id(m)].record() for p, m in layers if not _plain(layouts, m)}
-                if odd:
-                    extras["layouts"] = odd
-                stack.enter_context(tapped(model, [m for _, m in layers], layouts))
-            if cls.model_rules != "none":
-                prep = stack.enter_context(
-                    prepared(job.scored(target), probe, cls.model_rules, method=cls.name)
-                )
-                trace = prep.trace
-                extras["preparation"] = {**prep.summary(), "inplace_modules": inplace_off}
-            elif cls.needs_trace:
-                trace = trace_model(unwrap(model), probe)
+            trace = _prepare_call(stack, cls, model, plain, probe, valid, reshape, extras)
             explainer.check_model(job.scored(target), valid, trace)
             check_cost(
                 explainer, valid, job.scored(None), x, probe=probe, force=force, plugin=plugin
@@ -227,6 +209,40 @@ def explain(
         output=cls.output,
         extras=extras,
     )
+
+
+def _prepare_call(
+    stack: contextlib.ExitStack,
+    cls: type[Explainer],
+    model: nn.Module,
+    plain: nn.Module,
+    probe: torch.Tensor,
+    params: MethodParams,
+    reshape: ReshapeSpec,
+    extras: dict[str, Any],
+) -> ModelTrace | None:
+    """Changes to the model for the call, undone when ``stack`` closes: in-place
+    activations off, the layers the method reads tapped (with their layouts), the model
+    prepared for rule-based methods. Records what it did in ``extras``; returns the
+    probe's trace when the method has rules or asks for it."""
+    inplace_off = 0
+    if not isinstance(model, torch.jit.ScriptModule):
+        inplace_off = stack.enter_context(no_inplace(model))
+        layers = _layer_modules(params, model, cls.name)
+        layouts = layer_layouts(
+            plain, unwrap(model), probe, layers, reshape=reshape, method=cls.name
+        )
+        odd = {p: layouts[id(m)].record() for p, m in layers if not _plain(layouts, m)}
+        if odd:
+            extras["layouts"] = odd
+        stack.enter_context(tapped(model, [m for _, m in layers], layouts))
+    if cls.model_rules != "none":
+        prep = stack.enter_context(prepared(plain, probe, cls.model_rules, method=cls.name))
+        extras["preparation"] = {**prep.summary(), "inplace_modules": inplace_off}
+        return prep.trace
+    if cls.needs_trace:
+        return trace_model(unwrap(model), probe)
+    return None
 
 
 def _layer_modules(
@@ -333,7 +349,8 @@ class _Job:
                 f"{type(tensor).__name__}, not a tensor: this is a bug in the plugin."
             )
         warning = check_map(tensor, x, self.cls, self.plugin)
-        if warning and warning not in self.warnings:
+        if warning and warning not in self.warnings:  # once per call, not per patch
+            log.warning(warning)
             self.warnings.append(warning)
         return result, used
 

@@ -33,7 +33,8 @@ _MULTIPLIERS = ("nt_samples", "noise_samples")
 
 
 def check_map(result: torch.Tensor, x: torch.Tensor, cls: type[Explainer], plugin: str) -> str:
-    """Raise for an empty, non-finite or wrongly shaped map; return a warning (or "")."""
+    """Raise for an empty, non-finite or wrongly shaped map; return a warning for the
+    caller to log (or "")."""
     who = f"Method {cls.name!r} (plugin {plugin!r})"
     shape = tuple(result.shape)
     if result.numel() == 0:
@@ -66,13 +67,11 @@ def check_map(result: torch.Tensor, x: torch.Tensor, cls: type[Explainer], plugi
         )
     _finite(result, who, shape)
     if not bool((result != 0).any()):
-        message = (
+        return (
             f"{cls.name}: the map is zero everywhere; the target's score may not depend on "
             "what this method looks at (a layer after the decision, a ReLU that removed "
             "all evidence, a class the model never scores)."
         )
-        log.warning(message)
-        return message
     return ""
 
 

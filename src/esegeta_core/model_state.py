@@ -46,10 +46,14 @@ class ModelState:
     attributes: list[tuple[nn.Module, dict[str, object], dict[str, dict[str, object]]]] = field(
         default_factory=list
     )
+    owner: str = ""
+    """The top-level package of the model's class: hooks its own code installs during a
+    forward pass (Hugging Face models add output-capturing hooks on first use) are
+    removed too, but not counted as left behind by the method."""
 
     @classmethod
     def capture(cls, model: nn.Module) -> ModelState:
-        state = cls()
+        state = cls(owner=type(model).__module__.split(".")[0])
         for module in model.modules():
             state.modes.append((module, module.training))
             state.is_full_backward_hook.append(
@@ -74,13 +78,14 @@ class ModelState:
         for module, attr, keys in self.hooks:
             hooks = getattr(module, attr)
             for key in [k for k in hooks if k not in keys]:
+                origin = getattr(hooks[key], "__module__", None) or ""
                 del hooks[key]
                 if attr in (
                     "_forward_hooks",
                     "_forward_pre_hooks",
                     "_backward_hooks",
                     "_backward_pre_hooks",
-                ):
+                ) and not (self.owner and origin.split(".")[0] == self.owner):
                     removed += 1
         for module, flag in self.is_full_backward_hook:
             if flag is not None or hasattr(module, "_is_full_backward_hook"):

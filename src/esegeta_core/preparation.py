@@ -42,7 +42,7 @@ from torch.overrides import TorchFunctionMode
 
 from esegeta_core.errors import InvalidModelError, NotApplicableError
 from esegeta_core.layers import unwrap
-from esegeta_core.sites import CallSites, FunctionSite, MergeSite, Probe, Sum, Tap
+from esegeta_core.sites import CallSites, FunctionSite, MergeSite, Probe, Sum, Tap, shallow_copy
 from esegeta_core.tracing import (
     TRACKED,
     FunctionCall,
@@ -172,6 +172,7 @@ def prepared(
         if level == "relevance":
             _refuse_unsupported(trace, method)
         _classify_leaves(trace, prep)
+        stack.enter_context(_dealiased(root, prep))
         stack.enter_context(_split_reused(root, trace, prep))
         routes = _routes(trace, level, prep)
         stack.enter_context(_routing(root, trace, routes))
@@ -309,6 +310,46 @@ def _is_other_without_type(info: LeafInfo) -> bool:
         and "other" in info.ops
         and not isinstance(info.module, _KNOWN_LEAF_TYPES)
     )
+
+
+@contextlib.contextmanager
+def _dealiased(root: nn.Module, prep: Preparation) -> Iterator[None]:
+    """Give every module held by more than one parent (MonAI's SegResNet holds its
+    ``act_mod`` at the root and in ``conv_final``) one object per holder for the call:
+    libraries that walk ``children()`` would otherwise hook it twice. The first holder in
+    module order keeps the module; the others get structural copies sharing parameters,
+    buffers and hooks (and the original's rule kind)."""
+    seen: set[int] = set()
+    replaced: list[tuple[nn.Module, str, nn.Module]] = []
+
+    def visit(module: nn.Module) -> None:
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            if id(child) in seen:
+                module._modules[name] = _structural_copy(child, prep)
+                replaced.append((module, name, child))
+                continue
+            seen.add(id(child))
+            visit(child)
+
+    visit(root)
+    try:
+        yield
+    finally:
+        for parent, name, child in reversed(replaced):
+            parent._modules[name] = child
+
+
+def _structural_copy(module: nn.Module, prep: Preparation) -> nn.Module:
+    copy = shallow_copy(module)
+    kind = prep.kinds.get(id(module))
+    if kind is not None:
+        prep.kinds[id(copy)] = kind
+    for name, child in list(copy._modules.items()):
+        if child is not None:
+            copy._modules[name] = _structural_copy(child, prep)
+    return copy
 
 
 @contextlib.contextmanager

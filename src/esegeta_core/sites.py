@@ -107,7 +107,7 @@ class CallSites(nn.Module):
     def __init__(self, original: nn.Module, calls: int) -> None:
         super().__init__()
         self.original_name = type(original).__name__
-        self.sites = nn.ModuleList(_shallow_copy(original) for _ in range(calls))
+        self.sites = nn.ModuleList(shallow_copy(original) for _ in range(calls))
         self.calls = 0
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -122,7 +122,7 @@ class CallSites(nn.Module):
         return site(*args, **kwargs)
 
 
-def _shallow_copy(module: nn.Module) -> nn.Module:
+def shallow_copy(module: nn.Module) -> nn.Module:
     """A new module object of the same class that shares parameters, buffers, children
     and the user's hooks (hook dictionaries are copied, so hooks added to the copy do
     not reach the original)."""

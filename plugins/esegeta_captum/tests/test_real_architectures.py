@@ -148,3 +148,13 @@ def test_layer_integrated_gradients_before_an_in_place_relu() -> None:
     e = explain(model, x, "captum.layer_integrated_gradients", 0, layer="features.0", n_steps=4)
     assert torch.isfinite(e.attributions).all()
     assert all(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
+
+
+def test_a_module_held_twice_is_hooked_once() -> None:
+    monai = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    model = monai.SegResNet(spatial_dims=2, init_filters=8, in_channels=1, out_channels=2).eval()
+    x = torch.rand(1, 1, 16, 16)
+    for method in ("captum.deep_lift", "captum.lrp"):
+        e = explain(model, x, method, 1, task="segmentation")
+        assert torch.isfinite(e.attributions).all()

@@ -160,6 +160,8 @@ ZOO: list[ZooModel] = [
              _tv("efficientnet_b0", num_classes=10), note="SiLU, stochastic depth"),
     ZooModel("torchvision.convnext_tiny", "torchvision", "classification", (2, 3, 64, 64),
              _tv("convnext_tiny", num_classes=10), note="LayerNorm2d, GELU, layer scale"),
+    ZooModel("torchvision.swin_t", "torchvision", "classification", (2, 3, 64, 64),
+             _tv("swin_t", num_classes=10), note="channels-last stages (B, H, W, C)"),
     ZooModel("torchvision.fcn_resnet50", "torchvision", "segmentation", (2, 3, 64, 64),
              _tv_seg("fcn_resnet50", num_classes=3, aux_loss=True),
              note="dict output {'out', 'aux'}"),

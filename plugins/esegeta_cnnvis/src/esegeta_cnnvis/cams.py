@@ -439,7 +439,10 @@ class AblationCam(WeightedCam):
                 ctx.model, ctx.module, ctx.inputs, a, ctx.target, original, pairs, build,
                 chunk=ctx.params.batch_size, method=self.name,
             ).to(ablated.dtype)  # fmt: skip
-        return (original.unsqueeze(1) - ablated.view(batch, channels)) / original.unsqueeze(1)
+        # the paper divides the drop by the score; a score of zero (a segmentation class
+        # that wins no pixel) would give NaN: use the plain drop there
+        scale = torch.where(original.abs() > 1e-12, original, torch.ones_like(original))
+        return (original.unsqueeze(1) - ablated.view(batch, channels)) / scale.unsqueeze(1)
 
 
 class EigenCam(CamMethod):

@@ -102,7 +102,8 @@ class ContrastiveParams(SaliencyLayerParams, ResizeParams):
     classifier_layer: ModulePath | None = Field(
         None,
         description="Final classifier layer whose weights are negated for the contrast "
-        "pass; None = the last Conv/Linear layer of the model (TorchRay's choice).",
+        "pass; None = the last Conv/Linear layer that runs on the path to the scores "
+        "(TorchRay's own choice, the last one declared, can be an auxiliary head).",
     )
 
     def torchray_kwargs(self, call: Call) -> dict[str, Any]:
@@ -117,54 +118,66 @@ class ContrastiveParams(SaliencyLayerParams, ResizeParams):
                     "pass; name the final Linear/Conv layer."
                 )
             kwargs["classifier_layer"] = classifier
-        if self.contrast_layer is not None:
+        if self.contrast_layer is not None and classifier is not None:
             kwargs["contrast_layer"] = call.layer(self.contrast_layer)
-        else:
-            kwargs["contrast_layer"] = _before_classifier(call, classifier)
+            return kwargs
+        found, contrast = _default_layers(call, classifier)
+        kwargs["classifier_layer"] = found
+        kwargs["contrast_layer"] = (
+            call.layer(self.contrast_layer) if self.contrast_layer is not None else contrast
+        )
         return kwargs
 
 
-def _before_classifier(call: Call, classifier: torch.nn.Module | None) -> torch.nn.Module:
-    """The module whose forward ends last before the classifier's starts (TorchRay's
-    classifier by default: the last Conv/Linear module of the model)."""
+def _default_layers(
+    call: Call, classifier: torch.nn.Module | None
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The classifier layer (given, or the last Conv/Linear that runs on the path to the
+    scores: TorchRay's own default, the last one declared, can be an auxiliary head) and
+    the contrast layer (the module whose forward ends last before the classifier's
+    starts), from one probe pass."""
     model = unwrap(call.model)
-    if classifier is None:
-        weighted = [
-            m
-            for m in model.modules()
-            if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))
-        ]
-        if not weighted:
-            raise InvalidParamsError(
-                f"Method {call.method!r}: the model has no Conv/Linear classifier layer."
-            )
-        classifier = weighted[-1]
-    inside = {id(m) for m in model.modules() if any(c is classifier for c in m.modules())}
+    weighted = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
     finished: list[torch.nn.Module] = []
-    started: list[int] = []
+    started: dict[int, int] = {}
+    outputs: list[tuple[torch.nn.Module, torch.Tensor]] = []
 
     def pre(module: torch.nn.Module, args: Any) -> None:
-        if module is classifier and not started:
-            started.append(len(finished))
+        started.setdefault(id(module), len(finished))
 
     def post(module: torch.nn.Module, args: Any, output: Any) -> None:
-        if id(module) not in inside and isinstance(output, torch.Tensor):
+        if isinstance(output, torch.Tensor):
             finished.append(module)
+            if isinstance(module, weighted) and output.requires_grad:
+                outputs.append((module, output))
 
     handles = [m.register_forward_pre_hook(pre) for m in model.modules()]
     handles += [m.register_forward_hook(post) for m in model.modules()]
     try:
-        with torch.no_grad():
-            call.model(call.inputs[:1])
+        with torch.enable_grad():
+            scores = call.model(call.inputs[:1].detach().requires_grad_(True))
     finally:
         for handle in handles:
             handle.remove()
-    if not started or started[0] == 0:
+    if classifier is None:
+        grads = torch.autograd.grad(
+            scores.sum(), [o for _, o in outputs], allow_unused=True
+        ) if outputs else []  # fmt: skip
+        on_path = [m for (m, _), g in zip(outputs, grads) if g is not None]
+        if not on_path:
+            raise InvalidParamsError(
+                f"Method {call.method!r}: no Conv/Linear layer on the path to the scores; "
+                "pass classifier_layer=..."
+            )
+        classifier = on_path[-1]
+    inside = {id(m) for m in model.modules() if any(c is classifier for c in m.modules())}
+    before = [m for m in finished[: started.get(id(classifier), 0)] if id(m) not in inside]
+    if not before:
         raise InvalidParamsError(
             f"Method {call.method!r}: no module runs before the classifier layer; pass "
             "contrast_layer=..."
         )
-    return finished[started[0] - 1]
+    return classifier, before[-1]
 
 
 class ContrastiveExcitationBackprop(ReluRuleMethod):
