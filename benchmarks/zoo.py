@@ -69,6 +69,10 @@ def _reason_kind(method: str, reason: str) -> str:
         ("supports 2D inputs only", "2D only"),
         ("has no LRP rule for", "layers without an LRP rule"),
         ("plain gradient", "no activation to apply the rule at"),
+        ("has no attention module", "no self-attention (not a transformer)"),
+        ("needs global self-attention", "windowed attention (Swin)"),
+        ("Segformer", "a pyramid transformer (tokens change between blocks)"),
+        ("mix different numbers of tokens", "a pyramid transformer (tokens change between blocks)"),
     ]
     for needle, text in known:
         if needle in reason:

@@ -193,3 +193,83 @@ def test_densenet_functional_relu_gets_the_guided_rule() -> None:
     e = explain(model, x, "captum.guided_backprop", 0)
     assert e.extras["preparation"]["routed_calls"] == {"relu": 1}
     assert e.extras["preparation"]["activation_modules"] == 121
+
+
+def test_reshape_callable_like_pytorch_grad_cams() -> None:
+    model = _vit()
+    x = torch.rand(2, 3, 32, 32)
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        return t[:, 1:].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
+
+    inferred = explain(model, x, "cnnvis.grad_cam", 2, layer="blocks.1.norm1")
+    given = explain(model, x, "cnnvis.grad_cam", 2, layer="blocks.1.norm1", reshape=reshape)
+    assert torch.allclose(given.attributions, inferred.attributions, atol=1e-6)
+    assert given.extras["layouts"]["blocks.1.norm1"]["kind"] == "callable"
+    # no inverse: a method that replaces the layer's output is refused, not run wrongly
+    with pytest.raises(InvalidParamsError, match="no inverse"):
+        explain(model, x, "cnnvis.ablation_cam", 2, layer="blocks.1.norm1", reshape=reshape)
+    with pytest.raises(InvalidParamsError, match="must return \\(B, C, \\*grid\\)"):
+        explain(model, x, "cnnvis.grad_cam", 2, layer="blocks.1", reshape=lambda t: t[:, 1:])
+
+
+@pytest.mark.parametrize(
+    ("builder", "extra"),
+    [
+        (
+            lambda: timm.create_model(
+                "deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, num_classes=5
+            ),
+            2,
+        ),
+        (
+            lambda: timm.create_model(
+                "vit_tiny_patch16_224",
+                pretrained=False,
+                img_size=32,
+                patch_size=8,
+                depth=2,
+                reg_tokens=4,
+                num_classes=5,
+            ),
+            5,
+        ),
+        (
+            lambda: tv.models.VisionTransformer(
+                image_size=32,
+                patch_size=8,
+                num_layers=2,
+                num_heads=2,
+                hidden_dim=32,
+                mlp_dim=64,
+                num_classes=5,
+            ),
+            1,
+        ),
+    ],
+    ids=["deit_distilled", "vit_registers", "torchvision_vit"],
+)
+def test_extra_tokens_are_found_and_left_out_of_the_grid(builder, extra: int) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = builder().eval()
+    for head in (m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 5):
+        nn.init.normal_(head.weight)  # torchvision zero-initialises its ViT head
+    x = torch.rand(2, 3, 32, 32)
+    e = explain(model, x, "captum.layer_grad_cam", 1)
+    (layout,) = e.extras["layouts"].values()
+    assert layout["kind"] == "tokens" and layout["extra_tokens"] == extra
+    grid = [2, 2] if extra == 2 else [4, 4]  # DeiT keeps patch 16
+    assert layout["grid"] == grid
+    assert e.attributions.shape[2:] == tuple(grid)
+
+
+def test_3d_token_grids_of_unetr_and_swin_unetr() -> None:
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    unetr = nets.UNETR(in_channels=1, out_channels=3, img_size=32, feature_size=8,
+                       hidden_size=96, mlp_dim=192, num_heads=4, spatial_dims=3).eval()  # fmt: skip
+    x = torch.rand(1, 1, 32, 32, 32)
+    e = explain(unetr, x, "captum.layer_grad_cam", 1, task="segmentation", layer="vit.blocks.11")
+    layout = e.extras["layouts"]["vit.blocks.11"]
+    assert (layout["kind"], layout["grid"], layout["extra_tokens"]) == ("tokens", [2, 2, 2], 0)
+    assert e.attributions.shape == (1, 1, 2, 2, 2)

@@ -265,28 +265,21 @@ def test_records_and_report_say_which_layer_auto_chose(tmp_path, volume):
 
 
 def test_model_output_from_the_config_and_the_command_line(tmp_path, volume):
+    factory = f"{Path(__file__).with_name('tests_helpers_outputs.py')}:dict_segmenter"
+    # a worker process (the scheduler's path) reads the output the same way
     config = _config(
-        tmp_path,
-        model={
-            "factory": "tests_helpers_outputs:dict_segmenter",
-            "kwargs": {},
-            "output": "seg",
-        },
+        tmp_path, model={"factory": factory, "kwargs": {}, "output": "seg"}, cpu_workers=1
     )
     assert config.model.output == "seg"
     data = config.model_dump(mode="json")
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(data))
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        summary = run(load_config(path), tmp_path)
-        assert [r["status"] for r in summary.records] == ["ok"], summary.records
-        data["model"]["output"] = None
-        data["name"] = "r2"
-        path.write_text(yaml.safe_dump(data))
-        assert main(["run", str(path), "--model-output", "seg"]) == 0
-        data["name"] = "r3"
-        path.write_text(yaml.safe_dump(data))
-        assert main(["run", str(path)]) == 1  # two tensors, neither 'out' nor 'logits'
-    finally:
-        sys.path.remove(str(Path(__file__).parent))
+    summary = run(load_config(path), tmp_path)
+    assert [r["status"] for r in summary.records] == ["ok"], summary.records
+    data.update(name="r2", cpu_workers=0)
+    data["model"]["output"] = None
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path), "--model-output", "seg"]) == 0
+    data["name"] = "r3"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path)]) == 1  # two tensors, neither 'out' nor 'logits'

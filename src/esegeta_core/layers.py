@@ -122,6 +122,12 @@ def auto_layer(model: nn.Module, inputs: torch.Tensor, *, method: str = "") -> s
             handle.remove()
     spatial, tokens = _candidates(records, x, final[0] if final else None)
     used = _with_gradient(scores, [t for _, _, t in spatial + tokens])
+    if (spatial or tokens) and not used:
+        raise LayerNotFoundError(
+            f"{_who(method)}layer='auto': the scores do not depend on any layer with a "
+            "spatial or token output (every gradient is zero: a zero-initialised or "
+            "untrained classifier head?). Pass the layer explicitly."
+        )
     spatial = [c for c in spatial if id(c[2]) in used]
     tokens = [c for c in tokens if id(c[2]) in used]
     order = {id(t): i for i, (_, _, t) in enumerate(records)}

@@ -75,11 +75,70 @@ class Layout:
                 "reason": self.reason}  # fmt: skip
 
 
-ReshapeSpec = Layout | str | Mapping[str, Any] | None
+class _Reshaped(torch.autograd.Function):
+    """The layer's output ``y`` again, with ``view = fn(y)`` receiving ``fn`` of the
+    gradient: what pytorch-grad-cam does with a ``reshape_transform`` (it applies the
+    callable to activations and to gradients), as an autograd function."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, view: torch.Tensor, fn: Any) -> torch.Tensor:
+        ctx.fn = fn
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        return grad, ctx.fn(grad), None
+
+
+@dataclass(frozen=True)
+class CallableLayout:
+    """A layout given as a callable ``fn(output) -> (B, C, *grid)``, like
+    pytorch-grad-cam's ``reshape_transform``: methods read the view and its gradient
+    (``fn`` of the output's gradient, which is right for a rearrangement such as
+    dropping tokens, reshaping and permuting). Without an inverse, a method that
+    replaces the layer's output (ablation, layer Integrated Gradients) is refused."""
+
+    fn: Any
+    kind: str = "callable"
+    grid: tuple[int, ...] = ()
+    extra: int = 0
+    reason: str = "given as a callable"
+
+    @property
+    def trivial(self) -> bool:
+        return False
+
+    def to_channels_first(self, y: torch.Tensor) -> torch.Tensor:
+        view = self.fn(y.detach())
+        return view.requires_grad_(y.requires_grad) if view.is_floating_point() else view
+
+    def restore(self, view: torch.Tensor, y: torch.Tensor, produced: torch.Tensor) -> torch.Tensor:
+        same = view is produced or (
+            produced is not None and view.shape == produced.shape and torch.equal(view, produced)
+        )
+        if not same:  # values changed (a hook replaced them), not just wrapped
+            raise InvalidParamsError(
+                "reshape=callable has no inverse, so a method that replaces the layer's "
+                "output (ablation, layer Integrated Gradients, conductance) cannot put its "
+                "values back into the model. Give the layout instead, e.g. "
+                "reshape='tokens:1:14x14' or 'channels_last'."
+            )
+        if not (y.requires_grad and view.requires_grad):
+            return y.clone()
+        return _Reshaped.apply(y, view, self.fn)
+
+    def record(self) -> dict[str, Any]:
+        name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
+        return {"kind": "callable", "grid": list(self.grid), "extra_tokens": 0,
+                "reason": f"given: {name}"}  # fmt: skip
+
+
+ReshapeSpec = Layout | str | Mapping[str, Any] | Any | None
 """``reshape=``: None or ``"auto"`` (inferred), ``"channels_first"``,
 ``"channels_last"``, ``"tokens"`` (grid and extra tokens inferred), a string such as
-``"tokens:1:14x14"`` (kind, extra tokens, grid), a mapping with those keys, or a
-:class:`Layout`."""
+``"tokens:1:14x14"`` (kind, extra tokens, grid), a mapping with those keys, a
+:class:`Layout`, or a callable ``fn(output) -> (B, C, *grid)`` like pytorch-grad-cam's
+``reshape_transform`` (methods that replace the layer's output need one of the others)."""
 
 
 def parse_reshape(spec: ReshapeSpec, *, method: str = "") -> Layout | str | None:
@@ -295,7 +354,7 @@ def layer_layouts(
     from one no-grad pass of ``model`` (its score wrapper) on ``inputs[:1]``."""
     if not layers:
         return {}
-    given = parse_reshape(reshape, method=method) if not callable(reshape) else None
+    given = None if callable(reshape) else parse_reshape(reshape, method=method)
     outputs: dict[int, Any] = {}
     last_leaf: dict[int, nn.Module] = {}
     open_layers: list[int] = []
@@ -328,11 +387,14 @@ def layer_layouts(
         for handle in handles:
             handle.remove()
     patch = patch_size(root, inputs.ndim - 2)
-    layouts = {}
+    layouts: dict[int, Any] = {}
     for path, module in layers:
         out = outputs.get(id(module))
         if not isinstance(out, torch.Tensor):
             continue  # not run, or not a tensor: the method reports it
+        if callable(reshape) and not isinstance(reshape, Layout):
+            layouts[id(module)] = _callable_layout(reshape, out, inputs, path, method)
+            continue
         leaf = last_leaf.get(id(module), module)
         layouts[id(module)] = infer_layout(
             tuple(out.shape),
@@ -346,6 +408,32 @@ def layer_layouts(
             method=method,
         )
     return layouts
+
+
+def _callable_layout(
+    fn: Any, out: torch.Tensor, inputs: torch.Tensor, path: str, method: str
+) -> CallableLayout:
+    """A :class:`CallableLayout`, after checking what ``fn`` makes of the probe's output."""
+    who = f"Method {method!r}: " if method else ""
+    try:
+        view = fn(out.detach())
+    except Exception as exc:
+        raise InvalidParamsError(
+            f"{who}reshape callable failed on layer {path!r}'s output {tuple(out.shape)}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    shape = tuple(view.shape) if isinstance(view, torch.Tensor) else type(view).__name__
+    if (
+        not isinstance(view, torch.Tensor)
+        or view.ndim != inputs.ndim
+        or view.shape[0] != out.shape[0]
+    ):
+        raise InvalidParamsError(
+            f"{who}reshape callable turned layer {path!r}'s output {tuple(out.shape)} into "
+            f"{shape}; it must return (B, C, *grid) with {inputs.ndim - 2} grid dimensions "
+            f"like the input {tuple(inputs.shape)}."
+        )
+    return CallableLayout(fn, grid=tuple(view.shape[2:]))
 
 
 def _features(module: nn.Module, *, last: bool) -> int | None:

@@ -152,7 +152,15 @@ class LayoutView(nn.Module):
         self.layout = layout
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.layout.to_channels_first(y)
+        self.produced = self.layout.to_channels_first(y)
+        return self.produced
+
+    def restore(self, view: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The layer's output from a (possibly replaced) channels-first ``view``."""
+        produced = self.__dict__.pop("produced", None)
+        if getattr(self.layout, "kind", "") == "callable":
+            return self.layout.restore(view, y, produced)
+        return self.layout.restore(view, y)
 
     def extra_repr(self) -> str:
         return f"{self.layout.kind}, grid={self.layout.grid}, extra={self.layout.extra}"
@@ -188,4 +196,4 @@ class Tap(nn.Module):
         y = self.inner(*args, **kwargs)
         if self.view is None:
             return self.after(y)
-        return self.view.layout.restore(self.view(y), y)
+        return self.view.restore(self.view(y), y)
