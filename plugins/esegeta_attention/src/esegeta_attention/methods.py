@@ -1,0 +1,349 @@
+"""The esegeta methods ``attention.raw``, ``attention.rollout`` and ``attention.gae``.
+
+Each reads the softmax probabilities of the model's attention blocks during one forward
+pass (the adapters of :mod:`esegeta_attention.adapters` switch the blocks it needs to
+their unfused path for the call and put them back afterwards) and returns a map at the
+patch grid, ``(B, 1, *grid)``: the class token's row over the patch tokens, or for
+models without a class token the mean of the patch tokens' rows (parameter ``query``).
+``Explanation.saliency()`` up-samples it to the input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from esegeta_attention.adapters import SUPPORTED
+from esegeta_attention.params import GAEParams, RawAttentionParams, RolloutParams
+from esegeta_attention.rollout import (
+    discard_lowest,
+    fuse_heads,
+    gae_cam,
+    gae_rows,
+    query_rows,
+    rolled_rows,
+    rollout_matrix,
+    row_map,
+    uses_class_token,
+)
+from esegeta_attention.sites import (
+    PLUGIN,
+    Call,
+    CaptureLog,
+    Discovery,
+    Site,
+    capturing,
+    discover,
+    require_attention,
+    token_layout,
+)
+from esegeta_core import (
+    EsegetaError,
+    Explainer,
+    InvalidParamsError,
+    MethodResult,
+    NotApplicableError,
+    resolve_layer,
+    unwrap,
+)
+from esegeta_core.layouts import Layout
+
+log = logging.getLogger(__name__)
+
+ABNAR_2020 = "https://arxiv.org/abs/2005.00928"
+CHEFER_2021 = "https://arxiv.org/abs/2103.15679"
+VIT_2020 = "https://arxiv.org/abs/2010.11929"
+
+
+class _AttentionMethod(Explainer):
+    """Shared by the attention methods: discovery, the model check, the token grid."""
+
+    family = "layer"
+    output = "layer"
+    ranks = (2, 3)
+    cost = "low"
+    requirements: ClassVar[tuple[str, ...]] = (
+        f"global self-attention modules this plugin can read: {SUPPORTED}",
+        "no windowed attention (Swin, SwinUNETR): every token must be able to attend to "
+        "every other token",
+        "one token set through the blocks: the patch grid (2D or 3D, found from the input "
+        "and the patch embedding) with any class, distillation or register tokens before it",
+    )
+    mixes_blocks: ClassVar[bool] = True
+    """Whether the method combines blocks (then any unsupported attention that runs is an
+    error: its token mixing would be missing from the product)."""
+
+    def check_model(self, model: nn.Module, params: Any, trace: Any) -> None:
+        self._sites(model, params)
+
+    def _sites(self, model: nn.Module, params: Any) -> tuple[Discovery, list[Site]]:
+        """The discovery and the sites this call reads; errors before anything runs."""
+        found = discover(unwrap(model))
+        require_attention(found, self.name)
+        return found, self._chosen(model, found, params)
+
+    def _chosen(self, model: nn.Module, found: Discovery, params: Any) -> list[Site]:
+        start = params.start_layer
+        count = len(found.sites)
+        if not -count <= start < count:
+            raise InvalidParamsError(
+                f"Method {self.name!r}: start_layer={start} is out of range: "
+                f"{found.model} has {count} attention block(s) ({_paths(found.sites)}); use "
+                f"0 to {count - 1}, or -1 to -{count}."
+            )
+        return found.sites[start:]
+
+    def _layout(
+        self, counts: Sequence[int], inputs: torch.Tensor, model: nn.Module, tokens: str | None
+    ) -> Layout:
+        """The token layout of blocks with ``counts`` tokens (all equal, else an error)."""
+        distinct = sorted(set(counts))
+        if len(distinct) > 1:
+            raise NotApplicableError(
+                f"Method {self.name!r} (plugin {PLUGIN!r}): the number of tokens changes "
+                f"between the attention blocks ({', '.join(map(str, distinct))}): a "
+                "hierarchical (pyramid) transformer has no single token set to roll out."
+            )
+        return token_layout(distinct[0], inputs, unwrap(model), self.name, tokens)
+
+    def _check_run(self, sites: Sequence[Site], log_: CaptureLog) -> list[str]:
+        """The paths of the sites that ran; errors when none did, when the blocks mix
+        different numbers of tokens (a pyramid), or when an attention module no adapter
+        reads ran (for methods that combine blocks)."""
+        counts = sorted(set(log_.tokens.values()))
+        if len(counts) > 1:
+            raise NotApplicableError(
+                f"Method {self.name!r} (plugin {PLUGIN!r}): the attention blocks of this "
+                f"model mix different numbers of tokens ({', '.join(map(str, counts))}): a "
+                "hierarchical (pyramid) transformer such as SegFormer or PVT has no single "
+                "patch grid whose tokens the blocks share, so its attention cannot be read as "
+                "one map over the image, nor multiplied across blocks."
+            )
+        ran = [s.path for s, n in zip(sites, log_.calls) if n]
+        if not ran:
+            raise NotApplicableError(
+                f"Method {self.name!r} (plugin {PLUGIN!r}): the attention block(s) "
+                f"{_paths(sites)} did not run in the forward pass to the scores."
+            )
+        if self.mixes_blocks and log_.unknown_ran:
+            raise NotApplicableError(
+                f"Method {self.name!r} (plugin {PLUGIN!r}): attention modules this plugin "
+                f"cannot read also ran ({', '.join(log_.unknown_ran)}), so their token "
+                "mixing would be missing from the product of the blocks. Supported: "
+                f"{SUPPORTED}."
+            )
+        return ran
+
+    @staticmethod
+    def _extras(
+        sites: Sequence[Site], ran: list[str], layout: Layout, class_token: bool
+    ) -> dict[str, Any]:
+        tokens = layout.record()
+        tokens["query"] = "class token" if class_token else "mean of the patch tokens"
+        return {
+            "attention_blocks": ran,
+            "attention_access": sorted({s.adapter.family for s in sites}),
+            "tokens": tokens,
+        }
+
+
+class RawAttention(_AttentionMethod):
+    """Raw attention: one block's attention from the class token to the patches, heads
+    fused (mean, max or min).
+
+    The attention probabilities of one block (default: the last), fused over heads; the
+    map is the class token's row over the patch tokens (for models without a class token,
+    such as UNETR, the mean of the patch tokens' rows). Not target-specific.
+    """
+
+    name = "attention.raw"
+    Params = RawAttentionParams
+    needs_layer = True
+    paper = VIT_2020
+    mixes_blocks = False
+    cost_note = "one forward pass, with the chosen block's attention unfused"
+
+    def _chosen(self, model: nn.Module, found: Discovery, params: Any) -> list[Site]:
+        if params.layer is None:
+            return [found.sites[-1]]
+        module = resolve_layer(model, params.layer, method=self.name)
+        inside = {id(m) for m in module.modules()}
+        hits = [s for s in found.sites if id(s.module) in inside]
+        if len(hits) != 1:
+            what = (
+                "is not an attention block: it neither is nor holds one of the attention "
+                "modules this plugin reads"
+                if not hits
+                else f"holds {len(hits)} attention blocks ({_paths(hits)}); name one"
+            )
+            raise InvalidParamsError(
+                f"Method {self.name!r}: layer {params.layer!r} ({type(module).__name__}) "
+                f"{what}. Attention blocks of this model: {_paths(found.sites)}."
+            )
+        return hits
+
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+    ) -> MethodResult:
+        found, sites = self._sites(model, params)
+        calls: list[Call] = []
+
+        def keep_fused(call: Call) -> None:
+            fused = fuse_heads(call.probs.detach().float(), params.head_fusion)
+            calls.append(Call(call.site, fused, fused))
+
+        with (
+            torch.no_grad(),
+            capturing(
+                sites,
+                keep_fused,
+                batch=inputs.shape[0],
+                method=self.name,
+                measure=found.sites,
+            ) as got,
+        ):
+            model(inputs)
+        ran = self._check_run(sites, got)
+        last = calls[-1]  # a block called several times: its last call
+        layout = token_layout(last.probs.shape[-1], inputs, unwrap(model), self.name, params.tokens)
+        class_token = uses_class_token(layout, params.query, self.name)
+        extras = self._extras(sites, ran, layout, class_token)
+        if len(calls) > 1:
+            extras["calls"] = len(calls)
+        rows = torch.bmm(query_rows(layout, class_token, last.probs), last.probs)
+        return MethodResult(row_map(rows, layout), **extras)
+
+
+class AttentionRollout(_AttentionMethod):
+    """Attention rollout (Abnar & Zuidema 2020): the blocks' attention, heads fused and
+    the residual added as the identity, multiplied from the first block to the last.
+
+    Per block the heads are fused (mean, max or min), the ``discard_ratio`` lowest
+    entries dropped (never the class token's attention to itself), the identity added
+    and the rows renormalised; the product over the blocks (from ``start_layer``) is read
+    at the class token's row over the patch tokens (no class token: the mean of the patch
+    tokens' rows). Not target-specific.
+    """
+
+    name = "attention.rollout"
+    Params = RolloutParams
+    paper = ABNAR_2020
+    cost_note = (
+        "one forward pass with every block's attention unfused, plus an N x N matrix product "
+        "per block and item (N tokens)"
+    )
+
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+    ) -> MethodResult:
+        found, sites = self._sites(model, params)
+        state: dict[str, Any] = {}
+        factors: list[torch.Tensor] = []
+
+        def roll(call: Call) -> None:
+            if "error" in state:
+                return
+            n = call.probs.shape[-1]
+            try:  # the grid is needed now (the class token is exempt from discarding)
+                if "layout" not in state:
+                    state["n"] = n
+                    state["layout"] = self._layout([n], inputs, model, params.tokens)
+                elif n != state["n"]:
+                    self._layout([state["n"], n], inputs, model, None)  # raises
+            except EsegetaError as exc:  # raised after the pass: a pyramid is said first
+                state["error"] = exc
+                return
+            keep = 0 if state["layout"].extra else None
+            fused = fuse_heads(call.probs.detach().float(), params.head_fusion)
+            factors.append(rollout_matrix(discard_lowest(fused, params.discard_ratio, keep)))
+
+        with (
+            torch.no_grad(),
+            capturing(
+                sites,
+                roll,
+                batch=inputs.shape[0],
+                method=self.name,
+                watch=found.unknown,
+                measure=found.sites,
+            ) as got,
+        ):
+            model(inputs)
+        ran = self._check_run(sites, got)
+        if "error" in state:
+            raise state["error"]
+        layout = state["layout"]
+        class_token = uses_class_token(layout, params.query, self.name)
+        rows = rolled_rows(query_rows(layout, class_token, factors[0]), factors)
+        return MethodResult(row_map(rows, layout), **self._extras(sites, ran, layout, class_token))
+
+
+class GenericAttentionExplainability(_AttentionMethod):
+    """Chefer et al. 2021's gradient-weighted attention relevance (GAE): R <- R +
+    mean_heads((grad A * A)^+) R over the blocks, read at the class token.
+
+    Starting from the identity, each block's attention probabilities A are weighted by the
+    gradient of the target's score with respect to them, negative contributions removed and
+    the heads averaged; the relevance R accumulates these through the blocks (the rule for
+    self-attention of "Generic Attention-model Explainability for Interpreting Bi-Modal and
+    Encoder-Decoder Transformers", ICCV 2021). The map is R's class-token row over the
+    patch tokens (no class token: the mean of the patch tokens' rows). Target-specific;
+    one forward and one backward pass for the whole batch (each item's own target).
+    """
+
+    name = "attention.gae"
+    Params = GAEParams
+    paper = CHEFER_2021
+    cost_note = (
+        "one forward pass with every block's attention unfused and one backward pass from "
+        "the target scores down to the first block's attention, plus an N x N matrix product "
+        "per block and item (N tokens)"
+    )
+
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+    ) -> MethodResult:
+        found, sites = self._sites(model, params)
+        calls: list[Call] = []
+        x = inputs.detach().requires_grad_(True)  # a graph even when the model is frozen
+        with (
+            torch.enable_grad(),
+            capturing(
+                sites, calls.append, batch=inputs.shape[0], method=self.name,
+                watch=found.unknown, measure=found.sites,
+            ) as got,
+        ):  # fmt: skip
+            scores = model(x)
+        ran = self._check_run(sites, got)
+        layout = self._layout([c.probs.shape[-1] for c in calls], inputs, model, params.tokens)
+        class_token = uses_class_token(layout, params.query, self.name)
+        score = scores.gather(1, target[:, None]).sum()
+        grads = torch.autograd.grad(score, [c.source for c in calls], allow_unused=True)
+        cams = []
+        for call, grad in zip(calls, grads):
+            if grad is None:  # this block does not reach the scores: its term is zero
+                log.debug("%s: no gradient reaches %s", self.name, sites[call.site].path)
+                continue
+            attn = call.probs.detach().float()
+            cams.append(gae_cam(attn, grad.view(call.probs.shape).float()))
+        rows = gae_rows(query_rows(layout, class_token, calls[0].probs), cams)
+        return MethodResult(row_map(rows, layout), **self._extras(sites, ran, layout, class_token))
+
+
+def _paths(sites: Sequence[Site]) -> str:
+    paths = [s.path or "(the model)" for s in sites]
+    return ", ".join(paths[:8]) + (f", ... ({len(paths)} in all)" if len(paths) > 8 else "")
+
+
+METHODS: list[type[Explainer]] = [RawAttention, AttentionRollout, GenericAttentionExplainability]
+
+__all__ = [
+    "METHODS",
+    "AttentionRollout",
+    "GenericAttentionExplainability",
+    "RawAttention",
+]
