@@ -300,7 +300,12 @@ def test_unknown_name_suggests_the_closest(tmp_path, monkeypatch):
     with pytest.raises(LookupError, match="vessel_segmenter"):  # every name is listed
         pretrained("resnet50", cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
-    assert PRETRAINED_NAMES == ("shapes_classifier", "shapes_segmenter", "vessel_segmenter")
+    assert PRETRAINED_NAMES == (
+        "shapes_classifier",
+        "shapes_vit",
+        "shapes_segmenter",
+        "vessel_segmenter",
+    )
 
 
 # --- pretrained: when the cache is stale or broken -----------------------------------

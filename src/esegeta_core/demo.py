@@ -1,9 +1,10 @@
 """``esegeta demo``: tiny trained models, explained and evaluated, in one HTML report.
 
 No arguments and no downloads: it trains (or loads from the cache) the shapes
-classifier and the vessel segmenter of :mod:`esegeta_core.synthetic`, explains a few
-held-out shapes images and one vessel volume with a representative set of methods
-from every installed backend, scores the maps (faithfulness, localisation against the
+classifier, the shapes vision transformer and the vessel segmenter of
+:mod:`esegeta_core.synthetic`, explains a few held-out shapes images (with the CNN and
+the ViT) and one vessel volume with a representative set of methods from every
+installed backend, scores the maps (faithfulness, localisation against the
 known object masks, the randomisation sanity check, cost), and writes a
 self-contained report. A few minutes on 2 CPU cores.
 """
@@ -27,7 +28,7 @@ from esegeta_core.explanation import Explanation
 from esegeta_core.progress import progress_bar
 from esegeta_core.targets import Region
 
-__all__ = ["DemoPlan", "plan_2d", "plan_3d", "run_demo"]
+__all__ = ["DemoPlan", "plan_2d", "plan_3d", "plan_vit", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,22 @@ def plan_3d(cam_layer: str, *, quick: bool = False) -> DemoPlan:
     if quick:
         cheap, costly = cheap[:2], []
     return DemoPlan([m for m in cheap if m.method in have], [m for m in costly if m.method in have])
+
+
+def plan_vit(*, quick: bool = False) -> DemoPlan:
+    """Transformer methods for the shapes vision transformer: attention rollout and
+    its gradient-weighted form, the token Grad-CAM (layer="auto": the last block's
+    input, reshaped to the patch grid), and integrated gradients to compare with."""
+    have = _installed()
+    cheap = [
+        MethodRun("attention.rollout", {}, "Attention rollout (attention)"),
+        MethodRun("attention.gae", {}, "Generic attention explainability (attention)"),
+        MethodRun("cnnvis.grad_cam", {}, "Token Grad-CAM (cnnvis)"),
+        MethodRun("captum.integrated_gradients", {"n_steps": 32}, "Integrated gradients (Captum)"),
+    ]
+    if quick:
+        cheap = cheap[:3]
+    return DemoPlan([m for m in cheap if m.method in have])
 
 
 _CHEAP_METRICS = {
@@ -233,6 +250,7 @@ def run_demo(output_dir: Path, *, quick: bool = False, progress: bool = True) ->
 
     start = time.perf_counter()
     probe_2d, probe_3d = plan_2d("layer", quick=quick), plan_3d("layer", quick=quick)
+    plan_t = plan_vit(quick=quick)
     if not (probe_2d.cheap or probe_2d.costly or probe_3d.cheap or probe_3d.costly):
         raise MethodNotFoundError(
             "esegeta demo: none of the demo's attribution methods is installed (it uses "
@@ -267,15 +285,33 @@ def run_demo(output_dir: Path, *, quick: bool = False, progress: bool = True) ->
         masks=vessels.labels.unsqueeze(1), task="segmentation", name="vessel segmenter",
         progress=progress, tolerance=segmenter.pointing_tolerance,
     )  # fmt: skip
-    board = Leaderboard.combine([board2, board3])
+    boards = [board2, board3]
+    vit = None
+    if plan_t.cheap:  # the transformer section needs the attention or a gradient backend
+        vit = pretrained("shapes_vit", progress=progress)
+        vit_shapes = vit.test_data(n, seed=2026)  # its shapes are larger: 8 px patches
+        board_t = _evaluate_plan(
+            vit.model, vit_shapes.images, plan_t, target=None, masks=vit_shapes.masks,
+            task="classification", name="shapes ViT", progress=progress,
+            tolerance=vit.pointing_tolerance,
+        )  # fmt: skip
+        boards.append(board_t)
+    board = Leaderboard.combine(boards)
     board.to_csv(output_dir / "leaderboard.csv")
     board.to_json(output_dir / "leaderboard.json")
 
     names = [f"shapes #{i} ({shapes.classes[int(c)]})" for i, c in enumerate(shapes.labels)]
     inputs = _sections("shapes", shapes.images, board2, visuals, figures, names)
     inputs += _sections("vessels", vessels.volumes, board3, [], figures, ["vessel volume #0"])
+    if vit is not None:
+        vit_names = [
+            f"ViT shapes #{i} ({vit_shapes.classes[int(c)]})"
+            for i, c in enumerate(vit_shapes.labels)
+        ]
+        inputs += _sections("vit", vit_shapes.images, boards[-1], [], figures, vit_names)
     notes = [
         f"shapes classifier: {classifier.describe()}",
+        f"shapes ViT: {vit.describe()}" if vit is not None else "",
         f"vessel segmenter: {segmenter.describe()}",
         "Localisation metrics use the known object masks (shapes) and vessel labels "
         "(volume, class 1). Costly methods are not re-run by max-sensitivity and the "
@@ -294,6 +330,7 @@ def run_demo(output_dir: Path, *, quick: bool = False, progress: bool = True) ->
             "quick": quick,
             "methods_2d": [vars(m) for m in [*plan2.cheap, *plan2.costly, *plan2.visual]],
             "methods_3d": [vars(m) for m in [*plan3.cheap, *plan3.costly]],
+            "methods_vit": [vars(m) for m in plan_t.cheap],
             "metrics": _CHEAP_METRICS,
         },
         notes=[n for n in notes if n],

@@ -13,7 +13,7 @@ explanation points at what the model must look at.
 
 from __future__ import annotations
 
-from esegeta_core.synthetic.models import ShapesNet, ShapesUNet, VesselUNet
+from esegeta_core.synthetic.models import ShapesNet, ShapesUNet, ShapesViT, VesselUNet
 from esegeta_core.synthetic.pretrained import (
     PRETRAINED_NAMES,
     PretrainedNotFoundError,
@@ -41,6 +41,7 @@ __all__ = [
     "ShapesNet",
     "ShapesSegmentationData",
     "ShapesUNet",
+    "ShapesViT",
     "TrainedModel",
     "VesselUNet",
     "VesselsData",

@@ -131,3 +131,74 @@ class VesselUNet(_UNet):
 
     def __init__(self, in_channels: int = 1, classes: int = 2, width: int = 4) -> None:
         super().__init__(3, in_channels, classes, width, levels=2)
+
+
+class _TransformerBlock(nn.Module):
+    """Pre-norm transformer block: ``norm1``, multi-head self-attention (torch's
+    ``nn.MultiheadAttention``), ``norm2``, a GELU MLP, each with a residual."""
+
+    def __init__(self, dim: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class ShapesViT(nn.Module):
+    """A tiny vision transformer for the shapes images: 8 x 8 patches, a class token,
+    learned position embeddings for ``image_size`` inputs, ``depth`` blocks, the class
+    token's final state classifies. Inputs are standardised first (the shapes' grey
+    levels, centred at 0.5 with a spread of about 0.15: a linear patch embedding of raw
+    low-contrast images does not train).
+
+    ``cam_layer`` (``"blocks.2"``) is the input of the last block: with a class-token
+    head, the last block's own output gets no gradient at the patch tokens
+    (pytorch-grad-cam's ``blocks[-1].norm1`` advice); ``layer="auto"`` finds it too.
+    """
+
+    cam_layer = "blocks.2"
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        classes: int = 4,
+        dim: int = 48,
+        depth: int = 4,
+        heads: int = 3,
+        patch: int = 8,
+        image_size: int = 64,
+    ) -> None:
+        super().__init__()
+        grid = image_size // patch
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, dim) * 0.02)
+        self.blocks = nn.Sequential(*(_TransformerBlock(dim, heads, 2 * dim) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, H, W)`` images to ``(B, classes)`` logits; the position
+        embeddings are interpolated to the patch grid of other sizes (the training starts
+        on small canvases, like the CNN's)."""
+        patches = self.patch_embed((x - 0.5) / 0.15)
+        tokens = patches.flatten(2).transpose(1, 2)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        tokens = torch.cat([cls, tokens], dim=1) + self._positions(tuple(patches.shape[2:]))
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+    def _positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        own = self.pos_embed.shape[1] - 1
+        side = int(own**0.5)
+        if grid == (side, side):
+            return self.pos_embed
+        patch = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patch = nn.functional.interpolate(patch, size=grid, mode="bilinear", align_corners=False)
+        patch = patch.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
+        return torch.cat([self.pos_embed[:, :1], patch], dim=1)
