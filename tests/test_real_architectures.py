@@ -73,6 +73,7 @@ def test_token_layout_with_a_class_token() -> None:
     e = explain(model, x, "captum.layer_grad_cam", 1, layer="blocks.1")
     assert e.extras["layouts"]["blocks.1"]["kind"] == "tokens"
     assert e.extras["layouts"]["blocks.1"]["extra_tokens"] == 1
+    assert e.extras["layouts"]["blocks.1"]["reshape"] == "tokens:1:4x4"  # what was used
     assert tuple(e.attributions.shape) == (2, 1, 4, 4)
     given = explain(model, x, "captum.layer_grad_cam", 1, layer="blocks.1", reshape="tokens:1:4x4")
     assert torch.allclose(given.attributions, e.attributions)
@@ -105,6 +106,11 @@ def test_channels_last_swin_stage_is_read_channels_last() -> None:
     x = torch.rand(1, 3, 64, 64)
     e = explain(model, x, "cnnvis.grad_cam", 0, layer="features.7")
     assert e.extras["layouts"]["features.7"]["kind"] == "channels_last"
+    assert e.extras["layouts"]["features.7"]["reshape"] == "channels_last:0:2x2"
+    again = explain(
+        model, x, "cnnvis.grad_cam", 0, layer="features.7", reshape="channels_last:0:2x2"
+    )
+    assert torch.equal(again.attributions, e.attributions)
     # the same map as computing Grad-CAM by hand on the (B, H, W, C) output
     store: dict[str, torch.Tensor] = {}
     handle = model.features[7].register_forward_hook(lambda m, a, o: store.update(a=o))

@@ -283,3 +283,19 @@ def test_model_output_from_the_config_and_the_command_line(tmp_path, volume):
     data["name"] = "r3"
     path.write_text(yaml.safe_dump(data))
     assert main(["run", str(path)]) == 1  # two tensors, neither 'out' nor 'logits'
+
+
+def test_a_runs_reshape_goes_only_to_methods_that_read_layers(tmp_path, volume):
+    pytest.importorskip("esegeta_cnnvis")
+    config = _config(
+        tmp_path,
+        methods=[{"method": "acme.times_input"}, {"method": "cnnvis.grad_cam"}],
+        reshape="channels_first",
+    )
+    summary = run(config, tmp_path)
+    assert [r["status"] for r in summary.records] == ["ok", "ok"], summary.records
+    # explain() itself refuses it for a method that would ignore it
+    x, _ = volume
+    model = ec.testing.tiny_model("segmentation", 3)
+    with pytest.raises(ec.InvalidParamsError, match="reads no layer's output"):
+        ec.explain(model, x, "acme.times_input", 1, task="segmentation", reshape="tokens")

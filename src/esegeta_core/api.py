@@ -33,7 +33,7 @@ from esegeta_core.errors import (
 from esegeta_core.explainer import Explainer, MethodParams, MethodResult
 from esegeta_core.explanation import Explanation
 from esegeta_core.layers import AUTO, auto_layer, resolve_layer, unwrap
-from esegeta_core.layouts import Layout, ReshapeSpec, layer_layouts
+from esegeta_core.layouts import Layout, ReshapeSpec, layer_layouts, parse_reshape
 from esegeta_core.model_state import ModelState
 from esegeta_core.outputs import OutputSelector, selector_label
 from esegeta_core.plugin.manager import Registry, get_registry
@@ -131,6 +131,7 @@ def explain(
     _check_model(model, cls.name)
     x = _check_inputs(inputs, cls, registry)
     valid = validate_params(cls, params)
+    valid, reshape = _route_reshape(cls, valid, reshape, plugin)
     spec = _patch_spec(patches, cls)
     state = ModelState.capture(model)
     extras: dict[str, Any] = {}
@@ -209,6 +210,47 @@ def explain(
         output=cls.output,
         extras=extras,
     )
+
+
+def takes_reshape(cls: type[Explainer]) -> bool:
+    """Whether ``explain(reshape=...)`` means anything to the method: it reads a layer's
+    output as a map, or token attention (its ``layout_param``)."""
+    return bool(cls.Params.layer_fields(maps_only=True)) or cls.layout_param is not None
+
+
+def _route_reshape(
+    cls: type[Explainer], params: MethodParams, reshape: ReshapeSpec, plugin: str
+) -> tuple[MethodParams, ReshapeSpec]:
+    """``reshape=`` goes to the layers a method reads as maps, or into the method's
+    ``layout_param`` (attention methods read token matrices, not a layer's output); a
+    method with neither refuses it rather than ignoring it."""
+    if reshape is None or (isinstance(reshape, str) and reshape == "auto"):
+        return params, reshape
+    if cls.Params.layer_fields(maps_only=True):
+        return params, reshape
+    where = f"Method {cls.name!r} (plugin {plugin!r})"
+    if cls.layout_param is None:
+        raise InvalidParamsError(
+            f"{where} reads no layer's output, so reshape={reshape!r} would be ignored: it "
+            "applies to the CAMs, layer and neuron methods and the attention methods. "
+            "Drop it."
+        )
+    layout = parse_reshape(reshape, method=cls.name) if not callable(reshape) else reshape
+    if layout == "tokens":  # the layout is inferred anyway
+        return params, None
+    if not isinstance(layout, Layout) or layout.kind != "tokens":
+        raise InvalidParamsError(
+            f"{where} reads attention over tokens: reshape= must give a token layout, "
+            f"'tokens:EXTRA:GRID' such as 'tokens:1:14x14' (got {reshape!r}; a callable "
+            f"or a channels layout has no meaning for it)."
+        )
+    value = f"{layout.extra}:{'x'.join(str(g) for g in layout.grid)}"
+    given = getattr(params, cls.layout_param)
+    if given is not None and given != value:
+        raise InvalidParamsError(
+            f"{where}: reshape={reshape!r} and {cls.layout_param}={given!r} disagree; give one."
+        )
+    return params.model_copy(update={cls.layout_param: value}), None
 
 
 def _prepare_call(

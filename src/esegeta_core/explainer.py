@@ -187,6 +187,10 @@ class Explainer(ABC):
       (shown by ``esegeta methods NAME``); :meth:`check_model` raises
       :class:`~esegeta_core.NotApplicableError` citing one when it is missing.
     - ``cost_note``: how the cost grows with the model or the parameters, in words.
+    - ``layout_param``: for methods that read tokens without a layer parameter
+      (attention maps), the parameter that takes the token layout as ``"EXTRA:GRID"``;
+      ``explain(reshape="tokens:EXTRA:GRID")`` fills it. Methods with neither a layer
+      whose output is read as a map nor this refuse a ``reshape=``.
     """
 
     name: ClassVar[str] = ""
@@ -204,6 +208,7 @@ class Explainer(ABC):
     needs_trace: ClassVar[bool] = False
     requirements: ClassVar[tuple[str, ...]] = ()
     cost_note: ClassVar[str] = ""
+    layout_param: ClassVar[str | None] = None
 
     def check_model(self, model: torch.nn.Module, params: Any, trace: ModelTrace | None) -> None:
         """Refuse before running if the method cannot apply to ``model``.

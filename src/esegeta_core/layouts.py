@@ -69,10 +69,17 @@ class Layout:
             return torch.cat([extra, grid_tokens], dim=1)
         return grid_tokens.contiguous()
 
+    @property
+    def spec(self) -> str:
+        """The ``reshape=`` string that gives this layout again (``"tokens:1:14x14"``)."""
+        if self.kind == "channels_first" or not self.grid:
+            return self.kind
+        return f"{self.kind}:{self.extra}:{'x'.join(str(g) for g in self.grid)}"
+
     def record(self) -> dict[str, Any]:
-        """Plain data for records and reports."""
+        """Plain data for records and reports; ``reshape`` repeats the call with it."""
         return {"kind": self.kind, "grid": list(self.grid), "extra_tokens": self.extra,
-                "reason": self.reason}  # fmt: skip
+                "reason": self.reason, "reshape": self.spec}  # fmt: skip
 
 
 class _Reshaped(torch.autograd.Function):

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from esegeta_core.api import explain
+from esegeta_core.api import explain, takes_reshape
 from esegeta_core.config import RegionSpec, RunConfig
 from esegeta_core.data_io import (
     Loaded,
@@ -38,6 +38,7 @@ from esegeta_core.data_io import (
     write_map,
 )
 from esegeta_core.errors import EsegetaError, InvalidModelError, InvalidParamsError
+from esegeta_core.plugin.manager import get_registry
 from esegeta_core.runtime.scheduler import JobResult, default_devices, run_jobs
 from esegeta_core.targets import MultiClassScores, Region, ThresholdScores
 
@@ -172,7 +173,8 @@ class RunWorker:
             task=config.task,
             wrapper=None if isinstance(target, Region) else _wrapper(config),
             output=config.model.output,
-            reshape=config.reshape,
+            # the run's layout is for the methods that read layers or tokens
+            reshape=config.reshape if takes_reshape(get_registry().get(spec.method)) else None,
             seed=config.seed,
             amp=config.amp,
             patches=config.patches if spec.patches else None,

@@ -248,6 +248,24 @@ def test_a_grid_that_cannot_be_inferred_is_given_with_tokens() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_the_cores_reshape_gives_the_token_layout(method: str) -> None:
+    """explain(reshape="tokens:EXTRA:GRID"), the CAMs' vocabulary, sets ``tokens``: the
+    map and Explanation.params say what was used; nothing else is accepted silently."""
+    torch.manual_seed(0)
+    model = _LinearPatches().eval()
+    e = _explain(model, X2D, method, target=1, reshape="tokens:0:4x4")
+    assert e.params.tokens == "0:4x4"
+    same = _explain(model, X2D, method, target=1, tokens="0:4x4")
+    assert torch.equal(e.attributions, same.attributions)
+    assert _explain(model, X2D, method, target=1, tokens="0:4x4", reshape="tokens:0:4x4")
+    with pytest.raises(InvalidParamsError, match="disagree"):
+        _explain(model, X2D, method, target=1, tokens="0:2x8", reshape="tokens:0:4x4")
+    for bad in ("channels_last", {"kind": "channels_last"}, lambda t: t):
+        with pytest.raises(InvalidParamsError, match="must give a token layout"):
+            _explain(model, X2D, method, target=1, reshape=bad)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_a_pyramid_transformer_is_not_applicable(method: str) -> None:
     """SegFormer: spatial-reduction attention (fewer keys than queries) in stages of
     different token counts."""

@@ -66,6 +66,7 @@ class _AttentionMethod(Explainer):
     output = "layer"
     ranks = (2, 3)
     cost = "low"
+    layout_param = "tokens"  # explain(reshape="tokens:1:14x14") sets tokens="1:14x14"
     requirements: ClassVar[tuple[str, ...]] = (
         f"global self-attention modules this plugin can read: {SUPPORTED}",
         "no windowed attention (Swin, SwinUNETR): every token must be able to attend to "

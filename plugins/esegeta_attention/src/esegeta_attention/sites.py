@@ -230,7 +230,8 @@ def token_layout(
     given: Layout | str = "tokens"
     if tokens is not None:
         parsed = parse_reshape(f"tokens:{tokens}", method=method)
-        assert isinstance(parsed, Layout)
+        if not isinstance(parsed, Layout):  # "EXTRA:GRID" always parses to a layout
+            raise InvalidParamsError(f"Method {method!r}: tokens={tokens!r} is not 'EXTRA:GRID'.")
         given = parsed
     try:
         return infer_layout(
@@ -248,8 +249,8 @@ def token_layout(
             f"{rank}D patch grid for the input {tuple(inputs.shape)} "
             f"({'tokens=' + repr(tokens) + ' does not fit' if tokens else 'no single reading'}"
             f"). Give the layout with the parameter tokens='EXTRA:GRID', e.g. "
-            f"tokens={example!r} (one class token before a {example[2:]} grid). The core "
-            f"said: {exc}"
+            f"tokens={example!r} (one class token before a {example[2:]} grid), or "
+            f"explain(..., reshape='tokens:{example}') as for the CAMs. The core said: {exc}"
         ) from exc
 
 
