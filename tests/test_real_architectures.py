@@ -79,6 +79,20 @@ def test_token_layout_with_a_class_token() -> None:
     assert torch.allclose(given.attributions, e.attributions)
 
 
+@pytest.mark.parametrize("layer", ["blocks.1", "blocks.1.norm2"])
+def test_the_last_blocks_output_warns_why_its_map_is_zero(layer: str) -> None:
+    """pytorch-grad-cam's norm1/norm2 question: after the last attention the score reads
+    only the class token, so the patch tokens there get no gradient."""
+    model = _vit()
+    e = explain(model, torch.rand(2, 3, 32, 32), "cnnvis.grad_cam", 1, layer=layer)
+    assert not e.attributions.any()
+    (warning,) = e.extras["warnings"]
+    assert "zero everywhere" in warning and "layer='auto'" in warning and "norm1" in warning
+    auto = explain(model, torch.rand(2, 3, 32, 32), "cnnvis.grad_cam", 1)
+    assert auto.params.layer == "blocks.0" and auto.attributions.any()
+    assert "warnings" not in auto.extras
+
+
 def test_grad_cam_on_a_vit_equals_pytorch_grad_cam_with_a_hand_written_reshape() -> None:
     gradcam = pytest.importorskip("pytorch_grad_cam")
     targets = pytest.importorskip("pytorch_grad_cam.utils.model_targets")

@@ -151,6 +151,7 @@ def explain(
         explainer = cls()
         with contextlib.ExitStack() as stack:
             trace = _prepare_call(stack, cls, model, plain, probe, valid, reshape, extras)
+            job.zero_hint = _token_hint(extras.get("layouts", {}))
             explainer.check_model(job.scored(target), valid, trace)
             check_cost(
                 explainer, valid, job.scored(None), x, probe=probe, force=force, plugin=plugin
@@ -300,6 +301,21 @@ def _layer_modules(
     return modules
 
 
+def _token_hint(layouts: dict[str, dict[str, Any]]) -> str:
+    """Why a token layer's map may be zero: with a class-token head, the patch tokens
+    after the last attention never reach the score (pytorch-grad-cam's norm1/norm2)."""
+    with_extra = [path for path, rec in layouts.items() if rec.get("extra_tokens")]
+    if not with_extra:
+        return ""
+    return (
+        f"Layer {', '.join(map(repr, with_extra))} holds tokens before its patch grid (a "
+        "class token): if it is the last block's output (or inside the last block, after "
+        "its attention, e.g. norm2), the score reads only the class token from there and "
+        "the patch tokens get no gradient. Use layer='auto' (the last block's input, "
+        "what blocks[-1].norm1 normalises)."
+    )
+
+
 def _plain(layouts: dict[int, Layout], module: nn.Module) -> bool:
     layout = layouts.get(id(module))
     return layout is None or layout.trivial
@@ -354,6 +370,8 @@ class _Job:
         self.output, self.amp, self.seed, self.device = output, amp, seed, device
         self.plugin = get_registry().plugin_of.get(cls.name, "?")
         self.warnings: list[str] = []
+        self.zero_hint = ""
+        """Added to the all-zero warning when the call knows a likelier cause."""
 
     def scored(self, target: TargetLike) -> nn.Module:
         return score_model(self.model, self.task, self.wrapper, target, self.output)
@@ -391,6 +409,8 @@ class _Job:
                 f"{type(tensor).__name__}, not a tensor: this is a bug in the plugin."
             )
         warning = check_map(tensor, x, self.cls, self.plugin)
+        if warning and self.zero_hint and "zero everywhere" in warning:
+            warning = f"{warning} {self.zero_hint}"
         if warning and warning not in self.warnings:  # once per call, not per patch
             log.warning(warning)
             self.warnings.append(warning)
