@@ -26,7 +26,9 @@ def test_quick_demo_writes_a_report_and_leaderboard(cache, tmp_path, capsys):
     assert html.count("data:image/png;base64,") >= 8  # input and maps, embedded
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     models = {r["model"] for r in rows}
-    assert models == {"shapes classifier", "vessel segmenter"}
+    # the shapes ViT's section runs with cnnvis alone (its token Grad-CAM)
+    assert models == {"shapes classifier", "vessel segmenter", "shapes ViT"}
+    assert any(r["method"] == "Token Grad-CAM (cnnvis)" for r in rows)
     assert all(r["status"] == "ok" for r in rows), rows
     gc = next(r for r in rows if r["method"] == "Grad-CAM (cnnvis)")
     # the trained classifier's Grad-CAM points at the shapes (localisation ground truth)
