@@ -124,14 +124,14 @@ CATALOGUE = {
             model=tiny_model("segmentation"),
             inputs=tiny_input("segmentation"),
         ),
-        ec.InvalidModelError,
-        TypeError,
+        ec.InvalidParamsError,
+        ValueError,
         ["multi_class", "threshold"],
     ),
     "unknown task": (
         dict(task="detection"),
-        ec.InvalidModelError,
-        TypeError,
+        ec.InvalidParamsError,
+        ValueError,
         ["'classification' or 'segmentation'"],
     ),
 }

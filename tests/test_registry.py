@@ -81,11 +81,26 @@ def test_a_plugin_whose_hook_raises_is_isolated(fake_entry_points):
     assert "registration exploded" in registry.failures["bad"].error
 
 
+def test_a_name_claimed_by_two_plugins_does_not_break_the_registry(fake_entry_points):
+    # this used to raise PluginConflictError from build_registry, so no method worked
+    alpha_m = _method("alpha.m")
+    fake_entry_points("alpha", "alpha_mod", _plugin_module("alpha_mod", alpha_m))
+    beta = _plugin_module("beta_mod", _method("alpha.m"), _method("beta.ok"))
+    fake_entry_points("beta", "beta_mod", beta)
+    registry = manager.build_registry()
+    assert registry.get("alpha.m") is alpha_m  # the owner of the namespace keeps it
+    assert registry.plugin("beta.ok") == "beta"
+    (refused,) = registry.refused
+    assert (refused.plugin, refused.method) == ("beta", "alpha.m")
+
+
 def test_duplicate_method_names_name_both_plugins(fake_entry_points):
-    fake_entry_points("alpha", "alpha_mod", _plugin_module("alpha_mod", _method("shared.m")))
-    fake_entry_points("beta", "beta_mod", _plugin_module("beta_mod", _method("shared.m")))
-    with pytest.raises(ec.PluginConflictError, match="'alpha'.*'beta'") as info:
-        manager.build_registry()
+    fake_entry_points("alpha", "alpha_mod", _plugin_module("alpha_mod", _method("alpha.m")))
+    fake_entry_points("alpha", "alpha2_mod", _plugin_module("alpha2_mod", _method("alpha.m")))
+    registry = manager.build_registry()
+    assert "alpha.m" not in registry.methods
+    with pytest.raises(ec.PluginConflictError, match="alpha_mod.*alpha2_mod") as info:
+        registry.get("alpha.m")
     assert "ESEGETA_DISABLED_PLUGINS" in str(info.value)
     assert isinstance(info.value, ValueError)
 
@@ -123,7 +138,6 @@ def _batched(name):
     [
         (_method("alpha.reserved", Reserved), "reserved by explain()"),
         (_batched("alpha.batched"), "batch_params names chunk"),
-        (_method("nodot"), "dotted name"),
         (_method("alpha.undocumented", Undocumented), "missing for steps"),
         (object, "not an Explainer subclass"),
     ],

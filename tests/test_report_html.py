@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from esegeta_core import Explainer, hookimpl, register_plugin, unregister_plugin
 from esegeta_core.cli import main
 from esegeta_core.config import RunConfig
 from esegeta_core.errors import EsegetaError
@@ -315,6 +316,21 @@ def test_write_is_atomic_and_readable(tmp_path):
 # -- from a run folder ---------------------------------------------------------------
 
 
+class _Broken(Explainer):
+    """Fails when it runs (a method with bad params now fails the run before any job)."""
+
+    name = "htmltest.broken"
+
+    def attribute(self, model, inputs, target, params):
+        raise RuntimeError("backend exploded")
+
+
+class _BrokenPlugin:
+    @hookimpl
+    def esegeta_register_methods(self):
+        return [_Broken]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A real 3D run with figures: two ok methods and one that fails, two targets."""
@@ -337,13 +353,17 @@ def run_dir(tmp_path_factory) -> Path:
             "methods": [
                 {"method": "acme.times_input", "title": "times one"},
                 {"method": "acme.times_input", "title": "times two", "params": {"scale": 2.0}},
-                {"method": "acme.times_input", "title": "broken", "params": {"layer": "nope"}},
+                {"method": "htmltest.broken", "title": "broken"},
             ],
             "cpu_workers": 0,
             "progress": False,
         }
     )
-    summary = run(config, base)
+    register_plugin(_BrokenPlugin(), "htmltest")
+    try:
+        summary = run(config, base)
+    finally:
+        unregister_plugin("htmltest")
     assert [r["status"] for r in summary.records].count("error") == 2
     return summary.run_dir
 
@@ -368,7 +388,7 @@ def test_run_writes_report_html(run_dir):
     text = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "esegeta run: html" in text
     assert text.count('<article class="card failed"') == 2
-    assert "InvalidParamsError" in text  # the failed jobs' error message
+    assert "backend exploded" in text  # the failed jobs' error message
 
 
 def test_report_from_run(run_dir):
@@ -380,9 +400,9 @@ def test_report_from_run(run_dir):
     assert labels == ["times one", "times one", "times two", "times two", "broken", "broken"]
     assert {m.target for m in section.maps} == {"class 1", "class 2"}
     failed = [m for m in section.maps if not m.ok]
-    assert len(failed) == 2 and all(m.png is None and "layer" in m.error for m in failed)
+    assert len(failed) == 2 and all(m.png is None and "exploded" in m.error for m in failed)
     assert all(m.png is not None and m.seconds is not None for m in section.maps if m.ok)
-    assert all(m.anchor.startswith("job-v.nii.gz-0__acme.times_input") for m in section.maps)
+    assert all(m.anchor.startswith("job-v.nii.gz-0__acme.times_input") for m in section.maps[:4])
     assert data.params["name"] == "html"
     text = render_html(data)
     assert "<title>Tiny &lt;run&gt;</title>" in text

@@ -75,19 +75,19 @@ def test_nifti_run_writes_maps_with_the_affine_and_records(tmp_path, volume):
     assert "finished: 2 ok" in (summary.run_dir / "run.log").read_text()
 
 
-def test_second_run_resumes_and_failures_are_recorded(tmp_path, volume):
+def test_second_run_resumes_and_failures_are_recorded(tmp_path, volume, demo):
     config = _config(
         tmp_path,
         methods=[
             {"method": "acme.times_input"},
             {"method": "acme.times_input", "params": {"scale": 2.0}},
-            {"method": "acme.times_input", "params": {"layer": "nope"}},
+            {"method": "demo.broken"},  # fails when it runs (bad params fail before any job)
         ],
     )
     first = run(config, tmp_path)
     statuses = [r["status"] for r in first.records]
     assert statuses == ["ok", "ok", "error"]
-    assert "scale" in first.records[2]["error"] or "layer" in first.records[2]["error"]
+    assert "backend exploded" in first.records[2]["error"]
     ok_record = first.run_dir / "jobs" / first.records[0]["job_id"] / "record.json"
     stamp = ok_record.stat().st_mtime_ns
     second = run(config, tmp_path)

@@ -18,6 +18,7 @@ from esegeta_core.api import explain, model_device, validate_params
 from esegeta_core.catalog import MethodInfo, describe_method, list_methods, plugin_failures
 from esegeta_core.errors import (
     AmbiguousMethodError,
+    DeviceUnavailableError,
     EsegetaError,
     InvalidInputError,
     InvalidModelError,
@@ -29,6 +30,8 @@ from esegeta_core.errors import (
     NotApplicableError,
     PluginConflictError,
     PluginLoadError,
+    RunConflictError,
+    RunWriteError,
     UnsupportedRankError,
     WorkerStartError,
 )
@@ -56,6 +59,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousMethodError",
+    "DeviceUnavailableError",
     "EsegetaError",
     "Explainer",
     "Explanation",
@@ -76,6 +80,8 @@ __all__ = [
     "MultiClassScores",
     "PluginConflictError",
     "PluginLoadError",
+    "RunConflictError",
+    "RunWriteError",
     "Region",
     "RegionScores",
     "ScoreModel",

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -26,7 +27,6 @@ from esegeta_core.errors import (
     InvalidInputError,
     InvalidModelError,
     InvalidParamsError,
-    InvalidTargetError,
     MethodFailedError,
     UnsupportedRankError,
 )
@@ -55,6 +55,7 @@ from esegeta_core.targets import (
     Task,
     check_target_range,
     normalise_target,
+    region_mask,
     score_model,
     target_classes,
 )
@@ -70,6 +71,8 @@ RESERVED = frozenset(
 """Keyword arguments of :func:`explain` itself; no method parameter may use these names."""
 
 
+@torch.inference_mode(False)
+@torch.enable_grad()
 def explain(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -91,11 +94,21 @@ def explain(
 ) -> Explanation:
     """Explain ``model`` on ``inputs`` with the installed method ``method``.
 
+    The call runs with gradients enabled and outside ``torch.inference_mode()``, so it
+    also works inside ``torch.no_grad()`` or ``inference_mode()`` blocks and on inference
+    tensors (they are copied into normal tensors); the maps are the same as outside.
+
     Args:
-        model: any ``torch.nn.Module``; it is put in eval mode for the call and left
-            exactly as it was found (mode, hooks, ``requires_grad``, ``.grad``, module
-            attributes).
-        inputs: a batch shaped ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
+        model: any ``torch.nn.Module`` with real weights (not on the meta device); it is
+            put in eval mode for the call and left exactly as it was found (mode, hooks,
+            ``requires_grad``, ``.grad``, module attributes).
+        inputs: a batch shaped ``(B, C, H, W)`` or ``(B, C, D, H, W)``, floating point,
+            and large enough for the model (a model whose own forward pass fails on it
+            gives :class:`~esegeta_core.errors.InvalidInputError`). Its dtype must match
+            the model's weights; inputs are converted (with a logged warning) only when
+            that loses nothing (float16/bfloat16 to float32, float32 to float64) or under
+            ``amp``; float64 inputs to a float32 model are refused: convert them with
+            ``inputs.float()`` (or the model with ``model.double()``).
         method: a method name from :func:`list_methods`, such as
             ``"captum.integrated_gradients"`` (a unique short name also works).
         target: ``None`` (each item's predicted class), an int, one class per item, or
@@ -111,12 +124,14 @@ def explain(
             extra tokens found from the model), or a layout such as ``"tokens:1:14x14"``
             (see :data:`~esegeta_core.layouts.ReshapeSpec`). Layer methods always see
             the layer's output as ``(B, C, *grid)``.
-        seed: seeds torch's generators for the call only (stochastic methods).
-        amp: ``"bf16"`` or ``"fp16"`` runs the method under autocast; results come back
-            in float32, and a NaN or infinite result is recomputed in float32.
+        seed: an int (or None) that seeds torch's generators for the call only
+            (stochastic methods).
+        amp: None, or ``"bf16"`` / ``"fp16"`` to run the method under autocast; results
+            come back in float32, and a NaN or infinite result is recomputed in float32.
         patches: explain inputs larger than a patch patch by patch and stitch the maps
             (a :class:`~esegeta_core.runtime.patches.PatchSpec` or its fields as a dict,
-            e.g. ``{"size": 64, "overlap": 16, "mode": "hann"}``).
+            e.g. ``{"size": 64, "overlap": 16, "mode": "hann"}``; None: no patches). A
+            :class:`~esegeta_core.Region` target is checked on the whole input first.
         auto_batch: size the method's internal batches (``batch_params``) to the
             largest that fits in memory; CUDA out-of-memory always halves and retries.
         progress: show a progress bar over patches.
@@ -126,23 +141,32 @@ def explain(
             parameters take ``"auto"`` (the default where a layer is required).
     """
     registry = get_registry()
-    cls = registry.get(method)
+    cls = registry.get(_check_method(method))
     plugin = registry.plugin_of[cls.name]
     _check_model(model, cls.name)
     x = _check_inputs(inputs, cls, registry)
     valid = validate_params(cls, params)
     valid, reshape = _route_reshape(cls, valid, reshape, plugin)
     spec = _patch_spec(patches, cls)
+    seed = _check_seed(seed, cls.name)
+    _check_amp(amp, cls.name)
+    x = _match_dtype(x, model, amp, cls.name)
     state = ModelState.capture(model)
     extras: dict[str, Any] = {}
+    plain: nn.Module | None = None
+    probe: torch.Tensor | None = None
     try:
         model.eval()
         device = model_device(model)
         check_precision(amp, device, cls.name)
         x = x.to(device)
+        if x.is_inference():  # made under torch.inference_mode(): autograd cannot use it
+            x = x.clone()
         job = _Job(cls, model, task, wrapper, output, amp, seed, device)
         patched = spec is not None and needs_patches(spec, x.shape[2:])
         probe = _first_patch(x, spec) if patched and spec is not None else x[:1]
+        if patched and isinstance(target, Region):  # before any patch is explained
+            region_mask(target.mask, x.shape, against="the input", patched=True)
         # probes score every class (a region's mask fits the whole input, not a patch)
         plain = job.scored(None)
         valid, chosen = _resolve_layers(cls, valid, model, plain, probe)
@@ -154,7 +178,14 @@ def explain(
             job.zero_hint = _token_hint(extras.get("layouts", {}))
             explainer.check_model(job.scored(target), valid, trace)
             check_cost(
-                explainer, valid, job.scored(None), x, probe=probe, force=force, plugin=plugin
+                explainer,
+                valid,
+                job.scored(None),
+                x,
+                probe=probe,
+                force=force,
+                plugin=plugin,
+                auto_batch=auto_batch,
             )
             start = time.perf_counter()
             if patched and spec is not None:
@@ -180,6 +211,8 @@ def explain(
     except EsegetaError:
         raise
     except Exception as exc:
+        if plain is not None and probe is not None and not _is_oom(exc):
+            _blame_input(plain, probe, x, cls.name, exc)
         raise MethodFailedError(
             f"Method {cls.name!r} (plugin {plugin!r}) failed: {type(exc).__name__}: {exc}"
         ) from exc
@@ -450,7 +483,11 @@ class _Job:
                 f"Method {self.cls.name!r} is a visualization (it synthesises images): "
                 "patch-based execution does not apply to it. Drop patches=."
             )
-        region = target.mask if isinstance(target, Region) else None
+        region = (
+            region_mask(target.mask, x.shape, against="the input", patched=True) != 0
+            if isinstance(target, Region)
+            else None
+        )
         used = [params]
         total = sum(count_patches(item, spec) for item in x)
         bar = progress_bar(total, f"{self.cls.name} patches", enabled=progress)
@@ -458,8 +495,8 @@ class _Job:
         try:
             for i, item in enumerate(x):
                 extra = None
-                if region is not None:
-                    extra = _item_mask(region, i, item).to(torch.uint8)
+                if region is not None:  # shared by all items, or one per item
+                    extra = region[i if region.shape[0] > 1 else 0][None].to(torch.uint8)
 
                 def explain_batch(patches, extra_patches, i=i):
                     patches = patches.to(x.device)
@@ -486,33 +523,163 @@ def _first_patch(x: torch.Tensor, spec: PatchSpec) -> torch.Tensor:
     return x[(slice(0, 1), slice(None), *(slice(0, n) for n in size))]
 
 
-def _item_mask(mask: torch.Tensor, index: int, item: torch.Tensor) -> torch.Tensor:
-    """Item ``index``'s region mask as ``(1, *spatial)`` (masks may be shared or per item)."""
-    m = torch.as_tensor(mask)
-    spatial = tuple(item.shape[1:])
-    if m.ndim == len(spatial) + 2:
-        m = m[:, 0]
-    if m.ndim == len(spatial) + 1:
-        m = m[index if m.shape[0] > 1 else 0]
-    if tuple(m.shape) != spatial:
-        raise InvalidTargetError(
-            f"Region mask shape {tuple(mask.shape)} does not match the input's spatial "
-            f"shape {spatial} (with patches, the mask must cover the whole input)."
-        )
-    return (m != 0).unsqueeze(0)
-
-
 def _patch_spec(
     patches: PatchSpec | dict[str, Any] | None, cls: type[Explainer]
 ) -> PatchSpec | None:
+    """``patches=`` as a :class:`PatchSpec`: one, a mapping of its fields, or None."""
     if patches is None or isinstance(patches, PatchSpec):
         return patches
-    try:
-        return PatchSpec(**patches)
-    except ValidationError as exc:
+    fields = "; ".join(f"{n}: {f.description}" for n, f in PatchSpec.model_fields.items())
+    if not isinstance(patches, Mapping):
+        example = "{'size': 64, 'overlap': 16, 'mode': 'hann'}"
+        if isinstance(patches, int) and not isinstance(patches, bool):
+            example = f"{{'size': {patches}}}"
         raise InvalidParamsError(
-            f"Method {cls.name!r}: invalid patches={patches!r}: {exc}"
+            f"Method {cls.name!r}: patches must be a PatchSpec, a dict of its fields such "
+            f"as {example}, or None (no patches); got {type(patches).__name__} "
+            f"{patches!r}. Its fields: {fields}."
+        )
+    try:
+        return PatchSpec.model_validate(dict(patches))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(patches)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidParamsError(
+            f"Method {cls.name!r}: invalid patches={patches!r}: {problems}. Its fields: {fields}."
         ) from exc
+
+
+def _check_method(method: object) -> str:
+    """``method`` itself: a name is looked up in the registry; anything else is refused
+    here rather than failing inside the lookup."""
+    if isinstance(method, str):
+        return method
+    hint = ""
+    if isinstance(method, type) and issubclass(method, Explainer):
+        hint = f" Pass the class's name instead: {method.name!r}."
+    elif isinstance(method, Explainer):
+        hint = f" Pass the method's name instead: {method.name!r}."
+    raise InvalidParamsError(
+        "explain(model, inputs, method): method must be a method name (a str such as "
+        f"'captum.integrated_gradients'), got {type(method).__name__} {method!r}.{hint} "
+        "Run `esegeta methods` (or esegeta_core.list_methods()) to list the installed methods."
+    )
+
+
+def _check_seed(seed: object, method: str) -> int | None:
+    """``seed`` as an int (numpy integers too), in the range torch's generators accept."""
+    if seed is None:
+        return None
+    value: int | None = None
+    if not isinstance(seed, bool):
+        with contextlib.suppress(TypeError):
+            value = operator.index(seed)
+    if value is None or not -(2**63) <= value < 2**64:
+        raise InvalidParamsError(
+            f"Method {method!r}: seed must be an int or None, got {type(seed).__name__} "
+            f"{seed!r}. Pass an integer in [-2**63, 2**64), e.g. seed=0."
+        )
+    return value
+
+
+def _check_amp(amp: object, method: str) -> None:
+    """Refuse a non-string ``amp`` here (:func:`check_precision` checks the names)."""
+    if amp is not None and not isinstance(amp, str):
+        raise InvalidParamsError(
+            f"Method {method!r}: amp must be 'bf16', 'fp16' or None, got "
+            f"{type(amp).__name__} {amp!r}."
+        )
+
+
+_WIDENING = frozenset(
+    {
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float64),
+        (torch.bfloat16, torch.float64),
+        (torch.float32, torch.float64),
+    }
+)
+"""(input, model) dtypes whose conversion loses nothing."""
+
+_CAST = {
+    torch.float16: "half",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float",
+    torch.float64: "double",
+}
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter (or buffer); None if none."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def _match_dtype(x: torch.Tensor, model: nn.Module, amp: str | None, method: str) -> torch.Tensor:
+    """``x`` in the model's floating dtype: converted (with a warning) when that loses
+    nothing or under ``amp`` (which computes in lower precision anyway); refused when it
+    would silently drop precision (float64 inputs to a float32 model)."""
+    dtype = _model_dtype(model)
+    if dtype is None or x.dtype == dtype:
+        return x
+    if amp is None and (x.dtype, dtype) not in _WIDENING:
+        to_x = f"inputs.{_CAST[dtype]}()" if dtype in _CAST else f"inputs.to({dtype})"
+        to_m = f"model.{_CAST[x.dtype]}()" if x.dtype in _CAST else f"model.to({x.dtype})"
+        raise InvalidInputError(
+            f"Method {method!r}: the inputs are {x.dtype} but the model's weights are "
+            f"{dtype}; converting the inputs would lose precision, so esegeta does not do "
+            f"it silently. Convert one to match the other: the inputs with {to_x}, or the "
+            f"model with {to_m}."
+        )
+    log.warning(
+        "method %s: the inputs are %s but the model's weights are %s; converting the inputs to %s",
+        method,
+        x.dtype,
+        dtype,
+        dtype,
+    )
+    return x.to(dtype)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def _blame_input(
+    plain: nn.Module, probe: torch.Tensor, x: torch.Tensor, method: str, exc: BaseException
+) -> None:
+    """After a failure, run the model alone on the probe (an item or the first patch):
+    if its own forward pass fails, the input does not fit the model (too small for its
+    down-sampling, wrong channels), which the user fixes, not the method's plugin."""
+    try:
+        with torch.no_grad():
+            plain(probe)
+    except EsegetaError:
+        return
+    except Exception as err:
+        if _is_oom(err):
+            return
+        lines = str(err).strip().splitlines()
+        first = f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        if tuple(probe.shape[2:]) == tuple(x.shape[2:]):
+            where = f"an input of shape {tuple(x.shape)}"
+            bigger = (
+                "a larger input (resize, e.g. torch.nn.functional.interpolate(inputs, "
+                "size=...), or pad it)"
+            )
+        else:
+            where = f"a patch of shape {tuple(probe.shape)} (of the input {tuple(x.shape)})"
+            bigger = "larger patches (patches={'size': ...})"
+        raise InvalidInputError(
+            f"Method {method!r}: the model's forward pass failed on {where} ({first}), on "
+            "its own, without the method. If the input is too small for the model's "
+            f"down-sampling, use {bigger}; if its channel count is wrong, give the channels "
+            "the model expects; otherwise the model itself fails on such inputs."
+        ) from err
 
 
 def validate_params(cls: type[Explainer], params: dict[str, Any]) -> MethodParams:
@@ -547,6 +714,15 @@ def _check_model(model: object, method: str) -> None:
             f"Method {method!r}: the model must be a torch.nn.Module, got "
             f"{type(model).__name__}. Wrap plain functions in a Module."
         )
+    for kind, named in (("parameter", model.named_parameters), ("buffer", model.named_buffers)):
+        meta = next((name for name, t in named() if t.is_meta), None)
+        if meta is not None:
+            raise InvalidModelError(
+                f"Method {method!r}: the model's {kind} {meta!r} is on the meta device: it has "
+                "a shape but no values, so the model cannot run. Materialise the weights "
+                "first, e.g. model.to_empty(device='cpu') then "
+                "model.load_state_dict(state_dict)."
+            )
 
 
 def _check_inputs(inputs: object, cls: type[Explainer], registry: Registry) -> torch.Tensor:
@@ -567,7 +743,20 @@ def _check_inputs(inputs: object, cls: type[Explainer], registry: Registry) -> t
             "Convert with inputs.float()."
         )
     if inputs.numel() == 0:
-        raise InvalidInputError(f"Method {cls.name!r}: inputs are empty {tuple(inputs.shape)}.")
+        raise InvalidInputError(
+            f"Method {cls.name!r}: inputs are empty {tuple(inputs.shape)}: every dimension "
+            "needs at least one element (a batch of at least one item)."
+        )
+    if inputs.is_meta:
+        raise InvalidInputError(
+            f"Method {cls.name!r}: inputs {tuple(inputs.shape)} are on the meta device: a "
+            "shape without values. Pass a tensor with data, on the CPU or a GPU."
+        )
+    if inputs.layout != torch.strided:
+        raise InvalidInputError(
+            f"Method {cls.name!r}: inputs must be a dense tensor, got layout "
+            f"{inputs.layout}. Convert with inputs.to_dense()."
+        )
     if not bool(torch.isfinite(inputs).all()):
         raise InvalidInputError(
             f"Method {cls.name!r}: inputs contain NaN or infinite values. Clean them first "

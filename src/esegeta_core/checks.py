@@ -5,31 +5,33 @@ user: :func:`check_map` raises :class:`~esegeta_core.MethodFailedError` naming t
 method and the likely cause, for every method of every plugin, in one place. An
 all-zero map is legal (a class with no evidence) but is reported with a warning.
 
-:func:`check_cost` refuses requests whose forward passes run into the hundreds of
-thousands (``n_steps``, ``num_masks``, ``num_samples`` in the millions), with an
-estimate of time and memory measured on the model, unless ``force=True``.
+:func:`check_cost` refuses, before anything heavy runs, requests whose forward passes
+run into the hundreds of thousands (``n_steps``, ``num_masks``, ``num_samples`` in the
+millions) and requests that would hold more memory at once than the device has free
+(every path point, noisy copy or sample in one batch; a sample matrix or quadrature
+table of many gigabytes), with the estimate, the parameter to lower and the override,
+``force=True``. Each method says what it costs in :meth:`Explainer.workload`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from esegeta_core.errors import InvalidParamsError, MethodFailedError
-from esegeta_core.explainer import Explainer, MethodParams
+from esegeta_core.explainer import Explainer, MethodParams, Workload
 
 log = logging.getLogger(__name__)
 
 MAX_PASSES = 200_000
 """Forward-pass equivalents one call may run without ``force=True``."""
-
-_MULTIPLIERS = ("nt_samples", "noise_samples")
-"""Copy counts of the noise tunnels that multiply a method's passes (named in messages)."""
 
 
 def check_map(result: torch.Tensor, x: torch.Tensor, cls: type[Explainer], plugin: str) -> str:
@@ -95,15 +97,37 @@ def check_cost(
     probe: torch.Tensor,
     force: bool,
     plugin: str,
+    auto_batch: bool = False,
 ) -> None:
-    """Refuse a call estimated at more than :data:`MAX_PASSES` passes unless ``force``
-    (``x``: the whole batch; ``probe``: what one pass sees, an item or a patch)."""
-    per_item = explainer.passes(params, tuple(probe.shape))
-    if per_item is None or force:
+    """Refuse, before anything heavy runs, a call estimated at more than
+    :data:`MAX_PASSES` passes or at more memory than the device has free, unless
+    ``force`` (``x``: the whole batch; ``probe``: what one pass sees, an item or a patch;
+    ``auto_batch``: unset batch parameters will be sized to fit, so only the method's
+    own buffers count against memory)."""
+    if force:
         return
-    total = per_item * x.shape[0]
-    if total <= MAX_PASSES:
-        return
+    patched = tuple(probe.shape[2:]) != tuple(x.shape[2:])
+    shape = tuple(probe.shape) if patched else tuple(x.shape)
+    layers = LayerShapes(model, probe, params, explainer.name)
+    work = explainer.workload(params, shape, layers)
+    units = x.shape[0] * (_patches_per_item(x, probe) if patched else 1)
+    if work.passes is not None and work.passes * units > MAX_PASSES:
+        _refuse_passes(explainer, params, model, x, probe, work, units, plugin)
+    _check_memory(explainer, params, model, probe, shape, work, auto_batch, plugin)
+
+
+def _refuse_passes(
+    explainer: Explainer,
+    params: MethodParams,
+    model: nn.Module,
+    x: torch.Tensor,
+    probe: torch.Tensor,
+    work: Workload,
+    units: int,
+    plugin: str,
+) -> None:
+    per_item = work.passes or 0
+    total = per_item * units
     start = time.perf_counter()
     with torch.no_grad():
         model(probe[:1])
@@ -113,19 +137,168 @@ def check_cost(
     from esegeta_core.runtime.batching import bytes_per_sample
 
     per_sample = bytes_per_sample(model, probe)
-    batched = _batch(explainer, params, per_item)
-    names = (*explainer.count_params, *(n for n in _MULTIPLIERS if n not in explainer.count_params))
-    counts = ", ".join(
-        f"{n}={getattr(params, n)}" for n in names if isinstance(getattr(params, n, None), int)
-    )
+    batched = work.inputs if work.inputs is not None else _batch(explainer, params, per_item)
+    unit = "patch" if units != x.shape[0] else "item"
     raise InvalidParamsError(
-        f"Method {explainer.name!r} (plugin {plugin!r}): {counts or 'these parameters'} ask "
-        f"for about {total:,} forward passes ({per_item:,} per item): about "
-        f"{_duration(per_pass * total)} on {x.device} (one pass of one item took "
-        f"{per_pass * 1e3:.1f} ms; gradient methods add a backward pass each), with up to "
-        f"{_size(per_sample * batched)} of activations per batch of {batched:,}. Lower the "
-        "counts, or pass force=True to run it anyway."
+        f"Method {explainer.name!r} (plugin {plugin!r}): {_counts(params, work)} ask "
+        f"for about {total:,} forward passes ({per_item:,} per {unit}, {MAX_PASSES:,} "
+        f"allowed): about {_duration(per_pass * total)} on {x.device} (one pass of one "
+        f"item took {per_pass * 1e3:.1f} ms; gradient methods add a backward pass each), "
+        f"with up to {_size(per_sample * batched)} of activations per batch of "
+        f"{batched:,}. {_fix(work)}, or {FORCE} to run it anyway."
     )
+
+
+FORCE = "pass force=True (`force: true` in the config's method entry)"
+"""How to override a refusal of :func:`check_cost`, in its messages."""
+
+
+def _check_memory(
+    explainer: Explainer,
+    params: MethodParams,
+    model: nn.Module,
+    probe: torch.Tensor,
+    shape: tuple[int, ...],
+    work: Workload,
+    auto_batch: bool,
+    plugin: str,
+) -> None:
+    """Refuse when the inputs held together (times the activation memory of one, from
+    a probe pass of one item) plus the method's own buffers exceed the free memory."""
+    sized = auto_batch and any(
+        n in explainer.batch_params and n not in params.model_fields_set for n in work.batch
+    )
+    inputs = work.inputs or 0
+    if inputs <= shape[0] or sized:
+        inputs = 0  # nothing beyond the batch the caller chose, or batched to fit anyway
+    if not inputs and not work.extra:
+        return
+    free = device_free_bytes(probe.device)
+    if not inputs and work.extra <= free:
+        return
+    from esegeta_core.runtime.batching import bytes_per_sample
+
+    per_sample = bytes_per_sample(model, probe) if inputs else 0
+    need = per_sample * inputs + work.extra
+    if need <= free:
+        return
+    parts = []
+    if inputs:
+        parts.append(
+            f"{inputs:,} inputs through the model together at about {_size(per_sample)} "
+            "of activations each"
+        )
+    if work.extra:
+        parts.append(f"{_size(work.extra)} of the method's own buffers")
+    batch = _batch_hint(params, work) if per_sample * inputs >= work.extra else ""
+    raise InvalidParamsError(
+        f"Method {explainer.name!r} (plugin {plugin!r}): {_counts(params, work)} would "
+        f"hold about {_size(need)} at once ({' plus '.join(parts)}), and {probe.device} "
+        f"has {_size(free)} free. {_fix(work)}{batch}; or {FORCE} to try anyway."
+    )
+
+
+def _batch_hint(params: MethodParams, work: Workload) -> str:
+    """``; or set internal_batch_size`` / ``; or lower perturbations_per_eval (now 32)``."""
+    hints = []
+    for name in work.batch:
+        value = getattr(params, name, None)
+        hints.append(f"set {name}" if value is None else f"lower {name} (now {value})")
+    return f"; or {' or '.join(hints)} to bound the inputs per pass" if hints else ""
+
+
+def _counts(params: MethodParams, work: Workload) -> str:
+    """``n_steps=1000, nt_samples=10``: the parameters behind the estimate."""
+    names = []
+    for name in work.counts:
+        value = getattr(params, name, None)
+        ok = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+        names.append(f"{name}={value!r}" if ok else name)
+    return ", ".join(names) or "these parameters"
+
+
+def _fix(work: Workload) -> str:
+    if work.fix:
+        return work.fix[0].upper() + work.fix[1:]
+    return f"Lower {', '.join(work.counts)}" if work.counts else "Ask for less"
+
+
+def _patches_per_item(x: torch.Tensor, probe: torch.Tensor) -> int:
+    """Patches per item, at least (overlapping patches add more)."""
+    return math.prod(-(-n // max(1, p)) for n, p in zip(x.shape[2:], probe.shape[2:]))
+
+
+def device_free_bytes(device: torch.device) -> int:
+    """Memory free on ``device`` now: CUDA's free memory, or on the CPU the kernel's
+    MemAvailable (``os.sysconf`` where there is no /proc/meminfo)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 2**62  # unknown: do not refuse
+
+
+class LayerShapes(Mapping[str, tuple[int, ...]]):
+    """The output shape (without batch) of each layer the parameters name, as the method
+    sees it (channels first inside the call), measured in one probe pass of one item the
+    first time a shape is read, so methods that never ask cost nothing."""
+
+    def __init__(
+        self, model: nn.Module, probe: torch.Tensor, params: MethodParams, method: str
+    ) -> None:
+        self._model, self._probe, self._method = model, probe, method
+        paths: list[str] = []
+        for name in params.layer_fields():
+            value = getattr(params, name)
+            for path in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(path, str) and path not in paths:
+                    paths.append(path)
+        self._paths = paths
+        self._shapes: dict[str, tuple[int, ...]] | None = None
+
+    def _measure(self) -> dict[str, tuple[int, ...]]:
+        if self._shapes is not None:
+            return self._shapes
+        from esegeta_core.layers import resolve_layer
+
+        seen: dict[str, tuple[int, ...]] = {}
+        handles = []
+        for path in self._paths:
+            module = resolve_layer(self._model, path, method=self._method)
+
+            def hook(_m: nn.Module, _a: Any, out: Any, path: str = path) -> None:
+                while isinstance(out, (tuple, list)) and out:
+                    out = out[0]
+                if isinstance(out, torch.Tensor) and path not in seen:
+                    seen[path] = tuple(out.shape[1:])
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                self._model(self._probe[:1])
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._shapes = seen
+        return seen
+
+    def __getitem__(self, path: str) -> tuple[int, ...]:
+        return self._measure()[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._measure())
+
+    def __len__(self) -> int:
+        return len(self._measure())
 
 
 def _batch(explainer: Explainer, params: MethodParams, per_item: int) -> int:

@@ -11,12 +11,13 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from esegeta_core.catalog import MethodInfo, describe_method, list_methods, plugin_failures
-from esegeta_core.errors import EsegetaError
+from esegeta_core.errors import EsegetaError, InvalidParamsError
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -129,6 +130,10 @@ def cmd_methods(args: argparse.Namespace, out: TextIO) -> int:
         else:
             out.write(format_method(info) + "\n")
         return 0
+    from esegeta_core.plugin.manager import get_registry
+
+    if args.plugin:  # a disabled, failed or unknown plugin says so instead of "no methods"
+        get_registry().require_plugin(args.plugin)
     methods = list_methods(plugin=args.plugin, family=args.family)
     failures = plugin_failures()
     if args.json:
@@ -139,6 +144,7 @@ def cmd_methods(args: argparse.Namespace, out: TextIO) -> int:
                     "failed_plugins": [
                         {"plugin": f.plugin, "source": f.source, "error": f.error} for f in failures
                     ],
+                    "plugin_warnings": get_registry().warnings,
                 },
                 indent=2,
             )
@@ -164,6 +170,8 @@ def cmd_methods(args: argparse.Namespace, out: TextIO) -> int:
         out.write("\nPlugins that failed to load:\n")
         for f in failures:
             out.write(f"  {f.plugin}: {f.error}  ({f.source})\n")
+    if get_registry().warnings:  # refused or conflicting methods, unknown disabled names
+        out.write("\nPlugin warnings:\n" + "".join(f"  {w}\n" for w in get_registry().warnings))
     return 0
 
 
@@ -176,22 +184,25 @@ def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     from esegeta_core.config import load_config
+    from esegeta_core.config_checks import check_config, method_problems
     from esegeta_core.runs import plan_jobs
 
     config = load_config(args.config)
-    unknown = []
-    for spec in config.methods:
-        try:
-            from esegeta_core.api import validate_params
-            from esegeta_core.plugin.manager import get_registry
-
-            validate_params(get_registry().get(spec.method), spec.params)
-        except EsegetaError as exc:
-            unknown.append(str(exc))
-    if unknown:
-        raise EsegetaError("\n".join(unknown))
     base = Path(args.config).resolve().parent
-    jobs = plan_jobs(config, base) if args.plan else []
+    # without --plan nothing about this host or its files is checked
+    problems = check_config(config, base, plan=True) if args.plan else method_problems(config)
+    jobs = []
+    if args.plan and not any(p.startswith("inputs.") for p in problems):
+        try:
+            jobs = plan_jobs(config, base)
+        except (EsegetaError, OSError, ValueError) as exc:
+            problems.append(f"inputs: {exc}")
+        # an unreadable file is planned as failing jobs: validation names it instead
+        unreadable = {job.input_path: job.error for job in jobs if job.error}
+        problems.extend(f"inputs: {error}" for error in unreadable.values())
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise InvalidParamsError(f"Config {args.config} has {len(problems)} problem(s):\n{listed}")
     out.write(f"{args.config}: valid ({len(config.methods)} methods")
     out.write(f", {len(jobs)} jobs)\n" if args.plan else ")\n")
     return 0
@@ -199,11 +210,14 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     from esegeta_core.config import load_config
+    from esegeta_core.config_checks import require_valid
     from esegeta_core.runs import run
 
     config = _overridden(load_config(args.config), args)
     base = Path(args.config).resolve().parent
-    summary = run(config, base)
+    # every method, its params and the run folder, checked before any job starts
+    require_valid(config, base, source=args.config)
+    summary = run(config, base, force=args.force)
     ok = len(summary.records) - len(summary.failed)
     out.write(
         f"{summary.run_dir}: {ok} of {len(summary.records)} jobs ok "
@@ -281,7 +295,9 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_convert(args: argparse.Namespace, out: TextIO) -> int:
     from esegeta_core.legacy_config import write_converted
 
-    path, warnings = write_converted(Path(args.old), Path(args.output) if args.output else None)
+    path, warnings = write_converted(
+        Path(args.old), Path(args.output) if args.output else None, force=args.force
+    )
     for warning in warnings:
         sys.stderr.write(f"warning: {warning}\n")
     out.write(f"wrote {path} ({len(warnings)} warnings)\n")
@@ -305,7 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=cmd_schema)
     validate = sub.add_parser("validate", help="check a run config without running it")
     validate.add_argument("config", help="YAML or JSON run config")
-    validate.add_argument("--plan", action="store_true", help="also read inputs, count jobs")
+    validate.add_argument(
+        "--plan",
+        action="store_true",
+        help="also check files, the model factory (not called), devices and output_dir, "
+        "read the inputs and count the jobs",
+    )
     validate.set_defaults(func=cmd_validate)
     run = sub.add_parser("run", help="run a config: every input x method x target")
     run.add_argument("config", help="YAML or JSON run config")
@@ -314,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-output",
         help="which part of the model's output holds the logits (a dict key, attribute or "
         "tuple index); overrides model.output",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="run even though the run folder holds a run of a different config (changed "
+        "jobs are recomputed; the old config.json is kept as config.previous.json)",
     )
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="write a run folder's self-contained HTML report")
@@ -341,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert-config", help="convert a TorchEsegeta JSON config")
     convert.add_argument("old", help="the TorchEsegeta JSON config")
     convert.add_argument("-o", "--output", help="where to write the YAML (default: beside)")
+    convert.add_argument(
+        "--force", action="store_true", help="replace an existing YAML (never the source)"
+    )
     convert.set_defaults(func=cmd_convert)
     return parser
 
@@ -389,16 +419,52 @@ def run_plugin_command(parser: argparse.ArgumentParser, argv: list[str]) -> int 
     )
     try:
         command = commands[name].load()
-        return int(command(argv[index + 1 :]) or 0)
     except EsegetaError as exc:
         sys.stderr.write(f"esegeta {name}: error: {exc}\n")
-        return 2
-    except ImportError as exc:
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - a broken plugin: say which, no traceback
         sys.stderr.write(
             f"esegeta: error: the command {name!r} ({commands[name].value}) failed to "
-            f"load: {exc}. Reinstall the plugin that provides it.\n"
+            f"load: {type(exc).__name__}: {exc}. Reinstall the plugin that provides it.\n"
         )
-        return 2
+        return EXIT_ERROR
+    return guarded(name, verbose, lambda: command(argv[index + 1 :]) or 0, prefix=name)
+
+
+EXIT_ERROR = 2
+"""Exit status of a command that failed with an esegeta error (bad config, input...)."""
+EXIT_UNEXPECTED = 1
+"""Exit status of a command that failed with any other exception (a bug: report it)."""
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
+
+
+def guarded(
+    command: str, verbose: int, call: Callable[[], Any], *, prefix: str | None = None
+) -> int:
+    """Run one command and turn what it raises into a message and an exit status.
+
+    An :class:`EsegetaError` prints its message (exit :data:`EXIT_ERROR`); Ctrl-C says
+    how to resume (:data:`EXIT_INTERRUPTED`); any other exception prints one line and
+    shows its traceback only with ``-v`` (:data:`EXIT_UNEXPECTED`). ``prefix`` names the
+    command in esegeta error messages (plugin commands)."""
+    try:
+        return int(call())
+    except KeyboardInterrupt:
+        sys.stderr.write(f"esegeta {command}: interrupted; run again to resume\n")
+        return EXIT_INTERRUPTED
+    except EsegetaError as exc:
+        sys.stderr.write(f"esegeta{' ' + prefix if prefix else ''}: error: {exc}\n")
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback dump
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        sys.stderr.write(
+            f"esegeta {command}: unexpected error: {type(exc).__name__}: {first}\n"
+            + ("" if verbose else f"run with -v for the traceback: esegeta -v {command} ...\n")
+        )
+        return EXIT_UNEXPECTED
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -406,7 +472,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
     ``esegeta NAME ...`` with a NAME that is not a built-in command runs the plugin
     command registered as ``NAME`` in the entry-point group ``esegeta.cli`` (it writes
-    to the real stdout, not ``out``).
+    to the real stdout, not ``out``). Exit status: 0 success, 1 (:data:`EXIT_UNEXPECTED`)
+    an unexpected error or failed jobs (``run``), 2 (:data:`EXIT_ERROR`) an esegeta error
+    or bad arguments, 130 (:data:`EXIT_INTERRUPTED`) Ctrl-C; never a traceback without -v.
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -418,11 +486,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return int(args.func(args, out or sys.stdout))
-    except EsegetaError as exc:
-        sys.stderr.write(f"esegeta: error: {exc}\n")
-        return 2
+    return guarded(args.command, args.verbose, lambda: args.func(args, out or sys.stdout))
 
 
 if __name__ == "__main__":

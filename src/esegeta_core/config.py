@@ -9,9 +9,11 @@ devices and with the runtime features the file asks for, and writes one folder.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from esegeta_core.errors import InvalidParamsError
@@ -191,7 +193,11 @@ class EvaluationSpec(_Section):
 class RunConfig(_Section):
     """A whole run: model, inputs, targets, methods, devices and runtime features."""
 
-    name: str = Field("run", description="Run name: the run folder is output_dir/name.")
+    name: str = Field(
+        "run",
+        description="Run name: the run folder is output_dir/name, so one folder name "
+        "(no '/' or '\\', not '.' or '..').",
+    )
     output_dir: Path = Field(Path("esegeta-out"), description="Where run folders go.")
     model: ModelSpec = Field(description="The model to explain.")
     inputs: InputSpec = Field(description="The inputs to explain.")
@@ -206,7 +212,9 @@ class RunConfig(_Section):
     )
     methods: list[MethodSpec] = Field(min_length=1, description="Methods to run.")
     devices: Literal["auto"] | list[str] = Field(
-        "auto", description="'auto' (every GPU, else CPU) or a list like ['cuda:0', 'cpu']."
+        "auto",
+        description="'auto' (every GPU, else CPU) or a list of 'cpu', 'cuda', 'cuda:N' "
+        "(GPU number N) and 'mps', like ['cuda:0', 'cpu'].",
     )
     cpu_workers: int = Field(
         1, ge=0, description="CPU worker processes when running on the CPU (0 = in-process)."
@@ -234,34 +242,155 @@ class RunConfig(_Section):
     )
     progress: bool = Field(True, description="Show progress bars.")
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, value: str) -> str:
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, value: Literal["auto"] | list[str]) -> Literal["auto"] | list[str]:
+        if value == "auto":
+            return value
+        if not value:
+            raise ValueError("give at least one device, or 'auto'")
+        unknown = [d for d in value if not DEVICE_PATTERN.fullmatch(d)]
+        if unknown:
+            raise ValueError(
+                f"unknown device(s) {unknown}; accepted: {', '.join(DEVICE_FORMS)} "
+                "(N = the GPU number), or devices: auto"
+            )
+        return value
+
     def run_dir(self, base: Path | None = None) -> Path:
-        """The folder this run writes to (relative paths resolve against ``base``)."""
-        root = self.output_dir if base is None else (base / self.output_dir)
-        return (root / self.name).resolve()
+        """The folder this run writes to (relative paths resolve against ``base``).
+
+        It is always a direct sub-folder of ``output_dir``: a name that would leave it
+        (one built without validation, or a symlink pointing elsewhere) is refused.
+        """
+        root = (self.output_dir if base is None else (base / self.output_dir)).resolve()
+        problem = name_problem(self.name)
+        folder = None if problem else (root / self.name).resolve()
+        if folder is None or folder.parent != root:
+            raise InvalidParamsError(
+                f"Run name {self.name!r} does not give a folder directly inside output_dir "
+                f"{root}"
+                + (f" ({problem})" if problem else f" (it resolves to {folder})")
+                + ". Use a plain folder name such as 'my-run'."
+            )
+        return folder
 
 
-def parse_config_text(text: str, suffix: str) -> dict[str, Any]:
-    """Parse YAML (``.yaml``/``.yml``) or JSON text into a dict."""
-    if suffix in (".yaml", ".yml"):
-        import yaml
+DEVICE_FORMS = ("'cpu'", "'cuda'", "'cuda:N'", "'mps'")
+"""The device strings a run config accepts (for messages)."""
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
+"""A device string a run config accepts: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a single folder name (a run name), or None when it is."""
+    if not name.strip():
+        return "name must not be empty"
+    if name in (".", ".."):
+        return f"name must not be {name!r}"
+    if "\0" in name:
+        return "name must not contain a NUL character"
+    if "/" in name or "\\" in name:
+        return f"name {name!r} must be one folder name, without '/' or '\\'"
+    return None
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest config file read (1 MiB): run configs are a few kilobytes."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a few hundred bytes of
+    nested aliases (a "billion laughs" file) expand to gigabytes once validated."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"found the alias *{event.anchor}; run configs may not use YAML aliases "
+                "(or '<<' merges of them): write the values out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def read_config_file(path: Path, what: str = "Config") -> str:
+    """The text of a config file: at most :data:`MAX_CONFIG_BYTES`, UTF-8 (a BOM is
+    dropped); every failure is an :class:`InvalidParamsError` naming the file."""
+    try:
+        with Path(path).open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise InvalidParamsError(
+            f"{what} {path} cannot be read: {exc.strerror or exc}. Check the path."
+        ) from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        try:
+            length = Path(path).stat().st_size
+        except OSError:
+            length = 0
+        size = f"{length:,} bytes" if length > MAX_CONFIG_BYTES else "too large"
+        raise InvalidParamsError(
+            f"{what} {path} is {size}; a config may have at most {MAX_CONFIG_BYTES:,} bytes "
+            "(1 MiB), and a run config is a few kilobytes: check it is the right file."
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidParamsError(
+            f"{what} {path} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8."
+        ) from exc
+
+
+def parse_config_text(text: str, suffix: str, source: str | Path | None = None) -> dict[str, Any]:
+    """Parse YAML (``.yaml``/``.yml``) or JSON text into a dict.
+
+    YAML aliases are refused (see :class:`_NoAliasLoader`); syntax errors become an
+    :class:`InvalidParamsError` naming ``source`` (the file) and the line and column.
+    """
+    where = f"Config {source}" if source is not None else "The config"
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader
+        else:
+            data = json.loads(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise InvalidParamsError(f"{where} is not valid YAML{at}: {problem}.") from exc
+    except yaml.YAMLError as exc:
+        raise InvalidParamsError(f"{where} is not valid YAML: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidParamsError(
+            f"{where} is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}."
+        ) from exc
+    except RecursionError as exc:
+        raise InvalidParamsError(f"{where} is nested too deeply to be a run config.") from exc
     if not isinstance(data, dict):
-        raise InvalidParamsError("A run config must be a mapping at the top level.")
+        raise InvalidParamsError(f"{where}: a run config must be a mapping at the top level.")
     return data
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a run config; errors list every problem with its location."""
+    """Read and validate a run config; errors list every problem with its location.
+
+    Files over :data:`MAX_CONFIG_BYTES` and YAML aliases are refused. A config names
+    Python factories that are imported and called: run only configs you trust.
+    """
     path = Path(path)
-    try:
-        data = parse_config_text(path.read_text(), path.suffix.lower())
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, InvalidParamsError):
-            raise
-        raise InvalidParamsError(f"Cannot read config {path}: {exc}") from exc
+    data = parse_config_text(read_config_file(path), path.suffix.lower(), path)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

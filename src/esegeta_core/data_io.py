@@ -5,8 +5,11 @@ Inputs: NIfTI (through torchio/nibabel, keeping the affine), PNG/JPEG (Pillow),
 dimensions; optional scaling, normalisation and resizing. Every loader returns a
 ``(B, C, *spatial)`` float tensor and a :class:`Loaded` record that knows how to put a
 map back into the file's own layout, so a 3D map is written as NIfTI with the input's
-affine and orientation. All writes are atomic: a temporary file in the same folder,
-then ``os.replace``, so a run killed at any moment leaves only complete files.
+affine and orientation. Every file is checked whole on load (a truncated NIfTI, image or
+array raises :class:`InvalidInputError` naming the file instead of being read as
+zeros). All writes are atomic: a temporary file in the same folder, then
+``os.replace``, so a run killed at any moment leaves only complete files; they get
+the permissions a plain ``open()`` would give.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from __future__ import annotations
 import glob
 import json
 import os
+import stat
 import tempfile
+import threading
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,16 +66,139 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
+def _gzip_length(path: Path) -> tuple[int, bool, str]:
+    """A gzip file read to its end: the decompressed length, whether the stream is
+    complete (every member ends with its checksum; zero padding is allowed, as Python's
+    gzip allows it) and the zlib error when the data is corrupt ("" otherwise)."""
+    total = 0
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                while chunk:
+                    if decoder.eof:  # after a member: zero padding or a further member
+                        chunk = chunk.lstrip(b"\0")
+                        if not chunk:
+                            break
+                        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    total += len(decoder.decompress(chunk))
+                    chunk = decoder.unused_data if decoder.eof else b""
+            total += len(decoder.flush())
+    except zlib.error as exc:
+        return total, False, str(exc)
+    return total, decoder.eof, ""
+
+
+def check_nifti(path: Path) -> None:
+    """Raise :class:`InvalidInputError` unless ``path`` is a complete NIfTI file: a readable
+    header, a complete gzip stream for ``.nii.gz`` and at least the voxel bytes the header
+    announces (readers pad a truncated file with zeros without a word)."""
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        image = nib.load(path)  # reads the header only
+        proxy = image.dataobj
+        shape = tuple(int(n) for n in proxy.shape)
+        dtype = np.dtype(proxy.dtype)
+        offset = int(getattr(proxy, "offset", image.header.get_data_offset()))
+    except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
+        raise InvalidInputError(
+            f"{path}: not a valid NIfTI file ({type(exc).__name__}: {exc}). The file is "
+            "truncated or corrupt: copy or export it again."
+        ) from exc
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    complete, corrupt = True, ""
+    if path.name.lower().endswith(".gz"):
+        length, complete, corrupt = _gzip_length(path)
+    else:
+        length = path.stat().st_size
+    if corrupt:
+        raise InvalidInputError(
+            f"{path}: not a valid NIfTI file: corrupt gzip data ({corrupt}). Copy or export "
+            "the file again."
+        )
+    if length < expected:
+        raise InvalidInputError(
+            f"{path}: truncated: {length:,} of {expected:,} bytes for a {shape} {dtype} "
+            "volume. Copy or export the file again."
+        )
+    if not complete:
+        raise InvalidInputError(
+            f"{path}: truncated: the gzip stream ends before its end marker (after "
+            f"{length:,} bytes). Copy or export the file again."
+        )
+
+
+_PIL_LOCK = threading.Lock()
+
+
+def _read_image(path: Path, mode: str | None) -> np.ndarray:
+    """Decode a whole image with Pillow, refusing truncated files even where the caller
+    set ``ImageFile.LOAD_TRUNCATED_IMAGES``."""
+    from PIL import Image, ImageFile
+
+    kind = path.suffix.lower().lstrip(".").upper()
+    with _PIL_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            with Image.open(path) as img:
+                img.load()
+                img = img.convert(mode) if mode else img
+                return np.asarray(img)
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+            raise InvalidInputError(
+                f"{path}: not a valid {kind} image ({type(exc).__name__}: {exc}); the file is "
+                "truncated or corrupt. Save or export it again."
+            ) from exc
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InvalidInputError(
+            f"{path}: not a valid .npy array ({type(exc).__name__}: {exc}). The file is "
+            "truncated or corrupt (or holds pickled objects): save it again with np.save."
+        ) from exc
+
+
+def _read_pt(path: Path) -> torch.Tensor:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for bad bytes
+        raise InvalidInputError(
+            f"{path}: not a readable .pt file ({type(exc).__name__}: {exc}). The file is "
+            "truncated or corrupt (or holds more than tensors): save it again with torch.save."
+        ) from exc
+    if not isinstance(loaded, torch.Tensor):
+        raise InvalidInputError(f"{path}: a .pt input must hold one tensor.")
+    return loaded
+
+
 def read_array(path: Path, spec: InputSpec) -> tuple[torch.Tensor, np.ndarray, bool]:
     """The raw data of one file as ``(B, C, *spatial)`` (before scaling), its affine and
-    whether it came from an 8-bit image."""
+    whether it came from an 8-bit image. A missing, truncated or corrupt file raises
+    :class:`InvalidInputError` naming it."""
     suffix = path.suffix.lower()
     rank = spec.rank
+    if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "no such file"
+        raise InvalidInputError(f"{path}: {what}. Check the path.")
     if _is_nifti(path):
         import torchio as tio
 
-        image = tio.ScalarImage(path)
-        data = image.data.float()  # (C, X, Y, Z)
+        check_nifti(path)
+        try:
+            image = tio.ScalarImage(path)
+            data = image.data.float()  # (C, X, Y, Z)
+        except (OSError, EOFError, ValueError, RuntimeError, zlib.error) as exc:
+            raise InvalidInputError(
+                f"{path}: cannot read the NIfTI file ({type(exc).__name__}: {exc})."
+            ) from exc
         if rank == 2:
             data = data[..., 0] if data.shape[-1] == 1 else data
         if data.ndim != rank + 1:
@@ -78,23 +207,15 @@ def read_array(path: Path, spec: InputSpec) -> tuple[torch.Tensor, np.ndarray, b
             data = data.permute(0, *range(rank, 0, -1))
         return data.unsqueeze(0), np.asarray(image.affine), False
     if suffix in IMAGE_SUFFIXES:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            mode = {1: "L", 3: "RGB"}.get(spec.channels or 0)
-            img = img.convert(mode) if mode else img
-            arr = np.asarray(img)
+        arr = _read_image(path, {1: "L", 3: "RGB"}.get(spec.channels or 0))
         eight_bit = arr.dtype == np.uint8
         t = torch.from_numpy(arr.astype(np.float32))
         t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
         return t.unsqueeze(0), np.eye(4), eight_bit
     if suffix == ".npy":
-        arr = np.load(path)
+        arr = _read_npy(path)
     elif suffix == ".pt":
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(loaded, torch.Tensor):
-            raise InvalidInputError(f"{path}: a .pt input must hold one tensor.")
-        arr = loaded.numpy()
+        arr = _read_pt(path).numpy()
     else:
         raise InvalidInputError(f"{path}: unknown input format; use NIfTI, PNG/JPEG, .npy or .pt.")
     eight_bit = arr.dtype == np.uint8
@@ -158,15 +279,40 @@ def load_mask(path: Path, spec: InputSpec) -> torch.Tensor:
     return t[0, 0] != 0
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux
+    reports it in /proc; elsewhere set and restore it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would leave: an existing file keeps its own, a new
+    one gets ``0o666 & ~umask``."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path in ``path``'s folder that replaces ``path`` when the block ends
-    without error (and is removed otherwise)."""
+    without error (and is removed otherwise). The result has the permissions a plain
+    ``open()`` would give (``mkstemp`` alone leaves 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _plain_mode(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

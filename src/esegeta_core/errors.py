@@ -70,6 +70,21 @@ class WorkerStartError(EsegetaError, RuntimeError):
     """A scheduler worker process died before it could take a job."""
 
 
+class DeviceUnavailableError(EsegetaError, RuntimeError):
+    """A requested device does not exist on this host (no usable CUDA, a GPU index past
+    the last GPU, no MPS)."""
+
+
+class RunConflictError(EsegetaError, ValueError):
+    """A run folder already holds results of a config that differs in what changes
+    results; reusing the folder would mix them (use another name, or force)."""
+
+
+class RunWriteError(EsegetaError, OSError):
+    """A job's files (map, figure, record) could not be written in the run folder;
+    the job fails, the run goes on."""
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Return up to ``n`` candidates that look like ``word`` (for "did you mean")."""
     pool = list(candidates)

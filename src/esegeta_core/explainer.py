@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
@@ -158,6 +160,30 @@ class MethodParams(BaseModel):
         return out
 
 
+@dataclass(frozen=True)
+class Workload:
+    """What one call of a method will run and hold, estimated before it runs, so the core
+    can refuse a call that would run for days or not fit in memory
+    (:func:`esegeta_core.checks.check_cost`). Every estimate must be cheap: arithmetic on
+    the parameters and shapes, never a pass at the requested size."""
+
+    passes: int | None = None
+    """Forward-pass equivalents per item (None: a few, or unknown)."""
+    inputs: int | None = None
+    """Inputs that go through the model together at the peak, for the whole call (the
+    batch times the copies the method makes of each item: path points, noisy copies,
+    perturbations); None: no more than the call's own batch."""
+    extra: int = 0
+    """Bytes the method holds at its peak besides the model's activations (quadrature
+    tables, sample matrices, masks, perturbation pyramids)."""
+    counts: tuple[str, ...] = ()
+    """The parameters that set these numbers, named with their values in a refusal."""
+    fix: str = ""
+    """What to change to ask for less, in words ("" : lower the ``counts``)."""
+    batch: tuple[str, ...] = ()
+    """Parameters that bound ``inputs`` when set (offered in a memory refusal)."""
+
+
 class Explainer(ABC):
     """Base class of every method: subclass it, set the class attributes, implement
     :meth:`attribute`.
@@ -178,7 +204,8 @@ class Explainer(ABC):
       CUDA out-of-memory error halves them and retries.
     - ``count_params``: parameters whose product is the number of passes per item
       (steps, samples, masks); huge requests are refused with an estimate unless
-      ``force=True`` (override :meth:`passes` when the count is more involved).
+      ``force=True`` (override :meth:`passes` when the count is more involved, and
+      :meth:`workload` when the method also holds many inputs or buffers at once).
     - ``model_rules``: see :data:`ModelRules`.
     - ``needs_trace``: the core records what the model computes in one probe pass
       (:func:`esegeta_core.tracing.trace_model`) and hands it to :meth:`check_model`,
@@ -226,6 +253,17 @@ class Explainer(ABC):
         from esegeta_core.checks import product_of_counts
 
         return product_of_counts(params, self.count_params)
+
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        """What one call on inputs of ``shape`` (``(B, C, *spatial)``) runs and holds;
+        ``layers``: the output shape (without batch, channels first) of each layer the
+        parameters name, measured by one probe pass the first time it is read. The
+        default reports :meth:`passes` and no memory beyond the batch; override it when
+        the method expands the batch (steps, samples, copies) or builds large buffers."""
+        counts = tuple(n for n in self.count_params if isinstance(getattr(params, n, None), int))
+        return Workload(passes=self.passes(params, shape), counts=counts)
 
     @abstractmethod
     def attribute(

@@ -16,6 +16,7 @@ parameters each esegeta method accepts are a static copy of the plugins' ``Param
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -457,7 +458,9 @@ def _convert_params(
     return params
 
 
-def _devices(entries: list[dict[str, Any]]) -> list[str]:
+def _devices(entries: list[dict[str, Any]], warn: Callable[[str], None]) -> list[str]:
+    from esegeta_core.config import DEVICE_FORMS, DEVICE_PATTERN
+
     found: list[str] = []
     for entry in entries:
         value = entry.get("device_id")
@@ -470,6 +473,14 @@ def _devices(entries: list[dict[str, Any]]) -> list[str]:
             else:
                 text = str(device).strip().lower()
                 text = "cuda:0" if text in ("cuda", "gpu") else text
+                # 'gpu1', 'gpu:1', 'cuda1' -> 'cuda:1'
+                text = re.sub(r"^(?:gpu|cuda):?([0-9]+)$", r"cuda:\1", text)
+            if not DEVICE_PATTERN.fullmatch(text):
+                warn(
+                    f"device_id {device!r} is not a device esegeta knows "
+                    f"({', '.join(DEVICE_FORMS)}); dropped."
+                )
+                continue
             if text not in found:
                 found.append(text)
     return found
@@ -605,7 +616,10 @@ def convert_legacy(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     out: dict[str, Any] = {}
     keys = ("model_name", "dataset", "test_run")
     parts = [str(data[k]) for k in keys if data.get(k) not in (None, "")]
-    out["name"] = "_".join(parts) or "run"
+    name = "_".join(parts) or "run"
+    out["name"] = re.sub(r"[/\\\0]", "_", name) if name not in (".", "..") else "run"
+    if out["name"] != name:
+        warn(f"run name {name!r} became {out['name']!r} (a run name is one folder name).")
 
     out["model"] = {"factory": MODEL_PLACEHOLDER}
     warn(
@@ -658,7 +672,7 @@ def convert_legacy(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     out["methods"] = methods
 
     used = [e for e in entries if _truthy(e.get("use", 1))]
-    devices = _devices(used)
+    devices = _devices(used, warn)
     if devices:
         out["devices"] = devices
     if len(devices) > 1:
@@ -724,23 +738,72 @@ def convert_legacy(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return out, warnings
 
 
-def write_converted(src: Path, dst: Path | None = None) -> tuple[Path, list[str]]:
+def write_converted(
+    src: Path, dst: Path | None = None, *, force: bool = False
+) -> tuple[Path, list[str]]:
     """Read a TorchEsegeta JSON config, convert it and write YAML (default: beside it).
 
     Returns the written path and the warnings; the YAML starts with the warnings as
-    comments so they travel with the file.
+    comments so they travel with the file. An existing ``dst`` is replaced only with
+    ``force``, the source never (not even with ``force``); the YAML is written to a
+    temporary file in the same folder and moved into place, so a failure leaves no
+    half-written file.
     """
     import yaml
 
+    from esegeta_core.config import read_config_file
+    from esegeta_core.data_io import atomic_path
+    from esegeta_core.errors import InvalidParamsError
+
     src = Path(src)
-    data = json.loads(src.read_text())
+    text = read_config_file(src, "TorchEsegeta config")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidParamsError(
+            f"TorchEsegeta config {src} is not valid JSON at line {exc.lineno}, column "
+            f"{exc.colno}: {exc.msg}."
+        ) from exc
+    except RecursionError as exc:
+        raise InvalidParamsError(f"TorchEsegeta config {src} is nested too deeply.") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{src}: a TorchEsegeta config is a JSON object at the top level.")
-    converted, warnings = convert_legacy(data)
+        raise InvalidParamsError(f"{src}: a TorchEsegeta config is a JSON object at the top level.")
     dst = src.with_suffix(".yaml") if dst is None else Path(dst)
+    _check_destination(src, dst, force)
+    converted, warnings = convert_legacy(data)
     header = [f"# Converted from {src.name} (TorchEsegeta) by esegeta."]
     header += [f"# WARNING: {w}" for w in warnings]
     body = yaml.safe_dump(converted, sort_keys=False)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text("\n".join(header) + "\n" + body)
+    try:
+        with atomic_path(dst) as tmp:
+            tmp.write_text("\n".join(header) + "\n" + body)
+    except OSError as exc:
+        raise InvalidParamsError(
+            f"Cannot write the converted config {dst}: {exc.strerror or exc}; choose another "
+            "path with -o."
+        ) from exc
     return dst, warnings
+
+
+def _check_destination(src: Path, dst: Path, force: bool) -> None:
+    """Refuse to write over ``src`` (ever) or over an existing ``dst`` (without force)."""
+    from esegeta_core.errors import InvalidParamsError
+
+    same = src.resolve() == dst.resolve()
+    if not same and dst.exists():
+        try:
+            same = os.path.samefile(src, dst)
+        except OSError:
+            same = False
+    if same:
+        raise InvalidParamsError(
+            f"convert-config would write over its own source {src}; choose another output "
+            "file with -o (e.g. -o converted.yaml)."
+        )
+    if dst.is_dir():
+        raise InvalidParamsError(f"{dst} is a folder; give a file name with -o (e.g. -o run.yaml).")
+    if dst.exists() and not force:
+        raise InvalidParamsError(
+            f"{dst} already exists; pass --force to replace it (force=True from Python), or "
+            "choose another file with -o."
+        )

@@ -31,7 +31,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from esegeta_core.errors import InvalidModelError, InvalidTargetError
+from esegeta_core.errors import (
+    InvalidModelError,
+    InvalidParamsError,
+    InvalidTargetError,
+    did_you_mean,
+)
 from esegeta_core.outputs import OutputSelector, select_output
 from esegeta_core.sites import Sum
 
@@ -165,26 +170,40 @@ class RegionScores:
 
     def pixel_scores(self, out: torch.Tensor) -> torch.Tensor:
         """``(B, classes, pixels)``: the logits inside the mask, zero outside."""
-        spatial = tuple(out.shape[2:])
-        n = len(spatial)
         mask = self.mask.to(device=out.device, dtype=out.dtype)
-        if mask.ndim == n + 2 and mask.shape[1] == 1:
-            mask = mask[:, 0]
-        elif mask.ndim == n:
-            mask = mask.unsqueeze(0)
-        if (
-            mask.ndim != n + 1
-            or tuple(mask.shape[1:]) != spatial
-            or mask.shape[0] not in (1, out.shape[0])
-        ):
-            raise InvalidTargetError(
-                f"Region mask shape {tuple(self.mask.shape)} does not match the model "
-                f"output {tuple(out.shape)}. Pass a mask shaped like the output's spatial "
-                "dimensions, optionally with a batch (and channel) dimension."
-            )
-        if not bool((mask != 0).any()):
-            raise InvalidTargetError("Region mask is empty: nothing to explain.")
+        if mask.is_inference() and not torch.is_inference_mode_enabled():
+            mask = mask.clone()  # autograd cannot save an inference tensor for backward
+        mask = region_mask(mask, out.shape, against="the model output")
         return (out * mask.unsqueeze(1)).flatten(2)
+
+
+def region_mask(
+    mask: torch.Tensor, shape: Sequence[int], *, against: str, patched: bool = False
+) -> torch.Tensor:
+    """A :class:`Region` mask as ``(1 or B, *spatial)`` for a batch of ``shape``
+    ``(B, C, *spatial)`` (``against`` names it in messages: the model output, or the
+    input with ``patched``); raises :class:`InvalidTargetError` for a mask of another
+    shape or one with no nonzero element, before anything is explained with it."""
+    m = torch.as_tensor(mask)
+    spatial = tuple(shape[2:])
+    n = len(spatial)
+    if m.ndim == n + 2 and m.shape[1] == 1:
+        m = m[:, 0]
+    elif m.ndim == n:
+        m = m.unsqueeze(0)
+    if m.ndim != n + 1 or tuple(m.shape[1:]) != spatial or m.shape[0] not in (1, shape[0]):
+        where = " (with patches=, the mask must cover the whole input)" if patched else ""
+        raise InvalidTargetError(
+            f"Region mask shape {tuple(torch.as_tensor(mask).shape)} does not match "
+            f"{against} {tuple(shape)}{where}. Pass a mask shaped like {against}'s spatial "
+            "dimensions, optionally with a batch (and channel) dimension."
+        )
+    if not bool((m != 0).any()):
+        raise InvalidTargetError(
+            "Region mask is empty (no nonzero element): nothing to explain. Pass a mask "
+            "that marks at least one pixel or voxel of the region."
+        )
+    return m
 
 
 WRAPPERS: dict[str, Callable[[], ScoreFn]] = {
@@ -217,9 +236,9 @@ def score_model(
     output: OutputSelector = None,
 ) -> ScoreModel:
     """The model the methods see: a :class:`ScoreModel` around the user's model that
-    returns ``B x classes`` scores."""
-    if task not in ("classification", "segmentation"):
-        raise InvalidModelError(f"task must be 'classification' or 'segmentation', got {task!r}.")
+    returns ``B x classes`` scores. A ``task`` or ``wrapper`` that is not one of the
+    valid values raises :class:`InvalidParamsError` listing them."""
+    check_scoring(task, wrapper)
     if isinstance(target, Region):
         if task != "segmentation":
             raise InvalidTargetError(
@@ -236,15 +255,36 @@ def score_model(
             return ScoreModel(model, None, output)
         wrapper = "multi_class"
     if isinstance(wrapper, str):
-        if wrapper not in WRAPPERS:
-            raise InvalidModelError(
-                f"Unknown segmentation wrapper {wrapper!r}; choose one of "
-                f"{', '.join(WRAPPERS)}, a Region target, or pass a callable."
-            )
         return ScoreModel(model, WRAPPERS[wrapper](), output)
-    if callable(wrapper):
-        return ScoreModel(model, wrapper, output)
-    raise InvalidModelError(f"wrapper must be a name, a callable or None, got {wrapper!r}.")
+    return ScoreModel(model, wrapper, output)
+
+
+TASKS = ("classification", "segmentation")
+
+
+def check_scoring(task: object, wrapper: object) -> None:
+    """Raise :class:`InvalidParamsError` (a ``ValueError``) for a ``task`` other than
+    :data:`TASKS`, or a ``wrapper`` that is neither a name in :data:`WRAPPERS`, a
+    callable nor None, with a did-you-mean for a misspelt name."""
+    if not isinstance(task, str) or task not in TASKS:
+        hint = did_you_mean(task, TASKS) if isinstance(task, str) else ""
+        raise InvalidParamsError(
+            f"task must be 'classification' or 'segmentation', got {task!r}.{hint}"
+        )
+    if wrapper is None or callable(wrapper):
+        return
+    if isinstance(wrapper, str):
+        if wrapper not in WRAPPERS:
+            raise InvalidParamsError(
+                f"Unknown segmentation wrapper {wrapper!r}.{did_you_mean(wrapper, WRAPPERS)} "
+                f"Choose one of {', '.join(map(repr, WRAPPERS))}, a Region target, or pass a "
+                "callable mapping the output to (B, classes) scores."
+            )
+        return
+    raise InvalidParamsError(
+        f"wrapper must be a name ({', '.join(map(repr, WRAPPERS))}), a callable or None, got "
+        f"{type(wrapper).__name__} {wrapper!r}."
+    )
 
 
 def normalise_target(target: TargetLike, scores: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,6 @@ both with a sequential colormap starting at 0.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -179,19 +176,13 @@ def _new_figure(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
 
 
 def _save_atomic(fig: Figure, path: Path) -> Path:
-    """Render ``fig`` to a temporary PNG beside ``path``, then move it into place."""
+    """Render ``fig`` to a temporary PNG beside ``path``, then move it into place, with
+    the permissions of every other file of the run (a plain ``open()``'s)."""
+    from esegeta_core.data_io import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=_DPI)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; figures are ordinary output files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=_DPI)
     return path
 
 

@@ -1084,6 +1084,27 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _inside(run_dir: Path, name: str, job_id: str) -> Path | None:
+    """``name`` (a record's file entry) resolved against the run folder, or None with a
+    warning when it leads outside (an absolute path, ``..``, a symbolic link): a record
+    must not make the report embed files from elsewhere."""
+    root = run_dir.resolve()
+    try:
+        path = (root / name).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+        log.warning("report: job %s names the file %r, which cannot be read: %s", job_id, name, exc)
+        return None
+    if not path.is_relative_to(root):
+        log.warning(
+            "report: job %s names the file %r, outside the run folder %s; left out",
+            job_id or "?",
+            name,
+            root,
+        )
+        return None
+    return path
+
+
 def _read_png(path: Path) -> bytes | None:
     try:
         data = path.read_bytes()
@@ -1176,7 +1197,8 @@ def report_from_run(
         files = record.get("files") or {}
         png = None
         if isinstance(files, dict) and files.get("figure"):
-            png = _read_png(run_dir / str(files["figure"]))
+            figure = _inside(run_dir, str(files["figure"]), job_id)
+            png = _read_png(figure) if figure is not None else None
         seconds = record.get("seconds")
         details = {"device": str(record["device"])} if record.get("device") else {}
         target = _target_text(record)

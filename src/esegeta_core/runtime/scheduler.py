@@ -8,6 +8,13 @@ which never reaches worker threads); a crash of the worker (segfault, ``os._exit
 an exception in the job is recorded, and the other jobs go on. A progress bar counts
 finished jobs.
 
+Workers never outlive the parent, however it dies: on Linux the kernel kills them
+(``PR_SET_PDEATHSIG``), and everywhere a watchdog thread in each worker exits it when
+the parent's end of a dedicated "lifeline" pipe closes or the worker gets a new parent.
+Ctrl-C and SIGTERM stop a run cleanly: no more jobs are handed out, busy workers are
+killed, idle ones stopped, and ``KeyboardInterrupt`` reaches the caller after every
+result that arrived has gone through ``on_result``, so a run can be resumed.
+
 The ``runner`` is a picklable callable ``runner(job, device) -> dict`` (a module-level
 function or an instance of a module-level class); it may cache heavy state such as a
 loaded model in the worker process between jobs.
@@ -16,25 +23,44 @@ loaded model in the worker process between jobs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import io
 import logging
 import multiprocessing as mp
 import os
+import pickle
+import re
+import signal
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Any, Literal
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Literal, cast
 
 import torch
 
-from esegeta_core.errors import InvalidParamsError, WorkerStartError
+from esegeta_core.errors import DeviceUnavailableError, InvalidParamsError, WorkerStartError
 from esegeta_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 Status = Literal["ok", "error", "timeout", "crashed"]
 Runner = Callable[[Any, str], dict[str, Any]]
+
+#: The device strings :func:`check_devices` accepts ("cuda:N": GPU number N).
+DEVICE_FORMS = ("cpu", "cuda", "cuda:N", "mps")
+_DEVICE = re.compile(r"cpu|mps|cuda(?::(0|[1-9][0-9]*))?")
+
+_READY = "__ready__"
+_START_FAILED = "__start_failed__"
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_WATCH_INTERVAL = 0.5  # seconds between the watchdog's parent checks
+_ORPHAN_EXIT = 70  # exit code of a worker that outlived its parent
+_TAIL_LINES = 12  # lines of a worker's start-up traceback shown in WorkerStartError
 
 
 @dataclass
@@ -56,11 +82,137 @@ def default_devices(cpu_workers: int = 1, jobs_per_gpu: int = 1) -> list[str]:
     return ["cpu"] * max(1, cpu_workers)
 
 
-def _worker(runner: Runner, device: str, threads: int, conn: Any) -> None:
+def check_devices(devices: Sequence[str]) -> list[str]:
+    """Check that every device slot names a device this host has, before any worker starts.
+
+    Accepts the forms in :data:`DEVICE_FORMS`. Raises :class:`InvalidParamsError` for a
+    string that is not a device and :class:`DeviceUnavailableError` for a device this host
+    lacks (no usable CUDA, a GPU index past the last GPU, no MPS), each naming the device
+    and the fix; returns the slots as a list, unchanged.
+    """
+    if isinstance(devices, str):
+        raise InvalidParamsError(
+            f"devices: expected a list of device strings such as ['cpu'], got the string "
+            f"{devices!r}; wrap it in a list"
+        )
+    checked: list[str] = []
+    for device in devices:
+        match = _DEVICE.fullmatch(device) if isinstance(device, str) else None
+        if match is None:
+            raise InvalidParamsError(
+                f"devices: {device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' "
+                "(N = GPU number, from 0) or 'mps'"
+            )
+        if device.startswith("cuda"):
+            _check_cuda(device, None if match.group(1) is None else int(match.group(1)))
+        elif device == "mps":
+            _check_mps()
+        checked.append(device)
+    return checked
+
+
+def _check_cuda(device: str, index: int | None) -> None:
+    if not torch.cuda.is_available():
+        build = torch.version.cuda or "none"
+        raise DeviceUnavailableError(
+            f"devices: {device!r} needs a CUDA GPU, but this host has none usable "
+            f"(torch {torch.__version__}, CUDA build {build}, torch.cuda.is_available() is "
+            "False); set devices to auto or cpu"
+        )
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        have = ", ".join(f"cuda:{i}" for i in range(count))
+        raise DeviceUnavailableError(
+            f"devices: {device!r} does not exist: this host has {count} visible CUDA "
+            f"GPU(s) ({have}); use one of those, or set devices to auto"
+        )
+
+
+def _check_mps() -> None:
+    backend = getattr(torch.backends, "mps", None)
+    if backend is None or not backend.is_available():
+        raise DeviceUnavailableError(
+            "devices: 'mps' needs an Apple GPU, but this host has none usable "
+            "(torch.backends.mps.is_available() is False); set devices to auto or cpu"
+        )
+
+
+class _PackedRunner:
+    """The runner, pickled while a worker is spawned but unpickled by the worker's own code,
+    so that a runner the worker cannot load is reported with its error, not a bare exit."""
+
+    def __init__(self, runner: Runner | None = None, data: bytes | None = None) -> None:
+        self.runner, self.data = runner, data
+
+    def __reduce__(self) -> tuple[Any, tuple[None, bytes]]:
+        buffer = io.BytesIO()
+        try:  # ForkingPickler, inside the spawn: tensors and handles travel as usual
+            ForkingPickler(buffer).dump(self.runner)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            name = getattr(self.runner, "__qualname__", type(self.runner).__qualname__)
+            raise InvalidParamsError(
+                f"run_jobs: the runner {name} cannot be sent to the worker processes "
+                f"({type(exc).__name__}: {exc}); make it a module-level function or an "
+                "instance of a module-level class (picklable)"
+            ) from exc
+        return (_PackedRunner, (None, buffer.getvalue()))
+
+    def load(self) -> Runner:
+        """The runner, unpickled in this process."""
+        if self.data is None:  # never went through pickle (same process)
+            return cast(Runner, self.runner)
+        return cast(Runner, pickle.loads(self.data))
+
+
+def _die_with_parent(parent_pid: int, lifeline: Any) -> None:
+    """Make this worker exit when the parent process dies, whatever kills the parent."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+                log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as exc:  # no libc prctl: the watchdog remains
+            log.debug("no prctl(PR_SET_PDEATHSIG): %s", exc)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(_ORPHAN_EXIT)
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid, lifeline), name="esegeta-lifeline", daemon=True
+    ).start()
+
+
+def _watch_parent(parent_pid: int, lifeline: Any) -> None:
+    """Exit the worker, even in the middle of a job, once the parent is gone: the parent
+    never writes to the lifeline, so it turns readable only at EOF (the parent's end
+    closed); a changed parent pid means the worker was re-parented."""
+    while True:
+        try:
+            closed = bool(wait([lifeline], timeout=_WATCH_INTERVAL))
+        except OSError:
+            closed = True
+        if closed or os.getppid() != parent_pid:
+            os._exit(_ORPHAN_EXIT)
+
+
+def _worker(
+    packed: _PackedRunner, device: str, threads: int, conn: Any, lifeline: Any, parent_pid: int
+) -> None:
     """The worker process loop: take a job, run it, report, until told to stop."""
-    torch.set_num_threads(max(1, threads))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides what it
+    # stops, and a job must not fail of it (a recorded failure would not be rerun).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid, lifeline)
+    stage = "loading the runner"
+    try:
+        runner = packed.load()
+        stage = f"setting up {device}"
+        torch.set_num_threads(max(1, threads))
+        index = torch.device(device).index
+        if device.startswith("cuda") and index is not None:
+            torch.cuda.set_device(index)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as a start failure
+        detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        conn.send((_START_FAILED, stage, detail))
+        return
     conn.send(_READY)  # time limits count from here, not from the process start
     while True:
         try:
@@ -80,62 +232,170 @@ def _worker(runner: Runner, device: str, threads: int, conn: Any) -> None:
         conn.send(message)
 
 
-_READY = "__ready__"
-
-
 @dataclass
 class _Slot:
     device: str
     process: Any = None
     conn: Any = None
+    lifeline: Any = None  # the parent's write end; never written, closed to stop the worker
     job_id: str | None = None
     started: float = 0.0
     ready: bool = False
 
 
+def _close_quietly(*conns: Any) -> None:
+    for conn in conns:
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
 class _Pool:
     """One worker process per slot, each with its own pipe: killing a worker can never
-    corrupt another worker's channel."""
+    corrupt another worker's channel. Workers start with :meth:`start`."""
 
     def __init__(
         self, runner: Runner, devices: Sequence[str], ctx: Any, threads: int | None = None
     ) -> None:
-        self.runner, self.ctx = runner, ctx
+        self.packed, self.ctx = _PackedRunner(runner), ctx
         cpu_slots = sum(1 for d in devices if d == "cpu")
         if threads is None:  # share the cores among the CPU workers
             threads = (os.cpu_count() or 1) // max(1, cpu_slots)
         self.threads = max(1, threads)
         self.slots = [_Slot(d) for d in devices]
-        for slot in self.slots:
-            self.start(slot)
 
     def start(self, slot: _Slot) -> None:
-        parent, child = self.ctx.Pipe(duplex=True)
+        conn, child = self.ctx.Pipe(duplex=True)
+        lifeline_child, lifeline = self.ctx.Pipe(duplex=False)  # (read end, write end)
         threads = self.threads if slot.device == "cpu" else 1
-        slot.process = self.ctx.Process(
-            target=_worker, args=(self.runner, slot.device, threads, child), daemon=True
+        process = self.ctx.Process(
+            target=_worker,
+            args=(self.packed, slot.device, threads, child, lifeline_child, os.getpid()),
+            daemon=True,
         )
-        slot.process.start()
-        child.close()
-        slot.conn, slot.job_id, slot.ready = parent, None, False
+        try:
+            process.start()
+        except BaseException:
+            _close_quietly(conn, lifeline)
+            raise
+        finally:
+            _close_quietly(child, lifeline_child)
+        slot.process, slot.conn, slot.lifeline = process, conn, lifeline
+        slot.job_id, slot.ready = None, False
+
+    def retire(self, slot: _Slot) -> None:
+        """Kill the slot's worker (if alive) and release its pipes."""
+        if slot.process is not None:
+            slot.process.kill()
+            slot.process.join(timeout=10)
+        _close_quietly(slot.conn, slot.lifeline)
+        slot.process = slot.conn = slot.lifeline = None
+        slot.job_id, slot.ready = None, False
 
     def replace(self, slot: _Slot) -> None:
-        if slot.process.is_alive():
-            slot.process.kill()
-        slot.process.join(timeout=10)
-        slot.conn.close()
+        self.retire(slot)
         self.start(slot)
 
-    def close(self) -> None:
-        for slot in self.slots:
-            if slot.process.is_alive() and slot.job_id is None:
+    def close(self, grace: float = 5.0) -> None:
+        """Stop every worker: an idle one is told to exit, a busy or still starting one is
+        killed; all are joined, and one still alive after ``grace`` seconds is killed."""
+        live = [slot for slot in self.slots if slot.process is not None]
+        for slot in live:
+            if slot.ready and slot.job_id is None:
                 with contextlib.suppress(OSError):
                     slot.conn.send(None)
-                slot.process.join(timeout=5)
-            if slot.process.is_alive():
+            else:
                 slot.process.kill()
-                slot.process.join(timeout=5)
-            slot.conn.close()
+        deadline = time.monotonic() + grace
+        for slot in live:
+            slot.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if slot.process.exitcode is None:
+                slot.process.kill()
+                slot.process.join(timeout=grace)
+            _close_quietly(slot.conn, slot.lifeline)
+            slot.process = slot.conn = slot.lifeline = None
+
+
+class Interrupts:
+    """While :func:`run_jobs` runs in the main thread, SIGTERM takes the path of Ctrl-C, and
+    both wait for the end of a :meth:`held` block (handing out a job, taking in a result,
+    calling ``on_result``), so a run always stops between jobs; they raise
+    ``KeyboardInterrupt``. Only default handlers are replaced: a handler the caller set
+    (or SIG_IGN) stays in place. The previous handlers come back on exit."""
+
+    _DEFAULTS = ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))
+
+    def __init__(self) -> None:
+        self.previous: dict[int, Any] = {}
+        self.pending: int | None = None
+        self.depth = 0
+        self.closing = False
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for signum, default in self._DEFAULTS:
+                if signal.getsignal(signum) == default:
+                    self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        self.closing = True
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        if self.pending is not None and not interrupted:
+            self.raise_pending()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.depth or self.closing:
+            if self.pending is None:
+                self.pending = signum
+            return
+        raise _interrupt(signum)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Defer SIGINT/SIGTERM to the end of the block."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and not self.closing:
+            self.raise_pending()
+
+    def raise_pending(self) -> None:
+        """Raise ``KeyboardInterrupt`` now if a signal is waiting."""
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise _interrupt(signum)
+
+    def defer_all(self) -> None:
+        """From now on (the pool is closing) signals only wait; ``__exit__`` raises them."""
+        self.closing = True
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt(f"run_jobs stopped by {signal.Signals(signum).name}")
+
+
+def _start_error(slot: _Slot, message: Any) -> WorkerStartError:
+    """The error for a worker that reported a failure instead of being ready."""
+    if not (isinstance(message, tuple) and len(message) == 3 and message[0] == _START_FAILED):
+        return WorkerStartError(f"A {slot.device} worker sent {message!r} instead of starting")
+    _, stage, detail = message
+    lines = detail.rstrip().splitlines()
+    tail = "\n".join("    " + line for line in lines[1:][-_TAIL_LINES:])
+    hint = (
+        " Make the runner a module-level function or class that the worker can import, and "
+        "call run_jobs under `if __name__ == '__main__':` in scripts (workers are spawned)."
+        if stage == "loading the runner"
+        else ""
+    )
+    return WorkerStartError(
+        f"A {slot.device} worker failed while {stage}: {lines[0]}.{hint}\n"
+        f"The worker's traceback ends with:\n{tail}"
+    )
 
 
 def run_jobs(
@@ -152,11 +412,16 @@ def run_jobs(
     """Run ``(job_id, job)`` pairs with ``runner`` in worker processes, one per device slot.
 
     ``devices`` lists the slots (``["cuda:0", "cuda:0", "cuda:1"]`` runs two jobs at a time
-    on GPU 0; ``["cpu"] * 4`` four CPU workers); default :func:`default_devices`.
+    on GPU 0; ``["cpu"] * 4`` four CPU workers); default :func:`default_devices`. They are
+    checked with :func:`check_devices` before any worker starts.
     ``time_limit`` is in seconds per job. Returns one :class:`JobResult` per job, in the
     order given; ``on_result`` is called as each finishes (for writing records).
     ``threads_per_worker`` sets torch's intra-op threads in each CPU worker (default:
     the machine's cores divided among the CPU workers, so workers do not oversubscribe).
+
+    Ctrl-C or SIGTERM (when called from the main thread) stops the run between jobs: busy
+    workers are killed, none is left behind, and ``KeyboardInterrupt`` is raised once every
+    result that arrived has gone through ``on_result``; interrupted jobs get no result.
     """
     if threads_per_worker is not None and threads_per_worker < 1:
         raise InvalidParamsError(
@@ -169,88 +434,125 @@ def run_jobs(
     ids = [job_id for job_id, _ in pending]
     if len(set(ids)) != len(ids):
         raise InvalidParamsError("run_jobs: job ids must be unique; rename the repeated ones")
-    slots_for = list(devices or default_devices())
+    slots_for = check_devices(list(devices or default_devices()))
     pool = _Pool(runner, slots_for, mp.get_context("spawn"), threads_per_worker)
     done: dict[str, JobResult] = {}
-    bar = progress_bar(len(pending), "jobs", enabled=progress)
     todo = list(reversed(pending))
 
-    def finish(result: JobResult) -> None:
-        done[result.job_id] = result
-        bar.update(1)
-        if result.status != "ok":
-            log.warning(
-                "job %s %s: %s",
-                result.job_id,
-                result.status,
-                result.error.splitlines()[0] if result.error else "",
-            )
-        if on_result is not None:
-            on_result(result)
+    with Interrupts() as interrupts:
+        bar = progress_bar(len(pending), "jobs", enabled=progress)
 
-    def crashed(slot: _Slot) -> None:
-        job_id, elapsed = slot.job_id, time.monotonic() - slot.started
-        slot.process.join(timeout=5)
-        code = slot.process.exitcode
-        pool.replace(slot)
-        if job_id is None:  # died before taking a job: the runner cannot even start
-            raise WorkerStartError(
-                f"A {slot.device} worker died on start (exit code {code}) before taking a "
-                "job. Most often the runner cannot be loaded in a fresh process: make it a "
-                "module-level function or class (picklable), and call run_jobs under "
-                "`if __name__ == '__main__':` in scripts (workers are spawned)."
-            )
-        finish(
-            JobResult(
-                str(job_id),
-                "crashed",
-                slot.device,
-                elapsed,
-                error=f"worker process died (exit code {code})",
-            )
-        )
+        def finish(result: JobResult) -> None:
+            done[result.job_id] = result
+            bar.update(1)
+            if result.status != "ok":
+                log.warning(
+                    "job %s %s: %s",
+                    result.job_id,
+                    result.status,
+                    result.error.splitlines()[0] if result.error else "",
+                )
+            if on_result is not None:
+                on_result(result)
 
-    try:
-        while len(done) < len(pending):
+        def crashed(slot: _Slot) -> None:
+            interrupts.raise_pending()  # a worker killed along with us did not crash
+            job_id, elapsed = slot.job_id, time.monotonic() - slot.started
+            slot.process.join(timeout=5)
+            code = slot.process.exitcode
+            if job_id is None:  # died before taking a job: the runner cannot even start
+                raise WorkerStartError(
+                    f"A {slot.device} worker died on start (exit code {code}) before taking "
+                    "a job (its own error, if any, went to stderr). Most often the runner cannot "
+                    "be loaded in a fresh process: make it a module-level function or class "
+                    "(picklable), and call run_jobs under `if __name__ == '__main__':` in "
+                    "scripts (workers are spawned)."
+                )
+            pool.replace(slot)
+            finish(
+                JobResult(
+                    str(job_id),
+                    "crashed",
+                    slot.device,
+                    elapsed,
+                    error=f"worker process died (exit code {code})",
+                )
+            )
+
+        def receive(slot: _Slot) -> None:
+            try:
+                message = slot.conn.recv()
+            except (EOFError, OSError):
+                crashed(slot)
+                return
+            if not slot.ready:
+                if message != _READY:
+                    raise _start_error(slot, message)
+                slot.ready = True
+                return
+            job_id, status, seconds, out, error = message
+            slot.job_id = None
+            finish(JobResult(job_id, status, slot.device, seconds, out, error))
+
+        try:
             for slot in pool.slots:
-                if slot.ready and slot.job_id is None and todo:
-                    job_id, job = todo.pop()
-                    slot.job_id, slot.started = job_id, time.monotonic()
-                    slot.conn.send((job_id, job))
-            busy = {s.conn: s for s in pool.slots if s.job_id is not None or not s.ready}
-            for conn in wait(list(busy), timeout=poll):
-                slot = busy[conn]
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
-                    crashed(slot)
-                    continue
-                if message == _READY:
-                    slot.ready = True
-                    continue
-                job_id, status, seconds, out, error = message
-                slot.job_id = None
-                finish(JobResult(job_id, status, slot.device, seconds, out, error))
-            now = time.monotonic()
-            for slot in pool.slots:
-                if slot.job_id is None:
-                    continue
-                elapsed = now - slot.started
-                if time_limit is not None and elapsed > time_limit:
-                    job_id = slot.job_id
-                    pool.replace(slot)
-                    finish(
-                        JobResult(
-                            job_id,
-                            "timeout",
-                            slot.device,
-                            elapsed,
-                            error=f"killed after the time limit of {time_limit:g} s",
-                        )
-                    )
-                elif not slot.process.is_alive() and not slot.conn.poll():
-                    crashed(slot)
-    finally:
-        bar.close()
-        pool.close()
+                with interrupts.held():
+                    pool.start(slot)
+            while len(done) < len(pending):
+                with interrupts.held():
+                    for slot in pool.slots:
+                        if slot.ready and slot.job_id is None and todo:
+                            job_id, job = todo.pop()
+                            slot.job_id, slot.started = job_id, time.monotonic()
+                            slot.conn.send((job_id, job))
+                busy = {s.conn: s for s in pool.slots if s.job_id is not None or not s.ready}
+                ready = wait(list(busy), timeout=poll)  # where a signal usually lands
+                with interrupts.held():
+                    for conn in ready:
+                        receive(busy[conn])
+                    now = time.monotonic()
+                    for slot in pool.slots:
+                        if slot.job_id is None:
+                            continue
+                        elapsed = now - slot.started
+                        if time_limit is not None and elapsed > time_limit:
+                            job_id = slot.job_id
+                            pool.replace(slot)
+                            finish(
+                                JobResult(
+                                    job_id,
+                                    "timeout",
+                                    slot.device,
+                                    elapsed,
+                                    error=f"killed after the time limit of {time_limit:g} s",
+                                )
+                            )
+                        elif not slot.process.is_alive() and not slot.conn.poll():
+                            crashed(slot)
+        except KeyboardInterrupt:
+            interrupts.defer_all()
+            _deliver_finished(pool, finish)
+            raise
+        finally:
+            interrupts.defer_all()  # a second Ctrl-C must not cut the clean-up short
+            bar.close()
+            pool.close()
     return [done[job_id] for job_id in ids]
+
+
+def _deliver_finished(pool: _Pool, finish: Callable[[JobResult], None]) -> None:
+    """On an interrupt, hand over the results that busy workers already sent."""
+    for slot in pool.slots:
+        if slot.job_id is None or not slot.ready or slot.conn is None:
+            continue
+        try:
+            if not slot.conn.poll():
+                continue
+            job_id, status, seconds, out, error = slot.conn.recv()
+        except (EOFError, OSError):  # the worker died: it finished nothing
+            continue
+        slot.job_id = None
+        try:
+            finish(JobResult(job_id, status, slot.device, seconds, out, error))
+        except Exception:  # the interrupt matters more than a late result
+            log.warning("on_result failed for job %s after the interrupt", job_id, exc_info=True)

@@ -4,9 +4,11 @@ For each registered method, on every input rank it claims, on a classification a
 segmentation tiny model, :func:`run_conformance` checks: the parameter schema builds;
 unknown parameters raise pydantic's ``ValidationError`` (and ``InvalidParamsError``
 through ``explain``); output shapes; no hooks left behind by the method itself; the
-model's mode, ``requires_grad`` flags, gradients, weights, module attributes, submodules
-and pickled size unchanged (a method that leaves tensors on modules, as Captum's DeepLift
-and LRP do, is caught); determinism under a seed. :mod:`esegeta_core.testing.zoo` runs
+model's mode, ``requires_grad`` flags, gradients, weights, submodules and pickled size
+unchanged; every module's ``__dict__`` with exactly the keys it had and the same tensor
+objects (parameters, buffers, tensor attributes): a method that leaves tensors on
+modules, as Captum's DeepLift and LRP do, or swaps one for a copy, is caught;
+determinism under a seed. :mod:`esegeta_core.testing.zoo` runs
 the methods on real architectures too. Use it from a plugin's tests::
 
     import pytest
@@ -103,9 +105,19 @@ def _snapshot(model: torch.nn.Module) -> dict[str, Any]:
         "state": {k: v.clone() for k, v in model.state_dict().items()},
         "hooks": count_hooks(model),
         "attributes": [sorted(m.__dict__) for m in model.modules()],
+        "objects": [_tensor_ids(m) for m in model.modules()],
         "children": [list(m._modules) for m in model.modules()],
         "pickled": len(pickle.dumps(model)),
     }
+
+
+def _tensor_ids(module: torch.nn.Module) -> dict[str, int]:
+    """``{name: id}`` of the tensors a module holds: its parameters, buffers and plain
+    tensor attributes (a method that swaps one for an equal copy is caught too)."""
+    ids = {f"param:{k}": id(v) for k, v in module._parameters.items() if v is not None}
+    ids.update({f"buffer:{k}": id(v) for k, v in module._buffers.items() if v is not None})
+    ids.update({k: id(v) for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
+    return ids
 
 
 def run_conformance(case: Case) -> None:
@@ -153,7 +165,18 @@ def run_conformance(case: Case) -> None:
     assert after["modes"] == before["modes"], f"{case}: module modes changed"
     assert after["requires_grad"] == before["requires_grad"], f"{case}: requires_grad changed"
     assert after["grads"] == before["grads"], f"{case}: parameter gradients left behind"
-    assert after["attributes"] == before["attributes"], f"{case}: module attributes left behind"
+    for module, keys, was in zip(model.modules(), after["attributes"], before["attributes"]):
+        added, gone = sorted(set(keys) - set(was)), sorted(set(was) - set(keys))
+        assert not added and not gone, (
+            f"{case}: module attributes left behind or removed on {type(module).__name__}: "
+            f"left {added}, removed {gone}"
+        )
+    for module, ids, was in zip(model.modules(), after["objects"], before["objects"]):
+        swapped = sorted(k for k in set(ids) | set(was) if ids.get(k) != was.get(k))
+        assert not swapped, (
+            f"{case}: module {type(module).__name__} holds other tensor objects than before "
+            f"for {swapped} (parameters, buffers and tensor attributes must be the same objects)"
+        )
     assert after["children"] == before["children"], f"{case}: submodules changed"
     assert after["pickled"] == before["pickled"], f"{case}: the pickled model changed size"
     for key, value in before["state"].items():

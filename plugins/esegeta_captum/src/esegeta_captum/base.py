@@ -12,13 +12,22 @@ from __future__ import annotations
 import contextlib
 import importlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from esegeta_captum.common import Call, CaptumParams, FeatureMaskParams, NoiseTunnelParams
+from esegeta_captum.common import (
+    Call,
+    CaptumParams,
+    FeatureMaskParams,
+    GradientSamplingParams,
+    NoiseTunnelParams,
+    PathParams,
+    ShapDistributionParams,
+    reference_count,
+)
 from esegeta_captum.rules import (
     deeplift_on_activations,
     guided_on_activations,
@@ -26,6 +35,7 @@ from esegeta_captum.rules import (
     lrp_unsupported,
 )
 from esegeta_core import Explainer, MethodFailedError, MethodResult, NotApplicableError
+from esegeta_core.explainer import Workload
 from esegeta_core.preparation import activation_modules, ensure_prepared
 
 
@@ -85,12 +95,71 @@ class CaptumMethod(Explainer):
         cls.batch_params = tuple(p for p in BATCH_PARAMS if p in cls.Params.model_fields)
         cls.count_params = tuple(p for p in COUNT_PARAMS if p in cls.Params.model_fields)
 
+    min_steps_per_pass: ClassVar[int] = 1
+    """Path points Captum runs per pass at least when ``internal_batch_size`` is set
+    (2 for conductance, which differences consecutive points)."""
+
     def passes(self, params: Any, shape: tuple[int, ...]) -> int | None:
-        """Steps or samples per item, times the noise tunnel's copies."""
-        count = super().passes(params, shape)
-        if getattr(params, "noise_tunnel", None) is not None:
-            count = (count or 1) * params.nt_samples
-        return count
+        """Steps, samples or perturbations per item, times the noise tunnel's copies."""
+        return self.workload(params, shape, {}).passes
+
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        """:meth:`core_workload` on the noise tunnel's copies (all at once unless
+        ``nt_samples_batch_size`` is set)."""
+        if getattr(params, "noise_tunnel", None) is None:
+            return self.core_workload(params, shape, layers)
+        copies = params.nt_samples
+        together = min(params.nt_samples_batch_size or copies, copies)
+        inner = self.core_workload(params, (shape[0] * together, *shape[1:]), layers)
+        return Workload(
+            passes=(inner.passes or 1) * copies,
+            inputs=inner.inputs if inner.inputs is not None else shape[0] * together,
+            extra=inner.extra,
+            counts=(*inner.counts, "nt_samples"),
+            fix=f"{inner.fix}, or lower nt_samples" if inner.fix else "",
+            batch=(*inner.batch, "nt_samples_batch_size"),
+        )
+
+    def core_workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        """The method's workload without a noise tunnel, on inputs of ``shape``: path
+        points (all at once unless ``internal_batch_size``; Gauss-Legendre builds an
+        ``n_steps`` x ``n_steps`` table), GradientSHAP's samples (all at once), DeepLIFT
+        SHAP's references (every item against every reference at once)."""
+        batch = shape[0]
+        if isinstance(params, PathParams):
+            n, per_pass = params.n_steps, params.internal_batch_size
+            least = self.min_steps_per_pass
+            steps = n if per_pass is None else min(n, max(least, per_pass // batch))
+            table = params.integration_method == "gausslegendre"
+            return Workload(
+                passes=n,
+                inputs=batch * steps,
+                extra=16 * n * n if table else 0,
+                counts=("n_steps", "integration_method") if table else ("n_steps",),
+                fix="lower n_steps (Gauss-Legendre's nodes need an n_steps x n_steps table; "
+                "integration_method='riemann_trapezoid' does not)"
+                if table
+                else "",
+                batch=("internal_batch_size",),
+            )
+        if isinstance(params, GradientSamplingParams):
+            n = params.n_samples
+            return Workload(passes=n, inputs=batch * n, counts=("n_samples",))
+        if isinstance(params, ShapDistributionParams):
+            refs = reference_count(params.baselines, shape)
+            return Workload(
+                passes=refs,
+                inputs=batch * refs,
+                counts=("baselines",),
+                fix=f"use fewer references than {refs} (item-dependent baselines such as "
+                "'blurred' add one per batch item; 'zeros' or a number add one), or a "
+                "smaller batch",
+            )
+        return Workload()
 
     def build(self, call: Call, params: CaptumParams) -> Any:
         """The Captum attribution object for ``call.model``."""

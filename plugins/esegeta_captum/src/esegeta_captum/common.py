@@ -11,6 +11,7 @@ with a noise tunnel) are rejected when set without it: nothing is accepted and i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
@@ -110,6 +111,15 @@ class BaselineParams(CaptumParams):
         return kwargs
 
 
+def _item_independent(choice: BaselineChoice, ndim: int) -> bool:
+    """Whether a baseline choice gives one reference for the whole batch."""
+    return (
+        (isinstance(choice, str) and choice == "zeros")
+        or isinstance(choice, (int, float))
+        or (isinstance(choice, torch.Tensor) and (choice.ndim < ndim or choice.shape[0] == 1))
+    )
+
+
 def baseline_distribution(
     choices: Iterable[BaselineChoice], inputs: torch.Tensor, sigma: float, method: str
 ) -> torch.Tensor:
@@ -123,16 +133,14 @@ def baseline_distribution(
     parts = []
     for choice in choices:
         full = make_baseline(choice, inputs, sigma=sigma, method=method)
-        single = (
-            (isinstance(choice, str) and choice == "zeros")
-            or isinstance(choice, (int, float))
-            or (
-                isinstance(choice, torch.Tensor)
-                and (choice.ndim < inputs.ndim or choice.shape[0] == 1)
-            )
-        )
-        parts.append(full[:1] if single else full)
+        parts.append(full[:1] if _item_independent(choice, inputs.ndim) else full)
     return torch.cat(parts)
+
+
+def reference_count(choices: Iterable[BaselineChoice], shape: tuple[int, ...]) -> int:
+    """How many references :func:`baseline_distribution` stacks for inputs of
+    ``shape``, without building them."""
+    return sum(1 if _item_independent(c, len(shape)) else shape[0] for c in choices)
 
 
 class DistributionParams(CaptumParams):
@@ -317,6 +325,20 @@ class FeatureMaskParams(CaptumParams):
         self._only_with(_SLIC_FIELDS, kind == "superpixel", "feature_mask='superpixel'")
         return self
 
+    def feature_count(self, shape: tuple[int, ...], method: str) -> tuple[int, str, str]:
+        """About how many features the mask has for inputs of ``shape``, without building
+        it (superpixels: ``n_segments``), with the parameter that sets it and how to
+        ask for fewer."""
+        if isinstance(self.feature_mask, torch.Tensor):
+            count = int(torch.unique(self.feature_mask).numel())
+            return count, "feature_mask", "give fewer feature ids in feature_mask"
+        if self.feature_mask == "superpixel":
+            return self.n_segments, "n_segments", "lower n_segments"
+        spatial = shape[2:]
+        cells = as_size(self.grid_cell, len(spatial), "grid_cell", method)
+        count = math.prod(-(-n // c) for n, c in zip(spatial, cells, strict=True))
+        return count, "grid_cell", "use a larger grid_cell (fewer features)"
+
     def mask(self, call: Call) -> torch.Tensor:
         """The ``(B, 1, *spatial)`` feature ids."""
         return build_feature_mask(
@@ -440,16 +462,21 @@ def window_tuple(value: Size, call: Call, what: str) -> tuple[int, ...]:
     """A spatial size as Captum's ``(C, *spatial)`` tuple: the channel axis is covered
     whole, and each size is clipped to the input's extent. A tuple with a channel entry
     first (Captum's own form, such as ``(1, 15, 15)``) keeps that entry."""
-    channels = call.inputs.shape[1]
-    if isinstance(value, tuple) and len(value) == call.rank + 1:
+    return window_sizes(value, tuple(call.inputs.shape), what, call.method)
+
+
+def window_sizes(value: Size, shape: tuple[int, ...], what: str, method: str) -> tuple[int, ...]:
+    """:func:`window_tuple` for inputs of ``shape`` (cost estimates use it before a call)."""
+    channels, rank = shape[1], len(shape) - 2
+    if isinstance(value, tuple) and len(value) == rank + 1:
         if not 1 <= value[0] <= channels:
             raise InvalidParamsError(
-                f"Method {call.method!r}: {what}={value} has {len(value)} entries for a "
-                f"{call.rank}D input: read as Captum's (channels, *spatial) form, its channel "
+                f"Method {method!r}: {what}={value} has {len(value)} entries for a "
+                f"{rank}D input: read as Captum's (channels, *spatial) form, its channel "
                 f"extent {value[0]} must be between 1 and the input's {channels} channels. "
-                f"Give {call.rank} spatial sizes, or a channel extent that fits."
+                f"Give {rank} spatial sizes, or a channel extent that fits."
             )
         channels, value = value[0], value[1:]
-    sizes = as_size(value, call.rank, what, call.method)
-    spatial = call.inputs.shape[2:]
+    sizes = as_size(value, rank, what, method)
+    spatial = shape[2:]
     return (channels, *(min(s, n) for s, n in zip(sizes, spatial, strict=True)))

@@ -7,7 +7,8 @@ layer's shape (channels included, except for Grad-CAM with ``attr_dim_summation`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -35,6 +36,7 @@ from esegeta_captum.common import (
     Tensor,
     layer_shape,
 )
+from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import replaced_scores
 from esegeta_core.preparation import layer_tap
 
@@ -58,6 +60,7 @@ class LayerConductance(LayerMethod):
 
     name = "captum.layer_conductance"
     captum_class = "LayerConductance"
+    min_steps_per_pass = 2
     cost = "medium"
     paper = "https://arxiv.org/abs/1805.12233"
 
@@ -298,6 +301,28 @@ class LayerFeatureAblation(LayerMethod):
             for i in range(inputs.shape[0])
         ]
         return torch.cat(parts)
+
+    def core_workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        """One evaluation per group of units and item; the layer's shape is read from
+        ``layers`` (unknown without it)."""
+        mask = params.layer_mask
+        if isinstance(mask, torch.Tensor):
+            groups = int(torch.unique(mask).numel())
+        elif params.layer not in layers:
+            return Workload()
+        else:
+            units = layers[params.layer]
+            groups = units[0] if mask == "channel" else math.prod(units)
+        return Workload(
+            passes=groups,
+            inputs=shape[0] * min(params.perturbations_per_eval, groups),
+            counts=("layer_mask",),
+            fix=f"ablate fewer groups (now {groups:,} per item): layer_mask='channel', "
+            "coarser group ids, or a narrower layer",
+            batch=("perturbations_per_eval",),
+        )
 
     name = "captum.layer_feature_ablation"
     captum_class = "LayerFeatureAblation"

@@ -22,6 +22,7 @@ from esegeta_captum.common import (
     PathParams,
     ShapDistributionParams,
 )
+from esegeta_captum.primary import PerturbationMethod
 
 
 class NeuronMethod(CaptumMethod):
@@ -155,7 +156,7 @@ class NeuronDeconvolution(NeuronMethod, GuidedMethod):
     paper = "https://arxiv.org/abs/1311.2901"
 
 
-class NeuronFeatureAblation(NeuronMethod):
+class NeuronFeatureAblation(NeuronMethod, PerturbationMethod):
     """Change of one neuron's value when input features are ablated (target ignored).
 
     Feature ablation (Zeiler and Fergus 2014) applied to a neuron.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -20,10 +22,61 @@ from esegeta_captum.common import (
     PathParams,
     ShapDistributionParams,
     Size,
+    window_sizes,
     window_tuple,
 )
 from esegeta_captum.masks import count_features
 from esegeta_core import InvalidParamsError
+from esegeta_core.explainer import Workload
+
+
+class PerturbationMethod(CaptumMethod):
+    """Base of the Captum methods that perturb groups of features: one evaluation per
+    feature (times ``per_feature``), ``perturbations_per_eval`` items' worth at a time."""
+
+    family = "perturbation"
+    cost = "high"
+
+    def per_feature(self, params: Any) -> int:
+        """Evaluations per feature and item."""
+        return 1
+
+    def core_workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        features, setting, fix = params.feature_count(shape, self.name)
+        sampled = "n_samples" in type(params).model_fields
+        return perturbation_workload(
+            features * self.per_feature(params) + 1,
+            features,
+            params,
+            shape,
+            counts=(setting, "n_samples") if sampled else (setting,),
+            fix=f"{fix}, or lower n_samples" if sampled else fix,
+        )
+
+
+def perturbation_workload(
+    passes: int | None,
+    per_eval_cap: int,
+    params: Any,
+    shape: tuple[int, ...],
+    *,
+    counts: tuple[str, ...],
+    fix: str,
+    extra: int = 0,
+) -> Workload:
+    """A workload of ``passes`` evaluations per item, ``perturbations_per_eval`` (at
+    most ``per_eval_cap``) copies of each item per pass."""
+    together = min(params.perturbations_per_eval, max(1, per_eval_cap))
+    return Workload(
+        passes=passes,
+        inputs=shape[0] * together,
+        extra=extra,
+        counts=counts,
+        fix=fix,
+        batch=("perturbations_per_eval",),
+    )
 
 
 class Saliency(CaptumMethod):
@@ -183,7 +236,7 @@ class GuidedGradCam(GuidedMethod):
     paper = "https://arxiv.org/abs/1610.02391"
 
 
-class FeatureAblation(CaptumMethod):
+class FeatureAblation(PerturbationMethod):
     """Feature ablation: score change when each feature (grid cell, superpixel) is set
     to the baseline.
 
@@ -195,12 +248,10 @@ class FeatureAblation(CaptumMethod):
 
     name = "captum.feature_ablation"
     captum_class = "FeatureAblation"
-    family = "perturbation"
-    cost = "high"
     paper = "https://arxiv.org/abs/1311.2901"
 
 
-class FeaturePermutation(CaptumMethod):
+class FeaturePermutation(PerturbationMethod):
     """Permutation importance: score change when a feature is shuffled across the batch.
 
     Breiman 2001 / Fisher et al. 2019; needs a batch of more than one item (with one
@@ -212,13 +263,17 @@ class FeaturePermutation(CaptumMethod):
 
     name = "captum.feature_permutation"
     captum_class = "FeaturePermutation"
-    family = "perturbation"
-    cost = "high"
     deterministic = False
     paper = "https://arxiv.org/abs/1801.01489"
 
+    def core_workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        features, setting, fix = params.feature_count(shape, self.name)
+        return perturbation_workload(features, features, params, shape, counts=(setting,), fix=fix)
 
-class Occlusion(CaptumMethod):
+
+class Occlusion(PerturbationMethod):
     """Occlusion: score change when a sliding window is replaced by the baseline.
 
     Zeiler and Fergus 2014; ``window`` and ``strides`` are spatial sizes (the channel
@@ -248,12 +303,28 @@ class Occlusion(CaptumMethod):
 
     name = "captum.occlusion"
     captum_class = "Occlusion"
-    family = "perturbation"
-    cost = "high"
     paper = "https://arxiv.org/abs/1311.2901"
 
+    def core_workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        window = window_sizes(params.window, shape, "window", self.name)
+        strides = window_sizes(params.strides, shape, "strides", self.name)
+        extents = (shape[1], *shape[2:])
+        windows = math.prod(
+            (n - w) // s + 1 for n, w, s in zip(extents, window, strides, strict=True)
+        )
+        return perturbation_workload(
+            windows + 1,
+            windows,
+            params,
+            shape,
+            counts=("window", "strides"),
+            fix=f"use larger strides or a larger window (now {windows:,} windows per item)",
+        )
 
-class ShapleyValueSampling(CaptumMethod):
+
+class ShapleyValueSampling(PerturbationMethod):
     """Shapley values estimated from random feature permutations.
 
     Castro et al. 2009; cost is n_samples x features forward passes (batched).
@@ -267,10 +338,11 @@ class ShapleyValueSampling(CaptumMethod):
 
     name = "captum.shapley_value_sampling"
     captum_class = "ShapleyValueSampling"
-    family = "perturbation"
-    cost = "high"
     deterministic = False
     paper = "https://doi.org/10.1016/j.cor.2008.04.004"
+
+    def per_feature(self, params: Any) -> int:
+        return params.n_samples
 
 
 MAX_EXACT_FEATURES = 7
@@ -278,7 +350,7 @@ MAX_EXACT_FEATURES = 7
 already cost 35,280 evaluations."""
 
 
-class ShapleyValues(CaptumMethod):
+class ShapleyValues(PerturbationMethod):
     """Exact Shapley values over every ordering of the features (factorial cost).
 
     Shapley 1953. Captum evaluates n * n! perturbations for n features, so the default
@@ -315,12 +387,25 @@ class ShapleyValues(CaptumMethod):
 
     name = "captum.shapley_values"
     captum_class = "ShapleyValues"
-    family = "perturbation"
-    cost = "high"
     paper = "https://doi.org/10.1515/9781400881970-018"
 
+    def core_workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        if params.feature_mask == "grid" and params.grid_cell is None:
+            return perturbation_workload(
+                4 * math.factorial(4), 4 * math.factorial(4), params, shape, counts=(), fix=""
+            )
+        features, setting, fix = params.feature_count(shape, self.name)
+        if features > MAX_EXACT_FEATURES:  # refused with its own message when it runs
+            return Workload()
+        orderings = features * math.factorial(features)
+        return perturbation_workload(
+            orderings, orderings, params, shape, counts=(setting,), fix=fix
+        )
 
-class Lime(CaptumMethod):
+
+class Lime(PerturbationMethod):
     """LIME: a sparse linear surrogate fitted to the scores of random feature subsets.
 
     Ribeiro et al. 2016; one Lasso surrogate per batch item (scikit-learn).
@@ -343,13 +428,16 @@ class Lime(CaptumMethod):
 
     name = "captum.lime"
     captum_class = "Lime"
-    family = "perturbation"
-    cost = "high"
     deterministic = False
     paper = "https://arxiv.org/abs/1602.04938"
 
+    def core_workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        return surrogate_workload(self, params, shape)
 
-class KernelShap(CaptumMethod):
+
+class KernelShap(PerturbationMethod):
     """Kernel SHAP: LIME with the Shapley kernel, so the surrogate estimates Shapley values.
 
     Lundberg and Lee 2017; one linear surrogate per batch item (scikit-learn).
@@ -370,10 +458,30 @@ class KernelShap(CaptumMethod):
 
     name = "captum.kernel_shap"
     captum_class = "KernelShap"
-    family = "perturbation"
-    cost = "high"
     deterministic = False
     paper = "https://arxiv.org/abs/1705.07874"
+
+    def core_workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        return surrogate_workload(self, params, shape)
+
+
+def surrogate_workload(method: CaptumMethod, params: Any, shape: tuple[int, ...]) -> Workload:
+    """LIME and Kernel SHAP: ``n_samples`` evaluations per item, items one at a time,
+    every sample's on/off row and score kept for the surrogate fit (float32 in Captum,
+    float64 copies in scikit-learn, plus per-sample Python objects)."""
+    n = params.n_samples
+    features, _, _ = params.feature_count(shape, method.name)
+    return perturbation_workload(
+        n,
+        n,
+        params,
+        (1, *shape[1:]),
+        counts=("n_samples",),
+        fix="lower n_samples",
+        extra=n * (features * 24 + 1024),
+    )
 
 
 class LRP(LRPMethod):

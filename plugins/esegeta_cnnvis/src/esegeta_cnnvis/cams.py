@@ -18,6 +18,7 @@ input's (``upsample=True``) or the layer's.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,6 +44,7 @@ from esegeta_core import (
     resolve_layer,
     unwrap,
 )
+from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import replaced_scores
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -341,6 +343,25 @@ class LayerCam(WeightedCam):
 # --- gradient-free CAMs -----------------------------------------------------------------
 
 
+def channel_workload(
+    params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]], inputs: bool
+) -> Workload:
+    """One evaluation per channel of every explained layer and item (the channel counts
+    come from ``layers``; unknown without them); ``inputs``: ``batch_size`` whole
+    inputs per pass (Score-CAM), else only the layers after ``layer`` run per copy."""
+    paths = layer_paths(params.layer)
+    if not all(p in layers for p in paths):
+        return Workload()
+    channels = sum(layers[p][0] for p in paths)
+    return Workload(
+        passes=channels,
+        inputs=min(params.batch_size, shape[0] * channels) if inputs else None,
+        counts=("layer",),
+        fix=f"explain an earlier, narrower layer (now {channels:,} channels per item)",
+        batch=("batch_size",) if inputs else (),
+    )
+
+
 def _item_channel_chunks(
     rows: torch.Tensor, channels: int, chunk: int
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -371,6 +392,11 @@ class ScoreCam(WeightedCam):
         "batch_size): 2048 passes per image at ResNet-50's layer4, 512 at ResNet-18's; "
         "choose an earlier, narrower layer to make it cheaper"
     )
+
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        return channel_workload(params, shape, layers, inputs=True)
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         a, x = ctx.activations, ctx.inputs
@@ -417,6 +443,11 @@ class AblationCam(WeightedCam):
         "ResNet-50's layer4); the layers before it run once per item, unless the model "
         "needs whole passes (then one whole pass per channel)"
     )
+
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        return channel_workload(params, shape, layers, inputs=False)
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         a = ctx.activations

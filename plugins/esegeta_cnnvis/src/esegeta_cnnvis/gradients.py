@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 from abc import abstractmethod
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -24,10 +25,16 @@ from esegeta_cnnvis.relu_rules import (
     refuse_without_activations,
     relu_rule,
 )
-from esegeta_cnnvis.smoothing import BaseFn, GradientParams, run_gradient_method
+from esegeta_cnnvis.smoothing import (
+    BaseFn,
+    GradientParams,
+    run_gradient_method,
+    smoothed_workload,
+)
 from esegeta_cnnvis.targets_score import input_gradient
 from esegeta_core import Explainer
 from esegeta_core.baselines import make_baseline
+from esegeta_core.explainer import Workload
 
 BaselineChoice = Literal["zeros", "mean", "blurred", "uniform", "gaussian"] | float | torch.Tensor
 """A named baseline (see :func:`esegeta_core.baselines.make_baseline`), a constant or a
@@ -68,10 +75,18 @@ class _GradientExplainer(Explainer):
 
     def passes(self, params: GradientParams, shape: tuple[int, ...]) -> int | None:
         """Integration steps per item, times the noisy copies when smoothing."""
-        count = super().passes(params, shape)
-        if params.smoothing != "none":
-            count = (count or 1) * params.noise_samples
-        return count
+        return self.workload(params, shape, {}).passes
+
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        """One pass per item (a path of ``n_steps`` for integrated gradients), on every
+        noisy copy when smoothing."""
+        return smoothed_workload(params, shape, self.path_workload(params, shape))
+
+    def path_workload(self, params: Any, shape: tuple[int, ...]) -> Workload | None:
+        """The workload without smoothing (None: one pass per item)."""
+        return None
 
     @abstractmethod
     def base(self, params: GradientParams) -> BaseFn:
@@ -230,6 +245,24 @@ class IntegratedGradients(_GradientExplainer):
     def base(self, params: GradientParams) -> BaseFn:
         assert isinstance(params, IntegratedGradientsParams)
         return functools.partial(integrated_gradients, params=params, method=self.name)
+
+    def path_workload(self, params: Any, shape: tuple[int, ...]) -> Workload | None:
+        """``n_steps`` path points, ``internal_batch_size`` at a time (all at once by
+        default); Gauss-Legendre's nodes come from an ``n_steps`` x ``n_steps``
+        eigenproblem (about four float64 matrices of that size)."""
+        n = params.n_steps
+        table = params.integration == "gausslegendre"
+        return Workload(
+            passes=n,
+            inputs=shape[0] * min(n, params.internal_batch_size or n),
+            extra=32 * n * n if table and n > 1 else 0,
+            counts=("n_steps", "integration") if table else ("n_steps",),
+            fix="lower n_steps (Gauss-Legendre's nodes need n_steps x n_steps matrices; "
+            "integration='riemann_trapezoid' does not)"
+            if table
+            else "",
+            batch=("internal_batch_size",),
+        )
 
 
 # -- SmoothGrad / VarGrad aliases ------------------------------------------------------

@@ -11,7 +11,8 @@ default generator, so ``explain(seed=...)`` is reproducible). Each item's salien
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from esegeta_core import Explainer, InvalidParamsError, MethodParams
+from esegeta_core.explainer import Workload
 from esegeta_core.feature_masks import as_size
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -131,6 +133,22 @@ class Rise(Explainer):
     cost = "high"
     paper = "https://arxiv.org/abs/1806.07421"
     deterministic = False
+
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        """One pass per mask and item, ``batch_size`` masked copies of one item per pass
+        (the masks of a pass are made at the input's size, a few copies each)."""
+        total = params.num_masks if params.masks is None else int(params.masks.shape[0])
+        together = min(params.batch_size, total)
+        return Workload(
+            passes=total,
+            inputs=together,
+            extra=4 * together * math.prod(shape[2:]) * 4,
+            counts=("num_masks",) if params.masks is None else ("masks",),
+            fix="" if params.masks is None else "give fewer masks",
+            batch=("batch_size",),
+        )
 
     def attribute(
         self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: RiseParams

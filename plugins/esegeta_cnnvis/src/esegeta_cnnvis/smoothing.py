@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from esegeta_core import MethodParams
+from esegeta_core.explainer import Workload
 
 BaseFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 """A batched attribution: ``(model, inputs, target, create_graph) -> attributions``."""
@@ -81,6 +82,28 @@ class GradientParams(MethodParams):
                 "'smoothgrad_sq' or 'vargrad'; set smoothing or remove them"
             )
         return self
+
+
+def smoothed_workload(
+    params: GradientParams, shape: tuple[int, ...], inner: Workload | None = None
+) -> Workload:
+    """The workload of a gradient method on inputs of ``shape``: ``inner`` (one pass per
+    item by default) on every noisy copy when smoothing, ``noise_batch_size`` copies of
+    the batch per pass."""
+    inner = inner or Workload()
+    if params.smoothing == "none":
+        return inner
+    copies = params.noise_samples
+    together = min(params.noise_batch_size, copies)
+    per_copy = max(1, (inner.inputs or shape[0]) // shape[0])
+    return Workload(
+        passes=(inner.passes or 1) * copies,
+        inputs=shape[0] * together * per_copy,
+        extra=inner.extra,
+        counts=(*inner.counts, "noise_samples"),
+        fix=f"{inner.fix}, or lower noise_samples" if inner.fix else "",
+        batch=(*inner.batch, "noise_batch_size"),
+    )
 
 
 def postprocess(a: torch.Tensor, how: PostProcess) -> torch.Tensor:

@@ -17,7 +17,7 @@ image is optimised (``torch.autograd.grad``): the model's parameters, their
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -26,10 +26,11 @@ from torch import nn
 
 from esegeta_cnnvis.layer_capture import check_filter, layer_output
 from esegeta_cnnvis.relu_rules import GATE_REQUIREMENT, refuse_without_activations, relu_rule
-from esegeta_cnnvis.smoothing import GradientParams, run_gradient_method
+from esegeta_cnnvis.smoothing import GradientParams, run_gradient_method, smoothed_workload
 from esegeta_cnnvis.targets_score import grad_leaf
 from esegeta_core import Explainer, LayerPath, MethodParams
 from esegeta_core.baselines import gaussian_blur
+from esegeta_core.explainer import Workload
 
 # -- layer activation with guided backprop -----------------------------------------------
 
@@ -60,6 +61,15 @@ class LayerActivationGuidedBackprop(Explainer):
 
     def check_model(self, model: nn.Module, params: Any, trace: Any) -> None:
         refuse_without_activations(self.name, model, trace)
+
+    def passes(self, params: Any, shape: tuple[int, ...]) -> int | None:
+        """One pass per item, times the noisy copies when smoothing."""
+        return smoothed_workload(params, shape).passes
+
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        return smoothed_workload(params, shape)
 
     def attribute(
         self,

@@ -8,12 +8,15 @@ each pixel's/voxel's segment weight for the target class.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from esegeta_core import Explainer, MethodResult
+from esegeta_core.explainer import Workload
 from esegeta_lime.params import LimeParams
 from esegeta_lime.segmentation import segment
 from esegeta_lime.surrogate import fit_item, top_segments
@@ -52,6 +55,25 @@ class Lime(Explainer):
     deterministic: ClassVar[bool] = False
     batch_params: ClassVar[tuple[str, ...]] = ("batch_size",)
 
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        """``num_samples`` passes per item, items one at a time, ``batch_size`` samples
+        per pass; LIME keeps every sample's on/off row over the segments (int64, plus a
+        bool copy, the distances' and the weighted ridge fit's float64 copies: about 40
+        bytes per row and segment)."""
+        n = params.num_samples
+        segments = estimated_segments(params, shape)
+        slic = isinstance(params.segmentation, str) and params.segmentation == "slic"
+        return Workload(
+            passes=n,
+            inputs=min(params.batch_size, n),
+            extra=n * segments * 40,
+            counts=("num_samples", "n_segments") if slic else ("num_samples",),
+            fix="lower num_samples (the sample matrix also grows with the segments)",
+            batch=("batch_size",),
+        )
+
     def attribute(
         self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
     ) -> MethodResult:
@@ -83,6 +105,20 @@ class Lime(Explainer):
             local_pred=torch.tensor(local_pred, dtype=torch.float64),
             random_seed=seed,
         )
+
+
+def estimated_segments(params: Any, shape: tuple[int, ...]) -> int:
+    """About how many segments an item of ``shape`` is cut into, without segmenting:
+    ``n_segments`` for SLIC, the ids of a given mask, at most one per ``min_size``
+    pixels for Felzenszwalb, and for quickshift one per kernel area."""
+    if isinstance(params.segmentation, torch.Tensor):
+        return int(torch.unique(params.segmentation).numel())
+    pixels = math.prod(shape[2:])
+    if params.segmentation == "slic":
+        return params.n_segments
+    if params.segmentation == "felzenszwalb":
+        return max(1, pixels // params.min_size)
+    return max(1, int(pixels / (math.pi * params.kernel_size**2)))
 
 
 def _mask(ids: torch.Tensor, chosen: list[int]) -> torch.Tensor:

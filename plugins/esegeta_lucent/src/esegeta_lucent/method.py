@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
 
 from esegeta_core import Explainer, InvalidParamsError, MethodParams, MethodResult
+from esegeta_core.explainer import Workload
 from esegeta_core.feature_masks import as_size
 from esegeta_lucent.objectives import Objective, parse_objective, resolve_layers
 from esegeta_lucent.render import Job, default_decorrelate, render_2d, render_nd
@@ -119,6 +122,25 @@ class FeatureVisualization(Explainer):
     deterministic = False
 
     renderers: ClassVar = {2: render_2d, 3: render_nd}
+
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        """``steps`` passes per image, one image per item; an ``image_size`` larger than
+        the inputs counts as that many inputs' worth of activations."""
+        rank = len(shape) - 2
+        size = (
+            shape[2:]
+            if params.image_size is None
+            else as_size(params.image_size, rank, "image_size", self.name)
+        )
+        scale = math.ceil(math.prod(size) / max(1, math.prod(shape[2:])))
+        return Workload(
+            passes=params.steps,
+            inputs=shape[0] * scale,
+            counts=("steps", "image_size") if params.image_size is not None else ("steps",),
+            fix="lower steps or image_size" if params.image_size is not None else "",
+        )
 
     def attribute(
         self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any

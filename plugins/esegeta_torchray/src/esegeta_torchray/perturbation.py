@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, WithJsonSchema, model_validator
 
 from esegeta_core import InvalidParamsError, MethodResult
+from esegeta_core.explainer import Workload
 from esegeta_torchray.base import TorchRayMethod
 from esegeta_torchray.common import Call, ResizeParams, SmoothParams, torchray_function
 
@@ -105,6 +106,21 @@ class Rise(TorchRayMethod):
     cost = "high"
     paper = "https://arxiv.org/abs/1806.07421"
     batch_params = ("batch_size",)
+
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        """One pass per mask and item; TorchRay masks one item with ``batch_size`` masks
+        per pass."""
+        given = params.filter_masks
+        total = params.num_masks if given is None else int(given.shape[0])
+        return Workload(
+            passes=total,
+            inputs=min(params.batch_size, total),
+            counts=("num_masks",) if given is None else ("filter_masks",),
+            fix="" if given is None else "give fewer filter_masks",
+            batch=("batch_size",),
+        )
 
     def run(self, fn: Callable[..., Any], call: Call, params: Any) -> torch.Tensor:
         return fn(call.model, call.inputs, target=call.target, **params.torchray_kwargs(call))
@@ -197,6 +213,22 @@ class ExtremalPerturbation(TorchRayMethod):
     ranks = (2,)
     cost = "high"
     paper = "https://arxiv.org/abs/1910.08485"
+
+    def workload(
+        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+    ) -> Workload:
+        """``max_iter`` optimisation steps per item, every area's mask in one pass (both
+        games at once for ``variant='dual'``), items one at a time; the perturbation
+        pyramid holds ``num_levels`` perturbed copies of the item."""
+        masks = len(params.areas) * (2 if params.variant == "dual" else 1)
+        item_bytes = 4 * math.prod(shape[1:])
+        return Workload(
+            passes=params.max_iter * masks,
+            inputs=masks,
+            extra=params.num_levels * item_bytes * 2,
+            counts=("max_iter", "areas", "num_levels"),
+            fix="lower max_iter, give fewer areas, or lower num_levels",
+        )
 
     def run(self, fn: Callable[..., Any], call: Call, params: Any) -> MethodResult:
         kwargs = params.torchray_kwargs(call)
