@@ -15,16 +15,18 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from esegeta_core.config import ModelSpec, RegionSpec, RunConfig
 from esegeta_core.data_io import expand_paths
-from esegeta_core.errors import EsegetaError, InvalidParamsError
+from esegeta_core.errors import EsegetaError, InvalidModelError, InvalidParamsError
 
 __all__ = [
     "check_config",
     "device_problems",
+    "import_factory",
     "method_problems",
     "model_problems",
     "output_dir_problems",
@@ -107,12 +109,11 @@ class _MissingError(Exception):
     """The factory's file, module or function is not there (not a failing import)."""
 
 
-def model_problems(spec: ModelSpec, base: Path, where: str = "model") -> list[str]:
-    """The factory's module cannot be imported or lacks the function, or the checkpoint
-    file is missing. The module is imported (that runs its top-level code); the factory
-    is not called."""
-    problems = []
-    module_name, _, func = spec.factory.rpartition(":")
+def import_factory(factory: str, base: Path) -> Callable[..., Any]:
+    """The function a ``'package.module:function'`` or ``'path/file.py:function'``
+    factory names (a relative file is relative to ``base``), imported but not called.
+    Raises :class:`InvalidModelError` saying whether it is missing or its import failed."""
+    module_name, _, func = factory.rpartition(":")
     fix = "use 'package.module:function' (importable here) or 'path/to/file.py:function'"
     try:
         if module_name.endswith(".py"):
@@ -128,15 +129,28 @@ def model_problems(spec: ModelSpec, base: Path, where: str = "model") -> list[st
             if not module_name or _find_spec(module_name) is None:
                 raise _MissingError(f"no module named {module_name!r} is installed")
             module = importlib.import_module(module_name)
-        if not callable(getattr(module, func, None)):
+        function = getattr(module, func, None)
+        if not callable(function):
             raise _MissingError(f"{module_name} defines no function {func!r}")
     except _MissingError as exc:
-        problems.append(f"{where}.factory {spec.factory!r}: {exc}; {fix}.")
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code: report, do not crash
-        problems.append(
-            f"{where}.factory {spec.factory!r}: importing {module_name} failed: "
-            f"{type(exc).__name__}: {exc}; fix the module or the factory path."
-        )
+        raise InvalidModelError(f"{exc}; {fix}.") from None
+    except (Exception, SystemExit) as exc:
+        raise InvalidModelError(
+            f"importing {module_name} failed: {type(exc).__name__}: {exc}; fix the module "
+            "or the factory path."
+        ) from exc
+    return function
+
+
+def model_problems(spec: ModelSpec, base: Path, where: str = "model") -> list[str]:
+    """The factory's module cannot be imported or lacks the function, or the checkpoint
+    file is missing. The module is imported (that runs its top-level code); the factory
+    is not called."""
+    problems = []
+    try:
+        import_factory(spec.factory, base)
+    except InvalidModelError as exc:
+        problems.append(f"{where}.factory {spec.factory!r}: {exc}")
     if spec.checkpoint is not None:
         path = _under(base, spec.checkpoint)
         if not path.is_file():

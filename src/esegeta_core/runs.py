@@ -24,8 +24,6 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
-import importlib
-import importlib.util
 import io
 import json
 import logging
@@ -91,25 +89,13 @@ class Job:
 
 def build_model(config: RunConfig, base: Path) -> nn.Module:
     """Call the factory and load the checkpoint (``torch.load(weights_only=True)``)."""
+    from esegeta_core.config_checks import import_factory
+
     spec = config.model
-    module_name, _, func_name = spec.factory.rpartition(":")
     try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            path = path if path.is_absolute() else base / path
-            loader = importlib.util.spec_from_file_location(path.stem, path)
-            if loader is None or loader.loader is None:
-                raise ImportError(f"cannot load {path}")
-            module = importlib.util.module_from_spec(loader)
-            loader.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-        factory = getattr(module, func_name)
-    except (ImportError, AttributeError, FileNotFoundError) as exc:
-        raise InvalidModelError(
-            f"Cannot import the model factory {spec.factory!r}: {exc}. Use "
-            "'package.module:function' (importable) or 'file.py:function'."
-        ) from exc
+        factory = import_factory(spec.factory, base)
+    except InvalidModelError as exc:
+        raise InvalidModelError(f"Cannot import the model factory {spec.factory!r}: {exc}") from exc
     model = factory(**spec.kwargs)
     if not isinstance(model, nn.Module):
         raise InvalidModelError(f"{spec.factory} returned {type(model).__name__}, not a Module.")
