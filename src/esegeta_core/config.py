@@ -9,7 +9,6 @@ devices and with the runtime features the file asks for, and writes one folder.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -257,10 +256,12 @@ class RunConfig(_Section):
             return value
         if not value:
             raise ValueError("give at least one device, or 'auto'")
+        from esegeta_core.runtime.scheduler import DEVICE_FORMS, DEVICE_PATTERN
+
         unknown = [d for d in value if not DEVICE_PATTERN.fullmatch(d)]
         if unknown:
             raise ValueError(
-                f"unknown device(s) {unknown}; accepted: {', '.join(DEVICE_FORMS)} "
+                f"unknown device(s) {unknown}; accepted: {', '.join(map(repr, DEVICE_FORMS))} "
                 "(N = the GPU number), or devices: auto"
             )
         return value
@@ -282,13 +283,6 @@ class RunConfig(_Section):
                 + ". Use a plain folder name such as 'my-run'."
             )
         return folder
-
-
-DEVICE_FORMS = ("'cpu'", "'cuda'", "'cuda:N'", "'mps'")
-"""The device strings a run config accepts (for messages)."""
-
-DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
-"""A device string a run config accepts: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
 
 
 def name_problem(name: str) -> str | None:

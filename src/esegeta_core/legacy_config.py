@@ -459,7 +459,7 @@ def _convert_params(
 
 
 def _devices(entries: list[dict[str, Any]], warn: Callable[[str], None]) -> list[str]:
-    from esegeta_core.config import DEVICE_FORMS, DEVICE_PATTERN
+    from esegeta_core.runtime.scheduler import DEVICE_FORMS, DEVICE_PATTERN
 
     found: list[str] = []
     for entry in entries:
@@ -478,7 +478,7 @@ def _devices(entries: list[dict[str, Any]], warn: Callable[[str], None]) -> list
             if not DEVICE_PATTERN.fullmatch(text):
                 warn(
                     f"device_id {device!r} is not a device esegeta knows "
-                    f"({', '.join(DEVICE_FORMS)}); dropped."
+                    f"({', '.join(map(repr, DEVICE_FORMS))}); dropped."
                 )
                 continue
             if text not in found:

@@ -53,7 +53,8 @@ Runner = Callable[[Any, str], dict[str, Any]]
 
 #: The device strings :func:`check_devices` accepts ("cuda:N": GPU number N).
 DEVICE_FORMS = ("cpu", "cuda", "cuda:N", "mps")
-_DEVICE = re.compile(r"cpu|mps|cuda(?::(0|[1-9][0-9]*))?")
+DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(?::(0|[1-9][0-9]*))?")
+"""A device string: ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (no leading zeros)."""
 
 _READY = "__ready__"
 _START_FAILED = "__start_failed__"
@@ -97,7 +98,7 @@ def check_devices(devices: Sequence[str]) -> list[str]:
         )
     checked: list[str] = []
     for device in devices:
-        match = _DEVICE.fullmatch(device) if isinstance(device, str) else None
+        match = DEVICE_PATTERN.fullmatch(device) if isinstance(device, str) else None
         if match is None:
             raise InvalidParamsError(
                 f"devices: {device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' "
