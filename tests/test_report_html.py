@@ -4,6 +4,7 @@ and a real headless Chromium (skipped with its reason where there is none)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import math
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import esegeta_core.report.html as html_module
 from esegeta_core import Explainer, hookimpl, register_plugin, unregister_plugin
 from esegeta_core.cli import main
 from esegeta_core.config import RunConfig
@@ -30,6 +32,7 @@ from esegeta_core.report.html import (
     ReportData,
     RunFolderError,
     Timing,
+    Viewer,
     anchor_id,
     render_html,
     report_from_run,
@@ -553,6 +556,157 @@ def test_in_a_real_browser(run_dir, tmp_path):
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+            assert not problems, problems
+        finally:
+            browser.close()
+
+
+# -- interactive viewers ---------------------------------------------------------------
+
+
+def _viewer_2d() -> Viewer:
+    """A 20x30 grey ramp with a signed map: positive on the left, negative on the right."""
+    from esegeta_core.report.payloads import encode_map_2d
+
+    ramp = np.tile(np.linspace(0, 255, 30, dtype=np.uint8), (20, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    values = np.zeros((20, 30))
+    values[5:15, 3:10] = 2e-4
+    values[5:15, 20:27] = -1e-4
+    return Viewer("2d", buffer.getvalue(), encode_map_2d(values))
+
+
+def test_viewers_are_inlined_once_with_hashed_scripts():
+    viewer = _viewer_2d()
+    maps = [MapEntry("m.a", "c1", viewer=viewer), MapEntry("m.b", "c1", viewer=viewer)]
+    text = render_html(ReportData("v", [InputSection("x", maps=maps)]))
+    assert text.count('class="esegeta-viewer" data-kind="2d"') == 2
+    assert text.count('<script type="application/octet-stream"') == 2  # input and map, once
+    assert "sA.niivue" not in text and len(text) < 100_000  # NiiVue only with a 3D viewer
+    csp = re.search(r'Content-Security-Policy" content="([^"]+)"', text).group(1)
+    scripts = re.findall(r"<script>(.*?)</script>", text, flags=re.S)
+    assert len(scripts) == 2 and "'unsafe-inline'" not in csp.split("script-src")[1]
+    for script in scripts:
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in csp
+    with pytest.raises(InvalidReportError, match="Viewer.kind"):
+        Viewer("4d", b"", b"")
+
+
+def test_run_report_has_3d_viewers_with_the_sampling_stated(run_dir):
+    data = report_from_run(run_dir)
+    ok = [m for m in data.maps if m.ok]
+    assert ok and all(m.viewer is not None and m.viewer.kind == "3d" for m in ok)
+    assert all(m.viewer is None for m in data.maps if not m.ok)
+    text = render_html(data)
+    assert text.count('data-autostart="false"></div>') == len(ok)
+    assert "full resolution (12x12x12 voxels)" in text
+    assert "sA.niivue" in text  # the inlined NiiVue (UMD global)
+    # one input payload for the four maps of the one input item: 1 + 4 payloads
+    assert text.count('<script type="application/octet-stream"') <= 1 + len(ok)
+    plain = render_html(report_from_run(run_dir, viewers=False))
+    assert "sA.niivue" not in plain and 'esegeta-viewer"' not in plain
+    # the cost of the viewers: NiiVue, the viewer script and small uint8 payloads
+    niivue = len((Path(html_module.__file__).parent / "assets" / "niivue.umd.js").read_bytes())
+    assert len(text) - len(plain) < niivue + 60_000
+
+
+def _launch(sync_api, p):
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium found (chromium on PATH or ESEGETA_CHROMIUM)")
+    try:
+        # WebGL2 without a GPU: SwiftShader
+        return p.chromium.launch(
+            executable_path=executable,
+            args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"],
+        )
+    except sync_api.Error as exc:
+        pytest.skip(f"Chromium at {executable} did not start: {exc}")
+
+
+def _watch(page) -> list[str]:
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on(
+        "request",
+        lambda r: (
+            None if r.url.startswith(("file:", "data:")) else problems.append(f"request to {r.url}")
+        ),
+    )
+    return problems
+
+
+def test_2d_overlay_controls_change_the_picture_in_a_browser(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    maps = [MapEntry("m.a", "c1", png=_png((1, 2, 3)), viewer=_viewer_2d())]
+    path = write_html_report(ReportData("v2", [InputSection("x", maps=maps)]), tmp_path / "r.html")
+    with sync_api.sync_playwright() as p:
+        browser = _launch(sync_api, p)
+        try:
+            page = browser.new_page()
+            problems = _watch(page)
+            page.goto(path.as_uri())
+            page.wait_for_selector(".esegeta-viewer[data-state=ready] canvas")
+            pixels = "c => Array.from(c.getContext('2d').getImageData(0, 0, 30, 20).data)"
+            canvas = page.locator(".esegeta-viewer canvas")
+            before = np.array(canvas.evaluate(pixels)).reshape(20, 30, 4)
+            assert before[10, 5, 0] > before[10, 5, 2] + 40  # positive: red over grey
+            assert before[10, 24, 2] > before[10, 24, 0] + 20  # negative: blue
+            page.locator(".esegeta-viewer input[name=opacity]").fill("0")
+            plain = np.array(canvas.evaluate(pixels)).reshape(20, 30, 4)
+            assert abs(int(plain[10, 5, 0]) - int(plain[10, 5, 2])) <= 2  # the grey input
+            assert (plain != before).any()
+            page.locator(".esegeta-viewer input[name=opacity]").fill("100")
+            page.locator(".esegeta-viewer select[name=sign]").select_option("positive")
+            positive = np.array(canvas.evaluate(pixels)).reshape(20, 30, 4)
+            assert positive[10, 5, 0] > positive[10, 5, 2] + 40
+            assert abs(int(positive[10, 24, 0]) - int(positive[10, 24, 2])) <= 2  # hidden
+            page.locator(".esegeta-viewer select[name=colormap]").select_option("viridis")
+            assert (np.array(canvas.evaluate(pixels)).reshape(20, 30, 4) != positive).any()
+            assert not problems, problems
+        finally:
+            browser.close()
+
+
+def test_niivue_renders_the_3d_volume_in_a_browser(run_dir, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    path = write_html_report(report_from_run(run_dir), tmp_path / "r3.html")
+    with sync_api.sync_playwright() as p:
+        browser = _launch(sync_api, p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            problems = _watch(page)
+            page.goto(path.as_uri())
+            if not page.evaluate("!!document.createElement('canvas').getContext('webgl2')"):
+                pytest.skip("this Chromium has no WebGL2 (NiiVue needs it)")
+            viewers = page.locator(".esegeta-viewer[data-kind='3d']")
+            for i in range(2):
+                viewers.nth(i).locator("button.esegeta-start").click()
+                page.wait_for_function(
+                    f"document.querySelectorAll('.esegeta-viewer[data-kind=\"3d\"]')[{i}]"
+                    ".getAttribute('data-state') !== 'loading'"
+                )
+                assert viewers.nth(i).get_attribute("data-state") == "ready", problems
+            page.wait_for_timeout(300)
+            shot = viewers.nth(0).locator(".esegeta-niivue canvas").screenshot()
+            with Image.open(io.BytesIO(shot)) as img:
+                grey = np.asarray(img.convert("L"), dtype=np.float32)
+            assert grey.std() > 5 and (grey > 40).mean() > 0.02  # a picture, not a blank
+            # the crosshair is linked: a click in one viewer moves the other's
+            other = "document.querySelectorAll('.esegeta-viewer[data-kind=\"3d\"]')[1].niivue"
+            start = page.evaluate(f"Array.from({other}.scene.crosshairPos)")
+            box = viewers.nth(0).locator(".esegeta-niivue canvas").bounding_box()
+            page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.3)
+            page.wait_for_timeout(200)
+            assert page.evaluate(f"Array.from({other}.scene.crosshairPos)") != start
+            # render and MIP modes
+            mode = viewers.nth(0).locator("select[name=mode]")
+            mode.select_option("render")
+            mode.select_option("mip")
+            assert viewers.nth(0).locator("canvas.esegeta-mip").is_visible()
             assert not problems, problems
         finally:
             browser.close()

@@ -302,6 +302,20 @@ def _plain_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def inside(root: Path, name: str | Path, what: str) -> Path:
+    """``name`` resolved against ``root``; :class:`InvalidInputError` unless it stays
+    inside ``root`` (``..``, absolute paths elsewhere and symbolic links out are refused):
+    a record or a user must never make esegeta read or serve a file from elsewhere."""
+    base = Path(root).resolve()
+    try:
+        path = (base / name).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a NUL byte, a symlink loop
+        raise InvalidInputError(f"{what} {str(name)!r} cannot be resolved: {exc}") from exc
+    if not path.is_relative_to(base):
+        raise InvalidInputError(f"{what} {str(name)!r} lies outside {base}")
+    return path
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path in ``path``'s folder that replaces ``path`` when the block ends

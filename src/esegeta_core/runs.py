@@ -46,6 +46,7 @@ from esegeta_core.data_io import (
     Loaded,
     atomic_path,
     expand_paths,
+    inside,
     load_input,
     load_mask,
     write_json,
@@ -682,12 +683,12 @@ def _grid_figure(
 ) -> None:
     from esegeta_core.report.figures import grid_figure
 
-    root = run_dir.resolve()
     maps = {}
     for r in group:
-        map_path = (run_dir / r["files"]["attribution"]).resolve()
-        if not map_path.is_relative_to(root):
-            log.warning("job %s: map %s is outside the run folder; left out", r["job_id"], map_path)
+        try:
+            map_path = inside(run_dir, r["files"]["attribution"], f"job {r['job_id']}: the map")
+        except InvalidInputError as exc:
+            log.warning("%s; left out (nothing outside the run folder is read)", exc)
             continue
         saliency = _read_map(map_path, loaded)
         if saliency is not None:

@@ -16,6 +16,16 @@ Content-Security-Policy forbids loading anything from elsewhere. The page shows:
 - per-method timing, sortable the same way;
 - the run's parameters as a collapsible pretty-printed block.
 
+Maps can carry an interactive viewer (:class:`Viewer`; :func:`report_from_run` adds one
+to every job with a stored map): 2D maps drawn over the input on a canvas with opacity,
+colour map and sign controls, 3D volumes in NiiVue (threshold, opacity, slice / 3D
+render / MIP views, crosshair linked across maps) behind a button, with the static
+figure kept as the fallback. Their data is stored once per payload as base64 (2D: PNG
+and float16 maps; 3D: uint8 NIfTI, down-sampled beyond
+:data:`~esegeta_core.report.payloads.MAX_VOXELS_PER_AXIS` voxels per axis, the sampling
+stated on the card); the viewer script, and NiiVue only when a 3D viewer is present, are
+inlined and allowed by their hashes in the Content-Security-Policy.
+
 Every leaderboard row links to its method's first map (and every map links back to its
 row); the ids are derived from the data (the job id for run folders), so links stay
 stable between renders. All text is escaped: method names, errors and parameters are
@@ -31,6 +41,7 @@ writes it atomically and :func:`report_from_run` builds one from a folder writte
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import logging
@@ -44,7 +55,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from esegeta_core.errors import EsegetaError
+from esegeta_core.errors import EsegetaError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +72,7 @@ __all__ = [
     "ReportData",
     "RunFolderError",
     "Timing",
+    "Viewer",
     "anchor_id",
     "render_html",
     "report_from_run",
@@ -106,6 +118,31 @@ def _check_text(value: Any, what: str) -> None:
 
 
 @dataclass(frozen=True)
+class Viewer:
+    """The data of a map's interactive viewer (see :mod:`esegeta_core.report.payloads`).
+
+    ``kind`` ``"2d"`` (``input`` a PNG, ``map`` an EGM1 payload) or ``"3d"`` (both gzipped
+    NIfTI); ``sampling`` the sentence the card shows under a 3D viewer. Equal inputs are
+    stored once in the page.
+    """
+
+    kind: str
+    input: bytes
+    map: bytes
+    sampling: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("2d", "3d"):
+            raise InvalidReportError(f"Viewer.kind must be '2d' or '3d', got {self.kind!r}.")
+        for name in ("input", "map"):
+            if not isinstance(getattr(self, name), (bytes, bytearray)):
+                raise InvalidReportError(
+                    f"Viewer.{name} must be bytes (a payload of esegeta_core.report.payloads)."
+                )
+        _check_text(self.sampling, "Viewer.sampling")
+
+
+@dataclass(frozen=True)
 class MapEntry:
     """One map: one method on one input for one target, or the failure in its place.
 
@@ -116,7 +153,7 @@ class MapEntry:
     ``timeout``) with ``error`` its message; ``anchor`` the element id (default derived
     from input, model, method and target); ``model`` the model's name when a report
     compares several; ``params`` the method's parameters; ``details`` extra key/value
-    lines (device, job id).
+    lines (device, job id); ``viewer`` the data of its interactive viewer, if any.
     """
 
     method: str
@@ -130,8 +167,13 @@ class MapEntry:
     model: str = ""
     params: Mapping[str, Any] = field(default_factory=dict)
     details: Mapping[str, str] = field(default_factory=dict)
+    viewer: Viewer | None = None
 
     def __post_init__(self) -> None:
+        if self.viewer is not None and not isinstance(self.viewer, Viewer):
+            raise InvalidReportError(
+                f"MapEntry.viewer must be a Viewer or None, got {type(self.viewer).__name__}."
+            )
         for name in ("method", "target", "status", "error", "anchor", "title", "model"):
             _check_text(getattr(self, name), f"MapEntry.{name}")
         if not self.method:
@@ -651,6 +693,16 @@ dialog::backdrop { background: rgba(10, 12, 16, 0.82); }
 dialog img { max-width: 96vw; max-height: 88vh; display: block; background: #fff;
   border-radius: 6px; cursor: zoom-out; }
 dialog p { color: #fff; margin: 6px 0 0; text-align: center; }
+.esegeta-viewer { display: flex; flex-direction: column; gap: 6px; }
+.esegeta-viewer canvas.esegeta-canvas, .esegeta-viewer canvas.esegeta-mip { width: 100%;
+  height: auto; image-rendering: pixelated; background: #000; border-radius: 6px; }
+.esegeta-niivue { height: 360px; background: #000; border-radius: 6px; }
+.esegeta-niivue canvas { width: 100%; height: 100%; display: block; }
+.esegeta-controls { display: flex; flex-wrap: wrap; gap: 4px 14px; font-size: 0.85rem;
+  color: var(--muted); align-items: center; }
+.esegeta-control input[type=range] { width: 110px; vertical-align: middle; }
+.esegeta-start { align-self: flex-start; }
+.esegeta-viewer-error, .sampling { color: var(--muted); font-size: 0.8rem; margin: 0; }
 @media print {
   .table-wrap { max-height: none; overflow: visible; }
   main section.block { break-inside: avoid-page; }
@@ -727,10 +779,55 @@ _SCRIPT = """
 })();
 """
 
-_CSP = (
-    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-    "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
-)
+
+def _csp(scripts: Sequence[str]) -> str:
+    """The page's Content-Security-Policy: nothing from elsewhere; inline scripts run only
+    when their hash is listed. NiiVue (present only with a 3D viewer) needs nothing more:
+    WebGL2 is not governed by CSP, its gzip decoding uses DecompressionStream (no
+    workers, no WebAssembly), and its font atlas is a data: image."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode("utf-8")).digest()).decode() + "'"
+        for s in scripts
+    )
+    return (
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+        f"script-src {hashes}; base-uri 'none'; form-action 'none'"
+    )
+
+
+class _Payloads:
+    """Viewer payloads stored once each in the page, as base64 in non-executed
+    ``<script type="application/octet-stream">`` elements the viewer reads by id."""
+
+    def __init__(self, ids: _Ids) -> None:
+        self.ids = ids
+        self.by_digest: dict[bytes, str] = {}
+        self.blocks: list[str] = []
+
+    def ref(self, data: bytes) -> str:
+        digest = hashlib.sha256(bytes(data)).digest()
+        if digest not in self.by_digest:
+            pid = self.ids.take(f"payload-{len(self.by_digest) + 1}")
+            self.by_digest[digest] = pid
+            text = base64.b64encode(bytes(data)).decode("ascii")
+            self.blocks.append(
+                f'<script type="application/octet-stream" id="{pid}">{text}</script>'
+            )
+        return self.by_digest[digest]
+
+
+def _viewer(viewer: Viewer, alt: str, payloads: _Payloads) -> str:
+    """The element esegeta-viewer.js upgrades; a 3D one starts on request (each WebGL
+    viewer costs a browser context, of which a page gets few)."""
+    start = ' data-autostart="false"' if viewer.kind == "3d" else ""
+    out = (
+        f'<div class="esegeta-viewer" data-kind="{viewer.kind}" '
+        f'data-input="#{payloads.ref(viewer.input)}" data-map="#{payloads.ref(viewer.map)}" '
+        f'data-label="{_e(alt)}"{start}></div>'
+    )
+    if viewer.sampling:
+        out += f'<p class="sampling">{_e(viewer.sampling)}</p>'
+    return out
 
 
 def _image(png: bytes, alt: str) -> str:
@@ -747,7 +844,12 @@ def _seconds(value: float | None) -> str:
 
 
 def _card(
-    entry: MapEntry, section: InputSection, entry_id: str, back: str | None, lb_id: str
+    entry: MapEntry,
+    section: InputSection,
+    entry_id: str,
+    back: str | None,
+    lb_id: str,
+    payloads: _Payloads,
 ) -> str:
     failed = not entry.ok
     alt = f"{entry.label} on {section.name}" + (f", {entry.target}" if entry.target else "")
@@ -770,6 +872,8 @@ def _card(
         parts.append(f'<div class="meta">{"".join(f"<span>{m}</span>" for m in meta)}</div>')
     if entry.png is not None:
         parts.append(_image(entry.png, alt))
+    if entry.viewer is not None and not failed:
+        parts.append(_viewer(entry.viewer, alt, payloads))
     if failed:
         lines = entry.error.strip().splitlines() or ["(no error message)"]
         parts.append(f'<p class="error-msg">{_e(lines[0])}</p>')
@@ -800,6 +904,7 @@ def _input_section(
     entry_ids: Sequence[str],
     backs: Sequence[str | None],
     lb_id: str,
+    payloads: _Payloads,
 ) -> str:
     n_failed = sum(1 for m in section.maps if not m.ok)
     count = f"{len(section.maps)} map{'s' if len(section.maps) != 1 else ''}"
@@ -831,7 +936,7 @@ def _input_section(
                 f"{_image(section.input_png, 'input ' + section.name)}</figure>"
             )
         for i in indices:
-            out.append(_card(section.maps[i], section, entry_ids[i], backs[i], lb_id))
+            out.append(_card(section.maps[i], section, entry_ids[i], backs[i], lb_id, payloads))
         out.append("</div>")
     if not section.maps:
         out.append('<p class="empty">No maps for this input.</p>')
@@ -902,6 +1007,15 @@ def render_html(data: ReportData) -> str:
         backs.append(section_backs)
 
     maps = data.maps
+    payloads = _Payloads(ids)
+    kinds = {m.viewer.kind for m in maps if m.viewer is not None and m.ok}
+    scripts = [_SCRIPT]
+    if kinds:  # the assets are read only when a report has a viewer
+        from esegeta_core.report.assets import asset_text
+
+        scripts = [asset_text("esegeta-viewer.js"), _SCRIPT]
+        if "3d" in kinds:
+            scripts.insert(0, asset_text("niivue.umd.js"))
     n_failed = sum(1 for m in maps if not m.ok)
     total = sum(m.seconds for m in maps if m.seconds is not None and math.isfinite(m.seconds))
     stats = [f"{len(data.inputs)} input{'s' if len(data.inputs) != 1 else ''}"]
@@ -926,7 +1040,7 @@ def render_html(data: ReportData) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_csp(scripts)}">',
         '<meta name="generator" content="esegeta">',
         f"<title>{_e(data.title)}</title><style>{_CSS}</style></head>",
         '<body><header class="top" id="top"><div class="inner">',
@@ -1017,7 +1131,7 @@ def render_html(data: ReportData) -> str:
     out.append('<div id="inputs">')
     for section, sid, eids, sbacks in zip(data.inputs, section_ids, entry_ids, backs):
         lb_id = "leaderboard" if board is not None else ""
-        out.append(_input_section(section, sid, eids, sbacks, lb_id))
+        out.append(_input_section(section, sid, eids, sbacks, lb_id, payloads))
     if not data.inputs:
         out.append('<section class="block"><p class="empty">No inputs.</p></section>')
     out.append("</div>")
@@ -1032,8 +1146,10 @@ def render_html(data: ReportData) -> str:
         '</main><footer><a href="#top">↑ top</a> · Written by esegeta; self-contained, '
         "readable offline.</footer>"
         '<dialog id="zoom" aria-label="enlarged figure"><img alt=""><p></p></dialog>'
-        f"<script>{_SCRIPT}</script></body></html>\n"
     )
+    out.extend(payloads.blocks)
+    out.extend(f"<script>{script}</script>" for script in scripts)
+    out.append("</body></html>\n")
     return "".join(out)
 
 
@@ -1088,21 +1204,13 @@ def _inside(run_dir: Path, name: str, job_id: str) -> Path | None:
     """``name`` (a record's file entry) resolved against the run folder, or None with a
     warning when it leads outside (an absolute path, ``..``, a symbolic link): a record
     must not make the report embed files from elsewhere."""
-    root = run_dir.resolve()
+    from esegeta_core.data_io import inside
+
     try:
-        path = (root / name).resolve()
-    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
-        log.warning("report: job %s names the file %r, which cannot be read: %s", job_id, name, exc)
+        return inside(run_dir, name, f"report: job {job_id or '?'} names the file")
+    except InvalidInputError as exc:
+        log.warning("%s; left out (nothing outside the run folder is read)", exc)
         return None
-    if not path.is_relative_to(root):
-        log.warning(
-            "report: job %s names the file %r, outside the run folder %s; left out",
-            job_id or "?",
-            name,
-            root,
-        )
-        return None
-    return path
 
 
 def _read_png(path: Path) -> bytes | None:
@@ -1163,11 +1271,37 @@ def _notes(notes: object) -> dict[str, str]:
     return out
 
 
+def _run_viewer(
+    run_dir: Path, record: Mapping[str, Any], inputs: dict[tuple[str, int], bytes]
+) -> Viewer | None:
+    """The viewer data of a successful job with a stored map, or None (with a warning when
+    its files cannot be read). ``inputs`` caches each input item's payload. The job's
+    input is read wherever the run read it (the record is the run's own); its map must
+    lie inside the run folder."""
+    files = record.get("files")
+    if record.get("status") != "ok" or not isinstance(files, dict) or not files.get("attribution"):
+        return None
+    from esegeta_core.report import payloads
+
+    try:
+        spec = payloads.viewer_spec(run_dir, record)
+        key = (str(record.get("input", "")), int(record.get("item", 0) or 0))
+        if key not in inputs:
+            inputs[key] = payloads.input_payload(run_dir, record, root=Path("/"))[0]
+        data, _ = payloads.map_payload(run_dir, record)
+    except (EsegetaError, OSError, ValueError) as exc:
+        log.warning("report: no interactive viewer for job %s: %s", record.get("job_id"), exc)
+        return None
+    sampling = spec["sampling"]["text"] if spec["kind"] == "3d" else ""
+    return Viewer(spec["kind"], inputs[key], data, sampling)
+
+
 def report_from_run(
     run_dir: str | os.PathLike[str],
     *,
     leaderboard: Leaderboard | None = None,
     title: str | None = None,
+    viewers: bool = True,
 ) -> ReportData:
     """Build the report of a run folder written by ``esegeta run``.
 
@@ -1175,7 +1309,9 @@ def report_from_run(
     ``figure.png`` (failed jobs with their status and error message); the item's grid
     from ``figures/`` as its overview; per-method timing from the records; the
     ``config.json`` as parameters. ``leaderboard`` (metrics computed elsewhere) is shown
-    as given; ``title`` defaults to the run's name.
+    as given; ``title`` defaults to the run's name. ``viewers`` adds the interactive
+    viewer of every job with a stored map (a job whose data cannot be read keeps its
+    static figure only, with a warning in the log).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -1192,6 +1328,7 @@ def report_from_run(
         )
     config = config if isinstance(config, dict) else {}
     sections: dict[tuple[str, int], list[MapEntry]] = {}
+    viewer_inputs: dict[tuple[str, int], bytes] = {}
     for record in records:
         job_id = str(record.get("job_id", ""))
         files = record.get("files") or {}
@@ -1206,6 +1343,7 @@ def report_from_run(
             details["predicted"] = f"class {record['target']}"
         details.update(_notes(record.get("notes")))
         params = record.get("params")
+        viewer = _run_viewer(run_dir, record, viewer_inputs) if viewers else None
         entry = MapEntry(
             method=str(record.get("method") or record.get("title") or job_id or "?"),
             title=str(record.get("title") or ""),
@@ -1217,6 +1355,7 @@ def report_from_run(
             anchor=f"job-{job_id}" if job_id else "",
             params=params if isinstance(params, dict) else {},
             details=details,
+            viewer=viewer,
         )
         item = record.get("item", 0)
         key = (str(record.get("input", "")), int(item) if isinstance(item, int) else 0)

@@ -1,0 +1,333 @@
+"""Run folders seen from the web app: finding them, their progress, and launching,
+stopping and resuming runs.
+
+A run is launched exactly as ``esegeta run CONFIG`` (``python -m esegeta_core.cli run``)
+in its own process group, its output in ``RUN_DIR/serve.log``; "Stop" sends SIGTERM,
+which the CLI turns into a clean, resumable stop; "Resume" starts it again. Progress
+is read from the run folder (one ``record.json`` per finished job), cached per file
+modification time so a 10,000-job run is counted in milliseconds after the first time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from esegeta_core.errors import EsegetaError, InvalidParamsError, RunConflictError
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".esegeta-web"
+"""Folder in the workspace where the app keeps submitted configs and launch notes."""
+SERVE_LOG = "serve.log"
+SHUTDOWN_WAIT = 10.0
+"""Seconds the server waits, when it exits, for the runs it started to stop."""
+MAX_DEPTH = 3
+"""How deep under the workspace run folders are looked for (output_dir/name)."""
+
+
+@dataclass
+class Progress:
+    """What a run folder says about its jobs now."""
+
+    ok: int
+    failed: int
+    planned: int | None
+    state: str  # running, finished, stopped (incomplete and not running)
+    started: float
+    updated: float
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        pending = None if self.planned is None else max(self.planned - self.done, 0)
+        return {
+            "ok": self.ok,
+            "failed": self.failed,
+            "planned": self.planned,
+            "pending": pending,
+            "state": self.state,
+            "started": self.started,
+            "duration": round(self.updated - self.started, 1),
+        }
+
+
+def find_runs(workspace: Path) -> list[Path]:
+    """Every run folder (holding ``config.json``) under ``workspace``, newest first.
+    Hidden folders and the inside of run folders are not searched."""
+    found: list[tuple[float, Path]] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                found.append((os.stat(Path(entry.path) / "config.json").st_mtime, Path(entry.path)))
+                continue
+            except OSError:
+                pass
+            if depth < MAX_DEPTH:
+                walk(Path(entry.path), depth + 1)
+
+    walk(workspace, 1)
+    found.sort(key=lambda item: (-item[0], str(item[1])))
+    return [path for _, path in found]
+
+
+class RecordIndex:
+    """Records of run folders, cached by file modification time (records are written
+    atomically, so an unchanged mtime means an unchanged record)."""
+
+    def __init__(self) -> None:
+        self._records: dict[Path, tuple[int, dict[str, Any]]] = {}
+        self._summaries: dict[Path, tuple[int, list[dict[str, Any]]]] = {}
+
+    def records(self, run_dir: Path) -> list[dict[str, Any]]:
+        """Every job record of ``run_dir``: ``summary.json`` when it is newer than the
+        config (the run finished), else each ``jobs/*/record.json``."""
+        summary = self.summary(run_dir)
+        if summary is not None:
+            return summary
+        out = []
+        try:
+            entries = sorted(os.scandir(run_dir / "jobs"), key=lambda e: e.name)
+        except OSError:
+            return []
+        for entry in entries:
+            path = Path(entry.path) / "record.json"
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:
+                continue
+            cached = self._records.get(path)
+            if cached is None or cached[0] != mtime:
+                try:
+                    cached = (mtime, json.loads(path.read_text()))
+                except (OSError, ValueError):
+                    continue
+                self._records[path] = cached
+            out.append(cached[1])
+        return out
+
+    def summary(self, run_dir: Path) -> list[dict[str, Any]] | None:
+        """The records of ``summary.json`` when it is as new as ``config.json`` (the
+        last run of the folder finished), else None."""
+        try:
+            mtime = os.stat(run_dir / "summary.json").st_mtime_ns
+            if mtime < os.stat(run_dir / "config.json").st_mtime_ns:
+                return None
+        except OSError:
+            return None
+        cached = self._summaries.get(run_dir)
+        if cached is None or cached[0] != mtime:
+            try:
+                data = json.loads((run_dir / "summary.json").read_text())
+            except (OSError, ValueError):
+                return None
+            cached = (mtime, data if isinstance(data, list) else [])
+            self._summaries[run_dir] = cached
+        return cached[1]
+
+
+def _lock_holder_alive(run_dir: Path) -> bool:
+    """Whether the process named in the run folder's lock file still runs esegeta (read
+    only: probing the lock itself could make a starting run fail)."""
+    try:
+        text = (run_dir / ".lock").read_text()
+        pid = int(text.rsplit("pid", 1)[1].split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            return b"esegeta" in cmdline.read_bytes()
+        except OSError:
+            return False
+    return True
+
+
+class JobManager:
+    """Launches, stops and resumes runs of one workspace, and reports their progress."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self.index = RecordIndex()
+        self.processes: dict[Path, subprocess.Popen[bytes]] = {}
+
+    # -- state ----------------------------------------------------------------------
+    def _note_path(self, run_dir: Path) -> Path:
+        rel = run_dir.relative_to(self.workspace).as_posix().replace("/", "__")
+        return self.workspace / STATE_DIR / "runs" / f"{rel}.json"
+
+    def note(self, run_dir: Path) -> dict[str, Any]:
+        """What the app noted when it launched ``run_dir`` (config file, planned jobs)."""
+        try:
+            return json.loads(self._note_path(run_dir).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def is_running(self, run_dir: Path) -> bool:
+        """Whether a run of ``run_dir`` is in progress (started here or elsewhere)."""
+        process = self.processes.get(run_dir)
+        if process is not None:
+            return process.poll() is None
+        return _lock_holder_alive(run_dir)
+
+    def progress(self, run_dir: Path) -> Progress:
+        """The run's job counts and state (running, finished, or stopped: incomplete
+        and not running) from its folder."""
+        records = self.index.records(run_dir)
+        ok = sum(1 for r in records if r.get("status") == "ok")
+        note = self.note(run_dir)
+        planned = note.get("planned")
+        running = self.is_running(run_dir)
+        summary_done = self.index.summary(run_dir) is not None
+        if running:
+            state = "running"
+        elif summary_done and (planned is None or len(records) >= planned):
+            state = "finished"
+        else:
+            state = "stopped"
+        if planned is None and summary_done:
+            planned = len(records)
+        try:  # config.json is written when a run (or a resumed one) starts
+            started = (run_dir / "config.json").stat().st_mtime
+        except OSError:
+            started = float(note.get("started", time.time()))
+        updated = time.time()
+        if not running:
+            try:
+                updated = max(
+                    (run_dir / name).stat().st_mtime
+                    for name in ("config.json", "summary.json", "run.log")
+                    if (run_dir / name).exists()
+                )
+            except ValueError:
+                updated = started
+        return Progress(ok, len(records) - ok, planned, state, started, max(updated, started))
+
+    # -- launching ------------------------------------------------------------------
+    def launch(self, config_data: dict[str, Any]) -> Path:
+        """Validate a (sanitised) config, write it under the workspace and start it as
+        ``esegeta run``; returns the run folder. Refuses a run folder in use."""
+        from pydantic import ValidationError
+
+        from esegeta_core.config import RunConfig
+        from esegeta_core.config_checks import check_config
+        from esegeta_core.runs import plan_jobs
+
+        try:
+            config = RunConfig.model_validate(config_data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidParamsError(f"The config is invalid: {problems}") from exc
+        problems = check_config(config, self.workspace)
+        if problems:
+            raise InvalidParamsError("The config cannot run: " + "; ".join(problems))
+        run_dir = config.run_dir(self.workspace)
+        if self.is_running(run_dir):
+            raise RunConflictError(
+                f"Run folder {run_dir.relative_to(self.workspace)} is running; stop it first "
+                "or choose another name."
+            )
+        planned = len(plan_jobs(config, self.workspace))
+        rel = run_dir.relative_to(self.workspace).as_posix().replace("/", "__")
+        config_path = self.workspace / STATE_DIR / "configs" / f"{rel}.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(config_data, sort_keys=False))
+        self._start(run_dir, config_path, planned)
+        return run_dir
+
+    def resume(self, run_dir: Path) -> None:
+        """Start a stopped run again from the config the app launched it with."""
+        config_path = self.note(run_dir).get("config")
+        if not config_path or not Path(config_path).is_file():
+            raise InvalidParamsError(
+                f"Run {run_dir.relative_to(self.workspace)} was not launched from this app; "
+                "resume it with `esegeta run CONFIG` on the command line."
+            )
+        if self.is_running(run_dir):
+            raise RunConflictError(f"Run {run_dir.relative_to(self.workspace)} is running.")
+        self._start(run_dir, Path(config_path), self.note(run_dir).get("planned"))
+
+    def _start(self, run_dir: Path, config_path: Path, planned: int | None) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        note = {"config": str(config_path), "planned": planned, "started": time.time()}
+        note_path = self._note_path(run_dir)
+        note_path.parent.mkdir(parents=True, exist_ok=True)
+        note_path.write_text(json.dumps(note))
+        command = [sys.executable, "-m", "esegeta_core.cli", "run", str(config_path)]
+        with open(run_dir / SERVE_LOG, "ab") as output:
+            self.processes[run_dir] = subprocess.Popen(
+                command,
+                cwd=self.workspace,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        log.info("launched %s (pid %d)", run_dir, self.processes[run_dir].pid)
+
+    def log_tail(self, run_dir: Path, size: int = 4096) -> str:
+        """The end of the run's ``serve.log`` (what the launched command printed)."""
+        try:
+            with open(run_dir / SERVE_LOG, "rb") as handle:
+                handle.seek(max(handle.seek(0, os.SEEK_END) - size, 0))
+                return handle.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self, run_dir: Path) -> bool:
+        """SIGTERM to a run this app started (the CLI stops cleanly, resumable); False
+        when it was not running."""
+        process = self.processes.get(run_dir)
+        if process is None or process.poll() is not None:
+            if _lock_holder_alive(run_dir):
+                raise RunStopError(
+                    f"Run {run_dir.relative_to(self.workspace)} was started outside this app; "
+                    "stop it where it was started (Ctrl-C)."
+                )
+            return False
+        os.kill(process.pid, signal.SIGTERM)
+        return True
+
+    def shutdown(self) -> None:
+        """Stop every run this app started (the server is exiting): SIGTERM, then wait
+        up to ``SHUTDOWN_WAIT`` seconds for their clean stops (they stay resumable)."""
+        live = [p for p in self.processes.values() if p.poll() is None]
+        for process in live:
+            process.send_signal(signal.SIGTERM)
+        end = time.monotonic() + SHUTDOWN_WAIT
+        for process in live:
+            try:
+                process.wait(timeout=max(end - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning("run process %d still stopping after %ss", process.pid, SHUTDOWN_WAIT)
+
+
+class RunStopError(EsegetaError, RuntimeError):
+    """A run cannot be stopped from the app (it was started elsewhere)."""
