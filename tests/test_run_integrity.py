@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -628,3 +628,40 @@ def test_sigterm_stops_an_in_process_run_resumably(tmp_path, volume):
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert f"({finished} finished earlier)" in again.stdout
+
+
+def test_progress_json_names_each_running_job_and_its_device(tmp_path, volume):
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    helpers = Path(__file__).with_name("run_stress_models.py")
+    model = {"factory": f"{helpers}:slow_segmenter", "kwargs": {"pid_dir": str(tmp_path / "p")}}
+    model["kwargs"]["delay"] = 0.4
+    data = _data(tmp_path, model=model, cpu_workers=2)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    command = [sys.executable, "-m", "esegeta_core.cli", "run", str(path)]
+    proc = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "out" / "r" / runs.PROGRESS
+    seen: list[dict] = []
+    try:
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            with suppress(OSError, ValueError):
+                seen.append(json.loads(progress.read_text()))
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+    busy = [p for p in seen if p["running"]]
+    assert busy, "no snapshot showed a running job"
+    assert all(set(p["running"].values()) <= {"cpu"} for p in busy)
+    assert any(len(p["running"]) == 2 for p in busy)  # both workers at once
+    final = json.loads(progress.read_text())
+    assert final == {**final, "total": 3, "ok": 3, "failed": 0, "running": {}, "state": "finished"}
+    assert all(p["ok"] + p["failed"] <= 3 for p in seen)

@@ -129,7 +129,7 @@ def _target_label(target: int | RegionSpec | None) -> str:
     return f"c{target}"
 
 
-def _method_label(config: RunConfig, index: int) -> str:
+def method_label(config: RunConfig, index: int) -> str:
     """The method's name, plus a digest of its parameters when it has any, plus its
     position when the very same spec appears twice (ids must be unique and stable)."""
     spec = config.methods[index]
@@ -331,7 +331,7 @@ def plan_jobs(config: RunConfig, base: Path) -> list[Job]:
         for item in range(items):
             for m in range(len(config.methods)):
                 for target in targets:
-                    job_id = f"{stem}-{item}__{_method_label(config, m)}__{_target_label(target)}"
+                    job_id = f"{stem}-{item}__{method_label(config, m)}__{_target_label(target)}"
                     jobs.append(Job(job_id, str(path), item, m, target, error=error))
     ids = [job.job_id for job in jobs]
     clashes = sorted({i for i in ids if ids.count(i) > 1})
@@ -730,6 +730,50 @@ def _read_map(path: Path, loaded: Loaded) -> torch.Tensor | None:
     return data.sum(0, keepdim=True)
 
 
+PROGRESS = "progress.json"
+"""The run's live progress, rewritten atomically as jobs start and finish."""
+
+
+class LiveProgress:
+    """Writes ``progress.json`` in the run folder: job counts, the state (running,
+    finished, interrupted) and the job each worker slot is running with its device, so a
+    viewer (``esegeta serve``) follows a run by reading one small file, never by listing
+    thousands of records. Every change is written (a small atomic write per job start
+    and end), so the file is never behind the run."""
+
+    def __init__(self, run_dir: Path, total: int) -> None:
+        self.path = run_dir / PROGRESS
+        self.data: dict[str, Any] = {
+            "total": total,
+            "ok": 0,
+            "failed": 0,
+            "running": {},
+            "state": "running",
+            "pid": os.getpid(),
+            "updated": 0.0,
+        }
+
+    def started(self, job_id: str, device: str) -> None:
+        self.data["running"][job_id] = device
+        self._write()
+
+    def finished(self, job_id: str, ok: bool) -> None:
+        self.data["running"].pop(job_id, None)
+        self.data["ok" if ok else "failed"] += 1
+        self._write()
+
+    def set_state(self, state: str) -> None:
+        self.data["state"], self.data["running"] = state, {}
+        self._write()
+
+    def _write(self) -> None:
+        self.data["updated"] = time.time()
+        try:
+            write_json(self.path, self.data)
+        except OSError as exc:  # progress is a courtesy: never fail a run for it
+            log.warning("cannot write %s: %s", self.path, exc)
+
+
 LOCK = ".lock"
 """The run folder's lock file: one ``esegeta run`` per folder at a time."""
 
@@ -871,6 +915,10 @@ def _run_locked(
         )
         worker = RunWorker(config, base, run_dir)
         by_id = {job.job_id: job for job in todo}
+        live = LiveProgress(run_dir, len(jobs))
+        live.data["ok"] = sum(1 for r in records.values() if r["status"] == "ok")
+        live.data["failed"] = len(records) - live.data["ok"]
+        live.set_state("running")
 
         def record_result(result: JobResult) -> None:
             job = by_id[result.job_id]
@@ -878,11 +926,12 @@ def _run_locked(
                 records[job.job_id] = result.result
             else:
                 save_failure(job, result)
+            live.finished(job.job_id, result.status == "ok")
 
         slots = _slots(config)
         try:
             if slots is None:
-                _run_in_process(todo, worker, config, record_result)
+                _run_in_process(todo, worker, config, record_result, live.started)
             else:
                 run_jobs(
                     [(job.job_id, job) for job in todo],
@@ -891,8 +940,10 @@ def _run_locked(
                     time_limit=config.time_limit,
                     progress=config.progress,
                     on_result=record_result,
+                    on_start=live.started,
                 )
         except KeyboardInterrupt:
+            live.set_state("interrupted")
             log.warning(
                 "run %s interrupted: %d of %d jobs have a record; run again to resume",
                 run_dir,
@@ -906,6 +957,7 @@ def _run_locked(
             _grid_figures(config, run_dir, ordered)
         if config.outputs.report:
             _write_report(run_dir)
+        live.set_state("finished")
         failed = sum(1 for r in ordered if r["status"] != "ok")
         log.info("run %s finished: %d ok, %d failed", run_dir, len(ordered) - failed, failed)
         return RunSummary(run_dir, ordered, skipped)
@@ -925,22 +977,25 @@ def _write_report(run_dir: Path) -> None:
         log.warning("no report.html (%s); retry with `esegeta report %s`", exc, run_dir)
 
 
-def _run_in_process(todo: list[Job], worker: RunWorker, config: RunConfig, record: Any) -> None:
+def _run_in_process(
+    todo: list[Job], worker: RunWorker, config: RunConfig, record: Any, on_start: Any
+) -> None:
     from esegeta_core.progress import progress_bar
 
     bar = progress_bar(len(todo), "jobs", enabled=config.progress)
     # SIGTERM stops the loop like Ctrl-C, never in the middle of writing a record
     with Interrupts() as interrupts:
         try:
-            _jobs_in_process(todo, worker, record, bar, interrupts)
+            _jobs_in_process(todo, worker, record, on_start, bar, interrupts)
         finally:
             bar.close()
 
 
 def _jobs_in_process(
-    todo: list[Job], worker: RunWorker, record: Any, bar: Any, interrupts: Interrupts
+    todo: list[Job], worker: RunWorker, record: Any, on_start: Any, bar: Any, interrupts: Interrupts
 ) -> None:
     for job in todo:
+        on_start(job.job_id, "cpu")
         start = time.perf_counter()
         try:
             out = worker(job, "cpu")

@@ -102,6 +102,31 @@ def test_runs_list_paginates_many_runs_with_counts(tmp_path: Path) -> None:
     assert client.get("/runs/partial/status").json()["ok"] == 2
 
 
+def test_a_running_run_is_followed_from_its_progress_file(tmp_path: Path, monkeypatch) -> None:
+    from esegeta_web import jobs as jobs_module
+
+    run = _fake_run(tmp_path, "live", ["ok"] * 3, summary=False)
+    progress = {
+        "total": 10_000,
+        "ok": 7_000,
+        "failed": 12,
+        "running": {"v1-0__saliency__c1": "cuda:0", "v2-0__saliency__c1": "cpu"},
+        "state": "running",
+    }
+    (run / "progress.json").write_text(json.dumps(progress))
+    monkeypatch.setattr(jobs_module.JobManager, "is_running", lambda self, run_dir: True)
+    client = _client(tmp_path)
+    status = client.get("/runs/live/status").json()
+    assert (status["ok"], status["failed"], status["planned"]) == (7_000, 12, 10_000)
+    assert status["running"] == 2 and status["pending"] == 10_000 - 7_012 - 2
+    assert status["workers"] == progress["running"]
+    page = client.get("/runs/live").text
+    assert "cuda:0: <code>v1-0__saliency__c1</code>" in page
+    # a progress file of an earlier, finished run is not read: the records are
+    (run / "progress.json").write_text(json.dumps({**progress, "state": "finished"}))
+    assert client.get("/runs/live/status").json()["ok"] == 3
+
+
 def test_a_10000_job_run_page_shows_one_page_of_jobs(tmp_path: Path) -> None:
     _fake_run(tmp_path, "big", ["error"] * 10_000)
     (tmp_path / "big" / "evaluation").mkdir()

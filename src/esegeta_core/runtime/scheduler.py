@@ -407,6 +407,7 @@ def run_jobs(
     time_limit: float | None = None,
     progress: bool = True,
     on_result: Callable[[JobResult], None] | None = None,
+    on_start: Callable[[str, str], None] | None = None,
     poll: float = 0.05,
     threads_per_worker: int | None = None,
 ) -> list[JobResult]:
@@ -416,7 +417,8 @@ def run_jobs(
     on GPU 0; ``["cpu"] * 4`` four CPU workers); default :func:`default_devices`. They are
     checked with :func:`check_devices` before any worker starts.
     ``time_limit`` is in seconds per job. Returns one :class:`JobResult` per job, in the
-    order given; ``on_result`` is called as each finishes (for writing records).
+    order given; ``on_result`` is called as each finishes (for writing records), and
+    ``on_start(job_id, device)`` as each is handed to a worker (for live progress).
     ``threads_per_worker`` sets torch's intra-op threads in each CPU worker (default:
     the machine's cores divided among the CPU workers, so workers do not oversubscribe).
 
@@ -506,6 +508,8 @@ def run_jobs(
                             job_id, job = todo.pop()
                             slot.job_id, slot.started = job_id, time.monotonic()
                             slot.conn.send((job_id, job))
+                            if on_start is not None:
+                                on_start(job_id, slot.device)
                 busy = {s.conn: s for s in pool.slots if s.job_id is not None or not s.ready}
                 ready = wait(list(busy), timeout=poll)  # where a signal usually lands
                 with interrupts.held():

@@ -71,6 +71,10 @@ def create_app(
     templates.env.globals["niivue_js"] = "niivue.umd.js" in assets
     app.state.templates = templates
     app.include_router(router)
+    from esegeta_web import evaluate_pages, quick
+
+    app.include_router(quick.router)  # /quick
+    app.include_router(evaluate_pages.router)  # /evaluate/RUN
     for name in assets:  # the viewers' scripts, served from the core's package data
         app.add_api_route(f"/static/{name}", _asset_route(name), methods=["GET"])
     if STATIC.is_dir():

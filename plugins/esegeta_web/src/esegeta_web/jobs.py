@@ -17,13 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from esegeta_core.errors import EsegetaError, InvalidParamsError, RunConflictError
+from esegeta_core.runs import PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,23 @@ class Progress:
     state: str  # running, finished, stopped (incomplete and not running)
     started: float
     updated: float
+    workers: dict[str, str] = field(default_factory=dict)
+    """While running: the job each worker slot is running, with its device."""
 
     @property
     def done(self) -> int:
         return self.ok + self.failed
 
     def as_dict(self) -> dict[str, Any]:
-        pending = None if self.planned is None else max(self.planned - self.done, 0)
+        busy = len(self.workers)
+        pending = None if self.planned is None else max(self.planned - self.done - busy, 0)
         return {
             "ok": self.ok,
             "failed": self.failed,
             "planned": self.planned,
             "pending": pending,
+            "running": busy,
+            "workers": self.workers,
             "state": self.state,
             "started": self.started,
             "duration": round(self.updated - self.started, 1),
@@ -97,13 +103,26 @@ class RecordIndex:
     def __init__(self) -> None:
         self._records: dict[Path, tuple[int, dict[str, Any]]] = {}
         self._summaries: dict[Path, tuple[int, list[dict[str, Any]]]] = {}
+        self._settled: dict[Path, tuple[tuple[int, ...], list[dict[str, Any]]]] = {}
 
     def records(self, run_dir: Path) -> list[dict[str, Any]]:
         """Every job record of ``run_dir``: ``summary.json`` when it is newer than the
-        config (the run finished), else each ``jobs/*/record.json``."""
+        config (the run finished), else each ``jobs/*/record.json``. The listing of a run
+        that no process is writing (its ``.lock`` free) is kept until its folder changes:
+        a stopped 10,000-job run is listed once, not on every request."""
         summary = self.summary(run_dir)
         if summary is not None:
             return summary
+        key = _settled_key(run_dir)
+        cached = self._settled.get(run_dir)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        out = self._listed(run_dir)
+        if key is not None and key == _settled_key(run_dir):
+            self._settled[run_dir] = (key, out)
+        return out
+
+    def _listed(self, run_dir: Path) -> list[dict[str, Any]]:
         out = []
         try:
             entries = sorted(os.scandir(run_dir / "jobs"), key=lambda e: e.name)
@@ -143,6 +162,47 @@ class RecordIndex:
             cached = (mtime, data if isinstance(data, list) else [])
             self._summaries[run_dir] = cached
         return cached[1]
+
+
+def _settled_key(run_dir: Path) -> tuple[int, ...] | None:
+    """What changes when a run writes (config.json, the jobs folder, progress.json), or
+    None while a process holds the run folder's lock (its records are still coming)."""
+    if _lock_holder_alive(run_dir):
+        return None
+    try:
+        return tuple(
+            (run_dir / name).stat().st_mtime_ns
+            for name in ("config.json", "jobs", PROGRESS)
+            if (run_dir / name).exists()
+        )
+    except OSError:
+        return None
+
+
+def _started(run_dir: Path, note: dict[str, Any]) -> float:
+    """When the run (or the resumed one) started: config.json is written then."""
+    try:
+        return (run_dir / "config.json").stat().st_mtime
+    except OSError:
+        return float(note.get("started", time.time()))
+
+
+def _live_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``progress.json`` (esegeta_core.runs.LiveProgress) when it belongs to
+    the run now going (as new as config.json, state running), else None."""
+    path = run_dir / PROGRESS
+    try:
+        if path.stat().st_mtime_ns < (run_dir / "config.json").stat().st_mtime_ns:
+            return None
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    keys = ("ok", "failed", "total", "running", "state")
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        return None
+    if data["state"] != "running" or not isinstance(data["running"], dict):
+        return None
+    return data
 
 
 def _lock_holder_alive(run_dir: Path) -> bool:
@@ -198,11 +258,23 @@ class JobManager:
     def progress(self, run_dir: Path) -> Progress:
         """The run's job counts and state (running, finished, or stopped: incomplete
         and not running) from its folder."""
+        note = self.note(run_dir)
+        running = self.is_running(run_dir)
+        live = _live_progress(run_dir) if running else None
+        if live is not None:  # one small file, however many jobs the run has
+            started = _started(run_dir, note)
+            return Progress(
+                int(live["ok"]),
+                int(live["failed"]),
+                int(live["total"]),
+                "running",
+                started,
+                max(time.time(), started),
+                {str(k): str(v) for k, v in live["running"].items()},
+            )
         records = self.index.records(run_dir)
         ok = sum(1 for r in records if r.get("status") == "ok")
-        note = self.note(run_dir)
         planned = note.get("planned")
-        running = self.is_running(run_dir)
         summary_done = self.index.summary(run_dir) is not None
         if running:
             state = "running"
@@ -212,10 +284,7 @@ class JobManager:
             state = "stopped"
         if planned is None and summary_done:
             planned = len(records)
-        try:  # config.json is written when a run (or a resumed one) starts
-            started = (run_dir / "config.json").stat().st_mtime
-        except OSError:
-            started = float(note.get("started", time.time()))
+        started = _started(run_dir, note)
         updated = time.time()
         if not running:
             try:

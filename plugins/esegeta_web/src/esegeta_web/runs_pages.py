@@ -24,6 +24,7 @@ from markupsafe import Markup
 
 from esegeta_core.config import parse_config_text
 from esegeta_core.errors import EsegetaError, InvalidParamsError
+from esegeta_web.forms import router as new_run_router
 from esegeta_web.jobs import JobManager, find_runs
 from esegeta_web.models import sanitise_config
 from esegeta_web.security import confine
@@ -120,10 +121,8 @@ async def runs_table(request: Request, page: str | None = None) -> Response:
     return _render(request, "runs_rows.html", **context)
 
 
-@router.get("/runs/new")
-async def new_run_page(request: Request) -> Response:
-    """A config text box and the models this server allows."""
-    return _render(request, "new_run.html", models=request.app.state.models.values())
+# the new-run form (/runs/new...), before /runs/{run} would take its paths
+router.include_router(new_run_router)
 
 
 @router.post("/runs")
