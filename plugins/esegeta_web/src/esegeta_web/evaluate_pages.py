@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from esegeta_core.errors import EsegetaError, InvalidParamsError, RunConflictError
-from esegeta_web.jobs import STATE_DIR, JobManager
+from esegeta_web.jobs import STATE_DIR, JobManager, spawn_cli
 from esegeta_web.models import sanitise_config
 from esegeta_web.security import confine
 
@@ -117,16 +116,9 @@ class Evaluations:
         note_path.parent.mkdir(parents=True, exist_ok=True)
         note = {"config": str(config_path), "metrics": metrics, "started": time.time()}
         note_path.write_text(json.dumps(note))
-        command = [sys.executable, "-m", "esegeta_core.cli", "evaluate", str(config_path)]
-        with open(run_dir / EVALUATE_LOG, "ab") as output:
-            self.processes[run_dir] = subprocess.Popen(
-                command,
-                cwd=self.workspace,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.processes[run_dir] = spawn_cli(
+            ["evaluate", str(config_path)], self.workspace, run_dir / EVALUATE_LOG
+        )
         log.info("evaluating %s (pid %d)", run_dir, self.processes[run_dir].pid)
 
     def state(self, run_dir: Path) -> dict[str, Any]:

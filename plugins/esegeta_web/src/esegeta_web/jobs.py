@@ -164,6 +164,22 @@ class RecordIndex:
         return cached[1]
 
 
+def spawn_cli(args: list[str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m esegeta_core.cli ARGS`` in its own session (a signal to the server
+    never reaches it, and SIGTERM to it stops it cleanly), output appended to
+    ``log_path``: runs and evaluations launched from the app take the CLI's code path."""
+    command = [sys.executable, "-m", "esegeta_core.cli", *args]
+    with open(log_path, "ab") as output:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def _settled_key(run_dir: Path) -> tuple[int, ...] | None:
     """What changes when a run writes (config.json, the jobs folder, progress.json), or
     None while a process holds the run folder's lock (its records are still coming)."""
@@ -349,16 +365,9 @@ class JobManager:
         note_path = self._note_path(run_dir)
         note_path.parent.mkdir(parents=True, exist_ok=True)
         note_path.write_text(json.dumps(note))
-        command = [sys.executable, "-m", "esegeta_core.cli", "run", str(config_path)]
-        with open(run_dir / SERVE_LOG, "ab") as output:
-            self.processes[run_dir] = subprocess.Popen(
-                command,
-                cwd=self.workspace,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.processes[run_dir] = spawn_cli(
+            ["run", str(config_path)], self.workspace, run_dir / SERVE_LOG
+        )
         log.info("launched %s (pid %d)", run_dir, self.processes[run_dir].pid)
 
     def log_tail(self, run_dir: Path, size: int = 4096) -> str:
