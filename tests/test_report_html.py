@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import shutil
 import stat
@@ -40,6 +39,7 @@ from esegeta_core.report.html import (
 )
 from esegeta_core.runs import run
 from esegeta_core.testing import tiny_input
+from esegeta_core.testing.environment import find_chromium
 
 EVIL = "<script>alert('x')</script>"
 EVIL_ERROR = 'ValueError: bad <img src=x onerror="alert(1)"> & more\nTraceback line 2'
@@ -455,17 +455,6 @@ def test_report_can_be_turned_off(tmp_path):
 # -- a real browser ------------------------------------------------------------------
 
 
-def _chromium() -> str | None:
-    override = os.environ.get("ESEGETA_CHROMIUM")
-    if override:
-        return override
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 def _column(page, table: str, col: int) -> list[str]:
     return page.eval_on_selector_all(
         f"#{table} tbody tr",
@@ -477,7 +466,7 @@ def test_in_a_real_browser(run_dir, tmp_path):
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
     )
-    executable = _chromium()
+    executable = find_chromium()
     if executable is None:
         pytest.skip(
             "no Chromium found (chromium, chromium-browser, google-chrome on PATH); install "
@@ -613,7 +602,7 @@ def test_run_report_has_3d_viewers_with_the_sampling_stated(run_dir):
 
 
 def _launch(sync_api, p):
-    executable = _chromium()
+    executable = find_chromium()
     if executable is None:
         pytest.skip("no Chromium found (chromium on PATH or ESEGETA_CHROMIUM)")
     try:

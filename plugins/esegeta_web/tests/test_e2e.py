@@ -16,7 +16,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -38,6 +37,8 @@ uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed")
 
 from esegeta_web.app import create_app  # noqa: E402
 from esegeta_web.models import load_models  # noqa: E402
+
+from esegeta_core.testing.environment import find_chromium  # noqa: E402
 
 METHODS = ("captum.saliency", "captum.input_x_gradient")
 """Two cheap methods for every run (gradients: milliseconds on these models)."""
@@ -193,17 +194,6 @@ def wait_state(page: Any, state: str) -> None:
 # -- the live server -------------------------------------------------------------------
 
 
-def _chromium() -> str | None:
-    override = os.environ.get("ESEGETA_CHROMIUM")
-    if override:
-        return override
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 @dataclass
 class Live:
     """A running server over a prepared workspace, and a browser."""
@@ -291,7 +281,7 @@ def _methods() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    executable = _chromium()
+    executable = find_chromium()
     if executable is None:
         pytest.skip(
             "no Chromium found (chromium, chromium-browser, google-chrome on PATH); install "

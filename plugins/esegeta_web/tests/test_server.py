@@ -21,9 +21,15 @@ from esegeta_web.security import CSRF_COOKIE, PathOutsideWorkspaceError, confine
 from fastapi.testclient import TestClient
 
 from esegeta_core.testing import tiny_input
+from esegeta_core.testing.environment import require_method
 
 FACTORY = "esegeta_core.testing.models:tiny_model"
 MODELS = {"tiny": DeclaredModel("tiny", {"factory": FACTORY, "kwargs": {}})}
+
+
+def _method() -> str:
+    """A cheap gradient method that CI installs (skip without one)."""
+    return require_method("cnnvis.vanilla_backprop", "captum.saliency")
 
 
 def _client(workspace: Path, **kwargs: Any) -> TestClient:
@@ -145,21 +151,6 @@ def test_a_10000_job_run_page_shows_one_page_of_jobs(tmp_path: Path) -> None:
 
 
 # -- a real run: launch, live progress, stop, resume ---------------------------------
-
-
-def _method() -> str:
-    from esegeta_core.plugin.manager import get_registry
-
-    registry = get_registry()
-    for name in ("cnnvis.vanilla_backprop", "captum.saliency"):
-        try:
-            registry.get(name)
-        except LookupError:
-            continue
-        return name
-    pytest.skip(
-        "needs esegeta-cnnvis or esegeta-captum (cnnvis.vanilla_backprop / captum.saliency)"
-    )
 
 
 def _wait(client: TestClient, run: str, until: Any, seconds: float = 90) -> dict[str, Any]:
