@@ -17,8 +17,6 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -177,6 +175,7 @@ STATE = "#p-state"
 OK = "#p-ok"
 STOP = "form[action$='/stop'] button"
 RESUME = "form[action$='/resume'] button"
+EVALUATE = "form[action^='/evaluate/'] button[type=submit]"
 LEADERBOARD = "#leaderboard"
 VIEWER_2D = ".esegeta-viewer[data-kind='2d']"
 VIEWER_3D = ".esegeta-viewer[data-kind='3d']"
@@ -202,7 +201,8 @@ class Live:
     workspace: Path
     browser: Any
     shots: Path | None
-    evaluating: subprocess.Popen[str] | None = None
+    evaluating: Any = None
+    """The page where Evaluate was clicked (it opens the leaderboard when done)."""
 
     def page(self) -> Any:
         page = self.browser.new_page(viewport={"width": 1280, "height": 860})
@@ -317,13 +317,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 yield state
             finally:
                 browser.close()
-                if state.evaluating is not None and state.evaluating.poll() is None:
-                    state.evaluating.kill()  # the leaderboard's test did not run
-                    state.evaluating.communicate()
     finally:
         server.should_exit = True  # its lifespan stops the runs it started
         thread.join(timeout=30)
         sock.close()
+        evaluations = getattr(app.state, "evaluations", None)
+        if evaluations is not None:  # the leaderboard's test did not wait for it
+            evaluations.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -371,7 +371,14 @@ def finished(live: Live) -> dict[str, str]:
         assert any(url.endswith(f"{paths[name]}/events") for url in page.events), page.events
         assert page.problems == [], page.problems
         page.close()
-    live.evaluating = _start_evaluation(live)  # the leaderboard's test waits for it
+    # Evaluate on the shapes run's page (tiny: 2 metrics of 20 steps); it runs while the
+    # viewers are tested, and the leaderboard's test waits for its result
+    page = live.page()
+    page.goto(f"{live.base}{paths['shapes']}")
+    with page.expect_navigation():
+        page.locator(EVALUATE).click()
+    assert page.url.endswith(f"/evaluate{paths['shapes'].removeprefix('/runs')}"), page.url
+    live.evaluating = page
     return paths
 
 
@@ -443,24 +450,15 @@ def test_niivue_renders_the_volume(live: Live, finished: dict[str, str]) -> None
     assert page.problems == [], page.problems
 
 
-def _start_evaluation(live: Live) -> subprocess.Popen[str]:
-    """``esegeta evaluate`` on the config the app launched the shapes run with (started
-    early: it runs while the viewers are tested)."""
-    config = next((live.workspace / ".esegeta-web" / "configs").glob("*shapes.yaml"))
-    command = [sys.executable, "-m", "esegeta_core.cli", "evaluate", str(config)]
-    return subprocess.Popen(
-        command, cwd=live.workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
 def test_the_leaderboard_sorts_by_a_clicked_column(live: Live, finished: dict[str, str]) -> None:
-    assert live.evaluating is not None
-    output, _ = live.evaluating.communicate(timeout=120)
-    assert live.evaluating.returncode == 0, output
+    # the page where Evaluate was clicked follows the evaluation, then opens the
+    # leaderboard on the run's page
+    page = live.evaluating
+    assert page is not None
+    page.wait_for_selector(LEADERBOARD, timeout=120_000)
+    assert page.url.endswith(f"{finished['shapes']}#leaderboard"), page.url
     board = live.workspace / finished["shapes"].removeprefix("/runs/") / "evaluation"
-    assert (board / "leaderboard.csv").is_file(), output
-    page = live.page()
-    page.goto(f"{live.base}{finished['shapes']}")
+    assert (board / "leaderboard.csv").is_file()
     table = page.locator(LEADERBOARD)
     headers = table.locator("thead th").all_inner_texts()
     rows = table.locator("tbody tr").count()

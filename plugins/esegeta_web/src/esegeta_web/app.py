@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from esegeta_core.errors import EsegetaError
+from esegeta_web.fits import ModelFits
 from esegeta_web.jobs import JobManager
 from esegeta_web.models import DeclaredModel, ModelNotAllowedError
 from esegeta_web.security import (
@@ -60,6 +61,7 @@ def create_app(
     app.state.workspace = Path(workspace).resolve()
     app.state.models = dict(models or {})
     app.state.jobs = JobManager(app.state.workspace)
+    app.state.fits = ModelFits()  # which methods fit each declared model, built once
     app.state.max_upload = max_upload
     # every template escapes what it shows (run names, titles, file names, errors)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)

@@ -26,12 +26,17 @@ from typing import Any
 import yaml
 from fastapi import APIRouter, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from esegeta_core.config import MethodSpec, RunConfig
 from esegeta_core.errors import EsegetaError, InvalidParamsError
-from esegeta_web.models import USER_OVERRIDES, DeclaredModel, sanitise_config
+from esegeta_web.models import (
+    USER_OVERRIDES,
+    DeclaredModel,
+    ModelNotAllowedError,
+    sanitise_config,
+)
 from esegeta_web.security import confine
 
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".pt", ".nii")
@@ -555,6 +560,8 @@ def _page(
     listed = _get(state, "inputs.paths")
     paths = [str(p) for p in listed] if isinstance(listed, list) else []
     model = state.get("model")
+    name = model.get("name") if isinstance(model, dict) else model
+    declared = models.get(str(name)) if name else None
     known = {f.name for f in run_fields({}, {})}
     general = [f"{k}: {v}" for k, v in errors.items() if not _shown(k, known)]
     context = {
@@ -569,6 +576,8 @@ def _page(
         "typed": "\n".join(p for p in paths if p not in files),
         "targets": _show(state.get("targets")),
         "catalogue": method_choices(),
+        # methods that do not fit the chosen model, with why (greyed, reason as title)
+        "unfit": request.app.state.fits.unfit(declared) if declared is not None else {},
         "slots": method_slots(state, errors),
         "errors": errors,
         "general": general,
@@ -597,6 +606,18 @@ async def new_run_page(request: Request) -> Response:
     if first is not None:
         state["model"] = first
     return _page(request, state)
+
+
+@router.get("/runs/new/fits")
+async def fits_of_model(request: Request, model: str) -> JSONResponse:
+    """The methods that do not fit a declared model, with the reason (see
+    :mod:`esegeta_web.fits` for what is checked): ``{"model": ..., "unfit": {...}}``."""
+    declared = request.app.state.models.get(model)
+    if declared is None:
+        names = ", ".join(sorted(request.app.state.models)) or "none"
+        raise ModelNotAllowedError(f"model {model!r} is not declared (declared: {names}).")
+    unfit = await run_in_threadpool(request.app.state.fits.unfit, declared)
+    return JSONResponse({"model": model, "unfit": unfit})
 
 
 @router.get("/runs/new/params")

@@ -3,13 +3,17 @@ stopping and resuming runs.
 
 A run is launched exactly as ``esegeta run CONFIG`` (``python -m esegeta_core.cli run``)
 in its own process group, its output in ``RUN_DIR/serve.log``; "Stop" sends SIGTERM,
-which the CLI turns into a clean, resumable stop; "Resume" starts it again. Progress
-is read from the run folder (one ``record.json`` per finished job), cached per file
-modification time so a 10,000-job run is counted in milliseconds after the first time.
+which the CLI turns into a clean, resumable stop; "Resume" starts it again. Runs
+started from a terminal are stopped the same way once the process holding the run
+folder's lock is verified (:func:`verified_lock_holder`), and resumed from their own
+``config.json`` (:meth:`JobManager.resume`). Progress is read from the run folder (one
+``record.json`` per finished job), cached per file modification time so a 10,000-job
+run is counted in milliseconds after the first time.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -24,7 +28,7 @@ from typing import Any
 import yaml
 
 from esegeta_core.errors import EsegetaError, InvalidParamsError, RunConflictError
-from esegeta_core.runs import PROGRESS
+from esegeta_core.runs import LOCK, PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +228,8 @@ def _live_progress(run_dir: Path) -> dict[str, Any] | None:
 def _lock_holder_alive(run_dir: Path) -> bool:
     """Whether the process named in the run folder's lock file still runs esegeta (read
     only: probing the lock itself could make a starting run fail)."""
-    try:
-        text = (run_dir / ".lock").read_text()
-        pid = int(text.rsplit("pid", 1)[1].split()[0])
-    except (OSError, ValueError, IndexError):
+    pid = _lock_pid(run_dir)
+    if pid is None:
         return False
     try:
         os.kill(pid, 0)
@@ -242,6 +244,137 @@ def _lock_holder_alive(run_dir: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def _lock_pid(run_dir: Path) -> int | None:
+    """The pid the run folder's lock file names ("esegeta run, pid N"), or None."""
+    try:
+        text = (run_dir / LOCK).read_text()
+        return int(text.rsplit("pid", 1)[1].split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _lock_is_held(run_dir: Path) -> bool:
+    """Whether some process holds the run folder's flock now: a non-blocking try on a
+    separate handle, released at once when it succeeds (the folder was free)."""
+    import fcntl
+
+    try:
+        handle = open(run_dir / LOCK, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+    finally:
+        handle.close()
+
+
+def verified_lock_holder(run_dir: Path) -> int:
+    """The pid of the ``esegeta run`` process that holds ``run_dir``'s lock, verified
+    before any signal is sent: the folder's lock is held now, the pid of its lock file
+    runs a command line with "esegeta" and "run" (``/proc/PID/cmdline``), and that
+    process has this folder's lock file open (``/proc/PID/fd``). Raises
+    :class:`RunStopError` saying which check failed."""
+    where = f"Run folder {run_dir.name!r}"
+    pid = _lock_pid(run_dir)
+    if pid is None:
+        raise RunStopError(f"{where} has no lock file naming a process: it is not running.")
+    if not _lock_is_held(run_dir):
+        raise RunStopError(
+            f"{where}: its lock is free (pid {pid} of the lock file no longer runs it): "
+            "it is not running."
+        )
+    proc = Path(f"/proc/{pid}")
+    try:
+        args = [a.decode("utf-8", "replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
+    except OSError as exc:
+        raise RunStopError(
+            f"{where}: cannot read the command line of pid {pid} ({exc}); stop the run "
+            "where it was started (Ctrl-C)."
+        ) from exc
+    if not any("esegeta" in a for a in args) or "run" not in args:
+        raise RunStopError(
+            f"{where}: pid {pid} of its lock file is not an `esegeta run` process "
+            f"({' '.join(args)[:120]!r}); nothing was stopped. Stop the run where it was "
+            "started (Ctrl-C)."
+        )
+    lock = str((run_dir / LOCK).resolve())
+    try:
+        fds = [os.readlink(entry.path) for entry in os.scandir(proc / "fd")]
+    except OSError as exc:
+        raise RunStopError(
+            f"{where}: cannot check that pid {pid} holds this folder ({exc}); stop the run "
+            "where it was started (Ctrl-C)."
+        ) from exc
+    if lock not in fds:
+        raise RunStopError(
+            f"{where}: pid {pid} runs esegeta but does not hold this folder's lock file; "
+            "nothing was stopped. Stop the run where it was started (Ctrl-C)."
+        )
+    return pid
+
+
+RESUME_BASES = "the workspace, then the run folder's parent"
+
+
+def _path_fields(data: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(where, container, key) of every path a run config names: inputs, region masks,
+    the model's checkpoint, evaluation masks and the evaluation models' checkpoints."""
+    out: list[tuple[str, Any, Any]] = []
+    inputs = data.get("inputs")
+    if isinstance(inputs, dict) and isinstance(inputs.get("paths"), list):
+        out += [(f"inputs.paths[{i}]", inputs["paths"], i) for i in range(len(inputs["paths"]))]
+    for i, target in enumerate(data.get("targets") or []):
+        if isinstance(target, dict) and isinstance(target.get("mask"), str):
+            out.append((f"targets[{i}].mask", target, "mask"))
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("checkpoint"):
+        out.append(("model.checkpoint", model, "checkpoint"))
+    evaluation = data.get("evaluation")
+    if isinstance(evaluation, dict):
+        masks = evaluation.get("masks")
+        if isinstance(masks, list):
+            out += [(f"evaluation.masks[{i}]", masks, i) for i in range(len(masks))]
+        for name, spec in (evaluation.get("models") or {}).items():
+            if isinstance(spec, dict) and spec.get("checkpoint"):
+                out.append((f"evaluation.models.{name}.checkpoint", spec, "checkpoint"))
+    return out
+
+
+def rebase_paths(data: dict[str, Any], bases: list[Path], workspace: Path) -> dict[str, Any]:
+    """``data`` (a run folder's config.json) with every relative path resolved against
+    the first of ``bases`` where it exists (a glob pattern: where it matches), then
+    written relative to ``workspace`` as the app's configs are (a path outside stays
+    absolute, for :func:`~esegeta_web.security.confine` to refuse). ``esegeta run``
+    resolves them against its config file's folder, which config.json does not record,
+    hence the guesses. Raises
+    :class:`InvalidParamsError` naming a path found under none of them."""
+    data = json.loads(json.dumps(data))  # a deep copy
+    for where, container, key in _path_fields(data):
+        value = str(container[key])
+        found: Path | None = Path(value) if Path(value).is_absolute() else None
+        for base in [] if found else bases:
+            candidate = base / value
+            if glob.glob(str(candidate)) if glob.has_magic(value) else candidate.exists():
+                found = candidate
+                break
+        if found is None:
+            raise InvalidParamsError(
+                f"Cannot resume: {where} {value!r} of config.json is relative to the folder "
+                "of the config file `esegeta run` read, and exists under none of "
+                f"{RESUME_BASES} ({', '.join(str(b) for b in bases)}). Resume it with "
+                "`esegeta run CONFIG` on the command line."
+            )
+        absolute = Path(os.path.normpath(found))
+        inside = absolute.is_relative_to(workspace)
+        container[key] = absolute.relative_to(workspace).as_posix() if inside else str(absolute)
+    return data
 
 
 class JobManager:
@@ -347,27 +480,73 @@ class JobManager:
         self._start(run_dir, config_path, planned)
         return run_dir
 
-    def resume(self, run_dir: Path) -> None:
-        """Start a stopped run again from the config the app launched it with."""
-        config_path = self.note(run_dir).get("config")
-        if not config_path or not Path(config_path).is_file():
-            raise InvalidParamsError(
-                f"Run {run_dir.relative_to(self.workspace)} was not launched from this app; "
-                "resume it with `esegeta run CONFIG` on the command line."
-            )
+    def resume(self, run_dir: Path, models: dict[str, Any] | None = None) -> None:
+        """Start a stopped run again: from the config the app launched it with, or, for
+        a run started with ``esegeta run`` elsewhere, from the run folder's own
+        ``config.json`` (see :meth:`cli_resume_config`; ``models`` is the allowlist)."""
         if self.is_running(run_dir):
             raise RunConflictError(f"Run {run_dir.relative_to(self.workspace)} is running.")
-        self._start(run_dir, Path(config_path), self.note(run_dir).get("planned"))
+        config_path = self.note(run_dir).get("config")
+        if config_path and Path(config_path).is_file():
+            self._start(run_dir, Path(config_path), self.note(run_dir).get("planned"))
+            return
+        config_path, planned, force = self.cli_resume_config(run_dir, models or {})
+        self._start(run_dir, config_path, planned, force=force)
 
-    def _start(self, run_dir: Path, config_path: Path, planned: int | None) -> None:
+    def cli_resume_config(self, run_dir: Path, models: dict[str, Any]) -> tuple[Path, int, bool]:
+        """A config to resume a run folder the app did not launch, written under the
+        workspace's state folder: its ``config.json`` with relative paths resolved
+        (:func:`rebase_paths`, against the workspace then the run folder's parent), the
+        run folder as output, the model checked against the allowlist and every path
+        confined (:func:`esegeta_web.models.sanitise_config`). Returns the config's path,
+        the planned job count, and whether ``--force`` is needed (the paths written
+        differ from config.json's text; job fingerprints hash the files, so finished
+        jobs are kept)."""
+        from pydantic import ValidationError
+
+        from esegeta_core.config import RunConfig
+        from esegeta_core.config_checks import check_config
+        from esegeta_core.runs import config_changes, plan_jobs
+        from esegeta_web.models import sanitise_config
+
+        rel = run_dir.relative_to(self.workspace).as_posix()
+        try:
+            stored = json.loads((run_dir / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidParamsError(
+                f"Run {rel} cannot be resumed: its config.json is unreadable ({exc})."
+            ) from exc
+        if not isinstance(stored, dict):
+            raise InvalidParamsError(f"Run {rel} cannot be resumed: config.json is not a mapping.")
+        data = rebase_paths(stored, [self.workspace, run_dir.parent], self.workspace)
+        data["output_dir"] = run_dir.parent.relative_to(self.workspace).as_posix()
+        data["name"] = run_dir.name
+        data = sanitise_config(data, models, self.workspace)
+        try:
+            config = RunConfig.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidParamsError(f"Run {rel}: its config.json is invalid: {exc}") from exc
+        problems = check_config(config, self.workspace)
+        if problems:
+            raise InvalidParamsError(f"Run {rel} cannot resume: " + "; ".join(problems))
+        if config.run_dir(self.workspace) != run_dir:
+            raise InvalidParamsError(f"Run {rel}: its config.json does not name this folder.")
+        force = bool(config_changes(stored, config.model_dump(mode="json")))
+        config_path = self.workspace / STATE_DIR / "configs" / f"{rel.replace('/', '__')}.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return config_path, len(plan_jobs(config, self.workspace)), force
+
+    def _start(
+        self, run_dir: Path, config_path: Path, planned: int | None, *, force: bool = False
+    ) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         note = {"config": str(config_path), "planned": planned, "started": time.time()}
         note_path = self._note_path(run_dir)
         note_path.parent.mkdir(parents=True, exist_ok=True)
         note_path.write_text(json.dumps(note))
-        self.processes[run_dir] = spawn_cli(
-            ["run", str(config_path)], self.workspace, run_dir / SERVE_LOG
-        )
+        args = ["run", str(config_path), *(["--force"] if force else [])]
+        self.processes[run_dir] = spawn_cli(args, self.workspace, run_dir / SERVE_LOG)
         log.info("launched %s (pid %d)", run_dir, self.processes[run_dir].pid)
 
     def log_tail(self, run_dir: Path, size: int = 4096) -> str:
@@ -380,16 +559,15 @@ class JobManager:
             return ""
 
     def stop(self, run_dir: Path) -> bool:
-        """SIGTERM to a run this app started (the CLI stops cleanly, resumable); False
-        when it was not running."""
+        """SIGTERM to the run's process (the CLI stops between jobs, resumable): one this
+        app started, or an ``esegeta run`` started elsewhere once
+        :func:`verified_lock_holder` has checked it (else :class:`RunStopError`)."""
         process = self.processes.get(run_dir)
         if process is None or process.poll() is not None:
-            if _lock_holder_alive(run_dir):
-                raise RunStopError(
-                    f"Run {run_dir.relative_to(self.workspace)} was started outside this app; "
-                    "stop it where it was started (Ctrl-C)."
-                )
-            return False
+            pid = verified_lock_holder(run_dir)
+            os.kill(pid, signal.SIGTERM)
+            log.info("sent SIGTERM to esegeta run pid %d of %s", pid, run_dir)
+            return True
         os.kill(process.pid, signal.SIGTERM)
         return True
 
@@ -408,4 +586,5 @@ class JobManager:
 
 
 class RunStopError(EsegetaError, RuntimeError):
-    """A run cannot be stopped from the app (it was started elsewhere)."""
+    """A run cannot be stopped from the app: the process holding its folder cannot be
+    verified as the ``esegeta run`` of that folder."""

@@ -95,6 +95,9 @@ async def quick_page(request: Request, model: str | None = None) -> Response:
     models: dict[str, DeclaredModel] = request.app.state.models
     chosen = models.get(model or "") or next(iter(models.values()), None)
     methods = await run_in_threadpool(quick_methods, chosen)
+    if chosen is not None:  # greyed out with the reason (esegeta_web.fits)
+        unfit = await run_in_threadpool(request.app.state.fits.unfit, chosen)
+        methods = [{**m, "unfit": unfit.get(m["name"], "")} for m in methods]
     return _render(
         request,
         "quick.html",

@@ -195,8 +195,11 @@ async def stop_run(request: Request, run: str) -> RedirectResponse:
 
 @router.post("/runs/{run:path}/resume")
 async def resume_run(request: Request, run: str) -> RedirectResponse:
-    """Start a stopped run again: finished jobs are kept, the rest run."""
-    _jobs(request).resume(_run_dir(request, run))
+    """Start a stopped run again: finished jobs are kept, the rest run. A run started
+    with ``esegeta run`` elsewhere resumes from its own config.json (allowlisted model,
+    paths in the workspace)."""
+    jobs, run_dir = _jobs(request), _run_dir(request, run)
+    await run_in_threadpool(jobs.resume, run_dir, request.app.state.models)
     return RedirectResponse(f"/runs/{run}", status_code=303)
 
 
@@ -290,7 +293,9 @@ def _results_context(request: Request, run_dir: Path, input_page: int, jobs_page
     jobs_page = min(jobs_page, job_pages)
     return {
         "progress": _jobs(request).progress(run_dir).as_dict(),
-        "resumable": bool(_jobs(request).note(run_dir).get("config")),
+        # app-launched runs resume from their config copy, others from config.json
+        "resumable": bool(_jobs(request).note(run_dir).get("config"))
+        or (run_dir / "config.json").is_file(),
         "grid": grid,
         "viewer_error": viewer_error,
         "input_page": input_page,
