@@ -229,8 +229,28 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if not summary.failed else 1
 
 
+def cmd_executors(args: argparse.Namespace, out: TextIO) -> int:
+    from esegeta_core.runtime.executor import executor_options, executors
+
+    for name, cls in executors().items():
+        out.write(f"{name}: {cls.summary}\n")
+        for option, kind, description in executor_options(cls):
+            out.write(f"    {option} ({kind}): {description}\n")
+    return 0
+
+
 def _overridden(config: Any, args: argparse.Namespace) -> Any:
-    """The config with the command line's --output-dir and --model-output applied."""
+    """The config with the command line's --output-dir, --model-output, --executor and
+    --address applied."""
+    executor = getattr(args, "executor", None)
+    address = getattr(args, "address", None)
+    if executor or address:
+        spec = config.executor
+        if executor and executor != spec.name:  # another executor: the config's options
+            spec = spec.model_copy(update={"name": executor, "options": {}})  # were for its own
+        if address:
+            spec = spec.model_copy(update={"options": {**spec.options, "address": address}})
+        config = config.model_copy(update={"executor": spec})
     if args.output_dir:
         config = config.model_copy(update={"output_dir": Path(args.output_dir)})
     if args.model_output is not None:
@@ -342,7 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run even though the run folder holds a run of a different config (changed "
         "jobs are recomputed; the old config.json is kept as config.previous.json)",
     )
+    run.add_argument(
+        "--executor",
+        help="where the jobs run: local (worker processes here, the default) or an "
+        "installed executor such as ray (esegeta-ray); overrides the config's executor",
+    )
+    run.add_argument(
+        "--address",
+        help="the cluster to connect to, for executors that take one (ray: 'auto', "
+        "'HOST:PORT' or 'ray://HOST:10001'); sets executor.options.address",
+    )
     run.set_defaults(func=cmd_run)
+    executors = sub.add_parser("executors", help="list the executors `esegeta run` can use")
+    executors.set_defaults(func=cmd_executors)
     report = sub.add_parser("report", help="write a run folder's self-contained HTML report")
     report.add_argument("run_dir", help="the run folder (output_dir/name)")
     report.add_argument("-o", "--output", help="where to write it (default: RUN_DIR/report.html)")

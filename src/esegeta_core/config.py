@@ -189,6 +189,21 @@ class EvaluationSpec(_Section):
         return value
 
 
+class ExecutorSpec(_Section):
+    """Where the jobs are computed: the local process scheduler or a plugin's executor."""
+
+    name: str = Field(
+        "local",
+        description="'local' (worker processes on this machine) or an executor a plugin "
+        "provides, e.g. 'ray' (esegeta-ray); `esegeta executors` lists them.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The executor's options (e.g. address for ray), checked against the "
+        "options it declares.",
+    )
+
+
 class RunConfig(_Section):
     """A whole run: model, inputs, targets, methods, devices and runtime features."""
 
@@ -219,6 +234,10 @@ class RunConfig(_Section):
         1, ge=0, description="CPU worker processes when running on the CPU (0 = in-process)."
     )
     jobs_per_gpu: int = Field(1, ge=1, description="Jobs run side by side on each GPU.")
+    executor: ExecutorSpec = Field(
+        default_factory=ExecutorSpec,
+        description="Where jobs run: local processes (default) or e.g. a Ray cluster.",
+    )
     patches: PatchSpec | None = Field(None, description="Patch-based execution, or null.")
     reshape: str | dict[str, Any] | None = Field(
         None,

@@ -40,11 +40,12 @@ def check_config(config: RunConfig, base: Path | None = None, *, plan: bool = Fa
     the model factory and devices (see the module docstring)."""
     base = Path.cwd() if base is None else Path(base)
     problems = method_problems(config) + output_dir_problems(config, base)
+    problems += executor_problems(config)
     if plan:
         problems += model_problems(config.model, base, "model")
         problems += _evaluation_model_problems(config, base)
         problems += _file_problems(config, base)
-        problems += device_problems(config.devices)
+        problems += _local_device_problems(config)
     return problems
 
 
@@ -56,13 +57,30 @@ def require_valid(
     (the config file) names the config in the message."""
     problems = check_config(config, base, plan=plan)
     if not plan:
-        problems += device_problems(config.devices)
+        problems += _local_device_problems(config)
     if problems:
         what = f"Config {source}" if source is not None else f"Run {config.name!r}"
         listed = "\n".join(f"  - {p}" for p in problems)
         raise InvalidParamsError(
             f"{what} has {len(problems)} problem(s); nothing was run:\n{listed}"
         )
+
+
+def executor_problems(config: RunConfig) -> list[str]:
+    """An executor that is not installed, or options it refuses."""
+    from esegeta_core.runtime.executor import get_executor
+
+    try:
+        get_executor(config.executor.name, config.executor.options)
+    except EsegetaError as exc:
+        return [str(exc)]
+    return []
+
+
+def _local_device_problems(config: RunConfig) -> list[str]:
+    """The devices this host lacks, when the jobs run on this host: a cluster executor
+    maps ``devices`` onto the cluster's resources instead (and checks them itself)."""
+    return device_problems(config.devices) if config.executor.name == "local" else []
 
 
 def method_problems(config: RunConfig) -> list[str]:

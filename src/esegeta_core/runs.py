@@ -29,7 +29,9 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -62,7 +64,8 @@ from esegeta_core.errors import (
 )
 from esegeta_core.plugin import PROJECT
 from esegeta_core.plugin.manager import get_registry
-from esegeta_core.runtime.scheduler import Interrupts, JobResult, default_devices, run_jobs
+from esegeta_core.runtime.executor import JobFiles, Submission, get_executor
+from esegeta_core.runtime.scheduler import JobResult, default_devices
 from esegeta_core.targets import MultiClassScores, Region, ThresholdScores
 
 log = logging.getLogger(__name__)
@@ -145,13 +148,16 @@ def method_label(config: RunConfig, index: int) -> str:
 
 class RunWorker:
     """The picklable job runner: builds the model once per process and device, loads
-    each input once, explains, writes the map, the figure and the record."""
+    each input once (keeping the last :attr:`KEEP_INPUTS`: jobs come input by input),
+    explains, writes the map, the figure and the record."""
+
+    KEEP_INPUTS = 4
 
     def __init__(self, config: RunConfig, base: Path, run_dir: Path) -> None:
         self.config, self.base, self.run_dir = config, base, run_dir
         self._models: dict[str, nn.Module] = {}
-        self._inputs: dict[str, Loaded] = {}
-        self._masks: dict[Path, torch.Tensor] = {}
+        self._inputs: OrderedDict[str, Loaded] = OrderedDict()
+        self._masks: OrderedDict[Path, torch.Tensor] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"config": self.config, "base": self.base, "run_dir": self.run_dir}
@@ -166,23 +172,96 @@ class RunWorker:
 
     def loaded(self, path: str) -> Loaded:
         if path not in self._inputs:
-            self._inputs[path] = load_input(Path(path), self.config.inputs)
+            self.provide("input", path, load_input(Path(path), self.config.inputs))
+        self._inputs.move_to_end(path)
         return self._inputs[path]
+
+    def files_of(self, job: Job) -> list[tuple[str, str]]:
+        """The files the job reads, as ``(kind, key)``: its input, and its region mask."""
+        files = [("input", job.input_path)]
+        if isinstance(job.target, RegionSpec):
+            files.append(("mask", str(_mask_path(job.target, self.base))))
+        return files
+
+    def read(self, kind: str, key: str) -> Loaded | torch.Tensor:
+        """Read one file :meth:`files_of` names, as the job will use it (for executors
+        that ship data to workers instead of letting them read it)."""
+        if kind == "input":
+            return load_input(Path(key), self.config.inputs)
+        return load_mask(Path(key), self.config.inputs)
+
+    def has(self, kind: str, key: str) -> bool:
+        """Whether the file is loaded in this worker already."""
+        return (key in self._inputs) if kind == "input" else (Path(key) in self._masks)
+
+    def provide(self, kind: str, key: str, data: Any) -> None:
+        """Hand this worker a file :meth:`read` read elsewhere (it is not read again)."""
+        cache: OrderedDict[Any, Any] = self._inputs if kind == "input" else self._masks
+        name = key if kind == "input" else Path(key)
+        cache[name] = data
+        cache.move_to_end(name)
+        while len(cache) > self.KEEP_INPUTS:
+            cache.popitem(last=False)
 
     def _target(self, job: Job) -> int | Region | None:
         if isinstance(job.target, RegionSpec):
             mask_path = _mask_path(job.target, self.base)
             if mask_path not in self._masks:
-                self._masks[mask_path] = load_mask(mask_path, self.config.inputs)
+                self.provide("mask", str(mask_path), load_mask(mask_path, self.config.inputs))
+            self._masks.move_to_end(mask_path)
             return Region(job.target.label, self._masks[mask_path])
         return job.target
 
     def __call__(self, job: Job, device: str) -> dict[str, Any]:
+        """Compute the job and write its files and record into the run folder."""
+        folder = self.run_dir / "jobs" / job.job_id
+        try:
+            # a recomputed job: never an old record beside new files
+            (folder / RECORD).unlink(missing_ok=True)
+        except OSError as exc:
+            raise _write_error(job, folder, exc) from exc
+        record = self._explain(job, device, folder)
+        try:
+            write_json(folder / RECORD, record)
+        except OSError as exc:
+            raise _write_error(job, folder, exc) from exc
+        return record
+
+    def compute(self, job: Job, device: str) -> JobFiles:
+        """Compute the job where this worker runs and return its record and its files'
+        bytes, writing nothing in the run folder (for executors whose workers do not
+        share the driver's file system; the driver writes them with :meth:`store`)."""
+        with tempfile.TemporaryDirectory(prefix="esegeta-job-") as scratch:
+            record = self._explain(job, device, Path(scratch))
+            files = {path.name: path.read_bytes() for path in Path(scratch).iterdir()}
+        return JobFiles(record, files)
+
+    def store(self, job: Job, files: JobFiles) -> dict[str, Any]:
+        """Write what :meth:`compute` returned, exactly as :meth:`__call__` would have:
+        each file atomically, stale files of an earlier config removed, the record last."""
+        folder = self.run_dir / "jobs" / job.job_id
+        unknown = sorted(set(files.files) - set(JOB_OUTPUTS))
+        if unknown:
+            raise RunWriteError(f"job {job.job_id}: unexpected files {unknown} from the worker")
+        try:
+            (folder / RECORD).unlink(missing_ok=True)
+            for name, data in files.files.items():
+                with atomic_path(folder / name) as tmp:
+                    tmp.write_bytes(data)
+            for stale in JOB_OUTPUTS:
+                if stale not in files.files:
+                    (folder / stale).unlink(missing_ok=True)
+            write_json(folder / RECORD, files.record)
+        except OSError as exc:
+            raise _write_error(job, folder, exc) from exc
+        return files.record
+
+    def _explain(self, job: Job, device: str, folder: Path) -> dict[str, Any]:
+        """Explain the job, write its map and figure into ``folder``; return the record."""
         config = self.config
         spec = config.methods[job.method_index]
         loaded = self.loaded(job.input_path)
         x = loaded.tensor[job.item : job.item + 1]
-        folder = self.run_dir / "jobs" / job.job_id
         started = time.time()
         target = self._target(job)
         e = explain(
@@ -210,12 +289,10 @@ class RunWorker:
             saliency = e.saliency()[0]
             data = e.attributions[0] if e.output == "input" else saliency
         try:
-            # a recomputed job: never an old record beside new files
-            (folder / RECORD).unlink(missing_ok=True)
             files = self._write_files(job, e, x, data, saliency, loaded, folder)
         except OSError as exc:
             raise _write_error(job, folder, exc) from exc
-        record = {
+        return {
             "job_id": job.job_id,
             "status": "ok",
             "input": job.input_path,
@@ -230,15 +307,10 @@ class RunWorker:
             "wall_seconds": round(time.time() - started, 4),
             "device": device,
             "error": "",
-            "files": {k: str(Path(v).relative_to(self.run_dir)) for k, v in files.items()},
+            "files": {k: f"jobs/{job.job_id}/{Path(v).name}" for k, v in files.items()},
             "notes": {k: e.extras[k] for k in NOTED_EXTRAS if k in e.extras},
             "fingerprint": job.fingerprint,
         }
-        try:
-            write_json(folder / RECORD, record)
-        except OSError as exc:
-            raise _write_error(job, folder, exc) from exc
-        return record
 
     def _write_files(
         self,
@@ -494,6 +566,7 @@ IGNORED_CONFIG_FIELDS = (
     "cpu_workers",
     "jobs_per_gpu",
     "time_limit",
+    "executor",
     "outputs.report",
     "methods.*.force",
 )
@@ -855,10 +928,14 @@ def _run_locked(
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setLevel(config.log_level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("esegeta_core")
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(min(previous or logging.WARNING, logging.getLevelName(config.log_level)))
+    executor = get_executor(config.executor.name, config.executor.options)
+    # the core's log and the executor's (a plugin's package) both go to run.log
+    names = dict.fromkeys(["esegeta_core", type(executor).__module__.partition(".")[0]])
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.addHandler(handler)
+        logger.setLevel(min(level or logging.WARNING, logging.getLevelName(config.log_level)))
     try:
         if swept:
             log.info("run %s: removed %d temporary files a killed run left", run_dir, swept)
@@ -928,20 +1005,21 @@ def _run_locked(
                 save_failure(job, result)
             live.finished(job.job_id, result.status == "ok")
 
-        slots = _slots(config)
+        submission = Submission(
+            jobs=[(job.job_id, job) for job in todo],
+            worker=worker,
+            config=config,
+            slots=_slots(config),
+            on_result=record_result,
+            on_start=live.started,
+            time_limit=config.time_limit,
+            progress=config.progress,
+        )
+        if todo:
+            log.info("run %s: %d jobs on the %s executor", run_dir, len(todo), executor.name)
         try:
-            if slots is None:
-                _run_in_process(todo, worker, config, record_result, live.started)
-            else:
-                run_jobs(
-                    [(job.job_id, job) for job in todo],
-                    worker,
-                    devices=slots,
-                    time_limit=config.time_limit,
-                    progress=config.progress,
-                    on_result=record_result,
-                    on_start=live.started,
-                )
+            if todo:
+                executor.run(submission)
         except KeyboardInterrupt:
             live.set_state("interrupted")
             log.warning(
@@ -962,8 +1040,9 @@ def _run_locked(
         log.info("run %s finished: %d ok, %d failed", run_dir, len(ordered) - failed, failed)
         return RunSummary(run_dir, ordered, skipped)
     finally:
-        root.removeHandler(handler)
-        root.setLevel(previous)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
         handler.close()
 
 
@@ -975,41 +1054,3 @@ def _write_report(run_dir: Path) -> None:
         write_html_report(report_from_run(run_dir), run_dir / REPORT_NAME)
     except (EsegetaError, OSError, ValueError) as exc:
         log.warning("no report.html (%s); retry with `esegeta report %s`", exc, run_dir)
-
-
-def _run_in_process(
-    todo: list[Job], worker: RunWorker, config: RunConfig, record: Any, on_start: Any
-) -> None:
-    from esegeta_core.progress import progress_bar
-
-    bar = progress_bar(len(todo), "jobs", enabled=config.progress)
-    # SIGTERM stops the loop like Ctrl-C, never in the middle of writing a record
-    with Interrupts() as interrupts:
-        try:
-            _jobs_in_process(todo, worker, record, on_start, bar, interrupts)
-        finally:
-            bar.close()
-
-
-def _jobs_in_process(
-    todo: list[Job], worker: RunWorker, record: Any, on_start: Any, bar: Any, interrupts: Interrupts
-) -> None:
-    for job in todo:
-        on_start(job.job_id, "cpu")
-        start = time.perf_counter()
-        try:
-            out = worker(job, "cpu")
-            result = JobResult(job.job_id, "ok", "cpu", time.perf_counter() - start, out)
-        except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the run
-            detail = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, EsegetaError):
-                import traceback
-
-                detail += "\n" + traceback.format_exc()
-            log.warning("job %s failed: %s", job.job_id, detail.splitlines()[0])
-            result = JobResult(
-                job.job_id, "error", "cpu", time.perf_counter() - start, error=detail
-            )
-        with interrupts.held():
-            record(result)
-        bar.update(1)

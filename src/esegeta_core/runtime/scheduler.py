@@ -410,6 +410,7 @@ def run_jobs(
     on_start: Callable[[str, str], None] | None = None,
     poll: float = 0.05,
     threads_per_worker: int | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[JobResult]:
     """Run ``(job_id, job)`` pairs with ``runner`` in worker processes, one per device slot.
 
@@ -421,6 +422,7 @@ def run_jobs(
     ``on_start(job_id, device)`` as each is handed to a worker (for live progress).
     ``threads_per_worker`` sets torch's intra-op threads in each CPU worker (default:
     the machine's cores divided among the CPU workers, so workers do not oversubscribe).
+    Setting ``cancel`` (from another thread) stops the run as Ctrl-C does.
 
     Ctrl-C or SIGTERM (when called from the main thread) stops the run between jobs: busy
     workers are killed, none is left behind, and ``KeyboardInterrupt`` is raised once every
@@ -502,6 +504,8 @@ def run_jobs(
                 with interrupts.held():
                     pool.start(slot)
             while len(done) < len(pending):
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt("run_jobs cancelled")
                 with interrupts.held():
                     for slot in pool.slots:
                         if slot.ready and slot.job_id is None and todo:
