@@ -12,7 +12,10 @@ Workspace (built in a temporary folder, or ``--workspace DIR`` to keep it):
   its records are listed once, then cached until its folder changes;
 - the same again as a running run (``big-running``: also a ``progress.json`` as
   ``esegeta run`` writes it, and the app told the run is going), followed from that
-  one file.
+  one file;
+- one input with 100 methods x 100 targets (``wide``: 10,000 cells of one input's
+  grid), the maps of the first grid page's 100 cells as 64 x 64 ``.npz`` files (the
+  others have none): the grid is shown a page (5 methods x 20 targets) at a time.
 
 Each page is requested through FastAPI's TestClient (the whole app: middleware,
 routing, templates; no network), once cold (the app's record caches empty) and then
@@ -41,6 +44,7 @@ import numpy as np
 TARGET_MS = 200.0
 RUNS = 1000
 BIG_INPUTS, BIG_METHODS, BIG_TARGETS = 100, 10, 10
+WIDE_METHODS, WIDE_TARGETS = 100, 100
 
 
 def _record(i: int, method: int, target: int, *, files: dict[str, str] | None = None) -> dict:
@@ -98,6 +102,21 @@ def build_workspace(root: Path) -> None:
     busy = {records[-i]["job_id"]: "cpu" for i in (1, 2)}
     progress = {"total": len(records), "ok": len(records) - 2, "failed": 0, "running": busy}
     (running / "progress.json").write_text(json.dumps({**progress, "state": "running"}))
+    wide = out / "wide"
+    wide.mkdir()
+    records = []
+    for m in range(WIDE_METHODS):
+        for t in range(WIDE_TARGETS):
+            files = None
+            if m < 5 and t < 20:  # the first grid page: real maps
+                name = f"jobs/in000__m{m}__t{t}/attribution.npz"
+                (wide / name).parent.mkdir(parents=True, exist_ok=True)
+                np.savez(wide / name, attribution=rng.normal(size=(1, 64, 64)))
+                files = {"attribution": name}
+            records.append({**_record(0, m, t, files=files), "status": "ok"})
+    (wide / "config.json").write_text(json.dumps({"name": "wide"}))
+    time.sleep(0.01)
+    (wide / "summary.json").write_text(json.dumps(records))
 
 
 def measure(root: Path, repeats: int) -> list[dict[str, Any]]:
@@ -118,6 +137,8 @@ def measure(root: Path, repeats: int) -> list[dict[str, Any]]:
         ("stopped 10,000-job run: status (JSON)", "/runs/esegeta-out/big-live/status"),
         ("running 10,000-job run (progress.json)", "/runs/esegeta-out/big-running"),
         ("running 10,000-job run: status (JSON)", "/runs/esegeta-out/big-running/status"),
+        ("1 input x 100 methods x 100 targets: grid page 1 (100 maps)", "/runs/esegeta-out/wide"),
+        ("1 input x 100 methods x 100 targets: grid page 100", "/runs/esegeta-out/wide?grid=100"),
     ]
     rows = []
     for label, url in pages:
@@ -165,8 +186,9 @@ def main() -> None:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
-            "runs": RUNS + 2,
+            "runs": RUNS + 4,
             "big_run_jobs": BIG_INPUTS * BIG_METHODS * BIG_TARGETS,
+            "wide_run_cells": WIDE_METHODS * WIDE_TARGETS,
             "repeats": args.repeats,
             "target_ms": TARGET_MS,
             "client": "fastapi.testclient.TestClient (in-process, no network)",

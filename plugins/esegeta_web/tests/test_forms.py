@@ -240,3 +240,90 @@ def test_run_launches_through_the_launch_path(
     assert written["model"]["factory"] == FACTORY
     assert written["inputs"]["paths"] == [str(workspace / "data" / f"x{i}.npy") for i in (0, 1)]
     assert [m["method"] for m in written["methods"]] == [method]
+
+
+# -- structured sections (patches, evaluation, inputs.normalise, inputs.resize) ----------------
+
+SECTIONS = {
+    "patches": "on",
+    "patches.size": "4, 4",
+    "patches.mode": "hann",
+    "inputs.normalise.mean": "0.5",
+    "inputs.normalise.std": "0.25",
+    "inputs.resize": "8 8",
+    "evaluation": "true",
+    "evaluation.metrics": "deletion, insertion",
+    "devices": "cpu",
+}
+
+
+def test_sections_are_sub_fields_with_types_defaults_and_descriptions(workspace: Path) -> None:
+    page = _client(workspace).get("/runs/new").text
+    for name in ("patches", "evaluation", "inputs.normalise", "inputs.resize", "devices"):
+        assert f'<textarea id="f-{name}"' not in page, f"{name} is still raw JSON"
+    size = re.search(r'<tr class="field" data-field="patches\.size".*?</tr>', page, re.S)
+    assert size, "no sub-field patches.size"
+    assert "int | list[int]" in size.group(0) and "Patch size: one int or one per dim" in (
+        size.group(0)
+    )
+    assert "Required when patches is used" in size.group(0) and " required>" not in size.group(0)
+    overlap = re.search(r'data-field="patches\.overlap".*?</tr>', page, re.S)
+    assert overlap and "<td><code>0</code></td>" in overlap.group(0)
+    for name in ("patches", "evaluation", "inputs.normalise"):  # the section's box
+        assert re.search(rf'type="checkbox" id="f-{re.escape(name)}" name="{name}"', page)
+    for name in ("inputs.normalise.mean", "evaluation.metrics", "evaluation.masks"):
+        assert f'data-field="{name}"' in page
+    # free-form mappings stay JSON
+    assert '<textarea id="f-evaluation.models"' in page
+    assert '<textarea id="f-evaluation.metric_params"' in page
+
+
+def test_a_bad_sub_field_shows_its_error_at_that_sub_field(workspace: Path) -> None:
+    method = _method("captum.integrated_gradients")
+    client = _client(workspace)
+    changes = {"patches.size": "four", "inputs.normalise.mean": "0.5", "inputs.resize": "8, x"}
+    response = client.post(
+        "/runs/new", data={**_filled(client, method, **changes), "action": "validate"}
+    )
+    assert response.status_code == 422
+    for name, words in (
+        ("patches.size", "valid integer"),
+        ("inputs.normalise.std", "Field required"),
+        ("inputs.resize", "valid integer"),
+    ):
+        error = re.search(rf'id="error-{re.escape(name)}">([^<]*)<', response.text)
+        assert error and words in error.group(1), (name, error)
+    assert 'id="general-errors"' not in response.text  # every error is at its sub-field
+    assert 'name="patches.size" value="four"' in response.text  # the entry stays
+
+
+def test_structured_sections_round_trip_through_yaml_and_the_page(workspace: Path) -> None:
+    method = _method("captum.integrated_gradients")
+    client = _client(workspace)
+    form = _filled(client, method, **SECTIONS)
+    first = client.post("/runs/new", data={**form, "action": "yaml"})
+    assert first.status_code == 200, first.text
+    data = yaml.safe_load(first.text)
+    assert data["patches"] == {"size": [4, 4], "mode": "hann"}
+    assert data["inputs"]["normalise"] == {"mean": [0.5], "std": [0.25]}
+    assert data["inputs"]["resize"] == [8, 8] and data["devices"] == ["cpu"]
+    assert data["evaluation"] == {"metrics": ["deletion", "insertion"]}
+    # validated by the CLI's loader: the same config
+    path = workspace / "sections.yaml"
+    path.write_text(first.text)
+    assert load_config(path) == RunConfig.model_validate(data)
+    # the page Validate renders from it posts back the same YAML
+    page = client.post("/runs/new", data={**form, "action": "validate"})
+    assert page.status_code == 200, re.findall(r'class="field-error"[^>]*>([^<]*)', page.text)
+    again = client.post("/runs/new", data={**_browser_form(page.text), "action": "yaml"})
+    assert yaml.safe_load(again.text) == data
+    # an unticked, empty section is null; a ticked one at its defaults is {}, both ways
+    changed = {"patches": None, "patches.size": "", "patches.mode": "average"}
+    changed["evaluation.metrics"] = ""
+    plain = {k: v for k, v in {**form, **changed}.items() if v is not None}
+    page = client.post("/runs/new", data={**plain, "action": "validate"})
+    assert page.status_code == 200, re.findall(r'class="field-error"[^>]*>([^<]*)', page.text)
+    back = yaml.safe_load(
+        client.post("/runs/new", data={**_browser_form(page.text), "action": "yaml"}).text
+    )
+    assert "patches" not in back and back["evaluation"] == {}

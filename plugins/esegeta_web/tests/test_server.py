@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -398,3 +399,47 @@ def test_missing_viewers_are_an_error_not_a_blank_grid(
     assert 'class="esegeta-viewer"' not in page.text
     response = client.get(f"/runs/r/jobs/{job}/map")
     assert response.status_code == 409 and "reinstall esegeta-web" in response.text
+
+
+def test_one_input_with_many_cells_shows_its_grid_a_page_at_a_time(tmp_path: Path) -> None:
+    run_dir = tmp_path / "wide"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    records = [
+        {
+            "job_id": f"in__m{m}__t{t}",
+            "status": "error",
+            "input": "in.png",
+            "item": 0,
+            "method": f"m{m}",
+            "title": f"method {m}",
+            "target_requested": f"t{t}",
+            "params": {},
+            "seconds": 0.1,
+            "device": "cpu",
+            "error": "boom",
+            "files": {},
+        }
+        for m in range(30)
+        for t in range(50)
+    ]
+    (run_dir / "summary.json").write_text(json.dumps(records))
+    client = _client(tmp_path)
+
+    def grid(page: str) -> tuple[str, list[str], list[str]]:
+        text = client.get(f"/runs/wide?grid={page}").text
+        table = re.search(r'<table class="grid">.*?</table>', text, re.S)
+        assert table, "no grid"
+        rows = re.findall(r"<tr><th>([^<]*)</th>", table.group(0).split("<tbody>")[1])
+        heads = re.findall(r"<th>(t\d+)</th>", table.group(0))
+        return text, rows, heads
+
+    text, rows, heads = grid("1")
+    assert rows == [f"method {m}" for m in range(5)] and heads == [f"t{t}" for t in range(20)]
+    assert "Grid page 1 of 18" in text and "methods 1-5 of 30, targets 1-20 of 50" in text
+    assert 'href="?input=1&amp;grid=2"' in text
+    _, rows, heads = grid("2")  # the next targets of the same methods
+    assert rows[0] == "method 0" and heads[0] == "t20"
+    text, rows, heads = grid("999")  # clamped to the last page
+    assert "Grid page 18 of 18" in text
+    assert rows[-1] == "method 29" and heads[-1] == "t49" and len(rows) * len(heads) == 50

@@ -28,8 +28,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from esegeta_core.errors import EsegetaError, InvalidParamsError, RunConflictError
-from esegeta_web.jobs import STATE_DIR, JobManager, spawn_cli
-from esegeta_web.models import sanitise_config
+from esegeta_web.jobs import STATE_DIR, JobManager, rebase_paths, resume_bases, spawn_cli
+from esegeta_web.models import check_models, sanitise_config
 from esegeta_web.security import confine
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,13 @@ class Evaluations:
             ) from exc
         if not isinstance(data, dict):
             raise InvalidParamsError(f"Run {self._key(run_dir)}: config.json is not a mapping.")
+        check_models(data, models, self.workspace)  # code first, paths next
+        # its relative paths are relative to the config file `esegeta run` read, which the
+        # config written under .esegeta-web/configs/ is not: resolve them as Resume does
+        bases = resume_bases(run_dir, data, self.workspace)
+        data = rebase_paths(data, bases, self.workspace)
+        data["output_dir"] = run_dir.parent.relative_to(self.workspace).as_posix()
+        data["name"] = run_dir.name
         return sanitise_config(data, models, self.workspace)
 
     def start(self, run_dir: Path, models: dict[str, Any], metrics: list[str]) -> None:

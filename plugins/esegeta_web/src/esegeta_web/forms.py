@@ -10,6 +10,14 @@ The form's state is a plain config dict in which ``model`` is a declared model's
 posted form writes it, and an imported TorchEsegeta config is converted into it.
 :func:`cli_config` turns it into the config ``esegeta run`` reads (the declared
 model's factory and kwargs written out, paths kept relative to the workspace).
+
+Nested sections get one field per sub-field, not a JSON box: a section that may be null
+(``patches``, ``evaluation``, ``inputs.normalise``) is a ``section`` checkbox followed by
+its fields (``patches.size``...); it is set when the box is ticked or any of its fields
+is filled. Lists of numbers or strings (``inputs.resize``, ``patches.size``,
+``evaluation.metrics``) are typed comma-separated (one value where a single number is
+allowed). Only free-form mappings (``evaluation.models``, dict-valued method
+parameters) stay JSON.
 """
 
 from __future__ import annotations
@@ -54,8 +62,9 @@ CHECKBOXES = "shown_checkbox"
 @dataclass
 class FormField:
     """One generated input: its dotted ``name`` (the pydantic location), the widget
-    (``text``, ``checkbox``, ``select`` or ``json``), the shown value and what the
-    schema says (type, default, description, choices)."""
+    (``text``, ``checkbox``, ``select``, ``list``, ``json``, or ``section``: the box of
+    an optional section), the shown value and what the schema says (type, default,
+    description, choices); ``section``: the optional section it belongs to."""
 
     name: str
     label: str
@@ -68,6 +77,13 @@ class FormField:
     choices: list[str] = field(default_factory=list)
     error: str = ""
     checked: bool = False
+    section: str = ""
+    item_type: str = ""
+    """For ``list``: the items' JSON type (integer, number, string)."""
+    scalar: bool = False
+    """For ``list``: one value (not a list) is allowed too."""
+    scalar_only: list[str] = field(default_factory=list)
+    """For ``list``: when set, the only values allowed alone (``devices``: "auto")."""
 
 
 # -- schemas -----------------------------------------------------------------------------
@@ -120,10 +136,59 @@ def _choices(prop: dict[str, Any]) -> list[str]:
     return ([""] if nullable else []) + out if out else []
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, widget: str = "text") -> str:
     if value is None:
         return ""
+    if widget == "list" and isinstance(value, list):
+        return ", ".join(v if isinstance(v, str) else json.dumps(v) for v in value)
     return value if isinstance(value, str) else json.dumps(value)
+
+
+SCALARS = ("integer", "number", "string")
+
+
+def _list_kind(prop: dict[str, Any]) -> tuple[str, bool, list[str]] | None:
+    """(item type, whether one bare value is allowed, the only bare values allowed
+    if constants) when ``prop`` is a list of one scalar type, optionally also that
+    scalar alone or null (``int | list[int]``, ``'auto' | list[str]``); else None."""
+    items, scalar, consts = set(), False, []
+    for v in _variants(prop):
+        kind = v.get("type")
+        if kind == "null":
+            continue
+        if kind == "array" and v.get("items", {}).get("type") in SCALARS:
+            items.add(v["items"]["type"])
+        elif kind in SCALARS and "enum" not in v:
+            items.add(kind)
+            scalar = True
+            if "const" in v:
+                consts.append(str(v["const"]))
+        else:
+            return None
+    if len(items) != 1 or not any(v.get("type") == "array" for v in _variants(prop)):
+        return None
+    return items.pop(), scalar, consts
+
+
+def _section(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any] | None:
+    """The object schema of a nullable section (``X | None`` where X has properties)."""
+    kinds = _variants(prop)
+    if not any(v.get("type") == "null" for v in kinds):
+        return None
+    objects = [_resolve(v, defs) for v in kinds if v.get("type") != "null"]
+    if len(objects) == 1 and objects[0].get("type") == "object" and objects[0].get("properties"):
+        return objects[0]
+    return None
+
+
+def _error(errors: Mapping[str, str], name: str, leaf: bool) -> str:
+    """The error at ``name``; a leaf field also shows an error deeper in its value
+    (``patches.size.0``, or a union's ``patches.size.int``)."""
+    if name in errors:
+        return errors[name]
+    if leaf:
+        return next((v for k, v in errors.items() if k.startswith(f"{name}.")), "")
+    return ""
 
 
 def _get(data: Mapping[str, Any], dotted: str) -> Any:
@@ -150,9 +215,11 @@ def schema_fields(
     *,
     skip: tuple[str, ...] = (),
     defs: dict[str, Any] | None = None,
+    section: str = "",
 ) -> list[FormField]:
     """One :class:`FormField` per property of ``schema`` (object properties without a
-    default of their own are expanded into their fields), valued from ``values``."""
+    default of their own are expanded into their fields, a nullable section into its
+    ``section`` box and its fields), valued from ``values``."""
     defs = {**schema.get("$defs", {}), **(defs or {})}
     required = set(schema.get("required", []))
     out = []
@@ -162,7 +229,31 @@ def schema_fields(
             continue
         prop = _resolve(raw, defs)
         if prop.get("type") == "object" and "properties" in prop:
-            out += schema_fields(prop, f"{name}.", values, errors, skip=skip, defs=defs)
+            out += schema_fields(
+                prop, f"{name}.", values, errors, skip=skip, defs=defs, section=section
+            )
+            continue
+        inner = _section(prop, defs)
+        if inner is not None:
+            value = _get(values, name)
+            out.append(
+                FormField(
+                    name=name,
+                    label=key,
+                    widget="section",
+                    value="",
+                    type_text=_type_text(raw, defs),
+                    default="null",
+                    description=f"{prop.get('description', '')} Tick to use this section "
+                    "(filling any of its fields also does); unticked and empty: null.",
+                    error=_error(errors, name, leaf=False),
+                    checked=isinstance(value, dict),
+                    section=section,
+                )
+            )
+            out += schema_fields(
+                inner, f"{name}.", values, errors, skip=skip, defs=defs, section=name
+            )
             continue
         default = prop.get("default", _MISSING)
         value = _get(values, name)
@@ -171,26 +262,35 @@ def schema_fields(
         choices = _choices(prop)
         widget = "select" if choices else "text"
         kinds = {v.get("type") for v in _variants(prop)} - {"null"}
+        listed = _list_kind(prop)
         if kinds == {"boolean"}:
             widget = "checkbox"
+        elif not choices and listed is not None:
+            widget = "list"
         elif not choices and not _is_string(prop) and kinds & {"object", "array", None}:
             widget = "json"
         description = prop.get("description", "")
         if prop.get("aliases"):
             description += f" Also accepted as: {', '.join(prop['aliases'])}."
+        if section and key in required:
+            description += f" Required when {section} is used."
         out.append(
             FormField(
                 name=name,
                 label=key,
                 widget=widget,
-                value=_show(value),
+                value=_show(value, widget),
                 type_text=_type_text(raw, defs),
                 default="(required)" if key in required else json.dumps(prop.get("default")),
                 description=description,
-                required=key in required,
+                required=key in required and not section,
                 choices=choices,
-                error=errors.get(name, ""),
+                error=_error(errors, name, leaf=True),
                 checked=value is True,
+                section=section,
+                item_type=listed[0] if listed else "",
+                scalar=bool(listed and listed[1]),
+                scalar_only=listed[2] if listed else [],
             )
         )
     return out
@@ -276,10 +376,38 @@ def _parse(text: str, f: FormField) -> Any:
     JSON (text that is not JSON is kept, for validation to report at the field)."""
     if f.widget == "select" or (f.widget == "text" and f.type_text.startswith("str")):
         return text if text != "" else None
+    if f.widget == "list":
+        return _parse_list(text, f)
     try:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def _parse_list(text: str, f: FormField) -> Any:
+    """A ``list`` field's text: comma-separated values (numbers also space-separated)
+    of the item type, or one bare value where the schema allows it; JSON (``[1, 2]``)
+    is read too. An item that is not of the type is kept as text, for validation to
+    report at the field."""
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    if f.item_type == "string":
+        items: list[Any] = [t.strip() for t in text.split(",") if t.strip()]
+    else:
+        convert = int if f.item_type == "integer" else float
+        items = []
+        for token in text.replace(",", " ").split():
+            try:
+                items.append(convert(token))
+            except ValueError:
+                items.append(token)
+    alone = f.scalar and len(items) == 1
+    if alone and f.scalar_only and str(items[0]) not in f.scalar_only:
+        alone = False
+    return items[0] if alone else items
 
 
 def _put(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -326,6 +454,11 @@ def _fill(
     only when the page showed it (``shown``): an unchecked box sends nothing, and a
     method chosen without its parameters on the page must keep their defaults."""
     for f in fields:
+        if f.widget == "section":
+            ticked = form.get(f.name) not in (None, "", "false", "off")
+            if f.name in shown and ticked and _get(data, f.name) is _MISSING:
+                _put(data, f.name, {})
+            continue
         if f.widget == "checkbox":
             if f.name not in shown:
                 continue
@@ -562,7 +695,7 @@ def _page(
     model = state.get("model")
     name = model.get("name") if isinstance(model, dict) else model
     declared = models.get(str(name)) if name else None
-    known = {f.name for f in run_fields({}, {})}
+    known = {f.name: f.widget for f in run_fields({}, {})}
     general = [f"{k}: {v}" for k, v in errors.items() if not _shown(k, known)]
     context = {
         "csrf": request.state.csrf,
@@ -589,10 +722,13 @@ def _page(
     )
 
 
-def _shown(key: str, run_field_names: set[str]) -> bool:
-    """Whether the error of ``key`` is shown at a field of the page."""
+def _shown(key: str, run_field_names: Mapping[str, str]) -> bool:
+    """Whether the error of ``key`` is shown at a field of the page (``run_field_names``:
+    the run fields' widgets by name)."""
     if key in run_field_names or key in ("model", "model.checkpoint", "inputs.paths", "targets"):
         return True
+    if any(key.startswith(f"{n}.") for n, w in run_field_names.items() if w != "section"):
+        return True  # deeper in a field's value (patches.size.0), shown at that field
     parts = key.split(".")
     return len(parts) >= 3 and parts[0] == "methods" and parts[1].isdigit()
 

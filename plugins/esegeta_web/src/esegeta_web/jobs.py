@@ -320,7 +320,27 @@ def verified_lock_holder(run_dir: Path) -> int:
     return pid
 
 
-RESUME_BASES = "the workspace, then the run folder's parent"
+RESUME_BASES = (
+    "the config's folder (the run folder less output_dir/name), the workspace, then the run "
+    "folder's parent"
+)
+
+
+def resume_bases(run_dir: Path, stored: dict[str, Any], workspace: Path) -> list[Path]:
+    """Where the relative paths of ``run_dir``'s config.json may start (see
+    :data:`RESUME_BASES`): first the folder of the config file ``esegeta run`` read, known
+    when its relative ``output_dir`` is the end of the run folder's parent (a config in
+    ``exp/`` with ``output_dir: out`` ran into ``exp/out/NAME``)."""
+    bases = [workspace, run_dir.parent]
+    output_dir = stored.get("output_dir", "esegeta-out")
+    if isinstance(output_dir, str) and output_dir and not Path(output_dir).is_absolute():
+        parts = Path(os.path.normpath(output_dir)).parts
+        parent = run_dir.parent
+        if ".." not in parts and parent.parts[-len(parts) :] == parts:
+            folder = Path(*parent.parts[: -len(parts)]) if len(parts) < len(parent.parts) else None
+            if folder is not None and folder.is_relative_to(workspace):
+                bases.insert(0, folder)
+    return list(dict.fromkeys(bases))
 
 
 def _path_fields(data: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -496,7 +516,7 @@ class JobManager:
     def cli_resume_config(self, run_dir: Path, models: dict[str, Any]) -> tuple[Path, int, bool]:
         """A config to resume a run folder the app did not launch, written under the
         workspace's state folder: its ``config.json`` with relative paths resolved
-        (:func:`rebase_paths`, against the workspace then the run folder's parent), the
+        (:func:`rebase_paths`, against :func:`resume_bases`), the
         run folder as output, the model checked against the allowlist and every path
         confined (:func:`esegeta_web.models.sanitise_config`). Returns the config's path,
         the planned job count, and whether ``--force`` is needed (the paths written
@@ -518,7 +538,7 @@ class JobManager:
             ) from exc
         if not isinstance(stored, dict):
             raise InvalidParamsError(f"Run {rel} cannot be resumed: config.json is not a mapping.")
-        data = rebase_paths(stored, [self.workspace, run_dir.parent], self.workspace)
+        data = rebase_paths(stored, resume_bases(run_dir, stored, self.workspace), self.workspace)
         data["output_dir"] = run_dir.parent.relative_to(self.workspace).as_posix()
         data["name"] = run_dir.name
         data = sanitise_config(data, models, self.workspace)

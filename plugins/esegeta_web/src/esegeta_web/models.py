@@ -10,11 +10,19 @@ declares the models users may choose in ``--models FILE`` (YAML or JSON)::
       checkpoint: models/shapes.pt      # relative to the models file
       task: classification
       description: The synthetic shapes classifier.
+    unet:
+      factory: nets/unet.py:make        # a file relative to the models file
 
 A submitted config then names a model by its name (``model: shapes``, or
 ``model: {name: shapes, checkpoint: other.pt}``), or repeats a declared factory with its
 declared kwargs; any other factory is refused, and so is every path (inputs, masks,
 checkpoints, output_dir) outside the workspace.
+
+A relative factory file (``nets/unet.py:make``) and a relative checkpoint of the models
+file are relative to the models file's folder; they are stored absolute, so the configs
+the app writes (under ``.esegeta-web/configs/``, which ``esegeta run`` takes as the base
+of relative paths) name the same files. A submitted config may name such a factory by
+its resolved path or by its text in the models file.
 """
 
 from __future__ import annotations
@@ -48,14 +56,22 @@ class DeclaredModel:
     spec: dict[str, Any]
     run_defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    factory_text: str = ""
+    """The factory as the models file writes it (a relative file before resolving)."""
+
+    def names_factory(self, factory: Any) -> bool:
+        """Whether ``factory`` (a submitted config's) is this model's factory."""
+        return factory in (self.spec["factory"], self.factory_text or self.spec["factory"])
 
 
 def load_models(path: Path | None) -> dict[str, DeclaredModel]:
     """The models declared in ``path`` by name (none when ``path`` is None).
 
     Each entry is a model section (``factory``, ``kwargs``, ``checkpoint``...) plus
-    optional ``task``, ``wrapper`` and ``description``; a relative checkpoint is
-    relative to the file. Raises :class:`InvalidParamsError` naming the file and entry."""
+    optional ``task``, ``wrapper`` and ``description``; a relative checkpoint or factory
+    file (``nets/unet.py:make``) is relative to the models file's folder and stored
+    absolute. Raises :class:`InvalidParamsError` naming the file and entry (also for a
+    factory file that does not exist)."""
     if path is None:
         return {}
     path = Path(path)
@@ -77,7 +93,17 @@ def load_models(path: Path | None) -> dict[str, DeclaredModel]:
             ) from exc
         if spec.get("checkpoint"):
             spec["checkpoint"] = str((path.parent / spec["checkpoint"]).resolve())
-        models[str(name)] = DeclaredModel(str(name), spec, run_defaults, description)
+        factory_text = spec["factory"]
+        module, _, function = factory_text.rpartition(":")
+        if module.endswith(".py"):
+            file = (path.parent / module).resolve()
+            if not file.is_file():
+                raise InvalidParamsError(
+                    f"Models file {path}: model {name!r}: the factory file {file} does not "
+                    "exist (a relative factory file is relative to the models file's folder)."
+                )
+            spec["factory"] = f"{file}:{function}"
+        models[str(name)] = DeclaredModel(str(name), spec, run_defaults, description, factory_text)
     return models
 
 
@@ -106,7 +132,7 @@ def _resolve_model(
         matching = [
             m
             for m in models.values()
-            if m.spec["factory"] == factory and m.spec.get("kwargs", {}) == kwargs
+            if m.names_factory(factory) and m.spec.get("kwargs", {}) == kwargs
         ]
         if not matching:
             raise ModelNotAllowedError(
@@ -124,6 +150,17 @@ def _resolve_model(
             override = str(confine(workspace, override, what=f"{where}.checkpoint"))
         spec[key] = override
     return spec, declared
+
+
+def check_models(data: dict[str, Any], models: dict[str, DeclaredModel], workspace: Path) -> None:
+    """Refuse (:class:`ModelNotAllowedError`) a config whose ``model`` or
+    ``evaluation.models`` are not declared, before anything else of it is looked at."""
+    if "model" in data:
+        _resolve_model(data["model"], models, workspace, "model")
+    evaluation = data.get("evaluation")
+    extra = evaluation.get("models") if isinstance(evaluation, dict) else None
+    for name, value in (extra or {}).items() if isinstance(extra, dict) else ():
+        _resolve_model(value, models, workspace, f"evaluation.models.{name}")
 
 
 def _confined_paths(patterns: Any, workspace: Path, where: str) -> list[str]:

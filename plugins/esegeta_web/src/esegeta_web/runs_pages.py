@@ -33,6 +33,11 @@ router = APIRouter()
 
 RUNS_PER_PAGE = 50
 JOBS_PER_PAGE = 200
+GRID_TARGETS = 20
+"""Target columns of one page of an input's methods x targets grid."""
+GRID_CELLS = 100
+"""Cells of one grid page: GRID_CELLS // columns methods a page (5 x 20 by default), so a
+page builds at most this many viewers however many methods and targets the run has."""
 EVENT_INTERVAL = 0.5
 """Seconds between two progress reads of the live stream (so at most 1 s behind)."""
 UPLOAD_DIR = "uploads"
@@ -249,7 +254,32 @@ def _leaderboard(run_dir: Path) -> dict[str, Any] | None:
     return {"header": rows[0], "rows": rows[1:]} if rows else None
 
 
-def _results_context(request: Request, run_dir: Path, input_page: int, jobs_page: int) -> Any:
+def _grid_window(methods: int, targets: int, page: int) -> dict[str, int]:
+    """The methods and targets of grid ``page`` (1-based, clamped): blocks of
+    :data:`GRID_TARGETS` columns and ``GRID_CELLS // columns`` rows, target blocks of a
+    row block first."""
+    cols = max(1, min(targets, GRID_TARGETS))
+    rows = max(1, GRID_CELLS // cols)
+    col_blocks = max(1, -(-targets // cols))
+    pages = max(1, -(-methods // rows)) * col_blocks
+    page = min(max(page, 1), pages)
+    row, col = divmod(page - 1, col_blocks)
+    return {
+        "page": page,
+        "pages": pages,
+        "m0": row * rows,
+        "m1": min((row + 1) * rows, methods),
+        "t0": col * cols,
+        "t1": min((col + 1) * cols, targets),
+    }
+
+
+def _results_context(
+    request: Request, run_dir: Path, input_page: int, jobs_page: int, grid_page: int = 1
+) -> Any:
+    """The results page's data: the grid of input ``input_page`` (its page ``grid_page``
+    of :func:`_grid_window`, viewers built for those cells only), one page of job
+    records, the progress and the leaderboard."""
     records = _jobs(request).index.records(run_dir)
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records:
@@ -261,8 +291,18 @@ def _results_context(request: Request, run_dir: Path, input_page: int, jobs_page
     if keys:
         key = keys[input_page - 1]
         chosen = groups[key]
-        methods = list(dict.fromkeys(str(r.get("title") or r.get("method")) for r in chosen))
-        targets = list(dict.fromkeys(str(r.get("target_requested")) for r in chosen))
+        all_methods = list(dict.fromkeys(str(r.get("title") or r.get("method")) for r in chosen))
+        all_targets = list(dict.fromkeys(str(r.get("target_requested")) for r in chosen))
+        window = _grid_window(len(all_methods), len(all_targets), grid_page)
+        methods = all_methods[window["m0"] : window["m1"]]
+        targets = all_targets[window["t0"] : window["t1"]]
+        shown_methods, shown_targets = set(methods), set(targets)
+        chosen = [
+            r
+            for r in chosen
+            if str(r.get("title") or r.get("method")) in shown_methods
+            and str(r.get("target_requested")) in shown_targets
+        ]
         cells: dict[tuple[str, str], dict[str, Any]] = {}
         try:
             viewers = _viewers()
@@ -288,6 +328,9 @@ def _results_context(request: Request, run_dir: Path, input_page: int, jobs_page
             "methods": methods,
             "targets": targets,
             "cells": cells,
+            **window,
+            "methods_total": len(all_methods),
+            "targets_total": len(all_targets),
         }
     job_pages = max(1, -(-len(records) // JOBS_PER_PAGE))
     jobs_page = min(jobs_page, job_pages)
@@ -310,10 +353,16 @@ def _results_context(request: Request, run_dir: Path, input_page: int, jobs_page
 
 @router.get("/runs/{run:path}")
 async def run_page(
-    request: Request, run: str, input: str | None = None, jobs: str | None = None
+    request: Request,
+    run: str,
+    input: str | None = None,
+    jobs: str | None = None,
+    grid: str | None = None,
 ) -> Response:
-    """A run's progress, its methods x targets grid per input, every job's record and
-    its leaderboard."""
+    """A run's progress, its methods x targets grid per input (a page of it at a time:
+    ``grid``), every job's record and its leaderboard."""
     run_dir = _run_dir(request, run)
-    context = await run_in_threadpool(_results_context, request, run_dir, _page(input), _page(jobs))
+    context = await run_in_threadpool(
+        _results_context, request, run_dir, _page(input), _page(jobs), _page(grid)
+    )
     return _render(request, "run.html", run=_rel(request, run_dir), name=run_dir.name, **context)
