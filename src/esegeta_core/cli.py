@@ -164,6 +164,12 @@ def cmd_methods(args: argparse.Namespace, out: TextIO) -> int:
         out.write(
             f"\n\n{len(methods)} methods from {len(plugins)} plugin(s): {', '.join(plugins)}\n"
         )
+    elif args.plugin:
+        from esegeta_core.runtime.executor import executor_sources
+
+        provided = [name for name, source in executor_sources().items() if source == args.plugin]
+        extra = f"; it provides the executor(s) {', '.join(provided)}" if provided else ""
+        out.write(f"Plugin {args.plugin} provides no methods{extra}.\n")
     else:
         out.write("No methods installed. Install a backend, e.g. `pip install esegeta-captum`.\n")
     if failures:

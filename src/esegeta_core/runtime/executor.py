@@ -236,6 +236,15 @@ def executors(*, refresh: bool = False) -> dict[str, type[Executor]]:
     return dict(_CACHE)
 
 
+def executor_sources() -> dict[str, str]:
+    """``{executor name: entry-point name of its plugin}`` (``core`` for ``local``)."""
+    found = {DEFAULT_EXECUTOR: "core"}
+    found.update(
+        {name: source.removeprefix("plugin ") for name, (_, source) in _plugin_executors().items()}
+    )
+    return found
+
+
 def get_executor(name: str, options: dict[str, Any] | None = None) -> Executor:
     """The executor ``name`` with its options validated.
 
