@@ -17,7 +17,7 @@ Fairness: same model, inputs, maps, order and fill values; the curves agree (the
 maximum absolute difference is printed). Quantus runs with its default of 64 images
 per pass (one pass per step). esegeta runs with its default ``batch_size="auto"``: it
 tunes the pass size and memory layout on its own first passes and runs the rest in the
-fastest (``esegeta_core.evaluate.passes``; the cache of tuned plans is cleared before
+fastest (``esegeta_core.runtime.passes``; the cache of tuned plans is cleared before
 every call, so each timed call tunes again). Rows:
 
 - ours (auto) vs Quantus (64 per pass): what a user gets from either by default;
@@ -61,7 +61,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from esegeta_core.evaluate import aopc, deletion, passes
+from esegeta_core.evaluate import aopc, deletion
+from esegeta_core.runtime import passes
 
 
 def small_cnn(classes: int = 10) -> nn.Module:

@@ -39,7 +39,8 @@ from esegeta_core.outputs import OutputSelector, selector_label
 from esegeta_core.plugin.manager import Registry, get_registry
 from esegeta_core.preparation import no_inplace, prepared, tapped
 from esegeta_core.progress import progress_bar
-from esegeta_core.runtime.batching import auto_batch_params, run_with_oom_retry
+from esegeta_core.runtime.batching import auto_batch_params, plan_batches, run_with_oom_retry
+from esegeta_core.runtime.passes import PassSplitter
 from esegeta_core.runtime.patches import (
     PatchSpec,
     count_patches,
@@ -202,9 +203,18 @@ def explain(
                     t = normalise_target(target, scores)
                 else:  # checked on the method's own first forward pass
                     t = target_classes(target, x.shape[0], x.device)
+                splitter = None
                 if auto_batch:
-                    valid = auto_batch_params(cls, valid, scored, x)
+                    valid, cap = plan_batches(cls, valid, scored, x, network=model)
+                    if cap is not None:  # perturbation passes: the planner runs them
+                        scored = splitter = PassSplitter(scored, network=model, cap=cap)
                 result, valid = job.run(explainer, scored, x, t, valid, check=target is not None)
+                if splitter is not None and splitter.plan is not None:
+                    extras["pass_plan"] = {
+                        "inputs_per_pass": splitter.plan.batch_size,
+                        "channels_last": splitter.plan.channels_last,
+                        "measured_now": splitter.tuned,
+                    }
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start

@@ -202,6 +202,11 @@ class Explainer(ABC):
     - ``batch_params``: names of the parameters that batch internal work (perturbations,
       steps, samples, masks, channels); ``explain(auto_batch=True)`` sizes them and a
       CUDA out-of-memory error halves them and retries.
+    - ``pass_params``: those of ``batch_params`` whose passes run without gradients
+      (perturbations, masks); under ``explain(auto_batch=True)`` they get every input
+      that fits in memory at once, and the core's pass planner
+      (:class:`~esegeta_core.runtime.passes.PassSplitter`) runs each such pass as the
+      fastest forward passes, found on the method's own first passes.
     - ``count_params``: parameters whose product is the number of passes per item
       (steps, samples, masks); huge requests are refused with an estimate unless
       ``force=True`` (override :meth:`passes` when the count is more involved, and
@@ -230,6 +235,7 @@ class Explainer(ABC):
     paper: ClassVar[str] = ""
     deterministic: ClassVar[bool] = True
     batch_params: ClassVar[tuple[str, ...]] = ()
+    pass_params: ClassVar[tuple[str, ...]] = ()
     count_params: ClassVar[tuple[str, ...]] = ()
     model_rules: ClassVar[ModelRules] = "none"
     needs_trace: ClassVar[bool] = False

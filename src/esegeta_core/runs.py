@@ -365,7 +365,7 @@ def _mask_path(target: RegionSpec, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-NOTED_EXTRAS = ("layer_auto", "layouts", "preparation", "warnings", "output")
+NOTED_EXTRAS = ("layer_auto", "layouts", "preparation", "warnings", "output", "pass_plan")
 """What ``explain()`` decided for a job and reports in ``Explanation.extras`` (layers
 chosen by ``layer="auto"``, layer layouts, the model preparation of rule-based
 methods, warnings such as an all-zero map), kept in the job's record."""

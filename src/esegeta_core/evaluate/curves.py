@@ -39,7 +39,7 @@ from esegeta_core.evaluate._common import (
     spatial_map,
     target_scores,
 )
-from esegeta_core.evaluate.passes import BatchSize, check_batch_size, memory_format, run_passes
+from esegeta_core.runtime.passes import BatchSize, check_batch_size, memory_format, run_passes
 from esegeta_core.runtime.precision import Precision, check_precision, run_with_precision
 
 Perturbation = Literal["zero", "mean", "blur", "noise"] | float | torch.Tensor
@@ -118,7 +118,7 @@ def aopc(
         blur_sigma: Gaussian width for ``"blur"``.
         batch_size: perturbed inputs per forward pass, or ``"auto"``: at most 64, the
             fastest size and memory layout found on the first passes when the work is
-            long (see :mod:`esegeta_core.evaluate.passes`).
+            long (see :mod:`esegeta_core.runtime.passes`).
         seed: seeds ``"noise"``.
         amp: mixed precision for the forward passes, ``"bf16"`` (CPU or CUDA) or
             ``"fp16"`` (CUDA): faster, scores within about 1e-2 of float32's; scores
@@ -395,7 +395,7 @@ def _scores(
     ``start`` (both ``(B, ...)`` or broadcastable with a batch dimension of 1).
 
     The pairs are numbered step-major (``k * B + i``) and run in passes of consecutive
-    pairs (:func:`~esegeta_core.evaluate.passes.run_passes`); each pass is built by one
+    pairs (:func:`~esegeta_core.runtime.passes.run_passes`); each pass is built by one
     broadcast ``torch.where`` per step it spans, straight into a buffer in the pass's
     memory layout (no gathers, no copies).
     """

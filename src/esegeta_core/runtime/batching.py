@@ -1,5 +1,11 @@
 """Automatic batch sizes for methods with internal batching, and OOM recovery.
 
+Perturbation passes (a method's ``pass_params``, run without gradients) are planned
+for speed, not only memory: :func:`plan_batches` gives the method every input that fits
+(at most :data:`MAX_PASS_INPUTS`) and a cap for the core's pass planner
+(:class:`~esegeta_core.runtime.passes.PassSplitter`), which runs them as the fastest
+forward passes measured on the method's own first passes. The rest:
+
 Methods declare which of their parameters batch internal work (perturbations,
 integration steps, noise samples, masks, channels, LIME samples) in the class
 attribute ``batch_params``. With ``auto_batch=True`` the core sets those the user left
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,6 +32,8 @@ from esegeta_core.explainer import Explainer, MethodParams
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
+MAX_PASS_INPUTS = 512
+"""Most inputs a perturbation method is handed at once under ``auto_batch``."""
 T = TypeVar("T")
 
 
@@ -44,9 +53,19 @@ def available_memory(device: torch.device) -> int:
     return int(pages * os.sysconf("SC_PAGE_SIZE")) // 4 if pages else 2**30
 
 
-def bytes_per_sample(model: nn.Module, x: torch.Tensor) -> int:
+_measured: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def bytes_per_sample(model: nn.Module, x: torch.Tensor, network: nn.Module | None = None) -> int:
     """Activation memory of one sample through ``model``: the sizes of every module
-    output in a probe forward pass, doubled for the backward pass, plus the input."""
+    output in a probe forward pass, doubled for the backward pass, plus the input.
+    With ``network`` (the module ``model`` computes with), the figure is kept per
+    network and input shape, so later calls skip the probe pass."""
+    key = (type(model).__name__, tuple(x.shape[1:]), x.dtype, x.device)
+    if network is not None and key in _measured.get(network, {}):
+        return _measured[network][key]
     total = [0]
 
     def hook(module: nn.Module, inputs: object, output: object) -> None:
@@ -61,7 +80,10 @@ def bytes_per_sample(model: nn.Module, x: torch.Tensor) -> int:
     finally:
         for h in handles:
             h.remove()
-    return max(1, 2 * total[0] + 3 * x[:1].numel() * x.element_size())
+    size = max(1, 2 * total[0] + 3 * x[:1].numel() * x.element_size())
+    if network is not None:
+        _measured.setdefault(network, {})[key] = size
+    return size
 
 
 def auto_batch_params(
@@ -69,14 +91,16 @@ def auto_batch_params(
     params: MethodParams,
     model: nn.Module,
     x: torch.Tensor,
+    network: nn.Module | None = None,
 ) -> MethodParams:
-    """``params`` with every unset batch parameter set to the largest batch that fits."""
+    """``params`` with every unset batch parameter set to the largest batch that fits
+    (``network``: see :func:`bytes_per_sample`)."""
     unset = [p for p in cls.batch_params if p not in params.model_fields_set]
     if not unset:
         if not cls.batch_params:
             log.info("method %s has no internal batching; auto_batch does nothing", cls.name)
         return params
-    per_sample = bytes_per_sample(model, x)
+    per_sample = bytes_per_sample(model, x, network)
     device = x.device
     batch = max(1, min(MAX_BATCH, available_memory(device) // per_sample))
     log.info(
@@ -87,6 +111,39 @@ def auto_batch_params(
         per_sample / 1e6,
     )
     return params.model_copy(update={p: batch for p in unset})
+
+
+def plan_batches(
+    cls: type[Explainer],
+    params: MethodParams,
+    model: nn.Module,
+    x: torch.Tensor,
+    network: nn.Module | None = None,
+) -> tuple[MethodParams, int | None]:
+    """``auto_batch=True``: ``params`` with the unset batch parameters sized, and the
+    pass planner's cap on inputs per forward pass (``None``: no planner, when the method
+    has no unset ``pass_params`` or reads a layer, whose path the planner would hide).
+
+    Unset ``pass_params`` get every input that fits as an input copy (a quarter of the
+    memory budget), at most :data:`MAX_PASS_INPUTS`: the planner splits them into passes
+    of at most the cap, the batch whose activations fit (:func:`auto_batch_params`).
+    Other batch parameters get that batch."""
+    reads_layer = bool(cls.Params.layer_fields())
+    passes = [p for p in cls.pass_params if p not in params.model_fields_set and not reads_layer]
+    sized = auto_batch_params(cls, params, model, x, network)
+    if not passes:
+        return sized, None
+    cap = max(1, int(getattr(sized, passes[0])))
+    item = max(1, x[:1].numel() * x.element_size())
+    inputs = max(1, min(MAX_PASS_INPUTS, available_memory(x.device) // (4 * item)))
+    log.info(
+        "pass planner for %s on %s: %d inputs at once, passes of at most %d",
+        cls.name,
+        x.device,
+        inputs,
+        cap,
+    )
+    return sized.model_copy(update={p: inputs for p in passes}), cap
 
 
 def _halved(cls: type[Explainer], params: MethodParams) -> MethodParams | None:

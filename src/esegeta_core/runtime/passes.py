@@ -1,4 +1,8 @@
-"""How a metric runs its many forward passes: inputs per pass and memory layout.
+"""The pass planner: how many inputs per forward pass, in which memory layout.
+
+One planner for the metrics' perturbation curves (:func:`run_passes`) and for the
+methods' perturbation passes under ``explain(auto_batch=True)`` (:class:`PassSplitter`),
+with one cache of plans per network, input shape, dtype, device and autocast dtype.
 
 Perturbation curves call the model thousands of times (100 steps x 64 images is 6,400
 inputs), so the forward pass is the whole cost, and two choices a user rarely makes
@@ -207,3 +211,114 @@ def _autocast(device: torch.device) -> torch.dtype | None:
     if not torch.is_autocast_enabled(device.type):
         return None
     return torch.get_autocast_dtype(device.type)
+
+
+# -- methods -------------------------------------------------------------------------
+CLIMB_START = 16
+"""Inputs per pass the methods' planner tries first; it then doubles while that is
+faster per input, else halves (perturbation passes are many but a method's first
+passes are few: starting in the middle reaches the best size in the fewest inputs)."""
+
+
+CLIMB_FROM = 8 * CLIMB_START
+"""Fewest inputs in one batch for the methods' planner to measure on it; a smaller
+batch runs in passes of up to :data:`AUTO_MAX` as is (the measuring would cost more
+than it can save)."""
+
+
+def _climb(runner: _Runner, reshapes: bool, cap: int) -> tuple[PassPlan, bool]:
+    """The fastest plan found on the runner's own inputs (all of them count): a pass at
+    :data:`CLIMB_START` to set up, the layouts compared there when the input allows,
+    then doubling while the time per input improves by 5%, else halving. Returns the
+    plan and whether the search ended (false: the work ran out first)."""
+    size = max(1, min(CLIMB_START, cap))
+    if runner.left < CLIMB_FROM:  # too little work to pay for measuring: few big passes
+        return PassPlan(max(1, min(cap, AUTO_MAX, runner.left))), False
+    runner.run(size, False)  # the first pass of a shape pays its set-up
+    channels_last = False
+    # the layout trial computes one pass twice: only where that is a small share
+    if reshapes and runner.left >= 16 * size and runner.layout_agrees(size):
+        best = runner.run(size, False, timed=True)
+        seconds = runner.run(size, True, timed=True)
+        if seconds < best:
+            best, channels_last = seconds, True
+    else:
+        best = runner.run(size, False, timed=True)
+    plan = PassPlan(size, channels_last)
+    for up in (True, False):
+        step = size * 2 if up else size // 2
+        while 1 <= step <= cap:
+            if runner.left < step:
+                return plan, False
+            seconds = runner.run(step, channels_last, timed=True)
+            if seconds > 0.95 * best:
+                break
+            best, plan = seconds, PassPlan(step, channels_last)
+            step = step * 2 if up else step // 2
+        if plan.batch_size != size:  # going up helped: no need to go down
+            break
+    return plan, True
+
+
+def _forward_halving(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``; a CUDA out-of-memory splits the pass in two and retries each half."""
+    try:
+        return model(x)
+    except torch.cuda.OutOfMemoryError:
+        if x.shape[0] <= 1:
+            raise
+        if x.is_cuda:
+            torch.cuda.empty_cache()
+        half = x.shape[0] // 2
+        log.warning("out of memory in a pass of %d inputs; retrying in halves", x.shape[0])
+        return torch.cat([_forward_halving(model, x[:half]), _forward_halving(model, x[half:])])
+
+
+class PassSplitter(nn.Module):
+    """The model as a method sees it under ``explain(auto_batch=True)``: a batch the
+    method sends without gradients (its perturbations, masks) is run as the planner's
+    fastest forward passes, found on these very passes and cached per network, so the
+    method may send everything that fits in memory at once. Outputs are the model's,
+    concatenated; passes with gradients, extra arguments or one input go through as is.
+    ``plan`` holds the last plan used (``None`` before any split pass)."""
+
+    def __init__(self, model: nn.Module, network: nn.Module, cap: int = AUTO_MAX) -> None:
+        super().__init__()
+        self.model = model
+        self._network = weakref.ref(network)
+        self.cap = max(1, cap)
+        self.plan: PassPlan | None = None
+        self.tuned = False
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        network = self._network()
+        if (
+            args
+            or kwargs
+            or network is None
+            or torch.is_grad_enabled()
+            or not isinstance(x, torch.Tensor)
+            or x.ndim < 2
+            or x.shape[0] <= 1
+        ):
+            return self.model(x, *args, **kwargs)
+        key = ("method", tuple(x.shape[1:]), x.dtype, x.device, _autocast(x.device))
+        model = self.model
+
+        def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
+            part = x[start:stop]
+            if channels_last:
+                part = part.contiguous(memory_format=memory_format(True, part.ndim))
+            return _forward_halving(model, part)
+
+        runner = _Runner(x.shape[0], chunk, x.device)
+        plan = _plans.get(network, {}).get(key)
+        if plan is None:
+            reshapes = x.ndim in (4, 5) and x.shape[1] > 1
+            plan, ended = _climb(runner, reshapes, self.cap)
+            if ended:
+                _plans.setdefault(network, {})[key] = plan
+                self.tuned = True
+                log.debug("forward passes for %s: %s", type(network).__name__, plan)
+        self.plan = plan
+        return runner.finish(plan)

@@ -60,6 +60,9 @@ BATCH_PARAMS = ("perturbations_per_eval", "internal_batch_size", "nt_samples_bat
 may size them (declared per method as ``batch_params``)."""
 
 
+PASS_PARAMS = ("perturbations_per_eval",)
+"""Batch parameters of perturbation methods, whose passes run without gradients."""
+
 COUNT_PARAMS = ("n_steps", "n_samples")
 """Parameters that multiply the passes a method runs (``Explainer.count_params``)."""
 
@@ -93,6 +96,8 @@ class CaptumMethod(Explainer):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.batch_params = tuple(p for p in BATCH_PARAMS if p in cls.Params.model_fields)
+        # perturbation passes run without gradients: the core's pass planner splits them
+        cls.pass_params = tuple(p for p in PASS_PARAMS if p in cls.Params.model_fields)
         cls.count_params = tuple(p for p in COUNT_PARAMS if p in cls.Params.model_fields)
 
     min_steps_per_pass: ClassVar[int] = 1

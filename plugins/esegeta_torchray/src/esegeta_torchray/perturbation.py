@@ -106,6 +106,7 @@ class Rise(TorchRayMethod):
     cost = "high"
     paper = "https://arxiv.org/abs/1806.07421"
     batch_params = ("batch_size",)
+    pass_params = ("batch_size",)  # masked copies, scored without gradients
 
     def workload(
         self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]

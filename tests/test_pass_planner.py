@@ -1,0 +1,174 @@
+"""The pass planner behind ``explain(auto_batch=True)`` for perturbation methods: passes
+split into the fastest forward passes found on the method's own passes, cached per
+network, maps equal to the fixed-batch computation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import esegeta_core as ec
+from esegeta_core.plugin.manager import get_registry
+from esegeta_core.runtime import passes
+from esegeta_core.runtime.batching import MAX_PASS_INPUTS, plan_batches
+from esegeta_core.runtime.passes import PassPlan, PassSplitter, _climb, _Runner
+from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing.environment import require_method
+
+
+@pytest.fixture(autouse=True)
+def fresh_plans():
+    passes._plans.clear()
+    yield
+    passes._plans.clear()
+
+
+class Counting(nn.Module):
+    """Records the batch size of every forward pass."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.sizes = inner, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.inner(x)
+
+
+def _chunk(cost: dict[int, float], calls: list):
+    def chunk(start, stop, channels_last):
+        calls.append((stop - start, channels_last))
+        time.sleep(cost.get(stop - start, 1e-3) * (stop - start))
+        return torch.arange(start, stop, dtype=torch.float32)
+
+    return chunk
+
+
+def test_the_climb_goes_up_while_faster_and_keeps_the_best():
+    # seconds per input: best in passes of 64
+    cost = {16: 2e-3, 32: 1e-3, 64: 4e-4, 128: 6e-4}
+    calls: list = []
+    runner = _Runner(2000, _chunk(cost, calls), torch.device("cpu"))
+    plan, ended = _climb(runner, reshapes=False, cap=256)
+    assert ended and plan == PassPlan(64)
+    assert [size for size, _ in calls] == [16, 16, 32, 64, 128]  # set-up, then the climb
+    scores = runner.finish(plan)
+    assert torch.equal(scores, torch.arange(2000, dtype=torch.float32))  # every input once
+
+
+def test_the_climb_goes_down_when_bigger_is_slower_and_respects_the_cap():
+    cost = {16: 1e-3, 32: 2e-3, 8: 5e-4, 4: 8e-4}
+    calls: list = []
+    runner = _Runner(500, _chunk(cost, calls), torch.device("cpu"))
+    plan, ended = _climb(runner, reshapes=False, cap=16)  # 32 is over the cap
+    assert ended and plan == PassPlan(8)
+    assert [size for size, _ in calls] == [16, 16, 8, 4]
+
+
+def test_too_little_work_is_run_untuned_and_not_cached():
+    model = Counting(nn.Linear(4, 2))
+    splitter = PassSplitter(model, network=model, cap=64)
+    with torch.no_grad():
+        out = splitter(torch.rand(100, 4))
+    assert out.shape == (100, 2) and model.sizes == [64, 36]  # few big passes, untimed
+    assert splitter.plan == PassPlan(64) and not splitter.tuned
+    assert model not in passes._plans
+
+
+def test_the_splitter_equals_the_model_and_caches_its_plan_per_network_and_shape():
+    model = tiny_model("classification", 2)
+    counting = Counting(model)
+    splitter = PassSplitter(counting, network=model, cap=64)
+    x = tiny_input("classification", 2, batch=300, size=16)
+    with torch.no_grad():
+        torch.testing.assert_close(splitter(x), model(x), rtol=1e-5, atol=1e-6)
+    assert splitter.tuned and max(counting.sizes) <= 64 and sum(counting.sizes) >= 300
+    ((_key, plan),) = passes._plans[model].items()
+    counting.sizes.clear()
+    again = PassSplitter(counting, network=model, cap=64)
+    with torch.no_grad():
+        again(x)
+    assert not again.tuned and again.plan == plan
+    assert set(counting.sizes[:-1]) == {plan.batch_size}  # straight to the plan
+    # with gradients (a gradient method's passes), one input, or extra arguments: as is
+    counting.sizes.clear()
+    splitter(x[:40].requires_grad_(True))
+    with torch.no_grad():
+        splitter(x[:1])
+    assert counting.sizes == [40, 1]
+
+
+def test_plan_batches_gives_pass_params_everything_and_a_cap():
+    captum_occlusion = get_registry().get(require_method("captum.occlusion"))
+    model, x = tiny_model("classification", 2), tiny_input("classification", 2, batch=1)
+    params = captum_occlusion.Params(sliding_window_shapes=(3, 4, 4))
+    sized, cap = plan_batches(captum_occlusion, params, model, x)
+    assert cap is not None and cap >= 1
+    assert sized.perturbations_per_eval == MAX_PASS_INPUTS
+    given = captum_occlusion.Params(sliding_window_shapes=(3, 4, 4), perturbations_per_eval=3)
+    sized, cap = plan_batches(captum_occlusion, given, model, x)
+    assert cap is None and sized.perturbations_per_eval == 3  # the user's choice is kept
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("captum.occlusion", {"sliding_window_shapes": "auto", "strides": "auto"}),
+        ("captum.feature_ablation", {"grid_cell": 2}),
+        ("captum.shapley_value_sampling", {"n_samples": 2, "grid_cell": 4}),
+    ],
+)
+@pytest.mark.parametrize("rank", [2, 3])
+def test_auto_batch_maps_equal_the_fixed_batch_maps(method, params, rank):
+    name = require_method(method)
+    model = tiny_model("classification", rank)
+    x = tiny_input("classification", rank, batch=2)
+    if params.get("sliding_window_shapes") == "auto":
+        window = (3, 4, 4) if rank == 2 else (3, 2, 2, 2)
+        params = {"sliding_window_shapes": window, "strides": window}
+    planned = ec.explain(model, x, name, 1, auto_batch=True, seed=0, **params)
+    # what the method saw is unchanged: the same as its fixed batch, run unsplit
+    fixed = ec.explain(model, x, name, 1, perturbations_per_eval=MAX_PASS_INPUTS, seed=0, **params)
+    torch.testing.assert_close(planned.attributions, fixed.attributions, rtol=1e-4, atol=1e-6)
+    if method != "captum.shapley_value_sampling":  # its permutations depend on the batch
+        one = ec.explain(model, x, name, 1, perturbations_per_eval=1, **params)
+        torch.testing.assert_close(planned.attributions, one.attributions, rtol=1e-4, atol=1e-6)
+    assert planned.params.perturbations_per_eval == MAX_PASS_INPUTS  # recorded
+    plan = planned.extras["pass_plan"]
+    assert plan["inputs_per_pass"] >= 1 and plan["channels_last"] in (True, False)
+
+
+def test_the_run_record_notes_the_plan(tmp_path):
+    import json
+
+    import numpy as np
+
+    from esegeta_core.config import RunConfig
+    from esegeta_core.runs import run
+
+    name = require_method("captum.occlusion")
+    np.save(tmp_path / "x.npy", tiny_input("classification", 2, batch=1, size=16).numpy())
+    config = RunConfig.model_validate(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "model": {"factory": "esegeta_core.testing.models:tiny_model"},
+            "inputs": {"paths": ["x.npy"], "rank": 2, "scale": "none", "batch_dim": True},
+            "targets": [0],
+            "methods": [{"method": name, "params": {"window": 2, "strides": 2}}],
+            "auto_batch": True,
+            "cpu_workers": 0,
+            "progress": False,
+            "outputs": {"figures": False, "report": False},
+        }
+    )
+    summary = run(config, tmp_path)
+    record = json.loads(
+        (summary.run_dir / summary.records[0]["files"]["attribution"])
+        .parent.joinpath("record.json")
+        .read_text()
+    )
+    assert record["notes"]["pass_plan"]["inputs_per_pass"] >= 1
+    assert record["params"]["perturbations_per_eval"] == MAX_PASS_INPUTS
