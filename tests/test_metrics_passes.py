@@ -18,9 +18,9 @@ from torch import nn
 
 from esegeta_core import InvalidParamsError
 from esegeta_core.evaluate import aopc, deletion, insertion
+from esegeta_core.model_state import count_hooks
 from esegeta_core.runtime import passes
 from esegeta_core.runtime.passes import AUTO_MAX, TUNE_FROM, PassPlan, memory_format, run_passes
-from esegeta_core.model_state import count_hooks
 
 
 def small_cnn() -> nn.Module:
