@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,10 @@ def cluster(tmp_path_factory):
     if ray_processes():
         pytest.skip(f"another Ray is running on this machine: {ray_processes()[:3]}")
     port = _free_port()
-    env = {**os.environ, **HEALTH}
+    # Ray refuses a temp dir inside a virtualenv, which nox's TMPDIR is; and its sockets
+    # live there, so the path must stay short
+    temp = tempfile.mkdtemp(prefix="esegeta-ray-", dir="/tmp")
+    env = {**os.environ, **HEALTH, "TMPDIR": temp, "RAY_TMPDIR": temp}
     env.pop("RAY_ADDRESS", None)
     made = Cluster(f"127.0.0.1:{port}", env, logs=tmp_path_factory.mktemp("ray-logs"))
     try:
@@ -135,6 +139,7 @@ def cluster(tmp_path_factory):
             "head",
             [
                 "--head",
+                f"--temp-dir={temp}",
                 f"--port={port}",
                 "--num-cpus=2",
                 "--resources=" + json.dumps({"head_node": 10}),
@@ -163,6 +168,7 @@ def cluster(tmp_path_factory):
         yield made
     finally:
         made.stop()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def write_inputs(folder: Path, values: list[float | None]) -> None:
