@@ -92,3 +92,19 @@ def test_invalid_params() -> None:
         explain(model, x, "cnnvis.rise", masks=torch.ones(4, 16, 16), num_masks=4)
     with pytest.raises(InvalidParamsError, match="cells"):
         explain(model, x, "cnnvis.rise", cells=(2, 2, 2), num_masks=2)
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_auto_batch_runs_the_masks_through_the_pass_planner_with_the_same_map(rank):
+    from esegeta_core import explain
+    from esegeta_core.testing import tiny_input, tiny_model
+
+    model, x = tiny_model("classification", rank), tiny_input("classification", rank, batch=2)
+    args = {"num_masks": 300, "mask_seed": 5}
+    planned = explain(model, x, "cnnvis.rise", 1, auto_batch=True, **args)
+    outer = planned.params.batch_size
+    assert outer >= 300  # every mask that fits, handed over at once
+    # the masks drawn depend on batch_size; the planner's passes change nothing else
+    fixed = explain(model, x, "cnnvis.rise", 1, batch_size=outer, **args)
+    torch.testing.assert_close(planned.attributions, fixed.attributions, rtol=1e-4, atol=1e-6)
+    assert planned.extras["pass_plan"]["inputs_per_pass"] >= 1

@@ -243,3 +243,13 @@ def test_slic_on_pixel_noise_smooths_instead_of_one_segment(caplog) -> None:
     with caplog.at_level("WARNING", logger="esegeta_lime.segmentation"):
         e = explain(model, x, "lime.lime", n_segments=30, num_samples=16, seed=0, sigma=0.0)
     assert int(e.extras["segments"][0].max()) + 1 < 3 and "retrying" not in caplog.text
+
+
+def test_auto_batch_runs_the_samples_through_the_pass_planner_with_the_same_map() -> None:
+    model, x = tiny_model("classification", 2), tiny_input("classification", 2, batch=1, size=16)
+    args = {"segmentation": "slic", "n_segments": 16, "num_samples": 200, "seed": 3}
+    fixed = explain(model, x, "lime.lime", 1, batch_size=7, **args)
+    planned = explain(model, x, "lime.lime", 1, auto_batch=True, **args)
+    torch.testing.assert_close(planned.attributions, fixed.attributions, rtol=1e-4, atol=1e-6)
+    assert planned.params.batch_size > 7  # every sample that fits, handed over at once
+    assert planned.extras["pass_plan"]["inputs_per_pass"] >= 1

@@ -135,7 +135,17 @@ def plan_batches(
         return sized, None
     cap = max(1, int(getattr(sized, passes[0])))
     item = max(1, x[:1].numel() * x.element_size())
-    inputs = max(1, min(MAX_PASS_INPUTS, available_memory(x.device) // (4 * item)))
+    budget = available_memory(x.device)
+    inputs = max(1, min(MAX_PASS_INPUTS, budget // (4 * item)))
+    # the method's own buffers grow with the inputs it holds (masks, samples): halve
+    # until its estimate fits beside them
+    explainer = cls()
+    while inputs > 1:
+        trial = sized.model_copy(update={p: inputs for p in passes})
+        extra = explainer.workload(trial, tuple(x.shape), {}).extra
+        if extra + 4 * item * inputs <= budget:
+            break
+        inputs //= 2
     log.info(
         "pass planner for %s on %s: %d inputs at once, passes of at most %d",
         cls.name,

@@ -133,6 +133,9 @@ class Rise(Explainer):
     cost = "high"
     paper = "https://arxiv.org/abs/1806.07421"
     deterministic = False
+    batch_params = ("batch_size",)
+    # masked copies are scored without gradients: the core's pass planner runs them
+    pass_params = ("batch_size",)
 
     def workload(
         self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]

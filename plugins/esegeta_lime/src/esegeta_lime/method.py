@@ -54,6 +54,8 @@ class Lime(Explainer):
     paper: ClassVar[str] = "https://arxiv.org/abs/1602.04938"
     deterministic: ClassVar[bool] = False
     batch_params: ClassVar[tuple[str, ...]] = ("batch_size",)
+    # perturbed samples are scored without gradients: the core's pass planner runs them
+    pass_params: ClassVar[tuple[str, ...]] = ("batch_size",)
 
     def workload(
         self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
