@@ -10,7 +10,8 @@ features), in one run:
   method's own first passes), and **auto, planned**: the same call again (the plan is
   cached per network);
 - **peer**: what a user would otherwise call: Captum's class with its defaults
-  (``perturbations_per_eval=1``), MONAI's ``OcclusionSensitivity`` (3D occlusion).
+  (``perturbations_per_eval=1``), MONAI's ``OcclusionSensitivity`` (3D occlusion),
+  TorchRay's ``rise`` (RISE; it scores every class per pass).
 
 Ratios are to the best floor. Target (issue 19): every method <= 1.1x its floor on CPU
 with ``auto_batch=True``, and never slower than without.
@@ -142,6 +143,16 @@ def monai_occlusion_peer(model, x, window: int) -> Callable[[], Any]:
     return run
 
 
+def torchray_rise_peer(model, x, masks: int) -> Callable[[], Any]:
+    from torchray.attribution.rise import rise
+
+    def run() -> Any:
+        with torch.no_grad():
+            return rise(model, x, num_masks=masks)  # its defaults: 32 masks per pass
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -185,6 +196,35 @@ def main() -> None:
                 sizes=[1, 8, 16, 32, 64],
             )
         )
+    x = torch.rand(1, 3, 64, 64, device=device)
+    rows.append(
+        case(
+            "ResNet-50 64 px, batch 1",
+            net2d,
+            x,
+            "cnnvis.rise",
+            {"num_masks": 500, "mask_seed": 0},
+            500,
+            {"torchray rise (defaults)": torchray_rise_peer(net2d, x, 500)},
+            device,
+            repeats=2,
+            sizes=[1, 8, 16, 32, 64],
+        )
+    )
+    rows.append(
+        case(
+            "ResNet-50 64 px, batch 1",
+            net2d,
+            x,
+            "lime.lime",
+            {"num_samples": 500, "segmentation": "slic", "n_segments": 32},
+            500,
+            {},
+            device,
+            repeats=2,
+            sizes=[1, 8, 16, 32, 64],
+        )
+    )
     if not args.quick:
         from monai.networks.nets import DenseNet121
 
