@@ -172,3 +172,13 @@ def test_the_run_record_notes_the_plan(tmp_path):
     )
     assert record["notes"]["pass_plan"]["inputs_per_pass"] >= 1
     assert record["params"]["perturbations_per_eval"] == MAX_PASS_INPUTS
+
+
+def test_a_network_whose_outputs_depend_on_the_batch_is_never_split():
+    model = tiny_model("classification", 2).train()  # batch norm on the pass's statistics
+    counting = Counting(model)
+    splitter = PassSplitter(counting, network=model, cap=8)
+    x = tiny_input("classification", 2, batch=300, size=16)
+    with torch.no_grad():
+        splitter(x)
+    assert counting.sizes == [300] and splitter.plan is None

@@ -274,12 +274,22 @@ def _forward_halving(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([_forward_halving(model, x[:half]), _forward_halving(model, x[half:])])
 
 
+def _batch_dependent(network: nn.Module) -> bool:
+    """Whether splitting a pass could change its outputs: a batch-norm layer in training
+    mode normalises with the statistics of the pass itself."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in network.modules()
+    )
+
+
 class PassSplitter(nn.Module):
     """The model as a method sees it under ``explain(auto_batch=True)``: a batch the
     method sends without gradients (its perturbations, masks) is run as the planner's
     fastest forward passes, found on these very passes and cached per network, so the
     method may send everything that fits in memory at once. Outputs are the model's,
-    concatenated; passes with gradients, extra arguments or one input go through as is.
+    concatenated; passes with gradients, extra arguments or one input go through as is,
+    and so does every pass of a network whose outputs depend on the batch (batch-norm in
+    training mode).
     ``plan`` holds the last plan used (``None`` before any split pass)."""
 
     def __init__(self, model: nn.Module, network: nn.Module, cap: int = AUTO_MAX) -> None:
@@ -296,6 +306,7 @@ class PassSplitter(nn.Module):
             args
             or kwargs
             or network is None
+            or _batch_dependent(network)
             or torch.is_grad_enabled()
             or not isinstance(x, torch.Tensor)
             or x.ndim < 2
