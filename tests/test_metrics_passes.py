@@ -20,7 +20,14 @@ from esegeta_core import InvalidParamsError
 from esegeta_core.evaluate import aopc, deletion, insertion
 from esegeta_core.model_state import count_hooks
 from esegeta_core.runtime import passes
-from esegeta_core.runtime.passes import AUTO_MAX, TUNE_FROM, PassPlan, memory_format, run_passes
+from esegeta_core.runtime.passes import (
+    AUTO_MAX,
+    CLIMB_FROM,
+    CLIMB_START,
+    PassPlan,
+    memory_format,
+    run_passes,
+)
 
 
 def small_cnn() -> nn.Module:
@@ -140,7 +147,7 @@ def recorder(cost: dict[int, float] | None = None):
     def chunk(start, stop, channels_last):
         calls.append((stop - start, channels_last))
         if cost is not None:
-            time.sleep(cost[stop - start] * (stop - start))
+            time.sleep(cost.get(stop - start, 0.0) * (stop - start))
         return torch.arange(start, stop, dtype=torch.float32)
 
     return chunk, calls
@@ -148,7 +155,7 @@ def recorder(cost: dict[int, float] | None = None):
 
 def test_every_input_is_scored_once_in_order():
     sample = torch.rand(4, 3, 8, 8)
-    works = [(100, "auto"), (10, "auto"), (TUNE_FROM, "auto"), (TUNE_FROM * 3 + 7, "auto")]
+    works = [(100, "auto"), (10, "auto"), (CLIMB_FROM, "auto"), (CLIMB_FROM * 3 + 7, "auto")]
     for work, batch_size in [*works, (23, 5)]:
         passes._plans.clear()
         chunk, calls = recorder()
@@ -156,7 +163,7 @@ def test_every_input_is_scored_once_in_order():
         assert torch.equal(scores, torch.arange(work, dtype=torch.float32))
         if batch_size == 5:
             assert calls == [(5, False)] * 4 + [(3, False)]
-        elif work < TUNE_FROM:
+        elif work < CLIMB_FROM:  # too little to measure on: passes of the cap
             assert calls == [(min(work, 64), False)] * (work // 64) + (
                 [(work % 64, False)] if work % 64 else []
             )
@@ -165,36 +172,55 @@ def test_every_input_is_scored_once_in_order():
 def test_tuning_runs_on_the_work_and_is_cached():
     model, sample = nn.Identity(), torch.rand(4, 3, 8, 8)
     chunk, calls = recorder()
-    run_passes(TUNE_FROM * 4, chunk, "auto", model, sample)
-    # one pass of 64 computed both ways (channels-last first), one timed in each
-    assert calls[:4] == [(64, True), (64, False), (64, False), (64, True)]
+    run_passes(CLIMB_FROM * 8, chunk, "auto", model, sample)
+    # a set-up pass, one pass computed both ways (channels-last first), one timed in each
+    start = CLIMB_START
+    assert calls[:5] == [
+        (start, False),
+        (start, True),
+        (start, False),
+        (start, False),
+        (start, True),
+    ]
     (plan,) = passes._plans[model].values()
     calls.clear()
-    run_passes(TUNE_FROM * 4, chunk, "auto", model, sample)
+    run_passes(CLIMB_FROM * 8, chunk, "auto", model, sample)
     assert set(calls) == {(plan.batch_size, plan.channels_last)}  # straight to the plan
     calls.clear()
-    run_passes(TUNE_FROM * 4, chunk, "auto", model, sample[:, :1])  # one channel
-    assert calls[:3] == [(64, False), (64, False), (32, False)]  # no layout trial
+    run_passes(CLIMB_FROM * 8, chunk, "auto", model, sample[:, :1])  # one channel
+    assert calls[:3] == [(start, False), (start, False), (2 * start, False)]  # no layout trial
     assert all(not cl for _, cl in calls)
     assert len(passes._plans[model]) == 2
 
 
 def test_the_fastest_pass_size_is_kept():
-    # seconds per input: 2 ms in passes of 64, 3 ms in 32, 0.5 ms in 16, 1 ms in 8, 4
-    cost = {64: 2e-3, 32: 3e-3, 16: 5e-4, 8: 1e-3, 4: 1e-3}
+    # seconds per input: 2 ms in passes of 64, 1 ms in 32, 3 ms in 16, 8 and 4
+    cost = {64: 2e-3, 32: 1e-3, 16: 3e-3, 8: 3e-3, 4: 3e-3}
     sample = torch.rand(3, 1, 4, 4)  # one channel: no layout trial
     chunk, calls = recorder(cost)
-    run_passes(TUNE_FROM, chunk, "auto", nn.Identity(), sample)
-    # 32 is slower than 64: the halving stops there
-    assert calls[:4] == [(64, False)] * 2 + [(32, False)] * 2
-    assert set(calls[4:]) == {(64, False)}
-    cost[32] = 1e-3
+    model = nn.Identity()
+    run_passes(CLIMB_FROM * 4, chunk, "auto", model, sample)
+    # 32 beats 16, 64 loses to 32: the climb stops there, never over the metric's cap
+    assert [size for size, _ in calls[:4]] == [16, 16, 32, 64]
+    assert list(passes._plans[model].values()) == [PassPlan(32)]
+    assert set(size for size, _ in calls[4:-1]) == {32}
+    cost.update({32: 4e-3, 8: 1e-3, 4: 5e-4, 2: 1e-3})  # smaller is faster: it halves
     chunk, calls = recorder(cost)
     model = nn.Identity()
-    run_passes(TUNE_FROM, chunk, "auto", model, sample)
-    assert [size for size, _ in calls[:8]] == [64, 64, 32, 32, 16, 16, 8, 8]
-    assert list(passes._plans[model].values()) == [PassPlan(16)]
-    assert set(calls[8:]) == {(16, False)}
+    run_passes(CLIMB_FROM * 4, chunk, "auto", model, sample)
+    assert [size for size, _ in calls[:5]] == [16, 16, 32, 8, 4]
+    assert list(passes._plans[model].values()) == [PassPlan(4)]
+
+
+def test_batch_norm_in_training_mode_is_not_split_by_the_planner():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.rand(2, 3, 16, 16))
+    model.train()
+    chunk, calls = recorder()
+    run_passes(CLIMB_FROM * 4, chunk, "auto", model, torch.rand(1, 3, 16, 16))
+    assert set(size for size, _ in calls) == {AUTO_MAX}  # fixed passes, nothing measured
+    assert model not in passes._plans
 
 
 def test_plans_do_not_keep_models_alive():
@@ -234,7 +260,7 @@ def test_channels_last_only_where_the_model_accepts_it_and_agrees(model_fn, agre
     if model_fn in (ViewsFlat, WantsContiguous):  # refused: nothing else was run
         assert runner.done == 0
     else:  # the contiguous scores of the pass are kept
-        assert runner.done == 8 and torch.equal(runner.scores[0], chunk(0, 8, False))
+        assert runner.done == 8 and torch.equal(runner.outputs[0], chunk(0, 8, False))
 
 
 class NaNUnderAutocast(nn.Module):

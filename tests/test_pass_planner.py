@@ -182,3 +182,76 @@ def test_a_network_whose_outputs_depend_on_the_batch_is_never_split():
     with torch.no_grad():
         splitter(x)
     assert counting.sizes == [300] and splitter.plan is None
+
+
+def test_method_passes_are_fixed_outside_the_planning_context_and_planned_inside():
+    model = Counting(nn.Linear(4, 2))
+    x = torch.rand(600, 4)
+    sample = x[:1]
+
+    def chunk(start, stop, channels_last):
+        with torch.no_grad():
+            return model(x[start:stop])
+
+    out = passes.method_passes(600, chunk, 50, sample)
+    assert model.sizes == [50] * 12 and torch.allclose(out, model.inner(x))
+    model.sizes.clear()
+    with passes.planning(model, cap=64) as state:
+        planned = passes.method_passes(600, chunk, 512, sample, kind="probe")
+    torch.testing.assert_close(planned, out)
+    assert state.tuned and state.plan is not None and max(model.sizes) <= 64  # the cap
+    assert passes._plans[model][passes._key("probe", sample)] == state.plan
+    model.sizes.clear()
+    with passes.planning(model, cap=64) as again:  # cached: straight to the plan
+        passes.method_passes(600, chunk, 512, sample, kind="probe")
+    assert not again.tuned and set(model.sizes[:-1]) == {state.plan.batch_size}
+    model.sizes.clear()
+    with passes.planning(model, cap=64):  # never over the method's own batch_size
+        passes.method_passes(600, chunk, 8, sample, kind="other")
+    assert max(model.sizes) <= 8
+
+
+def test_an_out_of_memory_pass_is_split_in_halves(monkeypatch):
+    sizes = []
+
+    def chunk(start, stop, channels_last):
+        sizes.append(stop - start)
+        if stop - start > 10:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return torch.arange(start, stop)
+
+    out = passes.method_passes(40, chunk, 40, torch.rand(1, 3))
+    assert torch.equal(out, torch.arange(40)) and sizes == [40, 20, 10, 10, 20, 10, 10]
+
+
+def test_layer_replay_under_the_planner_equals_fixed_chunks():
+    from esegeta_core.layer_replay import replaced_scores
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 8, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    ).eval()  # fmt: skip
+    x = torch.rand(2, 3, 12, 12)
+    target = torch.tensor([0, 2])
+    with torch.no_grad():
+        seen = []
+        handle = model[1].register_forward_hook(lambda m, a, o: seen.append(o))
+        reference = model(x).gather(1, target.view(-1, 1)).squeeze(1)
+        handle.remove()
+    original = seen[0]
+    rows = [(b, c) for b in range(2) for c in range(32) for _ in range(8)]  # 512 rows
+
+    def build(item, chans):
+        copy = original[item].unsqueeze(0).repeat(len(chans), 1, 1, 1)
+        copy[torch.arange(len(chans)), torch.as_tensor(chans)] = 0.0
+        return copy
+
+    args = (model, model[1], x, original, target, reference, rows, build)
+    fixed = replaced_scores(*args, chunk=7)
+    with passes.planning(model, cap=64) as state:  # the climb ends at the cap
+        planned = replaced_scores(*args, chunk=None)
+    torch.testing.assert_close(planned, fixed, rtol=1e-5, atol=1e-6)
+    assert state.tuned and state.plan is not None
+    ((key, _plan),) = passes._plans[model].items()
+    assert key[0] == ("replay", id(model[1]))  # the tail's own plan

@@ -40,7 +40,7 @@ from esegeta_core.plugin.manager import Registry, get_registry
 from esegeta_core.preparation import no_inplace, prepared, tapped
 from esegeta_core.progress import progress_bar
 from esegeta_core.runtime.batching import auto_batch_params, plan_batches, run_with_oom_retry
-from esegeta_core.runtime.passes import PassSplitter
+from esegeta_core.runtime.passes import PassSplitter, planning
 from esegeta_core.runtime.patches import (
     PatchSpec,
     count_patches,
@@ -203,17 +203,20 @@ def explain(
                     t = normalise_target(target, scores)
                 else:  # checked on the method's own first forward pass
                     t = target_classes(target, x.shape[0], x.device)
-                splitter = None
+                plans = None
                 if auto_batch:
                     valid, cap = plan_batches(cls, valid, scored, x, network=model)
-                    if cap is not None:  # perturbation passes: the planner runs them
+                    if cap is not None and cls.own_passes:  # it calls method_passes
+                        plans = stack.enter_context(planning(model, cap))
+                    elif cap is not None:  # the planner splits the batches it sends
                         scored = splitter = PassSplitter(scored, network=model, cap=cap)
+                        plans = splitter.state
                 result, valid = job.run(explainer, scored, x, t, valid, check=target is not None)
-                if splitter is not None and splitter.plan is not None:
+                if plans is not None and plans.plan is not None:
                     extras["pass_plan"] = {
-                        "inputs_per_pass": splitter.plan.batch_size,
-                        "channels_last": splitter.plan.channels_last,
-                        "measured_now": splitter.tuned,
+                        "inputs_per_pass": plans.plan.batch_size,
+                        "channels_last": plans.plan.channels_last,
+                        "measured_now": plans.tuned,
                     }
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

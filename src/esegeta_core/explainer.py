@@ -207,6 +207,11 @@ class Explainer(ABC):
       that fits in memory at once, and the core's pass planner
       (:class:`~esegeta_core.runtime.passes.PassSplitter`) runs each such pass as the
       fastest forward passes, found on the method's own first passes.
+    - ``own_passes``: the method builds its ``pass_params`` passes itself and runs them
+      through :func:`~esegeta_core.runtime.passes.method_passes` (layer replay, masks
+      made per pass): under ``explain(auto_batch=True)`` the core plans those calls
+      instead of splitting the batches the model receives (so methods reading a layer
+      can be planned too).
     - ``count_params``: parameters whose product is the number of passes per item
       (steps, samples, masks); huge requests are refused with an estimate unless
       ``force=True`` (override :meth:`passes` when the count is more involved, and
@@ -236,6 +241,7 @@ class Explainer(ABC):
     deterministic: ClassVar[bool] = True
     batch_params: ClassVar[tuple[str, ...]] = ()
     pass_params: ClassVar[tuple[str, ...]] = ()
+    own_passes: ClassVar[bool] = False
     count_params: ClassVar[tuple[str, ...]] = ()
     model_rules: ClassVar[ModelRules] = "none"
     needs_trace: ClassVar[bool] = False

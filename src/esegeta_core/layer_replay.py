@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from esegeta_core.runtime.passes import method_passes
+
 log = logging.getLogger(__name__)
 
 Build = Callable[[int, list[Any]], torch.Tensor]
@@ -55,7 +57,9 @@ def replaced_scores(
     ``build(item, keys)`` returns the replacements of one item's rows, ``(len(keys),
     *original.shape[1:])`` (built a chunk at a time). ``chunk``: rows per forward pass;
     None picks :data:`FAST_CHUNK` when only the layers after ``module`` run per row and
-    :data:`FULL_CHUNK` when whole passes do. Returns a ``(len(rows),)`` tensor, in the
+    :data:`FULL_CHUNK` when whole passes do; under ``explain(auto_batch=True)`` the
+    most, the pass planner choosing the fastest size within it
+    (:func:`~esegeta_core.runtime.passes.method_passes`). Returns a ``(len(rows),)`` tensor, in the
     order of ``rows``.
     """
     scores = torch.empty(len(rows), dtype=reference.dtype, device=reference.device)
@@ -70,15 +74,37 @@ def replaced_scores(
         log.info("%s: layer replay falls back to full passes", method or "ablation")
     size = chunk or (FAST_CHUNK if fast else FULL_CHUNK)
     for item, indices in by_item.items():
-        for start in range(0, len(indices), size):
-            part = indices[start : start + size]
-            batch = build(item, [rows[r][1] for r in part])
-            one = inputs[item : item + 1]
-            many = one if fast else one.expand(len(part), *inputs.shape[1:])
-            out = _run(model, module, many, batch)
-            t = target[item].expand(len(part))
-            scores[part] = out.gather(1, t.view(-1, 1).to(out.device)).squeeze(1).to(scores.dtype)
+        keys = [rows[r][1] for r in indices]
+        run = _item_passes(
+            model, module, inputs[item : item + 1], target[item], keys, build, item, fast
+        )
+        # planned under explain(auto_batch=True): a pass runs the layers after
+        # ``module`` on activations like ``original`` (or the whole model per row)
+        kind, sample = (("replay", id(module)), original) if fast else ("forward", inputs)
+        got = method_passes(len(indices), run, size, sample[:1], kind=kind, layouts=False)
+        scores[indices] = got.to(scores.dtype)
     return scores
+
+
+def _item_passes(
+    model: nn.Module,
+    module: nn.Module,
+    one: torch.Tensor,
+    target: torch.Tensor,
+    keys: list[Any],
+    build: Build,
+    item: int,
+    fast: bool,
+) -> Callable[[int, int, bool], torch.Tensor]:
+    """The pass of rows ``start .. stop - 1`` of one item: their target scores."""
+
+    def run(start: int, stop: int, _layout: bool) -> torch.Tensor:
+        batch = build(item, keys[start:stop])
+        many = one if fast else one.expand(stop - start, *one.shape[1:])
+        out = _run(model, module, many, batch)
+        return out[:, int(target)]
+
+    return run
 
 
 def _fast_is_exact(

@@ -122,18 +122,22 @@ def plan_batches(
 ) -> tuple[MethodParams, int | None]:
     """``auto_batch=True``: ``params`` with the unset batch parameters sized, and the
     pass planner's cap on inputs per forward pass (``None``: no planner, when the method
-    has no unset ``pass_params`` or reads a layer, whose path the planner would hide).
+    has no unset ``pass_params``, or reads a layer, whose path a
+    :class:`~esegeta_core.runtime.passes.PassSplitter` would hide, without building its
+    passes itself: ``own_passes``).
 
     Unset ``pass_params`` get every input that fits as an input copy (a quarter of the
     memory budget), at most :data:`MAX_PASS_INPUTS`: the planner splits them into passes
     of at most the cap, the batch whose activations fit (:func:`auto_batch_params`).
     Other batch parameters get that batch."""
-    reads_layer = bool(cls.Params.layer_fields())
+    reads_layer = bool(cls.Params.layer_fields()) and not cls.own_passes
     passes = [p for p in cls.pass_params if p not in params.model_fields_set and not reads_layer]
     sized = auto_batch_params(cls, params, model, x, network)
     if not passes:
         return sized, None
     cap = max(1, int(getattr(sized, passes[0])))
+    if cls.own_passes:  # it builds each pass itself: a pass's worth is enough at once
+        return sized, cap
     item = max(1, x[:1].numel() * x.element_size())
     budget = available_memory(x.device)
     inputs = max(1, min(MAX_PASS_INPUTS, budget // (4 * item)))

@@ -1,32 +1,40 @@
 """The pass planner: how many inputs per forward pass, in which memory layout.
 
-One planner for the metrics' perturbation curves (:func:`run_passes`) and for the
-methods' perturbation passes under ``explain(auto_batch=True)`` (:class:`PassSplitter`),
-with one cache of plans per network, input shape, dtype, device and autocast dtype.
+Perturbation work (a metric's curves, a method's occlusions, masks, ablations) runs the
+model thousands of times, so the forward pass is the whole cost, and two choices a user
+rarely makes change it severalfold on a CPU. Inputs per pass: larger passes amortise
+overhead but stop fitting in the cache (measured on 2 cores: the same 6,400 inputs
+through a small CNN took 3.3 s in passes of 64 and 1.7 s in passes of 32). Memory
+layout: oneDNN's convolutions run much faster on channels-last tensors (0.7 s in passes
+of 16).
 
-Perturbation curves call the model thousands of times (100 steps x 64 images is 6,400
-inputs), so the forward pass is the whole cost, and two choices a user rarely makes
-change it severalfold on a CPU. Inputs per pass: larger passes amortise overhead but
-stop fitting in the cache (measured on 2 cores: the same 6,400 inputs through a small
-CNN took 3.3 s in passes of 64 and 1.7 s in passes of 32). Memory layout: oneDNN's
-convolutions run much faster on channels-last tensors (0.7 s in passes of 16).
+One planner serves every caller, with one strategy (:func:`_climb`) and one cache of
+plans per network, kind of pass, input shape, dtype, device and autocast dtype:
 
-With ``batch_size="auto"`` the metric tunes both on its own passes, which all count
-towards the result: one pass of 64 computed in both layouts (channels-last is used only
-when the model accepts it and its scores agree with the contiguous ones), one more
-timed pass in each, then halving the pass while the time per input improves by 5%; the
-rest of the work runs in the fastest. The outcome is cached per model, input
-shape and autocast dtype for the process, so later calls start at full speed. An
-integer ``batch_size`` runs exactly that many inputs per pass, contiguous: no tuning,
-predictable memory.
+- the metrics' perturbation curves, ``batch_size="auto"`` (:func:`run_passes`);
+- methods whose model sees big batches of perturbed inputs under
+  ``explain(auto_batch=True)``: the core hands them a :class:`PassSplitter` as model;
+- methods that build their passes themselves (Score-CAM, layer replay, the ablation
+  engine) call :func:`method_passes`, planned while ``explain(auto_batch=True)`` holds
+  the :func:`planning` context, else in passes of their fixed size.
+
+The strategy measures on the work's own passes, which all count towards the result: a
+first pass pays the set-up of a new shape, the two layouts are compared on one pass when
+the model accepts channels-last and its outputs agree, then the pass size doubles while
+the time per input improves by 5% (else halves), within the cap that fits in memory.
+A CUDA out-of-memory error in any pass splits it in two and retries. An integer
+``batch_size`` outside these contexts runs exactly that many inputs per pass,
+contiguous: no tuning, predictable memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,15 +50,17 @@ BatchSize = int | Literal["auto"]
 """Inputs per forward pass: an integer, or ``"auto"`` (see :mod:`.passes`)."""
 
 AUTO_MAX = 64
-"""Most inputs per pass under ``batch_size="auto"``."""
-AUTO_MIN = 4
-"""Fewest inputs per pass the tuning tries."""
-TUNE_FROM = 8 * AUTO_MAX
-"""Work (inputs) from which ``"auto"`` tunes: below, passes of ``AUTO_MAX`` as is. It
-covers the longest tuning, 2 x 64 + 64 + 64 + 2 x (32 + 16 + 8 + 4) = 376 inputs."""
+"""Most inputs per pass of a metric's curves under ``batch_size="auto"``."""
+CLIMB_START = 16
+"""Inputs per pass the planner tries first; it then doubles while that is faster per
+input, else halves (starting in the middle reaches the best size in the fewest
+inputs)."""
+CLIMB_FROM = 8 * CLIMB_START
+"""Fewest inputs of work for the planner to measure on; less work runs in passes of up
+to :data:`AUTO_MAX` as is (the measuring would cost more than it can save)."""
 
 Chunk = Callable[[int, int, bool], torch.Tensor]
-"""``(start, stop, channels_last) -> (stop - start,)`` float scores of those inputs."""
+"""``(start, stop, channels_last) -> (stop - start, ...)`` outputs of those inputs."""
 
 _plans: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], PassPlan]] = (
     weakref.WeakKeyDictionary()
@@ -83,53 +93,31 @@ def memory_format(channels_last: bool, ndim: int) -> torch.memory_format:
     return torch.channels_last if ndim == 4 else torch.channels_last_3d
 
 
-def run_passes(
-    work: int,
-    chunk: Chunk,
-    batch_size: BatchSize,
-    model: nn.Module,
-    sample: torch.Tensor,
-) -> torch.Tensor:
-    """``(work,)`` scores of inputs ``0 .. work - 1``, computed ``chunk`` by chunk.
+def _autocast(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast runs in on ``device`` now, ``None`` when it is off."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
 
-    ``sample`` is an input (one item is enough) of the shape, dtype and device the
-    chunks build: it keys the cache of plans and says whether channels-last is
-    possible.
-    """
-    if batch_size != "auto":
-        return _Runner(work, chunk, sample.device).finish(PassPlan(batch_size))
-    # a segmentation model's scores come through a fresh ScoreModel per method: the
-    # plan is the network's, kept with it (the wrapper's kind is part of the key)
-    reduce = None
-    if isinstance(model, ScoreModel):
-        model, reduce = model.model, type(model.reduce).__name__
-    key = (
-        tuple(sample.shape[1:]),
-        sample.dtype,
-        sample.device,
-        _autocast(sample.device),
-        reduce,
-    )
-    cached = _plans.get(model, {}).get(key)
-    runner = _Runner(work, chunk, sample.device)
-    if cached is not None:
-        return runner.finish(cached)
-    if work < TUNE_FROM:
-        return runner.finish(PassPlan(AUTO_MAX))
-    reshapes = sample.ndim in (4, 5) and sample.shape[1] > 1  # else both layouts are one
-    plan = _tune(runner, reshapes)
-    _plans.setdefault(model, {})[key] = plan
-    log.debug("forward passes for %s: %s", type(model).__name__, plan)
-    return runner.finish(plan)
+
+def _key(kind: object, sample: torch.Tensor) -> tuple[object, ...]:
+    """The cache key of a plan: what the passes compute on inputs like ``sample``."""
+    return (kind, tuple(sample.shape[1:]), sample.dtype, sample.device, _autocast(sample.device))
+
+
+def _layouts_differ(sample: torch.Tensor) -> bool:
+    """Whether channels-last is a different layout for inputs like ``sample``."""
+    return sample.ndim in (4, 5) and sample.shape[1] > 1
 
 
 class _Runner:
-    """Runs the work's chunks in order, keeping every score, timing on request."""
+    """Runs the work's chunks in order, keeping every output, timing on request. A CUDA
+    out-of-memory error splits a chunk in two and retries each half."""
 
     def __init__(self, work: int, chunk: Chunk, device: torch.device) -> None:
         self.work, self.chunk, self.device = work, chunk, device
         self.done = 0
-        self.scores: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
 
     @property
     def left(self) -> int:
@@ -139,6 +127,20 @@ class _Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _call(self, start: int, stop: int, channels_last: bool) -> torch.Tensor:
+        try:
+            return self.chunk(start, stop, channels_last)
+        except torch.cuda.OutOfMemoryError:
+            if stop - start <= 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("out of memory in a pass of %d inputs; retrying in halves", stop - start)
+            half = start + (stop - start) // 2
+            return torch.cat(
+                [self._call(start, half, channels_last), self._call(half, stop, channels_last)]
+            )
+
     def run(self, size: int, channels_last: bool, *, timed: bool = False) -> float:
         """Run the next ``size`` inputs; seconds per input when ``timed`` (which waits
         for the device), else 0."""
@@ -146,22 +148,16 @@ class _Runner:
         if timed:
             self._sync()
         start = time.perf_counter()
-        self.scores.append(self.chunk(self.done, stop, channels_last))
+        self.outputs.append(self._call(self.done, stop, channels_last))
         if timed:
             self._sync()
         seconds = (time.perf_counter() - start) / (stop - self.done)
         self.done = stop
         return seconds if timed else 0.0
 
-    def timed(self, size: int, channels_last: bool) -> float:
-        """Seconds per input of the second of two passes of ``size`` (the first pays
-        the set-up of a new shape or layout)."""
-        self.run(size, channels_last)
-        return self.run(size, channels_last, timed=True)
-
     def layout_agrees(self, size: int) -> bool:
         """One pass computed both ways: whether channels-last is accepted and agrees
-        (the contiguous scores are kept)."""
+        (the contiguous outputs are kept)."""
         stop = min(self.work, self.done + size)
         try:
             got = self.chunk(self.done, stop, True).float()
@@ -169,10 +165,12 @@ class _Runner:
             # e.g. a .view() that needs contiguous strides, or a check of is_contiguous()
             log.debug("channels-last inputs rejected by the model: %s", exc)
             return False
-        want = self.chunk(self.done, stop, False)
-        self.scores.append(want)
+        want = self._call(self.done, stop, False)
+        self.outputs.append(want)
         self.done = stop
         want = want.float()
+        if got.shape != want.shape:
+            return False
         # under autocast the two layouts round differently; a layout-dependent model
         # differs by far more than either tolerance
         rtol = 1e-3 if _autocast(self.device) is None else 3e-2
@@ -182,48 +180,7 @@ class _Runner:
     def finish(self, plan: PassPlan) -> torch.Tensor:
         while self.left > 0:
             self.run(plan.batch_size, plan.channels_last)
-        return torch.cat(self.scores) if self.scores else torch.empty(0)
-
-
-def _tune(runner: _Runner, reshapes: bool) -> PassPlan:
-    """The fastest plan, found on the runner's own passes (at least ``TUNE_FROM``)."""
-    channels_last = False
-    if reshapes and runner.layout_agrees(AUTO_MAX):  # also the first pass of each layout
-        best = runner.run(AUTO_MAX, False, timed=True)
-        seconds = runner.run(AUTO_MAX, True, timed=True)
-        if seconds < best:
-            best, channels_last = seconds, True
-    else:
-        best = runner.timed(AUTO_MAX, False)
-    plan = PassPlan(AUTO_MAX, channels_last)
-    size = AUTO_MAX // 2
-    while size >= AUTO_MIN:
-        seconds = runner.timed(size, channels_last)
-        if seconds > 0.95 * best:
-            break
-        best, plan = seconds, PassPlan(size, channels_last)
-        size //= 2
-    return plan
-
-
-def _autocast(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast runs in on ``device`` now, ``None`` when it is off."""
-    if not torch.is_autocast_enabled(device.type):
-        return None
-    return torch.get_autocast_dtype(device.type)
-
-
-# -- methods -------------------------------------------------------------------------
-CLIMB_START = 16
-"""Inputs per pass the methods' planner tries first; it then doubles while that is
-faster per input, else halves (perturbation passes are many but a method's first
-passes are few: starting in the middle reaches the best size in the fewest inputs)."""
-
-
-CLIMB_FROM = 8 * CLIMB_START
-"""Fewest inputs in one batch for the methods' planner to measure on it; a smaller
-batch runs in passes of up to :data:`AUTO_MAX` as is (the measuring would cost more
-than it can save)."""
+        return torch.cat(self.outputs) if self.outputs else torch.empty(0)
 
 
 def _climb(runner: _Runner, reshapes: bool, cap: int) -> tuple[PassPlan, bool]:
@@ -260,18 +217,36 @@ def _climb(runner: _Runner, reshapes: bool, cap: int) -> tuple[PassPlan, bool]:
     return plan, True
 
 
-def _forward_halving(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``model(x)``; a CUDA out-of-memory splits the pass in two and retries each half."""
-    try:
-        return model(x)
-    except torch.cuda.OutOfMemoryError:
-        if x.shape[0] <= 1:
-            raise
-        if x.is_cuda:
-            torch.cuda.empty_cache()
-        half = x.shape[0] // 2
-        log.warning("out of memory in a pass of %d inputs; retrying in halves", x.shape[0])
-        return torch.cat([_forward_halving(model, x[:half]), _forward_halving(model, x[half:])])
+@dataclass
+class Planning:
+    """The planner's state for one explanation: the network whose plans are cached and
+    used, the most inputs per pass that fit in memory, the plan used last (``None``
+    before any planned pass) and whether it was measured now (not from the cache)."""
+
+    network: weakref.ref[nn.Module]
+    cap: int
+    plan: PassPlan | None = None
+    tuned: bool = False
+
+    def run(
+        self, work: int, chunk: Chunk, sample: torch.Tensor, kind: object, cap: int, layouts: bool
+    ) -> torch.Tensor:
+        """``work`` inputs through the cached plan of ``(kind, sample)``, measuring one
+        on these passes when there is none."""
+        network = self.network()
+        runner = _Runner(work, chunk, sample.device)
+        if network is None:
+            return runner.finish(PassPlan(cap))
+        key = _key(kind, sample)
+        plan = _plans.get(network, {}).get(key)
+        if plan is None or plan.batch_size > cap:
+            plan, ended = _climb(runner, layouts and _layouts_differ(sample), cap)
+            if ended:
+                _plans.setdefault(network, {})[key] = plan
+                self.tuned = True
+                log.debug("passes of %s (%s): %s", type(network).__name__, kind, plan)
+        self.plan = plan
+        return runner.finish(plan)
 
 
 def _batch_dependent(network: nn.Module) -> bool:
@@ -282,6 +257,82 @@ def _batch_dependent(network: nn.Module) -> bool:
     )
 
 
+# -- metrics ---------------------------------------------------------------------------
+def run_passes(
+    work: int,
+    chunk: Chunk,
+    batch_size: BatchSize,
+    model: nn.Module,
+    sample: torch.Tensor,
+) -> torch.Tensor:
+    """``(work, ...)`` outputs of inputs ``0 .. work - 1``, computed ``chunk`` by chunk:
+    in passes of ``batch_size``, or planned for speed with ``"auto"`` (at most
+    :data:`AUTO_MAX` inputs per pass).
+
+    ``sample`` is an input (one item is enough) of the shape, dtype and device the
+    chunks build: it keys the cache of plans and says whether channels-last is
+    possible.
+    """
+    if batch_size != "auto":
+        return _Runner(work, chunk, sample.device).finish(PassPlan(batch_size))
+    # a segmentation model's scores come through a fresh ScoreModel per method: the
+    # plan is the network's, kept with it (the wrapper's kind is part of the key)
+    kind: object = "metric"
+    if isinstance(model, ScoreModel):
+        model, kind = model.model, ("metric", type(model.reduce).__name__)
+    if _batch_dependent(model):
+        return _Runner(work, chunk, sample.device).finish(PassPlan(AUTO_MAX))
+    return Planning(weakref.ref(model), AUTO_MAX).run(
+        work, chunk, sample, kind, AUTO_MAX, layouts=True
+    )
+
+
+# -- methods ---------------------------------------------------------------------------
+_planning: ContextVar[Planning | None] = ContextVar("esegeta_pass_planning", default=None)
+
+
+@contextlib.contextmanager
+def planning(network: nn.Module, cap: int) -> Iterator[Planning]:
+    """Within the block, :func:`method_passes` plans its passes for ``network`` (the
+    model a method explains; plans are cached with it) with at most ``cap`` inputs per
+    pass. ``explain(auto_batch=True)`` holds it around methods that build their own
+    passes (``Explainer.own_passes``)."""
+    state = Planning(weakref.ref(network), max(1, cap))
+    token = _planning.set(state)
+    try:
+        yield state
+    finally:
+        _planning.reset(token)
+
+
+def method_passes(
+    work: int,
+    chunk: Chunk,
+    batch_size: int,
+    sample: torch.Tensor,
+    *,
+    kind: object = "forward",
+    layouts: bool = True,
+) -> torch.Tensor:
+    """``(work, ...)`` outputs of a method's own passes, built and run by ``chunk``.
+
+    Outside :func:`planning`, passes of ``batch_size`` inputs, contiguous. Within it
+    (``explain(auto_batch=True)`` with the method's pass parameter left unset), the
+    fastest plan for ``(kind, sample)`` on the network, at most ``batch_size`` and the
+    planning cap per pass, measured on these passes when none is cached. ``kind`` names
+    what a pass computes (``"forward"``: the whole model on inputs like ``sample``,
+    whose plans the :class:`PassSplitter` shares); ``layouts=False`` when ``chunk``
+    ignores its ``channels_last`` argument. The network's outputs must not depend on
+    the batch: with batch norm in training mode the passes stay at ``batch_size``.
+    """
+    state = _planning.get()
+    network = state.network() if state is not None else None
+    if state is None or network is None or _batch_dependent(network):
+        return _Runner(work, chunk, sample.device).finish(PassPlan(max(1, batch_size)))
+    cap = max(1, min(batch_size, state.cap))
+    return state.run(work, chunk, sample, kind, cap, layouts)
+
+
 class PassSplitter(nn.Module):
     """The model as a method sees it under ``explain(auto_batch=True)``: a batch the
     method sends without gradients (its perturbations, masks) is run as the planner's
@@ -289,19 +340,23 @@ class PassSplitter(nn.Module):
     method may send everything that fits in memory at once. Outputs are the model's,
     concatenated; passes with gradients, extra arguments or one input go through as is,
     and so does every pass of a network whose outputs depend on the batch (batch-norm in
-    training mode).
-    ``plan`` holds the last plan used (``None`` before any split pass)."""
+    training mode). ``state`` holds the plan used last."""
 
     def __init__(self, model: nn.Module, network: nn.Module, cap: int = AUTO_MAX) -> None:
         super().__init__()
         self.model = model
-        self._network = weakref.ref(network)
-        self.cap = max(1, cap)
-        self.plan: PassPlan | None = None
-        self.tuned = False
+        self.state = Planning(weakref.ref(network), max(1, cap))
+
+    @property
+    def plan(self) -> PassPlan | None:
+        return self.state.plan
+
+    @property
+    def tuned(self) -> bool:
+        return self.state.tuned
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        network = self._network()
+        network = self.state.network()
         if (
             args
             or kwargs
@@ -313,23 +368,12 @@ class PassSplitter(nn.Module):
             or x.shape[0] <= 1
         ):
             return self.model(x, *args, **kwargs)
-        key = ("method", tuple(x.shape[1:]), x.dtype, x.device, _autocast(x.device))
         model = self.model
 
         def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
             part = x[start:stop]
             if channels_last:
                 part = part.contiguous(memory_format=memory_format(True, part.ndim))
-            return _forward_halving(model, part)
+            return model(part)
 
-        runner = _Runner(x.shape[0], chunk, x.device)
-        plan = _plans.get(network, {}).get(key)
-        if plan is None:
-            reshapes = x.ndim in (4, 5) and x.shape[1] > 1
-            plan, ended = _climb(runner, reshapes, self.cap)
-            if ended:
-                _plans.setdefault(network, {})[key] = plan
-                self.tuned = True
-                log.debug("forward passes for %s: %s", type(network).__name__, plan)
-        self.plan = plan
-        return runner.finish(plan)
+        return self.state.run(x.shape[0], chunk, x, "forward", self.state.cap, layouts=True)

@@ -326,6 +326,7 @@ class LayerFeatureAblation(LayerMethod):
 
     name = "captum.layer_feature_ablation"
     captum_class = "LayerFeatureAblation"
+    own_passes = True  # group masks: layer replay builds its passes (method_passes)
     cost = "medium"
     cost_note = (
         "one forward pass of the layers after `layer` per group of units (per channel by "

@@ -46,6 +46,7 @@ from esegeta_core import (
 )
 from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import replaced_scores
+from esegeta_core.runtime.passes import memory_format, method_passes
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -362,17 +363,6 @@ def channel_workload(
     )
 
 
-def _item_channel_chunks(
-    rows: torch.Tensor, channels: int, chunk: int
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Flat (item * channels + channel) row indices in chunks: (rows, items, channels)."""
-    out = []
-    for start in range(0, len(rows), chunk):
-        idx = rows[start : start + chunk]
-        out.append((idx, idx // channels, idx % channels))
-    return out
-
-
 def _rows_where(mask: torch.Tensor) -> torch.Tensor:
     """Flat indices of the (item, channel) pairs where ``mask`` (``(B, K)``) holds."""
     return mask.flatten().nonzero().squeeze(1)
@@ -386,6 +376,9 @@ class ScoreCam(WeightedCam):
     paper = "https://arxiv.org/abs/1910.01279"
     Params = ScoreCamParams
     uses_gradients = False
+    batch_params = ("batch_size",)
+    pass_params = ("batch_size",)
+    own_passes = True  # masks built per pass (method_passes)
     cost = "high"
     cost_note = (
         "one whole forward pass per channel of the layer and item (batched by "
@@ -410,18 +403,24 @@ class ScoreCam(WeightedCam):
             rows = _rows_where(dead)
             zero = ctx.model(torch.zeros_like(x[:1]))
             scores[rows] = zero[0, ctx.target[rows // channels]].to(scores.dtype)
-        for rows, items, chans in _item_channel_chunks(
-            _rows_where(~dead), channels, ctx.params.batch_size
-        ):
+        live = _rows_where(~dead)
+
+        def run(start: int, stop: int, channels_last: bool) -> torch.Tensor:
+            rows = live[start:stop]
+            items, chans = rows // channels, rows % channels
             # as in Score-CAM's reference code: align_corners=True, then min-max per map
             masks = F.interpolate(
                 a[items, chans].unsqueeze(1), size=size, mode=_MODES[len(size)], align_corners=True
             )
             flat = masks.flatten(1)
             low, high = flat.amin(1).view(view), flat.amax(1).view(view)
-            masks = (masks - low) / (high - low + 1e-8)
-            out = ctx.model(x[items] * masks.to(x.dtype))
-            scores[rows] = target_scores(out, ctx.target[items]).to(scores.dtype)
+            masked = x[items] * ((masks - low) / (high - low + 1e-8)).to(x.dtype)
+            if channels_last:
+                masked = masked.contiguous(memory_format=memory_format(True, masked.ndim))
+            return target_scores(ctx.model(masked), ctx.target[items])
+
+        # passes planned under explain(auto_batch=True), else batch_size per pass
+        scores[live] = method_passes(len(live), run, ctx.params.batch_size, x[:1]).to(scores.dtype)
         return torch.softmax(scores.view(batch, channels), dim=1)
 
 
@@ -437,6 +436,9 @@ class AblationCam(WeightedCam):
     )
     Params = AblationCamParams
     uses_gradients = False
+    batch_params = ("batch_size",)
+    pass_params = ("batch_size",)
+    own_passes = True  # layer replay builds its passes (method_passes)
     cost = "high"
     cost_note = (
         "one forward pass of the layers after `layer` per channel and item (2048 at "
