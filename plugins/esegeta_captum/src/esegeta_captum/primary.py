@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
+import torch
 from pydantic import Field
 
 from esegeta_captum.base import CaptumMethod, DeepLiftMethod, GuidedMethod, LRPMethod
@@ -28,6 +29,7 @@ from esegeta_captum.common import (
 from esegeta_captum.masks import count_features
 from esegeta_core import InvalidParamsError
 from esegeta_core.explainer import Workload
+from esegeta_core.runtime.ablation import feature_ablation, occlusion
 
 
 class PerturbationMethod(CaptumMethod):
@@ -54,6 +56,50 @@ class PerturbationMethod(CaptumMethod):
             counts=(setting, "n_samples") if sampled else (setting,),
             fix=f"{fix}, or lower n_samples" if sampled else fix,
         )
+
+
+ENGINE_KWARGS = frozenset({"baselines", "target", "perturbations_per_eval"})
+"""The ``attribute`` arguments the ablation engine takes besides the method's own."""
+
+
+def engine_batch(
+    algorithm: Any, inputs: Any, kwargs: dict[str, Any], own: frozenset[str]
+) -> int | None:
+    """Inputs per pass for the core's ablation engine
+    (:mod:`esegeta_core.runtime.ablation`) when it reproduces this Captum call exactly:
+    one tensor input, the arguments esegeta passes (``own`` besides
+    :data:`ENGINE_KWARGS`), a target of one class or one per item, a number or a
+    broadcastable tensor as baseline. ``None``: leave the call to Captum.
+
+    Captum's ``perturbations_per_eval`` counts perturbations per item, so a pass holds
+    that many times the batch."""
+    if not hasattr(algorithm, "forward_func") or not isinstance(inputs, torch.Tensor):
+        return None
+    keys = set(kwargs)
+    if inputs.ndim < 2 or not own <= keys or not keys <= own | ENGINE_KWARGS:
+        return None
+    per_eval = kwargs.get("perturbations_per_eval", 1)
+    if isinstance(per_eval, bool) or not isinstance(per_eval, int) or per_eval < 1:
+        return None
+    target = kwargs.get("target")
+    if isinstance(target, torch.Tensor):
+        if target.is_floating_point() or not (
+            target.numel() == 1 or target.shape == inputs.shape[:1]
+        ):
+            return None
+    elif target is not None and (isinstance(target, bool) or not isinstance(target, int)):
+        return None
+    base = kwargs.get("baselines")
+    if isinstance(base, torch.Tensor):
+        try:
+            torch.broadcast_shapes(base.shape, inputs.shape)
+        except RuntimeError:
+            return None
+        if base.ndim > inputs.ndim:
+            return None
+    elif base is not None and (isinstance(base, bool) or not isinstance(base, (int, float))):
+        return None
+    return per_eval * inputs.shape[0]
 
 
 def perturbation_workload(
@@ -249,6 +295,30 @@ class FeatureAblation(PerturbationMethod):
     name = "captum.feature_ablation"
     captum_class = "FeatureAblation"
     paper = "https://arxiv.org/abs/1311.2901"
+    own_passes = True
+
+    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
+        """The core's ablation engine (the same maps as Captum, without a masked copy of
+        the input per perturbation), or Captum for a call the engine does not cover."""
+        batch = engine_batch(algorithm, inputs, kwargs, frozenset({"feature_mask"}))
+        mask = kwargs.get("feature_mask")
+        if (
+            batch is None
+            or not isinstance(mask, torch.Tensor)
+            or mask.ndim != inputs.ndim
+            or mask.shape[0] not in (1, inputs.shape[0])
+            or mask.shape[1] not in (1, inputs.shape[1])
+            or any(m not in (1, n) for m, n in zip(mask.shape[2:], inputs.shape[2:], strict=True))
+        ):
+            return algorithm.attribute(inputs, **kwargs)
+        return feature_ablation(
+            algorithm.forward_func,
+            inputs,
+            kwargs.get("target"),
+            feature_mask=mask,
+            baselines=kwargs.get("baselines"),
+            batch_size=batch,
+        )
 
 
 class FeaturePermutation(PerturbationMethod):
@@ -304,6 +374,33 @@ class Occlusion(PerturbationMethod):
     name = "captum.occlusion"
     captum_class = "Occlusion"
     paper = "https://arxiv.org/abs/1311.2901"
+    own_passes = True
+
+    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
+        """The core's ablation engine (the same maps as Captum, without a masked copy of
+        the input per window), or Captum for a call the engine does not cover."""
+        own = frozenset({"sliding_window_shapes", "strides"})
+        batch = engine_batch(algorithm, inputs, kwargs, own)
+        window, strides = kwargs.get("sliding_window_shapes"), kwargs.get("strides")
+        if (
+            batch is None
+            or not isinstance(window, tuple)
+            or len(window) != inputs.ndim - 1
+            or not (
+                isinstance(strides, int)
+                or (isinstance(strides, tuple) and len(strides) == len(window))
+            )
+        ):
+            return algorithm.attribute(inputs, **kwargs)
+        return occlusion(
+            algorithm.forward_func,
+            inputs,
+            kwargs.get("target"),
+            window=window,
+            strides=strides,
+            baselines=kwargs.get("baselines"),
+            batch_size=batch,
+        )
 
     def core_workload(
         self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
@@ -311,8 +408,10 @@ class Occlusion(PerturbationMethod):
         window = window_sizes(params.window, shape, "window", self.name)
         strides = window_sizes(params.strides, shape, "strides", self.name)
         extents = (shape[1], *shape[2:])
+        # Captum's count: windows step until the dimension is covered (the last one may
+        # be cut off at the edge)
         windows = math.prod(
-            (n - w) // s + 1 for n, w, s in zip(extents, window, strides, strict=True)
+            -(-(n - w) // s) + 1 for n, w, s in zip(extents, window, strides, strict=True)
         )
         return perturbation_workload(
             windows + 1,

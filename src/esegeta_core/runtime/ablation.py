@@ -1,0 +1,464 @@
+"""The ablation engine: occlusion and feature ablation computed on the model's device.
+
+Occlusion (Zeiler and Fergus 2014, https://arxiv.org/abs/1311.2901) sets each window
+of a sliding grid to a baseline and attributes the score drop to the window's elements,
+averaged over the windows covering each element; feature ablation sets each feature of
+an integer mask to the baseline and attributes its score drop to all its elements.
+Captum builds every pass by repeating the input once per perturbation and blending it
+with a full-size mask (several input-sized temporaries per perturbation) and keeps the
+model's whole output. This engine:
+
+- builds each pass in one preallocated buffer of inputs on the input's device: a slot
+  is filled from its original item once, then only the perturbed region is written
+  with the baseline; when the slot takes the item's next perturbation only the old
+  region is restored from the original (no masks, no repeated inputs);
+- keeps only the target score of every perturbed input, never all classes;
+- runs its passes through the core's pass planner
+  (:func:`~esegeta_core.runtime.passes.method_passes`): passes of ``batch_size``
+  inputs, or measured sizes and layouts under ``explain(auto_batch=True)``.
+
+The maps equal Captum 0.9's ``Occlusion`` and ``FeatureAblation`` (same windows, shift
+counts at the edges, averaging, baselines and targets) up to floating-point summation
+order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from esegeta_core.errors import InvalidModelError, InvalidParamsError, InvalidTargetError
+from esegeta_core.runtime.passes import memory_format, method_passes
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+"""A model returning ``(N, classes)`` scores, or ``(N,)`` scores when no target is
+given."""
+Baseline = int | float | torch.Tensor | None
+"""A number, or a tensor broadcastable to the inputs (``(B, ...)`` per item, ``(1, ...)``
+or fewer dimensions for all items); ``None`` is zero."""
+Target = int | torch.Tensor | None
+"""One class for every item, a ``(B,)`` tensor of classes, or ``None`` for a model
+that already returns one score per input."""
+
+
+def occlusion(
+    model: Model,
+    inputs: torch.Tensor,
+    target: Target,
+    *,
+    window: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    baselines: Baseline = None,
+    batch_size: int,
+) -> torch.Tensor:
+    """Occlusion maps ``(B, C, *spatial)`` (float32, as Captum returns them).
+
+    ``window`` and ``strides`` span every non-batch dimension, channels first, as
+    Captum's ``sliding_window_shapes`` and ``strides`` (an int stands for every
+    dimension). Windows start at 0 and step by the stride until the dimension is
+    covered; the last one may be cut off at the edge. ``batch_size`` is the most
+    perturbed inputs per pass (``perturbations_per_eval`` times the batch in Captum's
+    terms).
+    """
+    x = _check_inputs(inputs)
+    dims = tuple(x.shape[1:])
+    sizes = _per_dim(window, dims, "window")
+    steps = _per_dim(strides, dims, "strides")
+    for d, (n, w, s) in enumerate(zip(dims, sizes, steps, strict=True)):
+        if not 1 <= w <= n:
+            raise InvalidParamsError(
+                f"Occlusion: window {sizes} does not fit the input's dimensions {dims} "
+                f"(dimension {d}: {w} of {n})."
+            )
+        if s < 1 or (w < n and s > w):
+            raise InvalidParamsError(
+                f"Occlusion: strides {steps} must be at least 1 and at most the window "
+                f"{sizes} where the window does not cover the dimension (dimension {d}: "
+                f"stride {s}, window {w}, size {n}); larger steps would skip elements."
+            )
+    counts = [-(-(n - w) // s) + 1 for n, w, s in zip(dims, sizes, steps, strict=True)]
+    starts = _window_starts(counts, steps)
+    slices = [
+        tuple(slice(i, min(i + w, n)) for i, w, n in zip(corner, sizes, dims, strict=True))
+        for corner in starts
+    ]
+    windows = len(slices)
+    b = x.shape[0]
+    pairs = [(item, p) for p in range(windows) for item in range(b)]
+    regions = _Windows(slices)
+    initial, scores = _run(model, x, target, baselines, regions, pairs, batch_size)
+    # pair p * B + item: (B, windows), then the window grid with the channel axis first
+    diff = (initial.unsqueeze(0) - scores.view(windows, b)).T
+    grid = diff.reshape(b, *reversed(counts)).permute(0, *range(len(counts), 0, -1))
+    total = grid
+    cover = []
+    for d, (n, w, s, k) in enumerate(zip(dims, sizes, steps, counts, strict=True)):
+        element = torch.arange(n, device=x.device).unsqueeze(1)
+        start = torch.arange(k, device=x.device).unsqueeze(0) * s
+        hits = (element >= start) & (element < start + w)  # (n, k): window k covers n
+        cover.append(hits.sum(1))
+        total = (total.movedim(1 + d, -1) @ hits.T.to(total.dtype)).movedim(-1, 1 + d)
+    weight = torch.ones((), device=x.device)
+    for d, c in enumerate(cover):
+        shape = [1] * len(dims)
+        shape[d] = c.numel()
+        weight = weight * c.view(shape).float()
+    return total.float() / weight
+
+
+def feature_ablation(
+    model: Model,
+    inputs: torch.Tensor,
+    target: Target,
+    *,
+    feature_mask: torch.Tensor,
+    baselines: Baseline = None,
+    batch_size: int,
+) -> torch.Tensor:
+    """Feature ablation maps ``(B, C, *spatial)`` in the model's output dtype.
+
+    ``feature_mask`` holds a feature id per element, broadcastable to the inputs with
+    the same number of dimensions (``(B or 1, C or 1, *spatial)``). Each item's features
+    are ablated one at a time; every element gets its feature's score drop.
+    ``batch_size``: see :func:`occlusion`.
+    """
+    x = _check_inputs(inputs)
+    b, c = x.shape[:2]
+    if (
+        feature_mask.ndim != x.ndim
+        or feature_mask.shape[0] not in (1, b)
+        or feature_mask.shape[1] not in (1, c)
+    ):
+        raise InvalidParamsError(
+            f"Feature ablation: the feature mask {tuple(feature_mask.shape)} must have the "
+            f"inputs' {x.ndim} dimensions with a batch of 1 or {b} and a channel axis of 1 "
+            f"or {c}, for inputs {tuple(x.shape)}."
+        )
+    try:
+        mask = feature_mask.to(x.device).expand(*feature_mask.shape[:2], *x.shape[2:])
+    except RuntimeError as exc:
+        raise InvalidParamsError(
+            f"Feature ablation: the feature mask {tuple(feature_mask.shape)} does not "
+            f"broadcast to the inputs {tuple(x.shape)}."
+        ) from exc
+    regions = _Features(mask)
+    longest = max(len(row.bounds) for row in regions.rows)
+    pairs = [
+        (item, f)
+        for f in range(longest)
+        for item in range(b)
+        if f < len(regions.rows[regions.row(item)].bounds)
+    ]
+    initial, scores = _run(model, x, target, baselines, regions, pairs, batch_size)
+    items = torch.tensor([i for i, _ in pairs], device=x.device)
+    features = torch.tensor([f for _, f in pairs], device=x.device)
+    drops = torch.zeros((b, longest), dtype=scores.dtype, device=x.device)
+    drops[items, features] = initial[items] - scores
+    out = torch.stack([drops[i][regions.rows[regions.row(i)].inverse] for i in range(b)])
+    return out.view(b, mask.shape[1], *x.shape[2:]).expand(x.shape).clone()
+
+
+# -- regions ---------------------------------------------------------------------------
+
+
+def _plane(t: torch.Tensor) -> torch.Tensor:
+    """A ``(C, *spatial)`` item as a ``(C, elements)`` view (contiguous or
+    channels-last storage alike)."""
+    return t.unsqueeze(1) if t.ndim == 1 else t.view(t.shape[0], -1)
+
+
+@dataclass
+class _Windows:
+    """Occlusion's regions: one box of slices per window, the same for every item."""
+
+    slices: list[tuple[slice, ...]]
+
+    def write(self, slot: torch.Tensor, source: torch.Tensor | float, item: int, r: int) -> None:
+        """Copy region ``r`` of ``source`` (an item, or a number) into ``slot``."""
+        box = self.slices[r]
+        if isinstance(source, float):
+            slot[box] = source
+        else:
+            slot[box] = source[box]
+
+
+@dataclass
+class _Row:
+    """The features of one row of a feature mask: the element positions of feature
+    ``f`` are ``spatial[a:b]`` (and ``channels[a:b]`` when features differ per channel)
+    for ``(a, b) = bounds[f]``; ``inverse`` maps each element to its feature."""
+
+    spatial: torch.Tensor
+    channels: torch.Tensor | None
+    bounds: list[tuple[int, int]]
+    inverse: torch.Tensor
+
+
+class _Features:
+    """Feature ablation's regions: element positions per feature and mask row, found
+    once by sorting the mask (the positions of all features together take one long per
+    element of a row)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.shared = mask.shape[0] == 1
+        per_channel = mask.shape[1] > 1
+        elements = math.prod(mask.shape[2:])
+        self.rows = []
+        for row in mask:
+            _, inverse, counts = torch.unique(
+                row.reshape(-1), return_inverse=True, return_counts=True
+            )
+            order = torch.argsort(inverse, stable=True)
+            ends = torch.cumsum(counts, 0).tolist()
+            bounds = list(zip([0, *ends[:-1]], ends, strict=True))
+            if per_channel:
+                spatial, channels = order % elements, order // elements
+            else:
+                spatial, channels = order, None
+            self.rows.append(_Row(spatial, channels, bounds, inverse))
+
+    def row(self, item: int) -> int:
+        return 0 if self.shared else item
+
+    def write(self, slot: torch.Tensor, source: torch.Tensor | float, item: int, r: int) -> None:
+        """Copy feature ``r`` of ``source`` (an item, or a number) into ``slot``."""
+        row = self.rows[self.row(item)]
+        a, b = row.bounds[r]
+        spatial = row.spatial[a:b]
+        dst = _plane(slot)
+        if row.channels is None:
+            if isinstance(source, float):
+                dst.index_fill_(1, spatial, source)
+            else:
+                dst.index_copy_(1, spatial, _plane(source).index_select(1, spatial))
+        else:
+            channels = row.channels[a:b]
+            value = source if isinstance(source, float) else _plane(source)[channels, spatial]
+            dst.index_put_((channels, spatial), torch.as_tensor(value, dtype=dst.dtype))
+
+
+Regions = _Windows | _Features
+
+
+# -- the passes ------------------------------------------------------------------------
+
+
+class _Buffer:
+    """The perturbed inputs of one pass, built in one reused tensor.
+
+    Slot ``k`` remembers the (item, region) it holds. A new pair goes preferably to a
+    slot that holds the same item: only the old region is restored from the original
+    and the new one written with the baseline; other slots get a copy of the item first.
+    The tensor grows when a larger pass is asked for and changes layout when the
+    planner asks for channels-last.
+    """
+
+    def __init__(self, x: torch.Tensor, base: torch.Tensor | float, regions: Regions) -> None:
+        self.x, self.base, self.regions = x, base, regions
+        self.data: torch.Tensor | None = None
+        self.held: list[tuple[int, int] | None] = []
+        self.allocations = 0
+
+    def _baseline(self, item: int) -> torch.Tensor | float:
+        if isinstance(self.base, float):
+            return self.base
+        return self.base[item if self.base.shape[0] > 1 else 0]
+
+    def _ready(self, n: int, layout: torch.memory_format) -> torch.Tensor:
+        data = self.data
+        if data is None or data.shape[0] < n:
+            grown = torch.empty(
+                (n, *self.x.shape[1:]), dtype=self.x.dtype, device=self.x.device
+            ).contiguous(memory_format=layout)
+            if data is not None:
+                grown[: data.shape[0]] = data
+            self.held += [None] * (n - len(self.held))
+            self.allocations += 1
+            data = grown
+        elif not data.is_contiguous(memory_format=layout):
+            data = data.contiguous(memory_format=layout)
+        self.data = data
+        return data
+
+    def _assign(self, pairs: Sequence[tuple[int, int]]) -> list[int]:
+        """A slot below ``len(pairs)`` for every pair: the same pair if a slot holds
+        it, else a slot holding the same item, else any free one."""
+        n = len(pairs)
+        slots: list[int | None] = [None] * n
+        free = set(range(n))
+        exact: dict[tuple[int, int], list[int]] = {}
+        by_item: dict[int, list[int]] = {}
+        for k in range(n):
+            held = self.held[k]
+            if held is not None:
+                exact.setdefault(held, []).append(k)
+                by_item.setdefault(held[0], []).append(k)
+        for j, pair in enumerate(pairs):
+            if exact.get(pair):
+                k = exact[pair].pop()
+                slots[j] = k
+                free.discard(k)
+        for j, (item, _) in enumerate(pairs):
+            if slots[j] is None:
+                same = by_item.get(item, [])
+                while same and same[-1] not in free:
+                    same.pop()
+                if same:
+                    k = same.pop()
+                    slots[j] = k
+                    free.discard(k)
+        rest = sorted(free)
+        for j in range(n):
+            if slots[j] is None:
+                slots[j] = rest.pop()
+        return [k for k in slots if k is not None]
+
+    def build(
+        self, pairs: Sequence[tuple[int, int]], channels_last: bool
+    ) -> tuple[torch.Tensor, list[int]]:
+        """The pass's inputs (the first ``len(pairs)`` slots) and each pair's slot."""
+        n = len(pairs)
+        data = self._ready(n, memory_format(channels_last, self.x.ndim))
+        slots = self._assign(pairs)
+        for (item, region), k in zip(pairs, slots, strict=True):
+            held = self.held[k]
+            if held == (item, region):
+                continue
+            slot = data[k]
+            if held is None or held[0] != item:
+                slot.copy_(self.x[item])
+            else:
+                self.regions.write(slot, self.x[item], item, held[1])
+            self.regions.write(slot, self._baseline(item), item, region)
+            self.held[k] = (item, region)
+        return data[:n], slots
+
+
+def _run(
+    model: Model,
+    x: torch.Tensor,
+    target: Target,
+    baselines: Baseline,
+    regions: Regions,
+    pairs: list[tuple[int, int]],
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target scores of the inputs ``(B,)`` and of every perturbed pair."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidParamsError(
+            f"Ablation: batch_size must be an integer >= 1, got {batch_size!r}."
+        )
+    b = x.shape[0]
+    targets = _targets(target, b, x.device)
+    base = _baseline(baselines, x)
+    buffer = _Buffer(x, base, regions)
+
+    def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
+        batch, slots = buffer.build(pairs[start:stop], channels_last)
+        held = [pair[0] for pair in buffer.held[: len(slots)] if pair is not None]
+        items = torch.tensor(held, device=x.device)
+        picked = targets[items] if targets is not None else None
+        scores = _select(model(batch), picked, len(slots))
+        return scores[torch.tensor(slots, device=scores.device)]
+
+    with torch.no_grad():
+        initial = _select(model(x), targets, b)
+        scores = method_passes(len(pairs), chunk, batch_size, x[:1], kind="forward")
+    return initial, scores.to(initial.dtype)
+
+
+def _select(out: object, targets: torch.Tensor | None, n: int) -> torch.Tensor:
+    """The ``(n,)`` target scores in a model's output."""
+    if not isinstance(out, torch.Tensor) or out.shape[:1] != (n,):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InvalidModelError(
+            f"Ablation: the model returned {shape} for {n} inputs; scores shaped (N, "
+            "classes) are needed (or (N,) without a target)."
+        )
+    if targets is None:
+        if out.numel() != n:
+            raise InvalidTargetError(
+                f"Ablation: the model returns {tuple(out.shape)} scores; give a target class."
+            )
+        return out.reshape(n)
+    if out.ndim != 2:
+        raise InvalidModelError(
+            f"Ablation: with a target the model must return (N, classes) scores, got "
+            f"{tuple(out.shape)}."
+        )
+    return out.gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+def _targets(target: Target, b: int, device: torch.device) -> torch.Tensor | None:
+    """``(B,)`` class indices, or ``None``."""
+    if target is None:
+        return None
+    if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)):
+        raise InvalidTargetError(
+            f"Ablation: target must be an int, a (B,) tensor of classes or None, got "
+            f"{type(target).__name__}."
+        )
+    t = torch.as_tensor(target, device=device)
+    if t.is_floating_point() or t.is_complex() or not (t.numel() == 1 or t.shape == (b,)):
+        raise InvalidTargetError(
+            f"Ablation: target must hold one class or one per item ({b}), got shape "
+            f"{tuple(t.shape)} of {t.dtype}."
+        )
+    return t.reshape(-1).expand(b).long()
+
+
+def _baseline(baselines: Baseline, x: torch.Tensor) -> torch.Tensor | float:
+    """A number, or the baseline items ``(B or 1, C, *spatial)`` in the inputs' dtype."""
+    if baselines is None:
+        return 0.0
+    if isinstance(baselines, bool) or not isinstance(baselines, (int, float, torch.Tensor)):
+        raise InvalidParamsError(
+            f"Ablation: baselines must be a number or a tensor, got {type(baselines).__name__}."
+        )
+    if not isinstance(baselines, torch.Tensor):
+        return float(baselines)
+    per_item = baselines.ndim == x.ndim and baselines.shape[0] == x.shape[0] > 1
+    shape = tuple(x.shape) if per_item else (1, *x.shape[1:])
+    try:
+        base = torch.broadcast_to(baselines.to(device=x.device, dtype=x.dtype), shape)
+    except RuntimeError as exc:
+        raise InvalidParamsError(
+            f"Ablation: baselines {tuple(baselines.shape)} do not broadcast to the inputs "
+            f"{tuple(x.shape)}."
+        ) from exc
+    return base.contiguous()
+
+
+def _check_inputs(inputs: torch.Tensor) -> torch.Tensor:
+    """The inputs ``(B, C, ...)``, contiguous."""
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2 or inputs.shape[0] < 1:
+        raise InvalidParamsError(
+            "Ablation: inputs must be one tensor shaped (B, C, *spatial) with B >= 1."
+        )
+    return inputs.detach().contiguous()
+
+
+def _per_dim(value: int | Sequence[int], dims: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """One int per non-batch dimension."""
+    sizes = (value,) * len(dims) if isinstance(value, int) else tuple(value)
+    if len(sizes) != len(dims) or not all(isinstance(v, int) for v in sizes):
+        raise InvalidParamsError(
+            f"Occlusion: {what} {value!r} must be an int or one int per non-batch "
+            f"dimension of the inputs {dims} (channels first)."
+        )
+    return sizes
+
+
+def _window_starts(counts: Sequence[int], steps: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every window's corner, numbered as Captum does (the first dimension fastest)."""
+    corners = []
+    for p in range(math.prod(counts)):
+        corner = []
+        for k, s in zip(counts, steps, strict=True):
+            corner.append((p % k) * s)
+            p //= k
+        corners.append(tuple(corner))
+    return corners
