@@ -94,13 +94,33 @@ class RiseParams(ResizeParams):
         return kwargs
 
 
+class TargetColumns(torch.nn.Module):
+    """``model`` scoring only the given class columns, for TorchRay's ``rise``.
+
+    TorchRay's ``rise`` accumulates a map for every column the model returns (a
+    ``(columns, H, W)`` matmul per item and mask batch); its ``torch.sigmoid`` is
+    element-wise, so dropping the other columns leaves the kept maps unchanged. Works on
+    ``(N, C)`` scores and on the ``(N, C, 1, 1)`` ones TorchRay also accepts.
+    """
+
+    def __init__(self, model: torch.nn.Module, columns: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.columns = columns
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[:, self.columns.to(out.device)]
+
+
 class Rise(TorchRayMethod):
-    """RISE: score-weighted average of random masks (TorchRay, all classes per pass)."""
+    """RISE: score-weighted average of random masks (TorchRay, only the requested targets
+    scored)."""
 
     name = "torchray.rise"
     count_params = ("num_masks",)
     Params = RiseParams
-    function = "rise:rise_class"
+    function = "rise:rise"
     family = "perturbation"
     ranks = (2,)
     cost = "high"
@@ -124,7 +144,15 @@ class Rise(TorchRayMethod):
         )
 
     def run(self, fn: Callable[..., Any], call: Call, params: Any) -> torch.Tensor:
-        return fn(call.model, call.inputs, target=call.target, **params.torchray_kwargs(call))
+        """TorchRay's ``rise`` on the distinct targets' columns, then each item's own
+        channel: the ``(B, 1, *spatial)`` map ``rise_class`` gives, with the same masks
+        (same seed, chunking and resize), without the other classes' maps."""
+        columns, channel = torch.unique(call.target.long(), return_inverse=True)
+        saliency = fn(
+            TargetColumns(call.model, columns), call.inputs, **params.torchray_kwargs(call)
+        )
+        items = torch.arange(saliency.shape[0], device=saliency.device)
+        return saliency[items, channel.to(saliency.device)].unsqueeze(1)
 
 
 Area = Annotated[float, Field(gt=0.0, le=1.0)]
