@@ -96,17 +96,31 @@ class MultiClassScores:
         return self.pixel_scores(out).sum(-1)
 
     def pixel_scores(self, out: torch.Tensor) -> torch.Tensor:
-        """``(B, classes, pixels)``: each class's logits where it wins, zero elsewhere."""
+        """``(B, classes, pixels)``: each class's logits where it wins (the first class
+        on ties), zero elsewhere.
+
+        The winners come from a running maximum over the classes, not ``argmax(dim=1)``:
+        PyTorch's CPU argmax over a non-innermost dimension is ~25x slower (0.32 s
+        against 0.013 s on a (16, 2, 48, 48, 48) output, 10x the forward pass of a small
+        3D U-Net)."""
         if out.ndim < 3 or out.shape[1] < 2:
             raise InvalidModelError(
                 f"Segmentation wrapper 'multi_class' needs an output shaped "
                 f"(B, classes >= 2, *spatial), got {tuple(out.shape)}. For a one-channel "
                 "sigmoid output use wrapper='threshold'."
             )
+        classes = out.shape[1]
         with torch.no_grad():
-            winners = out.argmax(dim=1, keepdim=True)
-            onehot = torch.zeros_like(out).scatter_(1, winners, 1.0)
-        return (out * onehot).flatten(2)
+            best = out[:, 0]
+            for k in range(1, classes):
+                best = torch.maximum(best, out[:, k])
+            free = torch.ones(best.shape, dtype=torch.bool, device=out.device)
+            wins = []
+            for k in range(classes):
+                won = (out[:, k] == best) & free
+                free &= ~won
+                wins.append(won)
+        return torch.stack([out[:, k] * wins[k] for k in range(classes)], 1).flatten(2)
 
 
 class ThresholdScores:
