@@ -22,7 +22,6 @@ from esegeta_core.model_state import count_hooks
 from esegeta_core.runtime import passes
 from esegeta_core.runtime.passes import (
     AUTO_MAX,
-    CLIMB_FROM,
     CLIMB_START,
     PassPlan,
     memory_format,
@@ -155,7 +154,7 @@ def recorder(cost: dict[int, float] | None = None):
 
 def test_every_input_is_scored_once_in_order():
     sample = torch.rand(4, 3, 8, 8)
-    works = [(100, "auto"), (10, "auto"), (CLIMB_FROM, "auto"), (CLIMB_FROM * 3 + 7, "auto")]
+    works = [(100, "auto"), (10, "auto"), (128, "auto"), (128 * 3 + 7, "auto")]
     for work, batch_size in [*works, (23, 5)]:
         passes._plans.clear()
         chunk, calls = recorder()
@@ -163,16 +162,16 @@ def test_every_input_is_scored_once_in_order():
         assert torch.equal(scores, torch.arange(work, dtype=torch.float32))
         if batch_size == 5:
             assert calls == [(5, False)] * 4 + [(3, False)]
-        elif work < CLIMB_FROM:  # too little to measure on: passes of the cap
-            assert calls == [(min(work, 64), False)] * (work // 64) + (
-                [(work % 64, False)] if work % 64 else []
-            )
+        elif work <= 16:  # shorter than the first pass
+            assert calls == [(work, False)]
+        else:  # short work climbs as far as it goes
+            assert calls[0] == (16, False) and max(size for size, _ in calls) <= AUTO_MAX
 
 
 def test_tuning_runs_on_the_work_and_is_cached():
     model, sample = nn.Identity(), torch.rand(4, 3, 8, 8)
     chunk, calls = recorder()
-    run_passes(CLIMB_FROM * 8, chunk, "auto", model, sample)
+    run_passes(128 * 8, chunk, "auto", model, sample)
     # a set-up pass, one pass computed both ways (channels-last first), one timed in each
     start = CLIMB_START
     assert calls[:5] == [
@@ -184,10 +183,10 @@ def test_tuning_runs_on_the_work_and_is_cached():
     ]
     (plan,) = passes._plans[model].values()
     calls.clear()
-    run_passes(CLIMB_FROM * 8, chunk, "auto", model, sample)
+    run_passes(128 * 8, chunk, "auto", model, sample)
     assert set(calls) == {(plan.batch_size, plan.channels_last)}  # straight to the plan
     calls.clear()
-    run_passes(CLIMB_FROM * 8, chunk, "auto", model, sample[:, :1])  # one channel
+    run_passes(128 * 8, chunk, "auto", model, sample[:, :1])  # one channel
     assert calls[:3] == [(start, False), (start, False), (2 * start, False)]  # no layout trial
     assert all(not cl for _, cl in calls)
     assert len(passes._plans[model]) == 2
@@ -199,7 +198,7 @@ def test_the_fastest_pass_size_is_kept():
     sample = torch.rand(3, 1, 4, 4)  # one channel: no layout trial
     chunk, calls = recorder(cost)
     model = nn.Identity()
-    run_passes(CLIMB_FROM * 4, chunk, "auto", model, sample)
+    run_passes(128 * 4, chunk, "auto", model, sample)
     # 32 beats 16, 64 loses to 32: the climb stops there, never over the metric's cap
     assert [size for size, _ in calls[:4]] == [16, 16, 32, 64]
     assert list(passes._plans[model].values()) == [PassPlan(32)]
@@ -207,7 +206,7 @@ def test_the_fastest_pass_size_is_kept():
     cost.update({32: 4e-3, 8: 1e-3, 4: 5e-4, 2: 1e-3})  # smaller is faster: it halves
     chunk, calls = recorder(cost)
     model = nn.Identity()
-    run_passes(CLIMB_FROM * 4, chunk, "auto", model, sample)
+    run_passes(128 * 4, chunk, "auto", model, sample)
     assert [size for size, _ in calls[:5]] == [16, 16, 32, 8, 4]
     assert list(passes._plans[model].values()) == [PassPlan(4)]
 
@@ -218,7 +217,7 @@ def test_batch_norm_in_training_mode_is_not_split_by_the_planner():
     model(torch.rand(2, 3, 16, 16))
     model.train()
     chunk, calls = recorder()
-    run_passes(CLIMB_FROM * 4, chunk, "auto", model, torch.rand(1, 3, 16, 16))
+    run_passes(128 * 4, chunk, "auto", model, torch.rand(1, 3, 16, 16))
     assert set(size for size, _ in calls) == {AUTO_MAX}  # fixed passes, nothing measured
     assert model not in passes._plans
 

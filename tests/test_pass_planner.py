@@ -68,13 +68,15 @@ def test_the_climb_goes_down_when_bigger_is_slower_and_respects_the_cap():
     assert [size for size, _ in calls] == [16, 16, 8, 4]
 
 
-def test_too_little_work_is_run_untuned_and_not_cached():
+def test_short_work_climbs_as_far_as_it_goes_and_is_not_cached():
     model = Counting(nn.Linear(4, 2))
     splitter = PassSplitter(model, network=model, cap=64)
+    x = torch.rand(40, 4)
     with torch.no_grad():
-        out = splitter(torch.rand(100, 4))
-    assert out.shape == (100, 2) and model.sizes == [64, 36]  # few big passes, untimed
-    assert splitter.plan == PassPlan(64) and not splitter.tuned
+        out = splitter(x)
+        torch.testing.assert_close(out, model.inner(x))
+    assert sum(model.sizes) == 40 and model.sizes[:2] == [16, 16]  # set-up, then timed
+    assert splitter.plan is not None and not splitter.tuned
     assert model not in passes._plans
 
 
@@ -240,7 +242,7 @@ def test_layer_replay_under_the_planner_equals_fixed_chunks():
         reference = model(x).gather(1, target.view(-1, 1)).squeeze(1)
         handle.remove()
     original = seen[0]
-    rows = [(b, c) for b in range(2) for c in range(32) for _ in range(8)]  # 512 rows
+    rows = [(b, c) for b in range(2) for c in range(32) for _ in range(40)]  # 2,560 rows
 
     def build(item, chans):
         copy = original[item].unsqueeze(0).repeat(len(chans), 1, 1, 1)
@@ -249,9 +251,23 @@ def test_layer_replay_under_the_planner_equals_fixed_chunks():
 
     args = (model, model[1], x, original, target, reference, rows, build)
     fixed = replaced_scores(*args, chunk=7)
-    with passes.planning(model, cap=64) as state:  # the climb ends at the cap
+    with passes.planning(model, cap=64) as state:  # replay may go up to its own 512
         planned = replaced_scores(*args, chunk=None)
     torch.testing.assert_close(planned, fixed, rtol=1e-5, atol=1e-6)
     assert state.tuned and state.plan is not None
     ((key, _plan),) = passes._plans[model].items()
     assert key[0] == ("replay", id(model[1]))  # the tail's own plan
+
+
+def test_layer_layouts_are_probed_once_per_network_layer_and_shape():
+    from esegeta_core.layouts import layer_layouts
+
+    model = Counting(tiny_model("classification", 2))
+    layers = [("inner.features.conv2", model.inner.features.conv2)]
+    x = tiny_input("classification", 2, batch=2)
+    first = layer_layouts(model, model, x, layers)
+    again = layer_layouts(model, model, x, layers)
+    assert again == first and model.sizes == [1]  # the second call probed nothing
+    layer_layouts(model, model, x[:, :, :8], layers)  # another input shape: probed
+    layer_layouts(model, model, x, layers, reshape="channels_first")  # another reshape
+    assert model.sizes == [1, 1, 1]

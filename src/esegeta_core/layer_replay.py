@@ -81,7 +81,12 @@ def replaced_scores(
         # planned under explain(auto_batch=True): a pass runs the layers after
         # ``module`` on activations like ``original`` (or the whole model per row)
         kind, sample = (("replay", id(module)), original) if fast else ("forward", inputs)
-        got = method_passes(len(indices), run, size, sample[:1], kind=kind, layouts=False)
+        # the layers before ``module`` run once per pass: the planner may go up to the
+        # fast path's own size (the rows hold only the tail's activations)
+        fits = max(size, FAST_CHUNK) if fast else None
+        got = method_passes(
+            len(indices), run, size, sample[:1], kind=kind, layouts=False, fits=fits
+        )
         scores[indices] = got.to(scores.dtype)
     return scores
 

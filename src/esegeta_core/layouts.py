@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -358,9 +359,46 @@ def layer_layouts(
     method: str = "",
 ) -> dict[int, Layout]:
     """The layout of each of ``layers`` (``(path, module)`` of the user's model ``root``),
-    from one no-grad pass of ``model`` (its score wrapper) on ``inputs[:1]``."""
+    from one no-grad pass of ``model`` (its score wrapper) on ``inputs[:1]``.
+
+    Layouts depend on shapes only: they are kept per network, layers, input shape and
+    reshape for the process, so later calls (a perturbation method's, a run's other
+    jobs) skip the probe pass. A callable ``reshape`` is probed every time."""
     if not layers:
         return {}
+    key = None
+    if not callable(reshape) or isinstance(reshape, Layout):
+        key = (
+            tuple((path, id(module)) for path, module in layers),
+            tuple(inputs.shape[1:]),
+            inputs.dtype,
+            inputs.device,
+            repr(reshape),
+        )
+        known = _layouts.get(root, {}).get(key)
+        if known is not None:
+            return dict(known)
+    found = _probe_layouts(model, root, inputs, layers, reshape=reshape, method=method)
+    if key is not None:
+        _layouts.setdefault(root, {})[key] = dict(found)
+    return found
+
+
+_layouts: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], dict[int, Layout]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _probe_layouts(
+    model: nn.Module,
+    root: nn.Module,
+    inputs: torch.Tensor,
+    layers: Sequence[tuple[str, nn.Module]],
+    *,
+    reshape: ReshapeSpec,
+    method: str,
+) -> dict[int, Layout]:
+    """:func:`layer_layouts` measured: one probe pass."""
     given = None if callable(reshape) else parse_reshape(reshape, method=method)
     outputs: dict[int, Any] = {}
     last_leaf: dict[int, nn.Module] = {}

@@ -55,9 +55,6 @@ CLIMB_START = 16
 """Inputs per pass the planner tries first; it then doubles while that is faster per
 input, else halves (starting in the middle reaches the best size in the fewest
 inputs)."""
-CLIMB_FROM = 8 * CLIMB_START
-"""Fewest inputs of work for the planner to measure on; less work runs in passes of up
-to :data:`AUTO_MAX` as is (the measuring would cost more than it can save)."""
 
 Chunk = Callable[[int, int, bool], torch.Tensor]
 """``(start, stop, channels_last) -> (stop - start, ...)`` outputs of those inputs."""
@@ -143,7 +140,9 @@ class _Runner:
 
     def run(self, size: int, channels_last: bool, *, timed: bool = False) -> float:
         """Run the next ``size`` inputs; seconds per input when ``timed`` (which waits
-        for the device), else 0."""
+        for the device), else 0 (and 0 when no work is left)."""
+        if self.left <= 0:
+            return 0.0
         stop = min(self.work, self.done + size)
         if timed:
             self._sync()
@@ -186,12 +185,14 @@ class _Runner:
 def _climb(runner: _Runner, reshapes: bool, cap: int) -> tuple[PassPlan, bool]:
     """The fastest plan found on the runner's own inputs (all of them count): a pass at
     :data:`CLIMB_START` to set up, the layouts compared there when the input allows,
-    then doubling while the time per input improves by 5%, else halving. Returns the
-    plan and whether the search ended (false: the work ran out first)."""
+    then doubling while the time per input improves by 5%, else halving. Every pass
+    counts towards the result, so short work climbs too (as far as it goes; its plan is
+    not cached). Returns the plan and whether the search ended (false: the work ran out
+    first)."""
     size = max(1, min(CLIMB_START, cap))
-    if runner.left < CLIMB_FROM:  # too little work to pay for measuring: few big passes
-        return PassPlan(max(1, min(cap, AUTO_MAX, runner.left))), False
     runner.run(size, False)  # the first pass of a shape pays its set-up
+    if runner.left < size:
+        return PassPlan(size), False
     channels_last = False
     # the layout trial computes one pass twice: only where that is a small share
     if reshapes and runner.left >= 16 * size and runner.layout_agrees(size):
@@ -313,6 +314,7 @@ def method_passes(
     *,
     kind: object = "forward",
     layouts: bool = True,
+    fits: int | None = None,
 ) -> torch.Tensor:
     """``(work, ...)`` outputs of a method's own passes, built and run by ``chunk``.
 
@@ -324,12 +326,15 @@ def method_passes(
     whose plans the :class:`PassSplitter` shares); ``layouts=False`` when ``chunk``
     ignores its ``channels_last`` argument. The network's outputs must not depend on
     the batch: with batch norm in training mode the passes stay at ``batch_size``.
+    ``fits``: the most inputs per pass that fit when a pass's inputs are lighter than
+    whole inputs through the model (layer replay runs only the layers after one), in
+    place of the planning cap and ``batch_size``.
     """
     state = _planning.get()
     network = state.network() if state is not None else None
     if state is None or network is None or _batch_dependent(network):
         return _Runner(work, chunk, sample.device).finish(PassPlan(max(1, batch_size)))
-    cap = max(1, min(batch_size, state.cap))
+    cap = max(1, fits if fits is not None else min(batch_size, state.cap))
     return state.run(work, chunk, sample, kind, cap, layouts)
 
 
