@@ -20,10 +20,16 @@ model's whole output. This engine:
 The maps equal Captum 0.9's ``Occlusion`` and ``FeatureAblation`` (same windows, shift
 counts at the edges, averaging, baselines and targets) up to floating-point summation
 order.
+
+Exact Shapley values (Shapley 1953, :func:`shapley_values`) score every coalition of an
+item's features once (2^n passes) where Captum's ``ShapleyValues`` walks all n!
+orderings (n * n! passes); each pass is built in one reused buffer from the baseline and
+the kept features, and the values equal Captum's up to summation order.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -462,3 +468,170 @@ def _window_starts(counts: Sequence[int], steps: Sequence[int]) -> list[tuple[in
             p //= k
         corners.append(tuple(corner))
     return corners
+
+
+# -- exact Shapley values --------------------------------------------------------------
+
+MAX_SHAPLEY_FEATURES = 20
+"""The most features per item :func:`shapley_values` takes: 2^20 coalitions each."""
+
+
+@dataclass
+class _Players:
+    """The features of one row of a feature mask as Shapley players: ``inverse`` maps
+    each element of the row to its player ``0..count-1``, or to ``count`` for a negative
+    id (Captum never adds those: such elements stay at the baseline)."""
+
+    inverse: torch.Tensor
+    count: int
+
+
+def _players(row: torch.Tensor) -> _Players:
+    """The players of one ``(C or 1, *spatial)`` mask row, numbered in id order."""
+    ids, inverse = torch.unique(row.reshape(-1), return_inverse=True)
+    negative = int((ids < 0).sum())
+    count = ids.numel() - negative
+    if negative:
+        inverse = torch.where(inverse < negative, count, inverse - negative)
+    return _Players(inverse, count)
+
+
+def _shapley_mask(feature_mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The feature mask as long ids ``(B or 1, C or 1, *spatial)`` on the inputs' device."""
+    b, c = x.shape[:2]
+    if not isinstance(feature_mask, torch.Tensor) or (
+        feature_mask.ndim != x.ndim
+        or feature_mask.shape[0] not in (1, b)
+        or feature_mask.shape[1] not in (1, c)
+    ):
+        shape = tuple(feature_mask.shape) if isinstance(feature_mask, torch.Tensor) else None
+        raise InvalidParamsError(
+            f"Shapley values: the feature mask {shape} must be a tensor with the inputs' "
+            f"{x.ndim} dimensions, a batch of 1 or {b} and a channel axis of 1 or {c}, for "
+            f"inputs {tuple(x.shape)}."
+        )
+    if feature_mask.is_complex() or (
+        feature_mask.is_floating_point() and not bool((feature_mask == feature_mask.round()).all())
+    ):
+        raise InvalidParamsError("Shapley values: the feature mask must hold integer ids.")
+    try:
+        mask = feature_mask.to(x.device).expand(*feature_mask.shape[:2], *x.shape[2:])
+    except RuntimeError as exc:
+        raise InvalidParamsError(
+            f"Shapley values: the feature mask {tuple(feature_mask.shape)} does not broadcast "
+            f"to the inputs {tuple(x.shape)}."
+        ) from exc
+    return mask.long()
+
+
+def _shapley_weights(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The ``(n, 2^n)`` Shapley coefficients: row ``j`` weighs coalition ``c``'s score
+    by ``w(|c| - 1)`` when ``c`` holds player ``j`` and by ``-w(|c|)`` when not, with
+    ``w(k) = k! (n - k - 1)! / n!``, so that ``phi_j`` is the row's weighted sum of the
+    ``2^n`` scores (the pairs ``v(S + j) - v(S)`` regrouped by coalition)."""
+    codes = torch.arange(2**n, device=device)
+    players = torch.arange(n, device=device)
+    bits = (codes.unsqueeze(0) >> players.unsqueeze(1)) & 1  # (n, 2^n)
+    size = bits.sum(0)
+    w = torch.tensor(
+        [math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n) for k in range(n)],
+        dtype=dtype,
+        device=device,
+    )
+    joined = w[(size - 1).clamp(min=0)]  # the weight when the coalition holds j
+    left = w[size.clamp(max=n - 1)]  # the weight when it does not
+    return torch.where(bits.bool(), joined, -left)
+
+
+def shapley_values(
+    model: Model,
+    inputs: torch.Tensor,
+    target: Target,
+    *,
+    feature_mask: torch.Tensor,
+    baselines: Baseline = None,
+    batch_size: int,
+) -> torch.Tensor:
+    """Exact Shapley values ``(B, C, *spatial)`` (float32, as Captum returns them) from
+    the target score of every coalition of each item's features, each evaluated once.
+
+    ``phi_i = sum over S in N \\ {i} of |S|! (n - |S| - 1)! / n! (v(S + i) - v(S))``,
+    where ``v(S)`` scores the input with the features of ``S`` kept and every other
+    element at the baseline: 2^n forward passes per item instead of Captum's n * n!
+    (its orderings start from the all-baseline input and add features in turn, so the
+    values are the same). ``feature_mask`` is as in :func:`feature_ablation`; each item
+    has its own players (its mask row's ids), and ids absent from an item or negative
+    count for nothing, as in Captum. Every element gets its feature's value.
+    ``batch_size``: see :func:`occlusion`.
+    """
+    x = _check_inputs(inputs)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidParamsError(
+            f"Shapley values: batch_size must be an integer >= 1, got {batch_size!r}."
+        )
+    mask = _shapley_mask(feature_mask, x)
+    b, device = x.shape[0], x.device
+    rows = [_players(row) for row in mask]
+    counts = [rows[0 if len(rows) == 1 else i].count for i in range(b)]
+    if max(counts) > MAX_SHAPLEY_FEATURES:
+        raise InvalidParamsError(
+            f"Shapley values: an item has {max(counts)} features, which is 2^{max(counts)} "
+            f"coalitions to evaluate; at most {MAX_SHAPLEY_FEATURES} features are allowed. "
+            "Use fewer, larger features or Shapley value sampling."
+        )
+    passes = [2**n if n else 0 for n in counts]  # an item without features needs none
+    offsets = [0]
+    for p in passes:
+        offsets.append(offsets[-1] + p)
+    targets = _targets(target, b, device)
+    base = _baseline(baselines, x)
+    fill = torch.tensor(base if isinstance(base, float) else 0.0, dtype=x.dtype, device=device)
+    owner = torch.repeat_interleave(
+        torch.arange(b, device=device), torch.tensor(passes, device=device)
+    )
+    held: list[torch.Tensor] = []  # the pass buffer, grown or re-laid out on demand
+
+    def ready(n: int, channels_last: bool) -> torch.Tensor:
+        layout = memory_format(channels_last, x.ndim)
+        if not held or held[0].shape[0] < n:
+            held[:] = [torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=device)]
+        if not held[0].is_contiguous(memory_format=layout):  # rewritten whole: no copy
+            held[0] = torch.empty_like(held[0], memory_format=layout)
+        return held[0]
+
+    def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
+        data = ready(stop - start, channels_last)
+        item = bisect.bisect_right(offsets, start) - 1
+        pos = start
+        while pos < stop:
+            end = min(stop, offsets[item + 1])
+            if end > pos:  # coalitions pos..end of this item: its codes, one bit a player
+                players = rows[0 if len(rows) == 1 else item]
+                codes = torch.arange(pos - offsets[item], end - offsets[item], device=device)
+                shifts = torch.arange(players.count + 1, device=device)
+                bits = ((codes.unsqueeze(1) >> shifts) & 1).bool()  # last column: never
+                keep = bits[:, players.inverse].view(end - pos, *mask.shape[1:])
+                other = fill if isinstance(base, float) else base[item if len(base) > 1 else 0]
+                torch.where(keep, x[item], other, out=data[pos - start : end - start])
+            pos, item = end, item + 1
+        picked = targets[owner[start:stop]] if targets is not None else None
+        return _select(model(data[: stop - start]), picked, stop - start)
+
+    work = offsets[-1]
+    with torch.no_grad():
+        if work:
+            scores = method_passes(work, chunk, batch_size, x[:1], kind="forward")
+        else:
+            scores = torch.zeros(0, device=device)
+    # the mean over orderings in float64 (float32 where the device has no float64)
+    exact = torch.float32 if device.type == "mps" else torch.float64
+    widest = max(counts)
+    phi = torch.zeros((b, widest + 1), dtype=exact, device=device)  # last column: zero
+    for n in sorted(set(counts) - {0}):
+        items = [i for i in range(b) if counts[i] == n]
+        first = torch.tensor([offsets[i] for i in items], device=device)
+        table = scores[first.unsqueeze(1) + torch.arange(2**n, device=device)].to(exact)
+        phi[torch.tensor(items, device=device), :n] = table @ _shapley_weights(n, device, exact).T
+    inverse = torch.stack([row.inverse for row in rows]).expand(b, -1)
+    out = phi.gather(1, inverse).view(b, *mask.shape[1:]).to(torch.float32)
+    return out.expand(x.shape).contiguous()

@@ -29,7 +29,7 @@ from esegeta_captum.common import (
 from esegeta_captum.masks import count_features
 from esegeta_core import InvalidParamsError
 from esegeta_core.explainer import Workload
-from esegeta_core.runtime.ablation import feature_ablation, occlusion
+from esegeta_core.runtime.ablation import feature_ablation, occlusion, shapley_values
 
 
 class PerturbationMethod(CaptumMethod):
@@ -444,17 +444,20 @@ class ShapleyValueSampling(PerturbationMethod):
         return params.n_samples
 
 
-MAX_EXACT_FEATURES = 7
-"""Captum's exact Shapley values evaluate all n! orderings (n * n! passes): 7 features
-already cost 35,280 evaluations."""
+MAX_EXACT_FEATURES = 12
+"""Exact Shapley values score every coalition of the features once: 12 features already
+cost 4,096 passes per item (Captum's walk over every ordering would take 12 x 12!)."""
 
 
 class ShapleyValues(PerturbationMethod):
-    """Exact Shapley values over every ordering of the features (factorial cost).
+    """Exact Shapley values from every coalition of the features, each scored once: 2^n
+    passes per item.
 
-    Shapley 1953. Captum evaluates n * n! perturbations for n features, so the default
-    grid is 2 x 2 over the last two spatial dimensions (4 features; in 3D each cell spans
-    the whole depth) and more than 7 features is refused.
+    Shapley 1953. The values equal Captum's ``ShapleyValues``, which walks all n!
+    orderings of the features (n * n! passes); the core's ablation engine scores each of
+    the 2^n coalitions once instead. The default grid is 2 x 2 over the last two spatial
+    dimensions (4 features; in 3D each cell spans the whole depth) and more than 12
+    features is refused.
     """
 
     class Params(BaselineParams, FeatureMaskParams, BatchParams):
@@ -471,9 +474,10 @@ class ShapleyValues(PerturbationMethod):
             if features > MAX_EXACT_FEATURES:
                 raise InvalidParamsError(
                     f"Method {call.method!r}: the feature mask has {features} features; exact "
-                    f"Shapley values evaluate {features} x {features}! perturbations, so at "
-                    f"most {MAX_EXACT_FEATURES} features are allowed. Use a bigger grid_cell, "
-                    "fewer n_segments, or captum.shapley_value_sampling."
+                    f"Shapley values evaluate every coalition of them (2^{features} = "
+                    f"{2**features:,} passes per item), so at most {MAX_EXACT_FEATURES} "
+                    "features are allowed. Use a bigger grid_cell, fewer n_segments, or "
+                    "captum.shapley_value_sampling."
                 )
             return kwargs
 
@@ -487,20 +491,42 @@ class ShapleyValues(PerturbationMethod):
     name = "captum.shapley_values"
     captum_class = "ShapleyValues"
     paper = "https://doi.org/10.1515/9781400881970-018"
+    own_passes = True
+
+    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
+        """The core's ablation engine (each coalition scored once: 2^n passes instead of
+        Captum's n * n!), or Captum for a call the engine does not cover."""
+        batch = engine_batch(algorithm, inputs, kwargs, frozenset({"feature_mask"}))
+        mask = kwargs.get("feature_mask")
+        if (
+            batch is None
+            or not isinstance(mask, torch.Tensor)
+            or mask.ndim != inputs.ndim
+            or mask.shape[0] not in (1, inputs.shape[0])
+            or mask.shape[1] not in (1, inputs.shape[1])
+            or any(m not in (1, n) for m, n in zip(mask.shape[2:], inputs.shape[2:], strict=True))
+        ):
+            return algorithm.attribute(inputs, **kwargs)
+        return shapley_values(
+            algorithm.forward_func,
+            inputs,
+            kwargs.get("target"),
+            feature_mask=mask,
+            baselines=kwargs.get("baselines"),
+            batch_size=batch,
+        )
 
     def core_workload(
         self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         if params.feature_mask == "grid" and params.grid_cell is None:
-            return perturbation_workload(
-                4 * math.factorial(4), 4 * math.factorial(4), params, shape, counts=(), fix=""
-            )
+            return perturbation_workload(2**4, 2**4, params, shape, counts=(), fix="")
         features, setting, fix = params.feature_count(shape, self.name)
         if features > MAX_EXACT_FEATURES:  # refused with its own message when it runs
             return Workload()
-        orderings = features * math.factorial(features)
+        coalitions = 2**features  # the engine's passes: every coalition once, no other
         return perturbation_workload(
-            orderings, orderings, params, shape, counts=(setting,), fix=fix
+            coalitions, coalitions, params, shape, counts=(setting,), fix=fix
         )
 
 
