@@ -252,6 +252,10 @@ Regions = _Windows | _Features
 # -- the passes ------------------------------------------------------------------------
 
 
+UNPERTURBED = -1
+"""The region index of an input left as it is (its reference score)."""
+
+
 class _Buffer:
     """The perturbed inputs of one pass, built in one reused tensor.
 
@@ -336,9 +340,10 @@ class _Buffer:
             slot = data[k]
             if held is None or held[0] != item:
                 slot.copy_(self.x[item])
-            else:
+            elif held[1] != UNPERTURBED:
                 self.regions.write(slot, self.x[item], item, held[1])
-            self.regions.write(slot, self._baseline(item), item, region)
+            if region != UNPERTURBED:
+                self.regions.write(slot, self._baseline(item), item, region)
             self.held[k] = (item, region)
         return data[:n], slots
 
@@ -370,10 +375,11 @@ def _run(
         scores = _select(model(batch), picked, len(slots))
         return scores[torch.tensor(slots, device=scores.device)]
 
+    # the inputs themselves ride in the first pass, as region UNPERTURBED
+    pairs = [(item, UNPERTURBED) for item in range(b)] + pairs
     with torch.no_grad():
-        initial = _select(model(x), targets, b)
         scores = method_passes(len(pairs), chunk, batch_size, x[:1], kind="forward")
-    return initial, scores.to(initial.dtype)
+    return scores[:b], scores[b:]
 
 
 def _select(out: object, targets: torch.Tensor | None, n: int) -> torch.Tensor:
