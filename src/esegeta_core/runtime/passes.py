@@ -111,8 +111,9 @@ class _Runner:
     """Runs the work's chunks in order, keeping every output, timing on request. A CUDA
     out-of-memory error splits a chunk in two and retries each half."""
 
-    def __init__(self, work: int, chunk: Chunk, device: torch.device) -> None:
+    def __init__(self, work: int, chunk: Chunk, device: torch.device, stretch: int = 0) -> None:
         self.work, self.chunk, self.device = work, chunk, device
+        self.stretch = stretch  # a planned pass may grow to this to take a short rest
         self.done = 0
         self.outputs: list[torch.Tensor] = []
 
@@ -144,6 +145,8 @@ class _Runner:
         if self.left <= 0:
             return 0.0
         stop = min(self.work, self.done + size)
+        if 0 < self.work - stop < max(1, size // 4) and self.left <= self.stretch:
+            stop = self.work  # a last pass of a few inputs costs nearly a whole one
         if timed:
             self._sync()
         start = time.perf_counter()
@@ -235,7 +238,7 @@ class Planning:
         """``work`` inputs through the cached plan of ``(kind, sample)``, measuring one
         on these passes when there is none."""
         network = self.network()
-        runner = _Runner(work, chunk, sample.device)
+        runner = _Runner(work, chunk, sample.device, stretch=cap)
         if network is None:
             return runner.finish(PassPlan(cap))
         key = _key(kind, sample)
