@@ -133,11 +133,23 @@ def _batched(name):
     return cls
 
 
+def _passes(name, own):
+    cls = _method(name, Documented)
+    cls.batch_params = ("steps",)
+    if own:
+        cls.own_passes = True  # without pass_params
+    else:
+        cls.pass_params = ("other",)
+    return cls
+
+
 @pytest.mark.parametrize(
     "bad, fragment",
     [
         (_method("alpha.reserved", Reserved), "reserved by explain()"),
         (_batched("alpha.batched"), "batch_params names chunk"),
+        (_passes("alpha.passes", own=False), "pass_params names other"),
+        (_passes("alpha.own", own=True), "own_passes needs"),
         (_method("alpha.undocumented", Undocumented), "missing for steps"),
         (object, "not an Explainer subclass"),
     ],

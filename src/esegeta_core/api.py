@@ -65,13 +65,6 @@ from esegeta_core.tracing import ModelTrace, trace_model
 log = logging.getLogger(__name__)
 
 
-RESERVED = frozenset(
-    {"target", "task", "wrapper", "output", "seed", "amp", "patches", "auto_batch"}
-    | {"progress", "force", "reshape"}
-)
-"""Keyword arguments of :func:`explain` itself; no method parameter may use these names."""
-
-
 @torch.inference_mode(False)
 @torch.enable_grad()
 def explain(

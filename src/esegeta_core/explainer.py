@@ -26,7 +26,15 @@ if TYPE_CHECKING:
 
 Family = Literal["gradient", "perturbation", "layer", "neuron", "cam", "visualization", "in_model"]
 """How a method works; metrics and reports group methods by it. ``in_model``: the map
-comes from a part of the model trained to explain it (seed 004's explainer)."""
+comes from a part of the model trained to explain it (an explainer network trained
+jointly with the classifier)."""
+
+RESERVED = frozenset(
+    {"target", "task", "wrapper", "output", "seed", "amp", "patches", "auto_batch"}
+    | {"progress", "force", "reshape"}
+)
+"""Keyword arguments of :func:`esegeta_core.explain` itself; no method parameter may use
+these names (the plugin manager refuses a method that does)."""
 
 Output = Literal["input", "layer", "image"]
 """What ``attribute`` returns: a map shaped like the input, a map at a layer's

@@ -34,7 +34,7 @@ from esegeta_core.errors import (
     PluginLoadError,
     did_you_mean,
 )
-from esegeta_core.explainer import Explainer, MethodParams
+from esegeta_core.explainer import RESERVED, Explainer, MethodParams
 from esegeta_core.plugin import PROJECT, spec
 
 log = logging.getLogger(__name__)
@@ -278,8 +278,6 @@ def _check_contract(plugin: str, cls: Any) -> None:
             f"{where}: every parameter needs a description (Field(..., description=...)); "
             f"missing for {', '.join(missing)}."
         )
-    from esegeta_core.api import RESERVED
-
     clash = sorted(RESERVED & set(cls.Params.model_fields))
     if clash:
         raise PluginConflictError(
@@ -289,6 +287,15 @@ def _check_contract(plugin: str, cls: Any) -> None:
     if unknown:
         raise PluginConflictError(
             f"{where}: batch_params names {', '.join(unknown)}, which are not parameters."
+        )
+    stray = [p for p in cls.pass_params if p not in cls.batch_params]
+    if stray:
+        raise PluginConflictError(
+            f"{where}: pass_params names {', '.join(stray)}, which are not batch_params."
+        )
+    if cls.own_passes and not cls.pass_params:
+        raise PluginConflictError(
+            f"{where}: own_passes needs the pass parameter it sizes in pass_params."
         )
     if not cls.ranks or any(r not in (2, 3) for r in cls.ranks):
         raise PluginConflictError(f"{where}: ranks must be a subset of (2, 3), got {cls.ranks}.")
