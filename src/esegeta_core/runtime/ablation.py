@@ -132,24 +132,8 @@ def feature_ablation(
     ``batch_size``: see :func:`occlusion`.
     """
     x = _check_inputs(inputs)
-    b, c = x.shape[:2]
-    if (
-        feature_mask.ndim != x.ndim
-        or feature_mask.shape[0] not in (1, b)
-        or feature_mask.shape[1] not in (1, c)
-    ):
-        raise InvalidParamsError(
-            f"Feature ablation: the feature mask {tuple(feature_mask.shape)} must have the "
-            f"inputs' {x.ndim} dimensions with a batch of 1 or {b} and a channel axis of 1 "
-            f"or {c}, for inputs {tuple(x.shape)}."
-        )
-    try:
-        mask = feature_mask.to(x.device).expand(*feature_mask.shape[:2], *x.shape[2:])
-    except RuntimeError as exc:
-        raise InvalidParamsError(
-            f"Feature ablation: the feature mask {tuple(feature_mask.shape)} does not "
-            f"broadcast to the inputs {tuple(x.shape)}."
-        ) from exc
+    b = x.shape[0]
+    mask = _feature_mask(feature_mask, x, "Feature ablation")
     regions = _Features(mask)
     longest = max(len(row.bounds) for row in regions.rows)
     pairs = [
@@ -502,8 +486,9 @@ def _players(row: torch.Tensor) -> _Players:
     return _Players(inverse, count)
 
 
-def _shapley_mask(feature_mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The feature mask as long ids ``(B or 1, C or 1, *spatial)`` on the inputs' device."""
+def _feature_mask(feature_mask: torch.Tensor, x: torch.Tensor, who: str) -> torch.Tensor:
+    """The feature mask as long ids ``(B or 1, C or 1, *spatial)`` on the inputs' device,
+    or an :class:`InvalidParamsError` naming ``who`` (the method)."""
     b, c = x.shape[:2]
     if not isinstance(feature_mask, torch.Tensor) or (
         feature_mask.ndim != x.ndim
@@ -512,19 +497,19 @@ def _shapley_mask(feature_mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     ):
         shape = tuple(feature_mask.shape) if isinstance(feature_mask, torch.Tensor) else None
         raise InvalidParamsError(
-            f"Shapley values: the feature mask {shape} must be a tensor with the inputs' "
+            f"{who}: the feature mask {shape} must be a tensor with the inputs' "
             f"{x.ndim} dimensions, a batch of 1 or {b} and a channel axis of 1 or {c}, for "
             f"inputs {tuple(x.shape)}."
         )
     if feature_mask.is_complex() or (
         feature_mask.is_floating_point() and not bool((feature_mask == feature_mask.round()).all())
     ):
-        raise InvalidParamsError("Shapley values: the feature mask must hold integer ids.")
+        raise InvalidParamsError(f"{who}: the feature mask must hold integer ids.")
     try:
         mask = feature_mask.to(x.device).expand(*feature_mask.shape[:2], *x.shape[2:])
     except RuntimeError as exc:
         raise InvalidParamsError(
-            f"Shapley values: the feature mask {tuple(feature_mask.shape)} does not broadcast "
+            f"{who}: the feature mask {tuple(feature_mask.shape)} does not broadcast "
             f"to the inputs {tuple(x.shape)}."
         ) from exc
     return mask.long()
@@ -575,7 +560,7 @@ def shapley_values(
         raise InvalidParamsError(
             f"Shapley values: batch_size must be an integer >= 1, got {batch_size!r}."
         )
-    mask = _shapley_mask(feature_mask, x)
+    mask = _feature_mask(feature_mask, x, "Shapley values")
     b, device = x.shape[0], x.device
     rows = [_players(row) for row in mask]
     counts = [rows[0 if len(rows) == 1 else i].count for i in range(b)]

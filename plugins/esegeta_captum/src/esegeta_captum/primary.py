@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -100,6 +100,36 @@ def engine_batch(
     elif base is not None and (isinstance(base, bool) or not isinstance(base, (int, float))):
         return None
     return per_eval * inputs.shape[0]
+
+
+def masked_engine(
+    engine: Callable[..., torch.Tensor],
+    algorithm: Any,
+    inputs: Any,
+    kwargs: dict[str, Any],
+) -> Any:
+    """``engine`` (the core's feature ablation or exact Shapley values) on a Captum call
+    with a feature mask, when the engine covers the call (:func:`engine_batch`, a mask
+    broadcastable item- and channel-wise); else Captum's own ``attribute``."""
+    batch = engine_batch(algorithm, inputs, kwargs, frozenset({"feature_mask"}))
+    mask = kwargs.get("feature_mask")
+    if (
+        batch is None
+        or not isinstance(mask, torch.Tensor)
+        or mask.ndim != inputs.ndim
+        or mask.shape[0] not in (1, inputs.shape[0])
+        or mask.shape[1] not in (1, inputs.shape[1])
+        or any(m not in (1, n) for m, n in zip(mask.shape[2:], inputs.shape[2:], strict=True))
+    ):
+        return algorithm.attribute(inputs, **kwargs)
+    return engine(
+        algorithm.forward_func,
+        inputs,
+        kwargs.get("target"),
+        feature_mask=mask,
+        baselines=kwargs.get("baselines"),
+        batch_size=batch,
+    )
 
 
 def perturbation_workload(
@@ -300,25 +330,7 @@ class FeatureAblation(PerturbationMethod):
     def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
         """The core's ablation engine (the same maps as Captum, without a masked copy of
         the input per perturbation), or Captum for a call the engine does not cover."""
-        batch = engine_batch(algorithm, inputs, kwargs, frozenset({"feature_mask"}))
-        mask = kwargs.get("feature_mask")
-        if (
-            batch is None
-            or not isinstance(mask, torch.Tensor)
-            or mask.ndim != inputs.ndim
-            or mask.shape[0] not in (1, inputs.shape[0])
-            or mask.shape[1] not in (1, inputs.shape[1])
-            or any(m not in (1, n) for m, n in zip(mask.shape[2:], inputs.shape[2:], strict=True))
-        ):
-            return algorithm.attribute(inputs, **kwargs)
-        return feature_ablation(
-            algorithm.forward_func,
-            inputs,
-            kwargs.get("target"),
-            feature_mask=mask,
-            baselines=kwargs.get("baselines"),
-            batch_size=batch,
-        )
+        return masked_engine(feature_ablation, algorithm, inputs, kwargs)
 
 
 class FeaturePermutation(PerturbationMethod):
@@ -496,25 +508,7 @@ class ShapleyValues(PerturbationMethod):
     def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
         """The core's ablation engine (each coalition scored once: 2^n passes instead of
         Captum's n * n!), or Captum for a call the engine does not cover."""
-        batch = engine_batch(algorithm, inputs, kwargs, frozenset({"feature_mask"}))
-        mask = kwargs.get("feature_mask")
-        if (
-            batch is None
-            or not isinstance(mask, torch.Tensor)
-            or mask.ndim != inputs.ndim
-            or mask.shape[0] not in (1, inputs.shape[0])
-            or mask.shape[1] not in (1, inputs.shape[1])
-            or any(m not in (1, n) for m, n in zip(mask.shape[2:], inputs.shape[2:], strict=True))
-        ):
-            return algorithm.attribute(inputs, **kwargs)
-        return shapley_values(
-            algorithm.forward_func,
-            inputs,
-            kwargs.get("target"),
-            feature_mask=mask,
-            baselines=kwargs.get("baselines"),
-            batch_size=batch,
-        )
+        return masked_engine(shapley_values, algorithm, inputs, kwargs)
 
     def core_workload(
         self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
