@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from esegeta_core.runtime.passes import method_passes
+from esegeta_core.runtime.passes import CLIMB_START, method_passes
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,11 @@ def replaced_scores(
         kind, sample = (("replay", id(module)), original) if fast else ("forward", inputs)
         # the layers before ``module`` run once per pass: the planner may go up to the
         # fast path's own size (the rows hold only the tail's activations)
+        # and, as each pass pays that prefix, starts its search at a quarter of it
         fits = max(size, FAST_CHUNK) if fast else None
+        start = FAST_CHUNK // 4 if fast else CLIMB_START
         got = method_passes(
-            len(indices), run, size, sample[:1], kind=kind, layouts=False, fits=fits
+            len(indices), run, size, sample[:1], kind=kind, layouts=False, fits=fits, start=start
         )
         scores[indices] = got.to(scores.dtype)
     return scores

@@ -185,14 +185,16 @@ class _Runner:
         return torch.cat(self.outputs) if self.outputs else torch.empty(0)
 
 
-def _climb(runner: _Runner, reshapes: bool, cap: int) -> tuple[PassPlan, bool]:
+def _climb(
+    runner: _Runner, reshapes: bool, cap: int, start: int = CLIMB_START
+) -> tuple[PassPlan, bool]:
     """The fastest plan found on the runner's own inputs (all of them count): a pass at
     :data:`CLIMB_START` to set up, the layouts compared there when the input allows,
     then doubling while the time per input improves by 5%, else halving. Every pass
     counts towards the result, so short work climbs too (as far as it goes; its plan is
     not cached). Returns the plan and whether the search ended (false: the work ran out
     first)."""
-    size = max(1, min(CLIMB_START, cap))
+    size = max(1, min(start, cap))
     runner.run(size, False)  # the first pass of a shape pays its set-up
     if runner.left < size:
         return PassPlan(size), False
@@ -233,7 +235,14 @@ class Planning:
     tuned: bool = False
 
     def run(
-        self, work: int, chunk: Chunk, sample: torch.Tensor, kind: object, cap: int, layouts: bool
+        self,
+        work: int,
+        chunk: Chunk,
+        sample: torch.Tensor,
+        kind: object,
+        cap: int,
+        layouts: bool,
+        start: int = CLIMB_START,
     ) -> torch.Tensor:
         """``work`` inputs through the cached plan of ``(kind, sample)``, measuring one
         on these passes when there is none."""
@@ -244,7 +253,7 @@ class Planning:
         key = _key(kind, sample)
         plan = _plans.get(network, {}).get(key)
         if plan is None or plan.batch_size > cap:
-            plan, ended = _climb(runner, layouts and _layouts_differ(sample), cap)
+            plan, ended = _climb(runner, layouts and _layouts_differ(sample), cap, start)
             if ended:
                 _plans.setdefault(network, {})[key] = plan
                 self.tuned = True
@@ -318,6 +327,7 @@ def method_passes(
     kind: object = "forward",
     layouts: bool = True,
     fits: int | None = None,
+    start: int = CLIMB_START,
 ) -> torch.Tensor:
     """``(work, ...)`` outputs of a method's own passes, built and run by ``chunk``.
 
@@ -331,14 +341,16 @@ def method_passes(
     the batch: with batch norm in training mode the passes stay at ``batch_size``.
     ``fits``: the most inputs per pass that fit when a pass's inputs are lighter than
     whole inputs through the model (layer replay runs only the layers after one), in
-    place of the planning cap and ``batch_size``.
+    place of the planning cap and ``batch_size``. ``start``: the pass size the search
+    starts from (larger where every pass also pays a fixed cost, as layer replay's
+    layers before the replaced one).
     """
     state = _planning.get()
     network = state.network() if state is not None else None
     if state is None or network is None or _batch_dependent(network):
         return _Runner(work, chunk, sample.device).finish(PassPlan(max(1, batch_size)))
     cap = max(1, fits if fits is not None else min(batch_size, state.cap))
-    return state.run(work, chunk, sample, kind, cap, layouts)
+    return state.run(work, chunk, sample, kind, cap, layouts, start)
 
 
 class PassSplitter(nn.Module):
