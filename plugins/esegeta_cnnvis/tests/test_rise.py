@@ -108,3 +108,31 @@ def test_auto_batch_runs_the_masks_through_the_pass_planner_with_the_same_map(ra
     fixed = explain(model, x, "cnnvis.rise", 1, batch_size=outer, **args)
     torch.testing.assert_close(planned.attributions, fixed.attributions, rtol=1e-4, atol=1e-6)
     assert planned.extras["pass_plan"]["inputs_per_pass"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("spatial", "cells"), [((16, 16), (4, 4)), ((20, 13), (3, 5)), ((8, 9, 10), (3, 3, 3))]
+)
+def test_masks_are_the_interpolated_grids_cropped_at_their_shift(spatial, cells) -> None:
+    """The separable product equals F.interpolate of the padded grid, then the crop."""
+    import math
+
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(3)
+    masks = rise_masks(30, cells, spatial, 0.5, generator=gen)
+    gen = torch.Generator().manual_seed(3)  # the same draws, in the same order
+    rank = len(spatial)
+    grid = (torch.rand((30, 1, *cells), generator=gen) < 0.5).float()
+    padded = F.pad(grid, [1, 1] * rank, mode="reflect")
+    cell = [math.ceil(s / c) for s, c in zip(spatial, cells, strict=True)]
+    size = [c * (k + 2) for c, k in zip(cell, cells, strict=True)]
+    mode = {2: "bilinear", 3: "trilinear"}[rank]
+    up = F.interpolate(padded, size=size, mode=mode, align_corners=False)[:, 0]
+    shifts = [torch.randint(0, c, (30,), generator=gen) for c in cell]
+    for m in range(30):
+        box = tuple(
+            slice(c + int(s[m]), c + int(s[m]) + n)
+            for c, s, n in zip(cell, shifts, spatial, strict=True)
+        )
+        torch.testing.assert_close(masks[m, 0], up[m][box], rtol=1e-5, atol=1e-6)
