@@ -172,7 +172,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         tt: torch.Tensor = t,
         amp: str | None = None,
     ) -> torch.Tensor:
-        passes._plans.clear()  # every call tunes its passes again
+        passes.clear_plans()  # every call tunes its passes again
         return deletion(m, x, tt, a, steps=steps, perturbation=black, batch_size=bs, amp=amp).curve
 
     def quantus_deletion(m: nn.Module = model, tt: torch.Tensor = t, bs: int = n) -> Any:
@@ -231,7 +231,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     few = 8
 
     def ours_few() -> torch.Tensor:
-        passes._plans.clear()
+        passes.clear_plans()
         return deletion(
             model, x[:few], t[:few], a[:few], steps=steps, perturbation=black[:few]
         ).curve
@@ -254,7 +254,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
 
     def ours_aopc(amp: str | None = None) -> torch.Tensor:
-        passes._plans.clear()
+        passes.clear_plans()
         r = aopc(model, x, t, a, grid=cell, perturbation=black, amp=amp)
         return r.curve[:, :1] - r.curve[:, 1:]
 

@@ -607,7 +607,7 @@ def run_row(
         )  # fmt: skip
 
     first: list[ec.Explanation] = []
-    passes._plans.clear()
+    passes.clear_plans()
     first_seconds = _once(lambda: first.append(explain(auto_batch=True)), device)
     plan = first[0].extras.get("pass_plan")
     runnable = {k: v for k, v in row.peers.items() if callable(v)}

@@ -65,7 +65,7 @@ def test_tuned_curves_on_cuda_equal_fixed_passes(amp):
     model = tiny_model("classification", 2).cuda()
     gen = torch.Generator().manual_seed(0)
     x, a = torch.rand(16, 3, 16, 16, generator=gen), torch.rand(16, 1, 16, 16, generator=gen)
-    passes._plans.clear()
+    passes.clear_plans()
     auto = deletion(model, x.cuda(), 1, a.cuda(), steps=64, amp=amp)  # 16 x 65: tunes
     fixed = deletion(model, x.cuda(), 1, a.cuda(), steps=64, batch_size=64, amp=amp)
     assert len(passes._plans[model]) == 1

@@ -90,9 +90,9 @@ def long_case(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(autouse=True)
 def fresh_plans():
-    passes._plans.clear()
+    passes.clear_plans()
     yield
-    passes._plans.clear()
+    passes.clear_plans()
 
 
 @pytest.mark.parametrize("model_fn", [small_cnn, ViewsFlat, WantsContiguous, ReadsMemory])
@@ -156,7 +156,7 @@ def test_every_input_is_scored_once_in_order():
     sample = torch.rand(4, 3, 8, 8)
     works = [(100, "auto"), (10, "auto"), (128, "auto"), (128 * 3 + 7, "auto")]
     for work, batch_size in [*works, (23, 5)]:
-        passes._plans.clear()
+        passes.clear_plans()
         chunk, calls = recorder()
         scores = run_passes(work, chunk, batch_size, nn.Identity(), sample)
         assert torch.equal(scores, torch.arange(work, dtype=torch.float32))

@@ -21,9 +21,9 @@ from esegeta_core.testing.environment import require_method
 
 @pytest.fixture(autouse=True)
 def fresh_plans():
-    passes._plans.clear()
+    passes.clear_plans()
     yield
-    passes._plans.clear()
+    passes.clear_plans()
 
 
 class Counting(nn.Module):
@@ -271,3 +271,27 @@ def test_layer_layouts_are_probed_once_per_network_layer_and_shape():
     layer_layouts(model, model, x[:, :, :8], layers)  # another input shape: probed
     layer_layouts(model, model, x, layers, reshape="channels_first")  # another reshape
     assert model.sizes == [1, 1, 1]
+
+
+def test_short_work_repeated_continues_its_search_where_it_stopped():
+    model = Counting(nn.Linear(4, 2))
+    x = torch.rand(70, 4)
+
+    def chunk(start, stop, channels_last):
+        return model(x[start:stop])
+
+    cost = {16: 2e-3, 32: 1e-3, 64: 5e-4}  # bigger passes are faster per input
+
+    def slow_chunk(start, stop, channels_last):
+        time.sleep(cost.get(stop - start, 5e-4) * (stop - start))
+        return chunk(start, stop, channels_last)
+
+    with torch.no_grad(), passes.planning(model, cap=64):
+        first = passes.method_passes(70, slow_chunk, 64, x[:1], kind="short")
+        sizes_first = list(model.sizes)
+        model.sizes.clear()
+        again = passes.method_passes(70, slow_chunk, 64, x[:1], kind="short")
+    torch.testing.assert_close(again, first)
+    assert sizes_first[:2] == [16, 16]  # the search starts small
+    assert model.sizes[0] > 16  # and the next call where the last one had got to
+    assert model not in passes._plans  # never finished: nothing final cached

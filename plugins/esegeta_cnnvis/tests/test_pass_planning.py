@@ -15,9 +15,9 @@ from esegeta_core.runtime import passes
 
 @pytest.fixture(autouse=True)
 def fresh_plans():
-    passes._plans.clear()
+    passes.clear_plans()
     yield
-    passes._plans.clear()
+    passes.clear_plans()
 
 
 def resnet18() -> nn.Module:
