@@ -17,8 +17,9 @@ from esegeta_core.cli import main
 from esegeta_core.config import RunConfig
 from esegeta_core.config_checks import check_config
 from esegeta_core.errors import InvalidParamsError
+from esegeta_core.plugin.executors import executors, get_executor
 from esegeta_core.runs import config_changes, run
-from esegeta_core.runtime.executor import LocalExecutor, executors, get_executor
+from esegeta_core.runtime.executor import LocalExecutor
 from esegeta_core.runtime.scheduler import run_jobs
 from esegeta_core.testing import tiny_input
 

@@ -193,3 +193,19 @@ def test_list_methods_records(demo):
     assert info.schema["properties"]["layer"]["description"]
     assert records["demo.flat2d"].ranks == (2,)
     assert {m.name for m in ec.list_methods(family="layer")} >= {"demo.layer_mean"}
+
+
+def test_a_misspelt_hook_is_reported_not_ignored(fake_entry_points):
+    module = _plugin_module("typo_mod", _method("typo.one"))
+
+    @hookimpl
+    def esegeta_register_method():  # one letter short of esegeta_register_methods
+        return []
+
+    module.esegeta_register_method = esegeta_register_method
+    fake_entry_points("typo", "typo_mod", module)
+    fake_entry_points("ok", "ok_mod", _plugin_module("ok_mod", _method("ok.fine")))
+    registry = manager.build_registry()
+    assert "ok.fine" in registry.methods and "typo.one" not in registry.methods
+    error = registry.failures["typo"].error
+    assert "esegeta_register_method" in error and "esegeta_register_methods" in error

@@ -19,8 +19,9 @@ import torch
 import esegeta_core as ec
 from esegeta_core import runs
 from esegeta_core.config import RunConfig
-from esegeta_core.data_io import atomic_path, load_input, load_mask
+from esegeta_core.data_io import load_input, load_mask
 from esegeta_core.errors import EsegetaError, RunConflictError, RunWriteError
+from esegeta_core.files import atomic_path
 from esegeta_core.runs import FingerprintCache, job_fingerprint, plan_jobs, run
 from esegeta_core.testing import tiny_input
 

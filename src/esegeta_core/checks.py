@@ -322,10 +322,3 @@ def _size(num_bytes: float) -> str:
             return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
         num_bytes /= 1024
     return f"{num_bytes:.1f} TB"  # pragma: no cover
-
-
-def product_of_counts(params: MethodParams, names: tuple[str, ...]) -> int | None:
-    """The product of the integer parameters ``names`` (None if there are none)."""
-    values: list[Any] = [getattr(params, n, None) for n in names]
-    counts = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    return math.prod(counts) if counts else None

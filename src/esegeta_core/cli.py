@@ -165,7 +165,7 @@ def cmd_methods(args: argparse.Namespace, out: TextIO) -> int:
             f"\n\n{len(methods)} methods from {len(plugins)} plugin(s): {', '.join(plugins)}\n"
         )
     elif args.plugin:
-        from esegeta_core.runtime.executor import executor_sources
+        from esegeta_core.plugin.executors import executor_sources
 
         provided = [name for name, source in executor_sources().items() if source == args.plugin]
         extra = f"; it provides the executor(s) {', '.join(provided)}" if provided else ""
@@ -236,7 +236,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_executors(args: argparse.Namespace, out: TextIO) -> int:
-    from esegeta_core.runtime.executor import executor_options, executors
+    from esegeta_core.plugin.executors import executor_options, executors
 
     for name, cls in executors().items():
         out.write(f"{name}: {cls.summary}\n")

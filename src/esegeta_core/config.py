@@ -170,7 +170,7 @@ class EvaluationSpec(_Section):
     @field_validator("metrics")
     @classmethod
     def _known(cls, value: list[str] | None) -> list[str] | None:
-        from esegeta_core.evaluate.leaderboard import METRICS
+        from esegeta_core.metric_info import METRICS
 
         if value is not None:
             unknown = [m for m in value if m not in METRICS]
@@ -181,7 +181,7 @@ class EvaluationSpec(_Section):
     @field_validator("metric_params")
     @classmethod
     def _known_params(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from esegeta_core.evaluate.leaderboard import METRICS
+        from esegeta_core.metric_info import METRICS
 
         unknown = [m for m in value if m not in METRICS]
         if unknown:

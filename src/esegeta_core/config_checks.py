@@ -68,7 +68,7 @@ def require_valid(
 
 def executor_problems(config: RunConfig) -> list[str]:
     """An executor that is not installed, or options it refuses."""
-    from esegeta_core.runtime.executor import get_executor
+    from esegeta_core.plugin.executors import get_executor
 
     try:
         get_executor(config.executor.name, config.executor.options)

@@ -15,14 +15,10 @@ the permissions a plain ``open()`` would give.
 from __future__ import annotations
 
 import glob
-import json
 import os
-import stat
-import tempfile
 import threading
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,9 @@ import torch.nn.functional as F
 
 from esegeta_core.config import InputSpec
 from esegeta_core.errors import InvalidInputError
+from esegeta_core.files import atomic_path as atomic_path  # re-exported: moved to files
+from esegeta_core.files import inside as inside
+from esegeta_core.files import write_json as write_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -277,66 +276,6 @@ def load_mask(path: Path, spec: InputSpec) -> torch.Tensor:
         mode = "nearest"
         t = F.interpolate(t, size=tuple(raw.resize), mode=mode)
     return t[0, 0] != 0
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where the system allows (Linux
-    reports it in /proc; elsewhere set and restore it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _plain_mode(path: Path) -> int:
-    """The mode ``open(path, "w")`` would leave: an existing file keeps its own, a new
-    one gets ``0o666 & ~umask``."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return 0o666 & ~_umask()
-
-
-def inside(root: Path, name: str | Path, what: str) -> Path:
-    """``name`` resolved against ``root``; :class:`InvalidInputError` unless it stays
-    inside ``root`` (``..``, absolute paths elsewhere and symbolic links out are refused):
-    a record or a user must never make esegeta read or serve a file from elsewhere."""
-    base = Path(root).resolve()
-    try:
-        path = (base / name).resolve()
-    except (OSError, RuntimeError, ValueError) as exc:  # a NUL byte, a symlink loop
-        raise InvalidInputError(f"{what} {str(name)!r} cannot be resolved: {exc}") from exc
-    if not path.is_relative_to(base):
-        raise InvalidInputError(f"{what} {str(name)!r} lies outside {base}")
-    return path
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path in ``path``'s folder that replaces ``path`` when the block ends
-    without error (and is removed otherwise). The result has the permissions a plain
-    ``open()`` would give (``mkstemp`` alone leaves 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, _plain_mode(path))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
 
 
 def _write_with(path: Path, writer: Callable[[Path], None]) -> Path:

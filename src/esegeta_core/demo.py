@@ -245,7 +245,7 @@ def _sections(
 def run_demo(output_dir: Path, *, quick: bool = False, progress: bool = True) -> Path:
     """Train or load the tiny models, explain, evaluate, write ``report.html``."""
     from esegeta_core.api import explain
-    from esegeta_core.report.html import ReportData, write_html_report
+    from esegeta_core.report.html import ReportData, leaderboard_table, write_html_report
     from esegeta_core.synthetic import pretrained
 
     start = time.perf_counter()
@@ -325,7 +325,7 @@ def run_demo(output_dir: Path, *, quick: bool = False, progress: bool = True) ->
     data = ReportData(
         title="esegeta demo",
         inputs=inputs,
-        leaderboard=board.to_report(),
+        leaderboard=leaderboard_table(board),
         params={
             "quick": quick,
             "methods_2d": [vars(m) for m in [*plan2.cheap, *plan2.costly, *plan2.visual]],

@@ -101,3 +101,15 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     if not found:
         return ""
     return " Did you mean " + " or ".join(repr(f) for f in found) + "?"
+
+
+class PretrainedNotFoundError(EsegetaError, LookupError):
+    """``pretrained()`` was asked for a model it has no recipe for."""
+
+
+class InvalidReportError(EsegetaError, ValueError):
+    """Report data of the wrong type or shape (for example image bytes that are not PNG)."""
+
+
+class RunFolderError(EsegetaError, FileNotFoundError):
+    """The folder given to ``report_from_run`` is not a run folder."""

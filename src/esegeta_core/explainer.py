@@ -11,6 +11,7 @@ are the core's job, so a typical method is a handful of lines.
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -270,9 +271,9 @@ class Explainer(ABC):
     def passes(self, params: Any, shape: tuple[int, ...]) -> int | None:
         """Forward-pass equivalents per item for ``params`` on inputs of ``shape``
         (None: small or unknown). The default multiplies the ``count_params``."""
-        from esegeta_core.checks import product_of_counts
-
-        return product_of_counts(params, self.count_params)
+        values: list[Any] = [getattr(params, n, None) for n in self.count_params]
+        counts = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        return math.prod(counts) if counts else None
 
     def workload(
         self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]

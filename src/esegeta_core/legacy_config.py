@@ -752,8 +752,8 @@ def write_converted(
     import yaml
 
     from esegeta_core.config import read_config_file
-    from esegeta_core.data_io import atomic_path
     from esegeta_core.errors import InvalidParamsError
+    from esegeta_core.files import atomic_path
 
     src = Path(src)
     text = read_config_file(src, "TorchEsegeta config")

@@ -44,16 +44,7 @@ from torch import nn
 
 from esegeta_core.api import explain, takes_reshape
 from esegeta_core.config import RegionSpec, RunConfig
-from esegeta_core.data_io import (
-    Loaded,
-    atomic_path,
-    expand_paths,
-    inside,
-    load_input,
-    load_mask,
-    write_json,
-    write_map,
-)
+from esegeta_core.data_io import Loaded, expand_paths, load_input, load_mask, write_map
 from esegeta_core.errors import (
     EsegetaError,
     InvalidInputError,
@@ -62,11 +53,13 @@ from esegeta_core.errors import (
     RunConflictError,
     RunWriteError,
 )
+from esegeta_core.files import atomic_path, inside, write_json
 from esegeta_core.plugin import PROJECT
+from esegeta_core.plugin.executors import get_executor
 from esegeta_core.plugin.manager import get_registry
-from esegeta_core.runtime.executor import JobFiles, Submission, get_executor
+from esegeta_core.runtime.executor import JobFiles, Submission
 from esegeta_core.runtime.scheduler import JobResult, default_devices
-from esegeta_core.targets import MultiClassScores, Region, ThresholdScores
+from esegeta_core.targets import Region, score_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +106,8 @@ def build_model(config: RunConfig, base: Path) -> nn.Module:
 
 
 def _wrapper(config: RunConfig) -> Any:
-    if config.task != "segmentation":
-        return None
-    if config.wrapper.name == "threshold":
-        return ThresholdScores(config.wrapper.threshold, logits=config.wrapper.logits)
-    return MultiClassScores()
+    w = config.wrapper
+    return score_wrapper(config.task, w.name, w.threshold, w.logits)
 
 
 def _slug(text: str) -> str:

@@ -351,3 +351,20 @@ def check_target_range(t: torch.Tensor, classes: int, method: str | None = None)
             f"{who}arget class {t[bad].tolist()} out of range: the model scores {classes} "
             f"classes (0..{classes - 1})."
         )
+
+
+def score_wrapper(
+    task: str,
+    name: str = "multi_class",
+    threshold: float | Literal["otsu"] = 0.5,
+    logits: bool = True,
+) -> ScoreFn | None:
+    """The reduction of a model's output to class scores for ``task``: ``None`` for
+    classification; for segmentation :class:`MultiClassScores` (``name="multi_class"``)
+    or :class:`ThresholdScores` (``name="threshold"``, with ``threshold`` and
+    ``logits``), as a run config's ``task`` and ``wrapper`` say."""
+    if task != "segmentation":
+        return None
+    if name == "threshold":
+        return ThresholdScores(threshold, logits=logits)
+    return MultiClassScores()

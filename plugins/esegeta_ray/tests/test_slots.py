@@ -12,7 +12,7 @@ from esegeta_ray.slots import plan_slots
 from esegeta_core.cli import main
 from esegeta_core.config import RunConfig
 from esegeta_core.errors import DeviceUnavailableError, InvalidParamsError
-from esegeta_core.runtime.executor import executors, get_executor
+from esegeta_core.plugin.executors import executors, get_executor
 
 
 def _config(**extra) -> RunConfig:

@@ -18,93 +18,11 @@ from typing import Any
 
 import torch
 
-from esegeta_core.data_io import atomic_path, write_json
+from esegeta_core.files import atomic_path, write_json
+from esegeta_core.metric_info import METRICS, MetricInfo
 
 __all__ = ["METRICS", "Leaderboard", "MethodScores", "MetricInfo"]
 
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """A leaderboard column: its name, which direction is better, what it measures."""
-
-    name: str
-    higher_is_better: bool | None
-    description: str
-    needs_mask: bool = False
-
-
-METRICS: dict[str, MetricInfo] = {
-    m.name: m
-    for m in (
-        MetricInfo(
-            "infidelity",
-            False,
-            "Infidelity (Yeh et al. 2019): squared error of the map's prediction of the "
-            "score change under input noise.",
-        ),
-        MetricInfo(
-            "max_sensitivity",
-            False,
-            "Max-sensitivity (Yeh et al. 2019): largest relative change of the map under "
-            "small input noise.",
-        ),
-        MetricInfo(
-            "aopc",
-            True,
-            "AOPC (Samek et al. 2017): mean score drop when grid cells are perturbed most "
-            "relevant first.",
-        ),
-        MetricInfo(
-            "deletion",
-            False,
-            "Deletion AUC (Petsiuk et al. 2018): area under the score curve as the most "
-            "relevant pixels are removed.",
-        ),
-        MetricInfo(
-            "insertion",
-            True,
-            "Insertion AUC (Petsiuk et al. 2018): area under the score curve as the most "
-            "relevant pixels are restored onto a blurred canvas.",
-        ),
-        MetricInfo(
-            "pointing_game",
-            True,
-            "Pointing game (Zhang et al. 2016): share of maps whose maximum lies within "
-            "the tolerance of the object, averaged per class.",
-            needs_mask=True,
-        ),
-        MetricInfo(
-            "relevance_mass",
-            True,
-            "Relevance mass (Arras et al. 2022): share of positive relevance inside the "
-            "object mask.",
-            needs_mask=True,
-        ),
-        MetricInfo(
-            "relevance_rank_accuracy",
-            True,
-            "Relevance rank accuracy (Arras et al. 2022): share of the top-K pixels inside "
-            "the mask (K = mask size).",
-            needs_mask=True,
-        ),
-        MetricInfo(
-            "pompom",
-            False,
-            "POMPOM (Rio-Torto et al. 2020): share of meaningful pixels outside the mask "
-            "(meaningful: above 5% of the map's maximum by default; the paper's absolute "
-            "1e-6 with metric_params={'pompom': {'eps': 1e-6, 'relative': False}}).",
-            needs_mask=True,
-        ),
-        MetricInfo(
-            "randomisation",
-            False,
-            "Cascading randomisation (Adebayo et al. 2018): Spearman similarity of the "
-            "maps after re-initialising every layer; high means the map ignores the "
-            "model (the 'sanity' column says pass or fail).",
-        ),
-    )
-}
-"""Every metric :func:`~esegeta_core.evaluate.evaluate` knows, in leaderboard order."""
 
 MEAN_RANK = MetricInfo(
     "mean_rank",
@@ -287,17 +205,6 @@ class Leaderboard:
         """Write :meth:`to_dict` atomically to ``path``."""
         write_json(Path(path), self.to_dict())
         return Path(path)
-
-    def to_report(self, title: str = "Metric leaderboard") -> Any:
-        """The leaderboard as the HTML report's table (``report.html.Leaderboard``)."""
-        from esegeta_core.report.html import Column
-        from esegeta_core.report.html import Leaderboard as Table
-
-        columns = [Column(c.name, c.higher_is_better, c.description) for c in self.columns]
-        extra = ["sanity"] if "randomisation" in self.metrics else []
-        columns += [Column(name, None, "") for name in (*extra, "items", "status")]
-        rows = [{k: v for k, v in r.items() if k != "error"} for r in self.rows()]
-        return Table(columns=columns, rows=rows, labels=("model", "method"), title=title)
 
 
 def _fill_mean_ranks(rows: list[dict[str, Any]], metrics: Sequence[MetricInfo]) -> None:

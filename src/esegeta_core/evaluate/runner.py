@@ -18,7 +18,8 @@ from esegeta_core.data_io import expand_paths, load_input, read_array
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.evaluate.api import evaluate
 from esegeta_core.evaluate.leaderboard import Leaderboard
-from esegeta_core.runs import _wrapper, build_model
+from esegeta_core.runs import build_model
+from esegeta_core.targets import score_wrapper
 
 __all__ = ["evaluate_config"]
 
@@ -91,7 +92,12 @@ def evaluate_config(
                     target,
                     masks=gt if config.task == "segmentation" or gt is None else gt != 0,
                     task=config.task,
-                    wrapper=_wrapper(config),
+                    wrapper=score_wrapper(
+                        config.task,
+                        config.wrapper.name,
+                        config.wrapper.threshold,
+                        config.wrapper.logits,
+                    ),
                     output=_outputs(config, spec),
                     metrics=spec.metrics,
                     metric_params=spec.metric_params,
@@ -114,12 +120,13 @@ def write_evaluation_report(config: RunConfig, base: Path, board: Leaderboard) -
     from esegeta_core.report.html import (
         REPORT_NAME,
         ReportData,
+        leaderboard_table,
         report_from_run,
         write_html_report,
     )
 
     run_dir = config.run_dir(base)
-    table = board.to_report()
+    table = leaderboard_table(board)
     if (run_dir / "jobs").is_dir():
         data = report_from_run(run_dir, leaderboard=table)
     else:

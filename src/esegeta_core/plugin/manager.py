@@ -199,13 +199,13 @@ class Registry:
         return self.plugin_of[self.get(name).name]
 
     def add(self, plugin: str, classes: Iterable[Any], source: str = "") -> None:
-        """Validate and add a plugin's classes. A contract break raises; a name outside
-        ``PLUGIN.`` is refused and a name claimed twice is withdrawn (both recorded and
-        logged), so neither takes the plugin's other methods or other plugins down."""
+        """Add a plugin's classes (their contract checked by the caller, once, before any
+        is added). A name outside ``PLUGIN.`` is refused and a name claimed twice is
+        withdrawn (both recorded and logged), so neither takes the plugin's other methods
+        or other plugins down."""
         source = source or f"{_IN_CODE} {plugin}"
         self.plugins.setdefault(plugin, source)
         for cls in classes:
-            _check_contract(plugin, cls)
             if not cls.name.startswith(plugin + ".") or cls.name == plugin + ".":
                 tail = cls.name.rsplit(".", 1)[-1] or "my_method"
                 failure = PluginFailure(
@@ -333,6 +333,14 @@ def _register(name: str, obj: Any) -> list[Any]:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(spec)
     pm.register(obj, name=name)
+    try:  # a hook implementation no specification names (a misspelt hook) is an error
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        hooks = ", ".join(n for n in dir(spec) if n.startswith("esegeta_"))
+        raise PluginConflictError(
+            f"Plugin {name!r}: {exc}. esegeta's hooks are {hooks}: rename the function "
+            "(a misspelt hook would otherwise be ignored without a word)."
+        ) from exc
     results = pm.hook.esegeta_register_methods()
     return [cls for batch in results for cls in (batch or ())]
 

@@ -178,7 +178,7 @@ def _new_figure(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
 def _save_atomic(fig: Figure, path: Path) -> Path:
     """Render ``fig`` to a temporary PNG beside ``path``, then move it into place, with
     the permissions of every other file of the run (a plain ``open()``'s)."""
-    from esegeta_core.data_io import atomic_path
+    from esegeta_core.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:

@@ -53,9 +53,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from esegeta_core.errors import EsegetaError, InvalidInputError
+from esegeta_core.errors import (
+    EsegetaError,
+    InvalidInputError,
+    InvalidReportError,
+    RunFolderError,
+)
+
+if TYPE_CHECKING:
+    from esegeta_core.evaluate.leaderboard import Leaderboard as MetricsBoard
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +76,7 @@ __all__ = [
     "InputSection",
     "InvalidReportError",
     "Leaderboard",
+    "leaderboard_table",
     "MapEntry",
     "ReportData",
     "RunFolderError",
@@ -78,14 +87,6 @@ __all__ = [
     "report_from_run",
     "write_html_report",
 ]
-
-
-class InvalidReportError(EsegetaError, ValueError):
-    """Report data of the wrong type or shape (for example image bytes that are not PNG)."""
-
-
-class RunFolderError(EsegetaError, FileNotFoundError):
-    """The folder given to :func:`report_from_run` is not a run folder."""
 
 
 # -- data model ----------------------------------------------------------------------
@@ -311,6 +312,17 @@ class Leaderboard:
         object.__setattr__(self, "columns", columns)
         object.__setattr__(self, "rows", tuple(dict(r) for r in rows))
         object.__setattr__(self, "labels", labels)
+
+
+def leaderboard_table(board: MetricsBoard, title: str = "Metric leaderboard") -> Leaderboard:
+    """The report's table of an evaluation's leaderboard: its metric columns (with
+    their direction and description), the sanity verdict when randomisation was
+    measured, the item count and status of every (model, method) row."""
+    columns = [Column(c.name, c.higher_is_better, c.description) for c in board.columns]
+    extra = ["sanity"] if "randomisation" in board.metrics else []
+    columns += [Column(name, None, "") for name in (*extra, "items", "status")]
+    rows = [{k: v for k, v in r.items() if k != "error"} for r in board.rows()]
+    return Leaderboard(columns=columns, rows=rows, labels=("model", "method"), title=title)
 
 
 @dataclass(frozen=True)
@@ -1156,7 +1168,7 @@ def render_html(data: ReportData) -> str:
 def write_html_report(data: ReportData, path: str | os.PathLike[str]) -> Path:
     """Render ``data`` and write it to ``path`` atomically (a temporary file beside it,
     then a rename: a reader never sees half a report); returns the path."""
-    from esegeta_core.data_io import atomic_path
+    from esegeta_core.files import atomic_path
 
     text = render_html(data)
     path = Path(path)
@@ -1204,7 +1216,7 @@ def _inside(run_dir: Path, name: str, job_id: str) -> Path | None:
     """``name`` (a record's file entry) resolved against the run folder, or None with a
     warning when it leads outside (an absolute path, ``..``, a symbolic link): a record
     must not make the report embed files from elsewhere."""
-    from esegeta_core.data_io import inside
+    from esegeta_core.files import inside
 
     try:
         return inside(run_dir, name, f"report: job {job_id or '?'} names the file")

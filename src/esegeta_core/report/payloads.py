@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esegeta_core.data_io import inside
 from esegeta_core.errors import InvalidInputError
+from esegeta_core.files import inside
 
 if TYPE_CHECKING:
     import numpy as np

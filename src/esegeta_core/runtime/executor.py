@@ -15,11 +15,13 @@ returns their bytes (``worker.compute(job, device)``), which the driver writes w
 ``worker.store(job, files)``: the same files, the same record, so runs made by
 different executors are interchangeable and resume each other.
 
-Executors are discovered like methods: the built-in ``local`` one (the process
-scheduler of :mod:`esegeta_core.runtime.scheduler`) plus any class a plugin returns from
-its ``esegeta_register_executors`` hook (entry-point group ``esegeta``), e.g. the Ray
-executor of ``esegeta-ray``. Each declares its options as a pydantic model, validated
-from the config's ``executor.options`` before any job starts.
+Executors are discovered like methods (:mod:`esegeta_core.plugin.executors`): the
+built-in ``local`` one (the process scheduler of :mod:`esegeta_core.runtime.scheduler`)
+plus any class a plugin returns from its ``esegeta_register_executors`` hook
+(entry-point group ``esegeta``), e.g. the Ray executor of ``esegeta-ray``. Each declares
+its options as a pydantic model, validated from the config's ``executor.options``
+before any job starts. This module is the contract only: it imports nothing of the
+plugin layer.
 """
 
 from __future__ import annotations
@@ -28,14 +30,11 @@ import logging
 import threading
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from esegeta_core.errors import InvalidParamsError, PluginConflictError
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from esegeta_core.config import RunConfig
@@ -181,112 +180,3 @@ def _run_in_process(submission: Submission) -> None:
                 bar.update(1)
         finally:
             bar.close()
-
-
-def _plugin_executors() -> dict[str, tuple[type[Executor], str]]:
-    """``{name: (class, source)}`` from every plugin's ``esegeta_register_executors``."""
-    import pluggy
-
-    from esegeta_core.plugin import PROJECT
-    from esegeta_core.plugin import spec as hookspecs
-    from esegeta_core.plugin.manager import DISABLE_ENV, _disabled, _entry_points
-
-    found: dict[str, tuple[type[Executor], str]] = {}
-    disabled = set(_disabled())
-    for ep in _entry_points():
-        if ep.name in disabled:
-            continue
-        try:
-            obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - the methods registry reports broken plugins
-            log.debug("plugin %s failed to load (%s); its executors are skipped", ep.name, exc)
-            continue
-        if not hasattr(obj, "esegeta_register_executors"):
-            continue
-        pm = pluggy.PluginManager(PROJECT)
-        pm.add_hookspecs(hookspecs)
-        pm.register(obj, name=ep.name)
-        for batch in pm.hook.esegeta_register_executors():
-            for cls in batch or ():
-                source = f"plugin {ep.name}"
-                if not (isinstance(cls, type) and issubclass(cls, Executor)):
-                    raise PluginConflictError(
-                        f"{source}: esegeta_register_executors returned {cls!r}, not an "
-                        "esegeta_core.runtime.executor.Executor subclass; return the classes."
-                    )
-                if cls.name == DEFAULT_EXECUTOR or cls.name in found:
-                    other = "the core" if cls.name == DEFAULT_EXECUTOR else found[cls.name][1]
-                    raise PluginConflictError(
-                        f"{source} registers the executor {cls.name!r}, which {other} "
-                        f"registers too; rename it (or disable one plugin with {DISABLE_ENV})."
-                    )
-                found[cls.name] = (cls, source)
-    return found
-
-
-_CACHE: dict[str, type[Executor]] | None = None
-
-
-def executors(*, refresh: bool = False) -> dict[str, type[Executor]]:
-    """Every executor by name: ``local`` first, then the plugins' (cached)."""
-    global _CACHE
-    if _CACHE is None or refresh:
-        _CACHE = {DEFAULT_EXECUTOR: LocalExecutor}
-        _CACHE.update({name: cls for name, (cls, _) in sorted(_plugin_executors().items())})
-    return dict(_CACHE)
-
-
-def executor_sources() -> dict[str, str]:
-    """``{executor name: entry-point name of its plugin}`` (``core`` for ``local``)."""
-    found = {DEFAULT_EXECUTOR: "core"}
-    found.update(
-        {name: source.removeprefix("plugin ") for name, (_, source) in _plugin_executors().items()}
-    )
-    return found
-
-
-def get_executor(name: str, options: dict[str, Any] | None = None) -> Executor:
-    """The executor ``name`` with its options validated.
-
-    Raises :class:`InvalidParamsError` naming the executor and the fix for an unknown
-    name (with the plugin that provides it when known) or invalid options."""
-    known = executors()
-    if name not in known:
-        missing_ray = name == "ray" and not _installed("esegeta-ray")
-        hint = " (pip install esegeta-ray)" if missing_ray else ""
-        raise InvalidParamsError(
-            f"executor: unknown executor {name!r}{hint}; installed: {', '.join(known)}. "
-            "Executors come from plugins (entry-point group 'esegeta', hook "
-            "esegeta_register_executors)."
-        )
-    cls = known[name]
-    try:
-        parsed = cls.Options.model_validate(options or {})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '(options)'}: {err['msg']}" for err in exc.errors()
-        )
-        fields = ", ".join(cls.Options.model_fields) or "none"
-        raise InvalidParamsError(
-            f"executor {name!r}: invalid options: {problems}. Its options: {fields} "
-            "(`esegeta executors` lists them)."
-        ) from None
-    return cls(parsed)
-
-
-def executor_options(cls: type[Executor]) -> Sequence[tuple[str, str, str]]:
-    """``(option, type and default, description)`` rows for ``esegeta executors``."""
-    rows = []
-    for option, info in cls.Options.model_fields.items():
-        kind = getattr(info.annotation, "__name__", str(info.annotation))
-        default = "required" if info.is_required() else f"default {info.default!r}"
-        rows.append((option, f"{kind}, {default}", info.description or ""))
-    return rows
-
-
-def _installed(distribution: str) -> bool:
-    try:
-        metadata.distribution(distribution)
-    except metadata.PackageNotFoundError:
-        return False
-    return True

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esegeta_core.errors import EsegetaError, did_you_mean
+from esegeta_core.errors import PretrainedNotFoundError, did_you_mean
 from esegeta_core.progress import progress_bar
 from esegeta_core.synthetic.models import ShapesNet, ShapesUNet, ShapesViT, VesselUNet
 from esegeta_core.synthetic.shapes import (
@@ -54,10 +54,6 @@ EVAL_SEED = 20_000
 """Seed of the held-out set behind the stored metrics."""
 
 SyntheticData = ShapesData | ShapesSegmentationData | VesselsData
-
-
-class PretrainedNotFoundError(EsegetaError, LookupError):
-    """``pretrained()`` was asked for a model it has no recipe for."""
 
 
 _GENERATORS: dict[str, Callable[..., Any]] = {
@@ -401,7 +397,7 @@ def _load(
 
 def _save(model: nn.Module, record: dict[str, Any], weights: Path, record_path: Path) -> bool:
     """Write the weights, then the record (the record marks a complete cache entry)."""
-    from esegeta_core.data_io import atomic_path, write_json
+    from esegeta_core.files import atomic_path, write_json
 
     try:
         with atomic_path(weights) as tmp:

@@ -24,8 +24,8 @@ from fastapi import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from esegeta_core.data_io import inside
 from esegeta_core.errors import InvalidInputError, InvalidParamsError
+from esegeta_core.files import inside
 
 TOKEN_COOKIE = "esegeta_token"
 CSRF_COOKIE = "esegeta_csrf"

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from esegeta_core.data_io import atomic_path, write_json
 from esegeta_core.errors import InvalidModelError, InvalidParamsError
+from esegeta_core.files import atomic_path, write_json
 from esegeta_core.progress import progress_bar
 from esegeta_xml.config import LossSpec, PhaseSpec, TrainConfig, parse_train_config
 from esegeta_xml.data import build_datasets, load_callable, split_batch
