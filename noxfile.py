@@ -4,7 +4,7 @@
     nox -s core           # the core alone (with the two fixture plugins of its tests)
     nox -s plugin         # each plugin alone: core + that plugin, so an undeclared
                           # dependency fails (nox -s "plugin(name='esegeta_captum')")
-    nox -s lint           # ruff
+    nox -s lint           # ruff, and the core's import layers (tests/test_import_layers.py)
     nox -s demo           # the README's main-job command
     nox -s zoo            # every method on the full model zoo -> benchmarks/results/zoo.json
 
@@ -72,10 +72,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and format check over the whole repository."""
-    session.install("ruff")
+    """ruff check and format check over the whole repository, and the core's import
+    layers (no cycle, no upward import: read from the source, nothing installed)."""
+    session.install("ruff", "pytest")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("pytest", "--noconftest", "-p", "no:cacheprovider", "tests/test_import_layers.py")
 
 
 @nox.session
