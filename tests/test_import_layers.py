@@ -115,7 +115,13 @@ def test_the_runtime_does_not_reach_up(module):
 
 
 @pytest.mark.parametrize(
-    "leaf", ["esegeta_core.errors", "esegeta_core.files", "esegeta_core.metric_info"]
+    "leaf",
+    [
+        "esegeta_core.errors",
+        "esegeta_core.files",
+        "esegeta_core.metric_info",
+        "esegeta_core.toolkit",
+    ],
 )
 def test_leaf_modules_stay_leaves(leaf):
     assert GRAPH[leaf] <= {"esegeta_core.errors"}, f"{leaf} imports {GRAPH[leaf]}"

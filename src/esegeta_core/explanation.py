@@ -10,10 +10,9 @@ import torch.nn.functional as F
 
 from esegeta_core.errors import InvalidInputError
 from esegeta_core.explainer import MethodParams, Output
+from esegeta_core.toolkit import interpolation_mode
 
 Reduce = Literal["sum", "abs", "l2", "mean", "max_abs"]
-
-_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 @dataclass
@@ -76,5 +75,5 @@ class Explanation:
             )
         size = tuple(self.input_shape[2:])
         if tuple(a.shape[2:]) != size:
-            a = F.interpolate(a, size=size, mode=_MODES[rank], align_corners=False)
+            a = F.interpolate(a, size=size, mode=interpolation_mode(rank), align_corners=False)
         return a

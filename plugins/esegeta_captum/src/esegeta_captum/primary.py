@@ -30,6 +30,7 @@ from esegeta_captum.masks import count_features
 from esegeta_core import InvalidParamsError
 from esegeta_core.explainer import Workload
 from esegeta_core.runtime.ablation import feature_ablation, occlusion, shapley_values
+from esegeta_core.toolkit import interpolation_mode
 
 
 class PerturbationMethod(CaptumMethod):
@@ -302,7 +303,7 @@ class GuidedGradCam(GuidedMethod):
         def call_kwargs(self, call: Call) -> dict[str, Any]:
             mode = self.interpolate_mode
             if mode == "linear":
-                mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[call.rank]
+                mode = interpolation_mode(call.rank)
             return {**super().call_kwargs(call), "interpolate_mode": mode}
 
     name = "captum.guided_grad_cam"

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from esegeta_core import InvalidParamsError, MethodFailedError
+from esegeta_core.toolkit import gather_target
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,6 @@ class Captured:
     """Each layer's output, ``(B, K, *spatial)``."""
     gradients: list[torch.Tensor] | None
     """``d sum_b scores[b, target_b] / d activation`` per layer, or None if not asked."""
-
-
-def target_scores(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``scores[b, target[b]]`` for every item: a ``(B,)`` tensor."""
-    return scores.gather(1, target.view(-1, 1).to(scores.device)).squeeze(1)
 
 
 @contextlib.contextmanager
@@ -126,7 +122,7 @@ def capture(
         try:
             grads = list(
                 torch.autograd.grad(
-                    target_scores(scores, target).sum(), acts, create_graph=create_graph
+                    gather_target(scores, target).sum(), acts, create_graph=create_graph
                 )
             )
         except RuntimeError as exc:

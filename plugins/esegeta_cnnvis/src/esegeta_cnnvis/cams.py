@@ -29,7 +29,6 @@ from torch import nn
 
 from esegeta_cnnvis.activations import (
     capture,
-    target_scores,
 )
 from esegeta_cnnvis.relu_rules import GATE_REQUIREMENT, refuse_without_activations, relu_rule
 from esegeta_cnnvis.targets_score import input_gradient
@@ -47,9 +46,7 @@ from esegeta_core import (
 from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import replaced_scores
 from esegeta_core.runtime.passes import memory_format, method_passes
-
-_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
-
+from esegeta_core.toolkit import gather_target, interpolation_mode
 
 # --- parameters ---------------------------------------------------------------------
 
@@ -189,7 +186,7 @@ def upsample_to(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """``(B, L, *s)`` maps resized to ``size``, bilinear (2D) or trilinear (3D)."""
     if tuple(maps.shape[2:]) == tuple(size):
         return maps
-    return F.interpolate(maps, size=size, mode=_MODES[len(size)], align_corners=False)
+    return F.interpolate(maps, size=size, mode=interpolation_mode(len(size)), align_corners=False)
 
 
 def layer_paths(layer: str | list[str]) -> list[str]:
@@ -410,14 +407,17 @@ class ScoreCam(WeightedCam):
             items, chans = rows // channels, rows % channels
             # as in Score-CAM's reference code: align_corners=True, then min-max per map
             masks = F.interpolate(
-                a[items, chans].unsqueeze(1), size=size, mode=_MODES[len(size)], align_corners=True
+                a[items, chans].unsqueeze(1),
+                size=size,
+                mode=interpolation_mode(len(size)),
+                align_corners=True,
             )
             flat = masks.flatten(1)
             low, high = flat.amin(1).view(view), flat.amax(1).view(view)
             masked = x[items] * ((masks - low) / (high - low + 1e-8)).to(x.dtype)
             if channels_last:
                 masked = masked.contiguous(memory_format=memory_format(True, masked.ndim))
-            return target_scores(ctx.model(masked), ctx.target[items])
+            return gather_target(ctx.model(masked), ctx.target[items])
 
         # passes planned under explain(auto_batch=True), else batch_size per pass
         scores[live] = method_passes(len(live), run, ctx.params.batch_size, x[:1]).to(scores.dtype)
@@ -455,7 +455,7 @@ class AblationCam(WeightedCam):
         a = ctx.activations
         batch, channels = a.shape[:2]
         value = ctx.params.ablation_value
-        original = target_scores(ctx.scores, ctx.target).to(a.dtype)
+        original = gather_target(ctx.scores, ctx.target).to(a.dtype)
         # ablating a channel that already holds the ablation value changes nothing
         same = (a.flatten(2) == value).all(2)
         ablated = original.unsqueeze(1).expand(batch, channels).flatten().clone()

@@ -21,10 +21,11 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from esegeta_core.toolkit import interpolation_mode
+
 ImageFn = Callable[[], torch.Tensor]
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
-_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 # Lucid's square root of the ImageNet colour correlation, normalised (lucent.optvis.param.color)
 _COLOR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -103,7 +104,7 @@ def resize(size: Sequence[int]) -> Transform:
     def inner(image: torch.Tensor) -> torch.Tensor:
         if tuple(image.shape[2:]) == tuple(size):
             return image
-        mode = _MODES[image.ndim - 2]
+        mode = interpolation_mode(image.ndim - 2)
         return F.interpolate(image, size=tuple(size), mode=mode, align_corners=True)
 
     return inner
@@ -143,7 +144,9 @@ def random_scale(scales: Sequence[float]) -> Transform:
         factor = scales[_randint(len(scales))]
         shape = image.shape[2:]
         new = [math.ceil(factor * s) for s in shape]
-        out = F.interpolate(image, size=new, mode=_MODES[image.ndim - 2], align_corners=True)
+        out = F.interpolate(
+            image, size=new, mode=interpolation_mode(image.ndim - 2), align_corners=True
+        )
         padding: list[int] = []
         for s, n in zip(reversed(shape), reversed(new)):
             p = max(0, math.ceil((s - n) / 2))
