@@ -271,6 +271,13 @@ def test_layer_layouts_are_probed_once_per_network_layer_and_shape():
     layer_layouts(model, model, x[:, :, :8], layers)  # another input shape: probed
     layer_layouts(model, model, x, layers, reshape="channels_first")  # another reshape
     assert model.sizes == [1, 1, 1]
+    # a module before the layer swapped for one that halves the grid: probed again
+    model.inner.features.conv1 = nn.Conv2d(3, 8, 3, padding=1, stride=2)
+    swapped = layer_layouts(model, model, x, layers)
+    assert model.sizes == [1, 1, 1, 1]
+    (layout,) = swapped.values()
+    (before,) = first.values()
+    assert layout.grid != before.grid
 
 
 def test_short_work_repeated_continues_its_search_where_it_stopped():

@@ -361,15 +361,19 @@ def layer_layouts(
     """The layout of each of ``layers`` (``(path, module)`` of the user's model ``root``),
     from one no-grad pass of ``model`` (its score wrapper) on ``inputs[:1]``.
 
-    Layouts depend on shapes only: they are kept per network, layers, input shape and
-    reshape for the process, so later calls (a perturbation method's, a run's other
-    jobs) skip the probe pass. A callable ``reshape`` is probed every time."""
+    Layouts depend on shapes only: they are kept per network (its modules as they are
+    now), layers, input shape and reshape for the process, so later calls (a
+    perturbation method's, a run's other jobs) skip the probe pass. A callable
+    ``reshape`` is probed every time."""
     if not layers:
         return {}
     key = None
     if not callable(reshape) or isinstance(reshape, Layout):
         key = (
             tuple((path, id(module)) for path, module in layers),
+            # every module of the network: a module swapped in (another stride, another
+            # patch size) can change the layer's output, so it is probed again
+            tuple(id(m) for m in root.modules()),
             tuple(inputs.shape[1:]),
             inputs.dtype,
             inputs.device,
