@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from esegeta_core.evaluate import aopc, deletion
+from esegeta_core.evaluation import aopc, deletion
 from esegeta_core.runtime import passes
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from esegeta_core import explain
-from esegeta_core.evaluate import pointing_game
-from esegeta_core.evaluate.curves import aopc
+from esegeta_core.evaluation import pointing_game
+from esegeta_core.evaluation.curves import aopc
 from esegeta_core.synthetic import pretrained
 
 METHODS: list[tuple[str, str, dict[str, Any]]] = [

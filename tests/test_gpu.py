@@ -59,7 +59,7 @@ def test_scheduler_runs_jobs_on_gpu_slots():
 
 @pytest.mark.parametrize("amp", [None, "fp16"])
 def test_tuned_curves_on_cuda_equal_fixed_passes(amp):
-    from esegeta_core.evaluate import deletion
+    from esegeta_core.evaluation import deletion
     from esegeta_core.runtime import passes
 
     model = tiny_model("classification", 2).cuda()

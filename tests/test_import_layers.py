@@ -104,7 +104,7 @@ def test_no_import_cycle():
     assert _cycles() == []
 
 
-UPPER = ("esegeta_core.plugin", "esegeta_core.evaluate", "esegeta_core.report")
+UPPER = ("esegeta_core.plugin", "esegeta_core.evaluation", "esegeta_core.report")
 UPPER_MODULES = ("esegeta_core.runs", "esegeta_core.cli", "esegeta_core.api")
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from esegeta_core import InvalidInputError, InvalidParamsError, ScoreModel
-from esegeta_core.evaluate import aopc, deletion, insertion
+from esegeta_core.evaluation import aopc, deletion, insertion
 from esegeta_core.targets import MultiClassScores
 from esegeta_core.testing import tiny_input, tiny_model
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from esegeta_core import InvalidInputError, InvalidParamsError, InvalidTargetError, ScoreModel
-from esegeta_core.evaluate import PRESETS, TORCHESEGETA, infidelity, max_sensitivity, preset
+from esegeta_core.evaluation import PRESETS, TORCHESEGETA, infidelity, max_sensitivity, preset
 from esegeta_core.targets import MultiClassScores
 from esegeta_core.testing import tiny_input, tiny_model
 
@@ -266,7 +266,7 @@ def test_max_sensitivity_gaussian_and_given_attributions():
 def test_esegeta_preset_is_the_function_defaults():
     import inspect
 
-    import esegeta_core.evaluate as ev
+    import esegeta_core.evaluation as ev
 
     # the one documented exception: POMPOM's threshold is relative in evaluate(), the
     # paper's absolute 1e-6 in pompom() (maps in arbitrary units would all score ~1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from esegeta_core import InvalidInputError, InvalidParamsError
-from esegeta_core.evaluate import (
+from esegeta_core.evaluation import (
     pointing_accuracy,
     pointing_game,
     pompom,
@@ -176,12 +176,12 @@ def test_localisation_errors():
 
 
 def test_pointing_game_warns_once_about_a_lenient_tolerance(caplog):
-    from esegeta_core.evaluate import localisation
+    from esegeta_core.evaluation import localisation
 
     localisation._WARNED.clear()
     maps, masks = torch.rand(2, 1, 64, 64), torch.zeros(2, 1, 64, 64, dtype=torch.bool)
     masks[:, :, 10:20, 10:20] = True
-    with caplog.at_level(logging.WARNING, logger="esegeta_core.evaluate.localisation"):
+    with caplog.at_level(logging.WARNING, logger="esegeta_core.evaluation.localisation"):
         pointing_game(maps, masks, tolerance=4)
         assert not caplog.records
         pointing_game(maps, masks, tolerance=15)

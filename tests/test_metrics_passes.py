@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from esegeta_core import InvalidParamsError
-from esegeta_core.evaluate import aopc, deletion, insertion
+from esegeta_core.evaluation import aopc, deletion, insertion
 from esegeta_core.model_state import count_hooks
 from esegeta_core.runtime import passes
 from esegeta_core.runtime.passes import (

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from esegeta_core import InvalidParamsError, LayerNotFoundError, ScoreModel
-from esegeta_core.evaluate import (
+from esegeta_core.evaluation import (
     cascading_randomisation,
     randomisation_layers,
     spearman,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from esegeta_core import InvalidModelError, ScoreModel
-from esegeta_core.evaluate import (
+from esegeta_core.evaluation import (
     aopc,
     cascading_randomisation,
     deletion,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from esegeta_core import InvalidModelError, explain
-from esegeta_core.evaluate import evaluate
+from esegeta_core.evaluation import evaluate
 from esegeta_core.outputs import describe_output, select_output
 from esegeta_core.testing import tiny_input, tiny_model
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from esegeta_core import explain
-from esegeta_core.evaluate import pointing_game
-from esegeta_core.evaluate.curves import aopc
+from esegeta_core.evaluation import pointing_game
+from esegeta_core.evaluation.curves import aopc
 from esegeta_core.synthetic import default_cache_dir, evaluate_model, pretrained
 
 for _plugin in ("esegeta_attention", "esegeta_cnnvis", "esegeta_captum"):

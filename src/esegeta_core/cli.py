@@ -281,7 +281,7 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     from esegeta_core.config import load_config
-    from esegeta_core.evaluate.runner import evaluate_config, write_evaluation_report
+    from esegeta_core.evaluation.runner import evaluate_config, write_evaluation_report
 
     config = _overridden(load_config(args.config), args)
     base = Path(args.config).resolve().parent

@@ -145,7 +145,7 @@ class EvaluationSpec(_Section):
 
     metrics: list[str] | None = Field(
         None,
-        description="Metric names (see `esegeta_core.evaluate.METRICS`); null: every "
+        description="Metric names (see `esegeta_core.evaluation.METRICS`); null: every "
         "metric that applies (localisation metrics only with masks).",
     )
     metric_params: dict[str, dict[str, Any]] = Field(

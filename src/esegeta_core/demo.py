@@ -22,8 +22,8 @@ import torch
 
 from esegeta_core.catalog import list_methods
 from esegeta_core.errors import MethodNotFoundError
-from esegeta_core.evaluate.api import MethodRun, evaluate
-from esegeta_core.evaluate.leaderboard import Leaderboard
+from esegeta_core.evaluation.api import MethodRun, evaluate
+from esegeta_core.evaluation.leaderboard import Leaderboard
 from esegeta_core.explanation import Explanation
 from esegeta_core.progress import progress_bar
 from esegeta_core.targets import Region

@@ -1,7 +1,7 @@
 """The metrics esegeta's evaluation knows, with their direction and meaning.
 
 A leaf module (it imports nothing of esegeta), so that the run config can validate
-metric names without importing the evaluation (see :mod:`esegeta_core.evaluate`).
+metric names without importing the evaluation (see :mod:`esegeta_core.evaluation`).
 """
 
 from __future__ import annotations
@@ -92,4 +92,4 @@ METRICS: dict[str, MetricInfo] = {
         ),
     )
 }
-"""Every metric :func:`~esegeta_core.evaluate.evaluate` knows, in leaderboard order."""
+"""Every metric :func:`~esegeta_core.evaluation.evaluate` knows, in leaderboard order."""

@@ -21,13 +21,13 @@ import pytest
 import torch
 
 from esegeta_core import explain
-from esegeta_core.evaluate import (
+from esegeta_core.evaluation import (
     cascading_randomisation,
     pointing_accuracy,
     pointing_game,
     randomisation_layers,
 )
-from esegeta_core.evaluate.explain_fns import method_explain_fn
+from esegeta_core.evaluation.explain_fns import method_explain_fn
 from esegeta_core.synthetic import default_cache_dir, evaluate_model, pretrained
 
 CAMS = [

@@ -38,7 +38,7 @@ from esegeta_xml import ExplainerClassifier, train
 from esegeta_xml.data import TensorItems
 
 from esegeta_core import explain
-from esegeta_core.evaluate import aopc, pointing_game, pompom
+from esegeta_core.evaluation import aopc, pointing_game, pompom
 from esegeta_core.synthetic.shapes import make_shapes
 
 log = logging.getLogger("compare_shapes")

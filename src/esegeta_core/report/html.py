@@ -63,7 +63,7 @@ from esegeta_core.errors import (
 )
 
 if TYPE_CHECKING:
-    from esegeta_core.evaluate.leaderboard import Leaderboard as MetricsBoard
+    from esegeta_core.evaluation.leaderboard import Leaderboard as MetricsBoard
 
 log = logging.getLogger(__name__)
 

@@ -203,7 +203,7 @@ async def evaluate_run(request: Request, run: str) -> Response:
 async def evaluation_page(request: Request, run: str, format: str = "html") -> Response:
     """The run's evaluation: its state (JSON with ``?format=json``), the metrics to
     choose and the Evaluate button."""
-    from esegeta_core.evaluate.leaderboard import METRICS
+    from esegeta_core.evaluation.leaderboard import METRICS
 
     run_dir = _run_dir(request, run)
     state = _evaluations(request).state(run_dir)

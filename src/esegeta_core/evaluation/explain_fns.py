@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from esegeta_core.evaluate._common import ExplainFn
+from esegeta_core.evaluation._common import ExplainFn
 
 __all__ = ["ExplainFn", "method_explain_fn"]
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from esegeta_core.baselines import gaussian_blur
 from esegeta_core.errors import InvalidParamsError
-from esegeta_core.evaluate._common import (
+from esegeta_core.evaluation._common import (
     Score,
     check_attributions,
     check_inputs,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from esegeta_core.errors import InvalidInputError, InvalidParamsError
-from esegeta_core.evaluate._common import check_mask, check_nonnegative, cpu, spatial_map
+from esegeta_core.evaluation._common import check_mask, check_nonnegative, cpu, spatial_map
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def pompom(
     CNNs: an in-model approach", https://doi.org/10.1016/j.patrec.2020.04.004, whose
     maps lie in [0, 1) and whose ``eps`` is about 1e-6). With ``relative`` the
     threshold is ``eps`` times the item's largest value, for maps in arbitrary units
-    (then choose e.g. ``eps=0.05``; :func:`~esegeta_core.evaluate.evaluate` uses
+    (then choose e.g. ``eps=0.05``; :func:`~esegeta_core.evaluation.evaluate` uses
     ``relative=True, eps=0.05`` by default). A mask covering everything gives 0, as the
     paper's formula (whose denominator carries ``+ eps``) does.
     """

@@ -1,7 +1,7 @@
 """Evaluation metrics for explanations: batched, 2D and 3D, on the model's device.
 
 - :func:`evaluate`: methods x metrics for one or several models, a :class:`Leaderboard`;
-  the module itself is callable, ``esegeta_core.evaluate(model, x, methods, ...)``;
+  the module itself is callable, ``esegeta_core.evaluation(model, x, methods, ...)``;
 
 - faithfulness: :func:`infidelity`, :func:`max_sensitivity`, :func:`aopc`,
   :func:`deletion`, :func:`insertion`;
@@ -18,15 +18,11 @@ found it and returns per-item ``(B,)`` tensors (on the CPU) in frozen dataclasse
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
-from esegeta_core.evaluate._common import ExplainFn, Score
+from esegeta_core.evaluation._common import ExplainFn, Score
 
 # after the metric modules: the API imports them
-from esegeta_core.evaluate.api import MethodRun, evaluate
-from esegeta_core.evaluate.curves import (
+from esegeta_core.evaluation.api import MethodRun, evaluate
+from esegeta_core.evaluation.curves import (
     AOPCResult,
     CurveResult,
     Perturbation,
@@ -34,16 +30,16 @@ from esegeta_core.evaluate.curves import (
     deletion,
     insertion,
 )
-from esegeta_core.evaluate.explain_fns import method_explain_fn
-from esegeta_core.evaluate.faithfulness import (
+from esegeta_core.evaluation.explain_fns import method_explain_fn
+from esegeta_core.evaluation.faithfulness import (
     InfidelityResult,
     PerturbFn,
     SensitivityResult,
     infidelity,
     max_sensitivity,
 )
-from esegeta_core.evaluate.leaderboard import METRICS, Leaderboard, MethodScores
-from esegeta_core.evaluate.localisation import (
+from esegeta_core.evaluation.leaderboard import METRICS, Leaderboard, MethodScores
+from esegeta_core.evaluation.localisation import (
     PointingAccuracy,
     PointingGameResult,
     pointing_accuracy,
@@ -52,13 +48,13 @@ from esegeta_core.evaluate.localisation import (
     relevance_mass,
     relevance_rank_accuracy,
 )
-from esegeta_core.evaluate.presets import ESEGETA, PRESETS, TORCHESEGETA, preset
-from esegeta_core.evaluate.sanity import (
+from esegeta_core.evaluation.presets import ESEGETA, PRESETS, TORCHESEGETA, preset
+from esegeta_core.evaluation.sanity import (
     RandomisationResult,
     cascading_randomisation,
     randomisation_layers,
 )
-from esegeta_core.evaluate.similarity import spearman, ssim
+from esegeta_core.evaluation.similarity import spearman, ssim
 
 __all__ = [
     "AOPCResult",
@@ -97,13 +93,3 @@ __all__ = [
     "spearman",
     "ssim",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """``esegeta_core.evaluate(...)`` is :func:`evaluate`: the package can be called."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Leaderboard:
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -16,8 +16,8 @@ from torch import nn
 from esegeta_core.config import EvaluationSpec, ModelSpec, RegionSpec, RunConfig
 from esegeta_core.data_io import expand_paths, load_input, read_array
 from esegeta_core.errors import InvalidParamsError
-from esegeta_core.evaluate.api import evaluate
-from esegeta_core.evaluate.leaderboard import Leaderboard
+from esegeta_core.evaluation.api import evaluate
+from esegeta_core.evaluation.leaderboard import Leaderboard
 from esegeta_core.runs import build_model
 from esegeta_core.targets import score_wrapper
 

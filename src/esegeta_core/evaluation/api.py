@@ -18,10 +18,10 @@ from torch import nn
 
 from esegeta_core.api import explain, model_device
 from esegeta_core.errors import EsegetaError, InvalidInputError, InvalidParamsError
-from esegeta_core.evaluate import curves, faithfulness, localisation, sanity
-from esegeta_core.evaluate.cost import measure
-from esegeta_core.evaluate.leaderboard import METRICS, Leaderboard, MethodScores
-from esegeta_core.evaluate.presets import PRESETS
+from esegeta_core.evaluation import curves, faithfulness, localisation, sanity
+from esegeta_core.evaluation.cost import measure
+from esegeta_core.evaluation.leaderboard import METRICS, Leaderboard, MethodScores
+from esegeta_core.evaluation.presets import PRESETS
 from esegeta_core.explanation import Explanation
 from esegeta_core.outputs import OutputSelector
 from esegeta_core.progress import progress_bar
@@ -91,7 +91,7 @@ def evaluate(
             :func:`~esegeta_core.explain`: None reads a dict's ``"out"`` / ``"logits"``,
             a tuple's first element, an object's ``.logits``); with several models, a
             ``{name: selector}`` mapping gives each its own.
-        metrics: names from :data:`~esegeta_core.evaluate.leaderboard.METRICS`; default
+        metrics: names from :data:`~esegeta_core.evaluation.leaderboard.METRICS`; default
             every metric that applies (the localisation ones only with ``masks``).
         metric_params: per metric, keyword arguments overriding the preset's (for
             segmentation the curves score the raw region score unless ``score`` is set:

@@ -3,9 +3,9 @@
 - :func:`infidelity` (Yeh et al. 2019, https://arxiv.org/abs/1901.09392), Captum's
   ``captum.metrics.infidelity`` definition, ``normalize`` option included;
 - :func:`max_sensitivity` (same paper), Captum's ``sensitivity_max`` definition;
-- :func:`~esegeta_core.evaluate.curves.aopc`, :func:`~esegeta_core.evaluate.curves.deletion`
-  and :func:`~esegeta_core.evaluate.curves.insertion` (perturbation curves) live in
-  :mod:`esegeta_core.evaluate.curves` and are re-exported here.
+- :func:`~esegeta_core.evaluation.curves.aopc`, :func:`~esegeta_core.evaluation.curves.deletion`
+  and :func:`~esegeta_core.evaluation.curves.insertion` (perturbation curves) live in
+  :mod:`esegeta_core.evaluation.curves` and are re-exported here.
 
 All of them are batched over items and perturbation samples (chunks of at most
 ``batch_size`` inputs per forward pass), N-dimensional (2D and 3D inputs) and run on
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from esegeta_core.errors import InvalidParamsError
-from esegeta_core.evaluate._common import (
+from esegeta_core.evaluation._common import (
     ExplainFn,
     Score,
     check_attributions,
@@ -40,7 +40,7 @@ from esegeta_core.evaluate._common import (
     seeded,
     target_scores,
 )
-from esegeta_core.evaluate.curves import aopc, deletion, insertion
+from esegeta_core.evaluation.curves import aopc, deletion, insertion
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from esegeta_core.errors import InvalidParamsError
-from esegeta_core.evaluate._common import (
+from esegeta_core.evaluation._common import (
     ExplainFn,
     check_attributions,
     check_inputs,
@@ -30,7 +30,7 @@ from esegeta_core.evaluate._common import (
     seeded,
     spatial_map,
 )
-from esegeta_core.evaluate.similarity import spearman, ssim
+from esegeta_core.evaluation.similarity import spearman, ssim
 from esegeta_core.layers import resolve_layer, unwrap
 
 log = logging.getLogger(__name__)
