@@ -13,9 +13,9 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -159,6 +159,18 @@ class MethodParams(BaseModel):
                 names.append(name)
         return names
 
+    def only_with(self, fields: Iterable[str], enabled: bool, needs: str) -> None:
+        """Refuse ``fields`` the user set when they do not apply (``enabled`` False):
+        an option that would be silently ignored is an error naming what it ``needs``.
+        Call it from a ``model_validator(mode="after")``."""
+        unused = sorted(f for f in fields if f in self.model_fields_set)
+        if unused and not enabled:
+            many = len(unused) > 1
+            raise ValueError(
+                f"{', '.join(unused)} only appl{'y' if many else 'ies'} with {needs}; "
+                f"remove {'them' if many else 'it'}"
+            )
+
     def public_dict(self) -> dict[str, Any]:
         """The parameters as plain data (tensors summarised), for records and reports."""
         out: dict[str, Any] = {}
@@ -193,14 +205,23 @@ class Workload:
     """Parameters that bound ``inputs`` when set (offered in a memory refusal)."""
 
 
-class Explainer(ABC):
-    """Base class of every method: subclass it, set the class attributes, implement
-    :meth:`attribute`.
+P = TypeVar("P", bound=MethodParams)
+"""A method's parameter model."""
+
+
+class Explainer(ABC, Generic[P]):
+    """Base class of every method: subclass it as ``Explainer[MyParams]``, set the class
+    attributes, implement :meth:`attribute`.
+
+    The type argument is the method's :class:`MethodParams` subclass: it types the
+    ``params`` every hook receives and sets ``Params`` (a class that also sets ``Params``
+    must name the same model or a subclass of it).
 
     Capability attributes (class level, read without running anything):
 
     - ``name``: globally unique dotted name, ``"<plugin>.<method>"``.
-    - ``Params``: the :class:`MethodParams` subclass of the method.
+    - ``Params``: the :class:`MethodParams` subclass of the method (from the type
+      argument).
     - ``family``: see :data:`Family`.
     - ``output``: see :data:`Output`.
     - ``ranks``: spatial ranks supported: ``(2,)`` for images only, ``(2, 3)`` for both.
@@ -258,7 +279,21 @@ class Explainer(ABC):
     cost_note: ClassVar[str] = ""
     layout_param: ClassVar[str | None] = None
 
-    def check_model(self, model: torch.nn.Module, params: Any, trace: ModelTrace | None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        typed = _params_argument(cls)
+        if typed is None:
+            return
+        own = cls.__dict__.get("Params")
+        if own is None:
+            cls.Params = typed
+        elif not (isinstance(own, type) and issubclass(own, typed)):
+            raise TypeError(
+                f"{cls.__qualname__}: Params is {own!r} but the class is declared "
+                f"Explainer[{typed.__qualname__}]; give one parameter model"
+            )
+
+    def check_model(self, model: torch.nn.Module, params: P, trace: ModelTrace | None) -> None:
         """Refuse before running if the method cannot apply to ``model``.
 
         Called by the core after validation and model preparation; ``trace`` is the
@@ -268,7 +303,7 @@ class Explainer(ABC):
         """
         return None
 
-    def passes(self, params: Any, shape: tuple[int, ...]) -> int | None:
+    def passes(self, params: P, shape: tuple[int, ...]) -> int | None:
         """Forward-pass equivalents per item for ``params`` on inputs of ``shape``
         (None: small or unknown). The default multiplies the ``count_params``."""
         values: list[Any] = [getattr(params, n, None) for n in self.count_params]
@@ -276,7 +311,7 @@ class Explainer(ABC):
         return math.prod(counts) if counts else None
 
     def workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self, params: P, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         """What one call on inputs of ``shape`` (``(B, C, *spatial)``) runs and holds;
         ``layers``: the output shape (without batch, channels first) of each layer the
@@ -292,7 +327,7 @@ class Explainer(ABC):
         model: torch.nn.Module,
         inputs: torch.Tensor,
         target: torch.Tensor,
-        params: Any,
+        params: P,
     ) -> torch.Tensor | MethodResult:
         """Explain ``model``'s score for ``target`` (shape ``(B,)``) on ``inputs``.
 
@@ -307,6 +342,16 @@ class Explainer(ABC):
         """The docstring's first paragraph, on one line (a summary may wrap)."""
         doc = (inspect.getdoc(cls) or "").strip()
         return " ".join(doc.split("\n\n")[0].split()) if doc else ""
+
+
+def _params_argument(cls: type) -> type[MethodParams] | None:
+    """The parameter model ``cls`` was declared with (``class M(Explainer[MyParams])``
+    or a generic base's ``[MyParams]``), None when it names none (a type variable)."""
+    for base in getattr(cls, "__orig_bases__", ()):
+        for arg in get_args(base):
+            if isinstance(arg, type) and issubclass(arg, MethodParams):
+                return arg
+    return None
 
 
 class MethodResult:
