@@ -1,6 +1,11 @@
 """Test helpers shipped with the core: tiny models and the plugin conformance suite."""
 
-from esegeta_core.testing.conformance import Case, conformance_cases, run_conformance
+from esegeta_core.testing.conformance import (
+    Case,
+    conformance_cases,
+    parametrize_conformance,
+    run_conformance,
+)
 from esegeta_core.testing.models import TinyClassifier, TinySegmenter, tiny_input, tiny_model
 
 __all__ = [
@@ -8,6 +13,7 @@ __all__ = [
     "TinyClassifier",
     "TinySegmenter",
     "conformance_cases",
+    "parametrize_conformance",
     "run_conformance",
     "tiny_input",
     "tiny_model",

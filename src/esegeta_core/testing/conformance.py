@@ -9,14 +9,31 @@ unchanged; every module's ``__dict__`` with exactly the keys it had and the same
 objects (parameters, buffers, tensor attributes): a method that leaves tensors on
 modules, as Captum's DeepLift and LRP do, or swaps one for a copy, is caught;
 determinism under a seed. :mod:`esegeta_core.testing.zoo` runs
-the methods on real architectures too. Use it from a plugin's tests::
+the methods on real architectures too.
 
-    import pytest
-    from esegeta_core.testing import conformance_cases, run_conformance
+One convention for a plugin's tests: the parameters that keep its methods fast live in
+its ``tests/conftest.py``, which generates the cases and offers them as a fixture::
 
-    @pytest.mark.parametrize("case", conformance_cases(plugin="acme"), ids=str)
+    # tests/conftest.py
+    from esegeta_core.testing import parametrize_conformance
+
+    FAST_PARAMS = {"acme.slow": {"samples": 2}}
+
+    def pytest_generate_tests(metafunc):
+        parametrize_conformance(metafunc, plugin="acme", params=FAST_PARAMS)
+
+    @pytest.fixture
+    def fast_params():
+        return FAST_PARAMS
+
+    # tests/test_conformance.py
+    from esegeta_core.testing import run_conformance
+
     def test_conformance(case):
         run_conformance(case)
+
+Test modules never import ``conftest`` (pytest loads it; importing it by name breaks
+as soon as two plugins' tests share a process).
 """
 
 from __future__ import annotations
@@ -74,6 +91,19 @@ def conformance_cases(
             for task in tasks:
                 cases.append(Case(name, rank, task, dict(params.get(name, {}))))
     return cases
+
+
+def parametrize_conformance(
+    metafunc: Any,
+    *,
+    plugin: str,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    argname: str = "case",
+) -> None:
+    """For a conftest's ``pytest_generate_tests``: every test that takes ``argname``
+    runs once per :func:`conformance_cases` of ``plugin`` with ``params``."""
+    if argname in metafunc.fixturenames:
+        metafunc.parametrize(argname, conformance_cases(plugin, params=params), ids=str)
 
 
 def _fill_layers(method: str, params: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:

@@ -17,16 +17,15 @@ class TimesInputParams(MethodParams):
     scale: float = Field(1.0, gt=0, description="Multiplier applied to the map.")
 
 
-class TimesInput(Explainer):
+class TimesInput(Explainer[TimesInputParams]):
     """Gradient times input, scaled (https://arxiv.org/abs/1605.01713)."""
 
     name = "acme.times_input"
-    Params = TimesInputParams
     family = "gradient"
     ranks = (2, 3)
     paper = "https://arxiv.org/abs/1605.01713"
 
-    def attribute(self, model, inputs, target, params):
+    def attribute(self, model, inputs, target, params: TimesInputParams):
         x = inputs.clone().requires_grad_(True)
         score = model(x).gather(1, target[:, None]).sum()
         (grad,) = torch.autograd.grad(score, x)
