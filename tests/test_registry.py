@@ -105,6 +105,21 @@ def test_duplicate_method_names_name_both_plugins(fake_entry_points):
     assert isinstance(info.value, ValueError)
 
 
+def test_a_duplicate_name_disables_only_that_method_and_is_reported_once(
+    fake_entry_points, caplog
+):
+    first = _plugin_module("alpha_mod", _method("alpha.m"), _method("alpha.own"))
+    second = _plugin_module("alpha2_mod", _method("alpha.m"), _method("alpha.other"))
+    fake_entry_points("alpha", "alpha_mod", first)
+    fake_entry_points("alpha", "alpha2_mod", second)
+    with caplog.at_level("WARNING"):
+        registry = manager.build_registry()
+    assert {"alpha.own", "alpha.other"} <= set(registry.methods)  # the rest works
+    assert "alpha.m" not in registry.methods and list(registry.conflicts) == ["alpha.m"]
+    told = [r for r in caplog.records if "'alpha.m' is registered 2 times" in r.getMessage()]
+    assert len(told) == 1 and len(registry.warnings) == 1
+
+
 def test_disabled_plugins_are_skipped(fake_entry_points, monkeypatch):
     fake_entry_points("alpha", "alpha_mod", _plugin_module("alpha_mod", _method("alpha.one")))
     fake_entry_points("beta", "beta_mod", _plugin_module("beta_mod", _method("beta.two")))

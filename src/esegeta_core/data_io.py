@@ -32,6 +32,7 @@ from esegeta_core.errors import InvalidInputError
 from esegeta_core.files import atomic_path as atomic_path  # re-exported: moved to files
 from esegeta_core.files import inside as inside
 from esegeta_core.files import write_json as write_json
+from esegeta_core.toolkit import interpolation_mode
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -261,7 +262,7 @@ def load_input(path: Path, spec: InputSpec) -> Loaded:
     if spec.resize is not None:
         if len(spec.resize) != spec.rank:
             raise InvalidInputError(f"inputs.resize needs {spec.rank} sizes, got {spec.resize}.")
-        mode = "bilinear" if spec.rank == 2 else "trilinear"
+        mode = interpolation_mode(spec.rank)
         t = F.interpolate(t, size=tuple(spec.resize), mode=mode, align_corners=False)
     if not bool(torch.isfinite(t).all()):
         raise InvalidInputError(f"{path}: the input contains NaN or infinite values.")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from esegeta_core.errors import InvalidParamsError
+from esegeta_core.toolkit import interpolation_mode
 
 OverlapMode = Literal["average", "hann", "crop"]
 
@@ -141,7 +142,7 @@ def stitch_item(
     for patches, extra_patches, locations in iterate_patches(item, spec, extra):
         maps = explain_batch(patches, extra_patches).detach().float()
         if tuple(maps.shape[2:]) != tuple(patches.shape[2:]):
-            mode = "bilinear" if rank == 2 else "trilinear"
+            mode = interpolation_mode(rank)
             maps = F.interpolate(maps, size=patches.shape[2:], mode=mode, align_corners=False)
         maps = maps.cpu()
         if rank == 2:

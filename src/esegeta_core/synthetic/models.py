@@ -12,6 +12,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from esegeta_core.toolkit import interpolation_mode
+
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _BN = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
@@ -89,7 +91,7 @@ class _UNet(nn.Module):
             self.down.append(_Stage(rank, cin, w))
             cin = w
         self.pool = _POOL[rank](2)
-        mode = "bilinear" if rank == 2 else "trilinear"
+        mode = interpolation_mode(rank)
         self.upsample = nn.Upsample(scale_factor=2, mode=mode, align_corners=False)
         self.up = nn.ModuleList(
             _Stage(rank, widths[i + 1] + widths[i], widths[i]) for i in reversed(range(levels - 1))

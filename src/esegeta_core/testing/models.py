@@ -13,6 +13,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from esegeta_core.toolkit import interpolation_mode
+
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
@@ -68,7 +70,7 @@ class TinySegmenter(nn.Module):
                 relu2=nn.ReLU(),
             )
         )
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[rank]
+        mode = interpolation_mode(rank)
         self.up = nn.Upsample(scale_factor=2, mode=mode, align_corners=False)
         self.head = conv(width, classes, 1)
 
