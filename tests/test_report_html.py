@@ -26,7 +26,7 @@ from esegeta_core.report.html import (
     Column,
     InputSection,
     InvalidReportError,
-    Leaderboard,
+    LeaderboardTable,
     MapEntry,
     ReportData,
     RunFolderError,
@@ -70,7 +70,7 @@ def _sample() -> ReportData:
                 MapEntry(EVIL, target, None, 3.0, status="error", error=EVIL_ERROR),
             ]
         sections.append(InputSection(name, input_png=grey, maps=maps))
-    board = Leaderboard(
+    board = LeaderboardTable(
         columns=[
             Column("auc", True, "area under the deletion curve"),
             Column("faithfulness", True),
@@ -194,7 +194,7 @@ def test_explicit_anchors_and_duplicates():
                 ],
             )
         ],
-        leaderboard=Leaderboard(
+        leaderboard=LeaderboardTable(
             [Column("x")],
             [
                 {"method": "m", "x": 1, "anchor": "Job One"},
@@ -242,7 +242,7 @@ def test_leaderboard_best_values_are_per_model():
         {"model": "big", "method": "a", "v": 900.0},  # other units: its own best
         {"model": "big", "method": "b", "v": 1000.0},
     ]
-    text = render_html(ReportData("t", leaderboard=Leaderboard([Column("v", True)], rows)))
+    text = render_html(ReportData("t", leaderboard=LeaderboardTable([Column("v", True)], rows)))
     table = re.search(r'<table class="sortable" id="leaderboard-table">.*?</table>', text).group(0)
     assert re.findall(r'<td class="num best" data-v="([^"]+)"', table) == ["0.5", "1000.0"]
 
@@ -258,7 +258,7 @@ def test_leaderboard_values_of_any_numeric_type():
         {"method": "e", "v": float("nan")},
         {"method": "f", "v": math.inf},
     ]
-    text = render_html(ReportData("t", leaderboard=Leaderboard([Column("v", False)], rows)))
+    text = render_html(ReportData("t", leaderboard=LeaderboardTable([Column("v", False)], rows)))
     cells = re.findall(r'<td class="(num[^"]*)" data-v="([^"]*)"[^>]*>([^<]*)<', text)
     assert cells[:6] == [
         ("num", "0.5", "0.5"),
@@ -294,9 +294,9 @@ def test_timings_given_explicitly_and_params_block():
         (lambda: MapEntry(""), "method must not be empty"),
         (lambda: MapEntry("m", seconds="1"), "number or None"),
         (lambda: InputSection("a", maps=[{"method": "m"}]), "MapEntry objects"),
-        (lambda: Leaderboard(["auc"], []), "Column objects"),
-        (lambda: Leaderboard([Column("a"), Column("a")], []), "appears twice"),
-        (lambda: Leaderboard([Column("method")], []), "also a label key"),
+        (lambda: LeaderboardTable(["auc"], []), "Column objects"),
+        (lambda: LeaderboardTable([Column("a"), Column("a")], []), "appears twice"),
+        (lambda: LeaderboardTable([Column("method")], []), "also a label key"),
         (lambda: Column("a", fmt="q"), "format spec"),
         (lambda: ReportData("t", inputs="abc"), "list or tuple"),
     ],
@@ -371,8 +371,8 @@ def run_dir(tmp_path_factory) -> Path:
     return summary.run_dir
 
 
-def _run_leaderboard() -> Leaderboard:
-    return Leaderboard(
+def _run_leaderboard() -> LeaderboardTable:
+    return LeaderboardTable(
         columns=[
             Column("deletion AUC", False, "lower: the score falls fast when top pixels go"),
             Column("pointing game", True, "hits of the map's maximum in the region"),

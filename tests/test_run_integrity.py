@@ -527,7 +527,7 @@ def test_report_reads_no_file_outside_the_run_folder(tmp_path, caplog):
         records.append(record)
     (run_dir / "summary.json").write_text(json.dumps(records))
     (run_dir / "config.json").write_text(json.dumps({"name": "r"}))
-    with caplog.at_level(logging.WARNING, logger="esegeta_core.report.html"):
+    with caplog.at_level(logging.WARNING, logger="esegeta_core.report.reader"):
         data = report_from_run(run_dir)
     pngs = {m.anchor: m.png for m in data.inputs[0].maps}
     assert pngs["job-inside"] is not None

@@ -4,7 +4,7 @@ from esegeta_core.report.figures import grid_figure, job_figure
 from esegeta_core.report.html import (
     Column,
     InputSection,
-    Leaderboard,
+    LeaderboardTable,
     MapEntry,
     ReportData,
     Timing,
@@ -16,7 +16,7 @@ from esegeta_core.report.html import (
 __all__ = [
     "Column",
     "InputSection",
-    "Leaderboard",
+    "LeaderboardTable",
     "MapEntry",
     "ReportData",
     "Timing",
