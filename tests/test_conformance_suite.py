@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from esegeta_core.testing import Case, conformance_cases, run_conformance
+from esegeta_core.testing import Case, check_coverage, conformance_cases, run_conformance
 
 GOOD = ("demo.grad_x_input", "demo.layer_mean", "demo.flat2d", "demo.noisy")
 
@@ -14,6 +14,16 @@ def test_cases_cover_claimed_ranks_and_tasks(demo):
     assert "demo.flat2d-2d-classification" in cases
     assert "demo.flat2d-3d-classification" not in cases
     assert "demo.grad_x_input-3d-segmentation" in cases
+
+
+def test_coverage_check_passes_and_names_what_is_wrong(demo):
+    check_coverage("demo", {"demo.noisy": {}})
+    with pytest.raises(AssertionError, match="does not register: \\['demo.nope'\\]"):
+        check_coverage("demo", {"demo.nope": {}})
+    with pytest.raises(AssertionError, match="'demo.noisy' name no field: \\['typo'\\]"):
+        check_coverage("demo", {"demo.noisy": {"typo": 1}})
+    with pytest.raises(AssertionError, match="registers no method"):
+        check_coverage("nobody")
 
 
 GOOD_CASES = [
@@ -35,13 +45,13 @@ def test_leaky_method_fails(demo):
 
 
 def test_nondeterministic_method_fails(demo, monkeypatch):
-    import esegeta_core.api as api
+    import esegeta_core.runtime.job as job
 
-    real = api._seeded
+    real = job.seeded
 
     def ignore_seed(seed, device):
         return real(None, device)
 
-    monkeypatch.setattr(api, "_seeded", ignore_seed)
+    monkeypatch.setattr(job, "seeded", ignore_seed)
     with pytest.raises(AssertionError, match="not deterministic"):
         run_conformance(Case("demo.noisy", 2, "classification"))

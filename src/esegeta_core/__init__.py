@@ -17,8 +17,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names below load lazily, on first use (see __getattr__)
-    from esegeta_core.api import explain, model_device, validate_params
+    from esegeta_core.api import explain, validate_params
     from esegeta_core.catalog import MethodInfo, describe_method, list_methods, plugin_failures
+    from esegeta_core.devices import model_device
     from esegeta_core.errors import (
         AmbiguousMethodError,
         DeviceUnavailableError,
@@ -98,7 +99,7 @@ _LAZY: dict[str, str] = {
     "hookimpl": "esegeta_core.plugin",
     "layer_names": "esegeta_core.layers",
     "list_methods": "esegeta_core.catalog",
-    "model_device": "esegeta_core.api",
+    "model_device": "esegeta_core.devices",
     "plugin_failures": "esegeta_core.catalog",
     "register_plugin": "esegeta_core.plugin.manager",
     "resolve_layer": "esegeta_core.layers",

@@ -1,4 +1,4 @@
-"""Plumbing shared by the metrics: validation, model state, seeding, scoring, chunking.
+"""Plumbing shared by the metrics: validation, model state, scoring, chunking.
 
 Every metric validates its arguments here (so that messages look alike), runs the
 model in eval mode through :func:`eval_mode` (which restores the model exactly), moves
@@ -16,13 +16,16 @@ from typing import Literal
 import torch
 from torch import nn
 
+from esegeta_core.devices import model_device
 from esegeta_core.errors import (
     InvalidInputError,
     InvalidModelError,
     InvalidParamsError,
     InvalidTargetError,
 )
+from esegeta_core.input_checks import check_batch, check_model
 from esegeta_core.model_state import ModelState
+from esegeta_core.toolkit import gather_target
 
 ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(model, inputs, target) -> attributions``: re-runs an explanation method.
@@ -35,26 +38,13 @@ Score = Literal["softmax", "raw"]
 """What a metric reads off the model: the target's softmax probability or raw score."""
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a stateless model."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def eval_mode(model: nn.Module, metric: str) -> Iterator[torch.device]:
     """Run the body with ``model`` in eval mode; restore mode, hooks and grads after.
 
     Yields the model's device.
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidModelError(
-            f"Metric {metric!r}: the model must be a torch.nn.Module, got "
-            f"{type(model).__name__}. Wrap plain functions in a Module."
-        )
+    check_model(model, f"Metric {metric!r}")
     state = ModelState.capture(model)
     try:
         model.eval()
@@ -63,39 +53,10 @@ def eval_mode(model: nn.Module, metric: str) -> Iterator[torch.device]:
         state.restore()
 
 
-@contextlib.contextmanager
-def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed torch's generators (CPU and ``device``) for the body only; ``None``: no-op."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def check_inputs(metric: str, inputs: object) -> torch.Tensor:
-    """``inputs`` must be a finite floating ``(B, C, H, W)`` or ``(B, C, D, H, W)`` tensor."""
-    if not isinstance(inputs, torch.Tensor):
-        raise InvalidInputError(
-            f"Metric {metric!r}: inputs must be a torch.Tensor, got {type(inputs).__name__}."
-        )
-    if inputs.ndim not in (4, 5):
-        raise InvalidInputError(
-            f"Metric {metric!r}: inputs must be shaped (B, C, H, W) or (B, C, D, H, W), "
-            f"got {tuple(inputs.shape)}. Add the batch dimension with inputs[None]."
-        )
-    if not inputs.is_floating_point():
-        raise InvalidInputError(
-            f"Metric {metric!r}: inputs must be floating point, got {inputs.dtype}. "
-            "Convert with inputs.float()."
-        )
-    if inputs.shape[0] == 0 or inputs.numel() == 0:
-        raise InvalidInputError(f"Metric {metric!r}: inputs are empty {tuple(inputs.shape)}.")
-    if not bool(torch.isfinite(inputs).all()):
-        raise InvalidInputError(f"Metric {metric!r}: inputs contain NaN or infinite values.")
-    return inputs.detach()
+    """``inputs`` must be a finite floating ``(B, C, H, W)`` or ``(B, C, D, H, W)`` tensor
+    (:func:`~esegeta_core.input_checks.check_batch`, the messages naming the metric)."""
+    return check_batch(inputs, f"Metric {metric!r}")
 
 
 def check_target(metric: str, target: object, batch: int, device: torch.device) -> torch.Tensor:
@@ -246,7 +207,7 @@ def target_scores(
         )
     if score == "softmax":
         out = torch.softmax(out.float(), dim=1)
-    return out.gather(1, target[:, None])[:, 0]
+    return gather_target(out, target)
 
 
 def chunks(total: int, size: int) -> Iterator[slice]:

@@ -9,16 +9,18 @@ wrapper ``explain()`` uses, so every metric sees ``(B, classes)`` scores.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from esegeta_core.api import explain, model_device
+from esegeta_core.api import explain
+from esegeta_core.devices import model_device
 from esegeta_core.errors import EsegetaError, InvalidInputError, InvalidParamsError
 from esegeta_core.evaluation import curves, faithfulness, localisation, sanity
+from esegeta_core.evaluation._common import ExplainFn
 from esegeta_core.evaluation.cost import measure
 from esegeta_core.evaluation.leaderboard import METRICS, Leaderboard, MethodScores
 from esegeta_core.evaluation.presets import PRESETS
@@ -113,27 +115,16 @@ def evaluate(
         raise InvalidParamsError("evaluate: pass at least one method.")
     chosen = _metrics(metrics, masks is not None)
     settings = _settings(chosen, preset, metric_params or {}, task)
+    study = _Study(inputs, target, masks, task, wrapper, chosen, settings, seed)
     entries: list[MethodScores] = []
     maps: dict[tuple[str, str], torch.Tensor] = {}
     bar = progress_bar(len(models) * len(runs), "evaluate", enabled=progress)
     try:
         for model_name, net in models.items():
+            selector = output.get(model_name) if isinstance(output, Mapping) else output
             for run in runs:
                 bar.set_postfix_str(f"{model_name}: {run.label}")
-                entry, pair_maps = _evaluate_pair(
-                    model_name,
-                    net,
-                    inputs,
-                    run,
-                    target,
-                    masks,
-                    task,
-                    wrapper,
-                    output.get(model_name) if isinstance(output, Mapping) else output,
-                    chosen,
-                    settings,
-                    seed,
-                )
+                entry, pair_maps = _evaluate_pair(study, _Pair(model_name, net, selector, run))
                 entries.append(entry)
                 if keep_maps and pair_maps is not None:
                     maps[model_name, run.label] = pair_maps
@@ -198,40 +189,129 @@ def _settings(
     return out
 
 
+@dataclass(frozen=True)
+class _Study:
+    """What every (model, method) pair of one ``evaluate()`` call shares."""
+
+    inputs: torch.Tensor
+    target: TargetLike
+    masks: torch.Tensor | None
+    task: Task
+    wrapper: str | ScoreFn | None
+    metrics: list[str]
+    settings: dict[str, dict[str, Any]]
+    """Per metric, its keyword arguments (preset and overrides)."""
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """One model (with its output selector) and one method to evaluate on it."""
+
+    model_name: str
+    net: nn.Module
+    output: OutputSelector
+    run: MethodRun
+
+    def explain(self, study: _Study, inputs: torch.Tensor, target: TargetLike) -> Explanation:
+        """The method on the model, as ``evaluate()`` asked for it."""
+        return explain(
+            self.net,
+            inputs,
+            self.run.method,
+            target,
+            task=study.task,
+            wrapper=study.wrapper,
+            output=self.output,
+            seed=study.seed,
+            progress=False,
+            **self.run.params,
+        )
+
+    def explain_fn(self, seed: int | None) -> ExplainFn:
+        """The method again, for metrics that re-explain (perturbed inputs, a
+        randomised model): their models already return (B, classes) scores, so it
+        explains them as classifiers."""
+
+        def again(m: nn.Module, xs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            e = explain(m, xs, self.run.method, t, seed=seed, progress=False, **self.run.params)
+            return maps_of(e)
+
+        return again
+
+    def failed(self, status: str, error: str) -> MethodScores:
+        """An entry without values: the method failed (``"error"``) or was skipped."""
+        run = self.run
+        empty = torch.empty(0, dtype=torch.long)
+        return MethodScores(
+            self.model_name,
+            run.method,
+            run.label,
+            dict(run.params),
+            empty,
+            status=status,
+            error=error,
+        )
+
+
+@dataclass(frozen=True)
+class _Maps:
+    """One method's maps and what they are scored against: the inputs (on the model's
+    device), the explained classes and the object masks."""
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    maps: torch.Tensor
+    object_masks: torch.Tensor | None
+
+    def part(self, items: slice) -> _Maps:
+        """The same for ``items`` only."""
+        om = self.object_masks
+        return _Maps(
+            self.x[items],
+            self.targets[items],
+            self.maps[items],
+            om[items] if om is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What the metrics score for one method: the scoring model, the inputs, the
+    explained classes, the maps, the object masks, and how to explain again."""
+
+    scored: nn.Module
+    x: torch.Tensor
+    targets: torch.Tensor
+    maps: torch.Tensor
+    object_masks: torch.Tensor | None
+    explain_fn: ExplainFn
+
+
+@dataclass(frozen=True)
+class _Scores:
+    """Every chosen metric's values for one method, the sanity verdict, the errors."""
+
+    values: dict[str, torch.Tensor]
+    sanity_failed: bool | None
+    errors: list[str]
+
+
 _WARM: set[str] = set()
 
 
-def _warm_up(
-    run: MethodRun,
-    net: nn.Module,
-    inputs: torch.Tensor,
-    target: TargetLike,
-    task: Task,
-    wrapper: str | ScoreFn | None,
-    output: OutputSelector,
-    seed: int | None,
-) -> None:
+def _warm_up(study: _Study, pair: _Pair) -> None:
     """The first method of each plugin runs once on one item, untimed: plugins import
     their backend lazily, and that import is not the method's cost."""
     from esegeta_core.plugin.manager import get_registry
 
     registry = get_registry()
-    plugin = registry.plugin_of[registry.get(run.method).name]
+    plugin = registry.plugin_of[registry.get(pair.run.method).name]
     if plugin in _WARM:
         return
+    target = study.target
     one = target[:1] if isinstance(target, (torch.Tensor, list, tuple)) else target
-    explain(
-        net,
-        inputs[:1],
-        run.method,
-        one,
-        task=task,
-        wrapper=wrapper,
-        output=output,
-        seed=seed,
-        progress=False,
-        **run.params,
-    )
+    pair.explain(study, study.inputs[:1], one)
     _WARM.add(plugin)
 
 
@@ -251,97 +331,83 @@ def _object_masks(
     return m != 0
 
 
-def _evaluate_pair(
-    model_name: str,
-    net: nn.Module,
-    inputs: torch.Tensor,
-    run: MethodRun,
-    target: TargetLike,
-    masks: torch.Tensor | None,
-    task: Task,
-    wrapper: str | ScoreFn | None,
-    output: OutputSelector,
-    metrics: list[str],
-    settings: dict[str, dict[str, Any]],
-    seed: int | None,
-) -> tuple[MethodScores, torch.Tensor | None]:
-    device = model_device(net)
-
-    def once() -> Explanation:
-        return explain(
-            net,
-            inputs,
-            run.method,
-            target,
-            task=task,
-            wrapper=wrapper,
-            output=output,
-            seed=seed,
-            progress=False,
-            **run.params,
-        )
-
-    def failed(status: str, error: str, targets: torch.Tensor | None = None) -> MethodScores:
-        t = targets if targets is not None else torch.empty(0, dtype=torch.long)
-        return MethodScores(
-            model_name, run.method, run.label, dict(run.params), t, status=status, error=error
-        )
-
+def _evaluate_pair(study: _Study, pair: _Pair) -> tuple[MethodScores, torch.Tensor | None]:
+    """One method on one model: explained once (its cost measured), its maps scored by
+    every chosen metric; an entry and the maps (None when nothing was explained)."""
+    run = pair.run
+    device = model_device(pair.net)
     try:
-        _warm_up(run, net, inputs, target, task, wrapper, output, seed)
-        e, cost = measure(once, device)
+        _warm_up(study, pair)
+        e, cost = measure(lambda: pair.explain(study, study.inputs, study.target), device)
     except EsegetaError as exc:
-        log.warning("evaluate: %s on %s failed: %s", run.label, model_name, exc)
-        return failed("error", str(exc)), None
+        log.warning("evaluate: %s on %s failed: %s", run.label, pair.model_name, exc)
+        return pair.failed("error", str(exc)), None
     if e.output == "image":
-        return failed("skipped", "a visualization: it synthesises images, nothing to score"), None
+        skipped = pair.failed("skipped", "a visualization: it synthesises images, nothing to score")
+        return skipped, None
     maps = maps_of(e).detach()
-    targets = e.target
-    x = inputs.to(device)
-    object_masks = _object_masks(masks, targets, tuple(x.shape[2:]), task)
-
-    def explain_fn(m: nn.Module, xs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # ``m`` already returns (B, classes) scores: explain it as a classifier
-        again = explain(m, xs, run.method, t, seed=seed, progress=False, **run.params)
-        return maps_of(again)
-
-    def score(items: slice) -> tuple[dict[str, torch.Tensor], bool | None, list[str]]:
-        region = target if isinstance(target, Region) else None
-        if region is not None and _per_item(region.mask, x):
-            region = Region(region.label, region.mask[items])
-        scored = score_model(net, task, wrapper, region, output)
-        om = object_masks[items] if object_masks is not None else None
-        return _score_metrics(
-            scored, x[items], targets[items], maps[items], om, explain_fn, metrics, settings,
-            run.label, model_name,
-        )  # fmt: skip
-
-    if isinstance(target, Region) and _per_item(target.mask, x) and len(x) > 1:
-        # one region per item: the scores of item i are its logits inside its own mask,
-        # and the metrics batch perturbed copies of one item, so score item by item
-        parts = [score(slice(i, i + 1)) for i in range(len(x))]
-        keys = [k for k in parts[0][0] if all(k in p[0] for p in parts)]
-        values = {k: torch.cat([p[0][k].reshape(-1) for p in parts]) for k in keys}
-        verdicts = [p[1] for p in parts if p[1] is not None]
-        sanity_failed = sum(verdicts) > len(verdicts) / 2 if verdicts else None  # majority
-        errors = sorted({e for p in parts for e in p[2]})
-    else:
-        values, sanity_failed, errors = score(slice(None))
-    values = {k: v.detach().float().cpu() for k, v in values.items()}
+    scores = _score_pair(study, pair, maps, e.target, device)
     entry = MethodScores(
-        model_name,
+        pair.model_name,
         run.method,
         run.label,
         dict(run.params),
-        targets.cpu(),
-        values,
+        e.target.cpu(),
+        scores.values,
         seconds=(cost.seconds,),
         peak_mb=cost.peak_mb,
-        sanity_failed=sanity_failed,
-        status="ok" if not errors else "partial",
-        error="; ".join(errors),
+        sanity_failed=scores.sanity_failed,
+        status="ok" if not scores.errors else "partial",
+        error="; ".join(scores.errors),
     )
     return entry, maps.cpu()
+
+
+def _score_pair(
+    study: _Study, pair: _Pair, maps: torch.Tensor, targets: torch.Tensor, device: torch.device
+) -> _Scores:
+    """The metrics of one method's maps (on the CPU, as floats); with one region per
+    item, item by item."""
+    x = study.inputs.to(device)
+    object_masks = _object_masks(study.masks, targets, tuple(x.shape[2:]), study.task)
+    whole = _Maps(x, targets, maps, object_masks)
+    target = study.target
+    if isinstance(target, Region) and _per_item(target.mask, x) and len(x) > 1:
+        # one region per item: the scores of item i are its logits inside its own mask,
+        # and the metrics batch perturbed copies of one item, so score item by item
+        scores = _merged([_score_items(study, pair, whole, slice(i, i + 1)) for i in range(len(x))])
+    else:
+        scores = _score_items(study, pair, whole, slice(None))
+    values = {k: v.detach().float().cpu() for k, v in scores.values.items()}
+    return _Scores(values, scores.sanity_failed, scores.errors)
+
+
+def _score_items(study: _Study, pair: _Pair, whole: _Maps, items: slice) -> _Scores:
+    """The metrics of ``items`` of ``whole``, scored inside their own region (if any)."""
+    region = study.target if isinstance(study.target, Region) else None
+    if region is not None and _per_item(region.mask, whole.x):
+        region = Region(region.label, region.mask[items])
+    part = whole.part(items)
+    batch = _Batch(
+        score_model(pair.net, study.task, study.wrapper, region, pair.output),
+        part.x,
+        part.targets,
+        part.maps,
+        part.object_masks,
+        pair.explain_fn(study.seed),
+    )
+    return _score_metrics(study, pair, batch)
+
+
+def _merged(parts: list[_Scores]) -> _Scores:
+    """Per-item scores as one: values concatenated (the metrics every item has), the
+    sanity verdict by majority, the errors of any item."""
+    keys = [k for k in parts[0].values if all(k in p.values for p in parts)]
+    values = {k: torch.cat([p.values[k].reshape(-1) for p in parts]) for k in keys}
+    verdicts = [p.sanity_failed for p in parts if p.sanity_failed is not None]
+    sanity_failed = sum(verdicts) > len(verdicts) / 2 if verdicts else None  # majority
+    errors = sorted({e for p in parts for e in p.errors})
+    return _Scores(values, sanity_failed, errors)
 
 
 def _per_item(mask: torch.Tensor, x: torch.Tensor) -> bool:
@@ -349,52 +415,56 @@ def _per_item(mask: torch.Tensor, x: torch.Tensor) -> bool:
     return mask.ndim >= x.ndim - 1 and mask.shape[0] > 1 and mask.shape[0] == len(x)
 
 
-def _score_metrics(
-    scored: nn.Module,
-    x: torch.Tensor,
-    targets: torch.Tensor,
-    maps: torch.Tensor,
-    object_masks: torch.Tensor | None,
-    explain_fn: Any,
-    metrics: list[str],
-    settings: dict[str, dict[str, Any]],
-    label: str,
-    model_name: str,
-) -> tuple[dict[str, torch.Tensor], bool | None, list[str]]:
-    """Every chosen metric of one method's maps: values, the sanity verdict, errors."""
+_MetricValue = Callable[[_Batch, dict[str, Any]], torch.Tensor]
+"""One metric's per-item values for a batch, given its keyword arguments."""
+
+_VALUES: dict[str, _MetricValue] = {
+    "infidelity": lambda b, kw: (
+        faithfulness.infidelity(b.scored, b.x, b.targets, b.maps, **kw).infidelity
+    ),
+    "max_sensitivity": lambda b, kw: (
+        faithfulness.max_sensitivity(
+            b.scored, b.x, b.targets, b.explain_fn, attributions=b.maps, **kw
+        ).sensitivity
+    ),
+    "aopc": lambda b, kw: curves.aopc(b.scored, b.x, b.targets, b.maps, **kw).aopc,
+    "deletion": lambda b, kw: curves.deletion(b.scored, b.x, b.targets, b.maps, **kw).auc,
+    "insertion": lambda b, kw: curves.insertion(b.scored, b.x, b.targets, b.maps, **kw).auc,
+    "pointing_game": lambda b, kw: localisation.pointing_game(b.maps, b.object_masks, **kw).hit,
+    "relevance_mass": lambda b, kw: localisation.relevance_mass(b.maps, b.object_masks, **kw),
+    "relevance_rank_accuracy": lambda b, kw: localisation.relevance_rank_accuracy(
+        b.maps, b.object_masks, **kw
+    ),
+    "pompom": lambda b, kw: localisation.pompom(b.maps, b.object_masks, **kw),
+}
+"""How ``evaluate()`` reads each metric but the randomisation test (which also gives a
+verdict: :func:`_randomisation`)."""
+
+
+def _randomisation(b: _Batch, kw: dict[str, Any]) -> tuple[torch.Tensor, bool]:
+    """The cascading randomisation test: its last layer's similarity and the verdict."""
+    result = sanity.cascading_randomisation(
+        b.scored, b.x, b.targets, b.explain_fn, attributions=b.maps, **kw
+    )
+    return getattr(result, result.verdict_on)[-1], result.failed
+
+
+def _score_metrics(study: _Study, pair: _Pair, batch: _Batch) -> _Scores:
+    """Every chosen metric of one method's maps: values, the sanity verdict, errors (a
+    metric that fails is logged and left out, the others still count)."""
     values: dict[str, torch.Tensor] = {}
-    sanity_failed = None
-    errors = []
-    for metric in metrics:
-        kw = settings[metric]
+    sanity_failed: bool | None = None
+    errors: list[str] = []
+    for metric in study.metrics:
+        kw = study.settings[metric]
         try:
-            if metric == "infidelity":
-                values[metric] = faithfulness.infidelity(scored, x, targets, maps, **kw).infidelity
-            elif metric == "max_sensitivity":
-                values[metric] = faithfulness.max_sensitivity(
-                    scored, x, targets, explain_fn, attributions=maps, **kw
-                ).sensitivity
-            elif metric == "aopc":
-                values[metric] = curves.aopc(scored, x, targets, maps, **kw).aopc
-            elif metric == "deletion":
-                values[metric] = curves.deletion(scored, x, targets, maps, **kw).auc
-            elif metric == "insertion":
-                values[metric] = curves.insertion(scored, x, targets, maps, **kw).auc
-            elif metric == "pointing_game":
-                values[metric] = localisation.pointing_game(maps, object_masks, **kw).hit
-            elif metric == "relevance_mass":
-                values[metric] = localisation.relevance_mass(maps, object_masks, **kw)
-            elif metric == "relevance_rank_accuracy":
-                values[metric] = localisation.relevance_rank_accuracy(maps, object_masks, **kw)
-            elif metric == "pompom":
-                values[metric] = localisation.pompom(maps, object_masks, **kw)
-            elif metric == "randomisation":
-                result = sanity.cascading_randomisation(
-                    scored, x, targets, explain_fn, attributions=maps, **kw
-                )
-                values[metric] = getattr(result, result.verdict_on)[-1]
-                sanity_failed = result.failed
+            if metric == "randomisation":
+                values[metric], sanity_failed = _randomisation(batch, kw)
+            else:
+                values[metric] = _VALUES[metric](batch, kw)
         except EsegetaError as exc:
-            log.warning("evaluate: %s of %s on %s failed: %s", metric, label, model_name, exc)
+            log.warning(
+                "evaluate: %s of %s on %s failed: %s", metric, pair.run.label, pair.model_name, exc
+            )
             errors.append(f"{metric}: {exc}")
-    return values, sanity_failed, errors
+    return _Scores(values, sanity_failed, errors)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from esegeta_core.baselines import gaussian_blur
+from esegeta_core.devices import seeded
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.evaluation._common import (
     Score,
@@ -35,7 +36,6 @@ from esegeta_core.evaluation._common import (
     check_target,
     cpu,
     eval_mode,
-    seeded,
     spatial_map,
     target_scores,
 )

@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from esegeta_core.devices import seeded
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.evaluation._common import (
     ExplainFn,
@@ -37,7 +38,6 @@ from esegeta_core.evaluation._common import (
     cpu,
     eval_mode,
     run_explain,
-    seeded,
     target_scores,
 )
 from esegeta_core.evaluation.curves import aopc, deletion, insertion

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from esegeta_core.devices import seeded
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.evaluation._common import (
     ExplainFn,
@@ -27,7 +28,6 @@ from esegeta_core.evaluation._common import (
     check_target,
     eval_mode,
     run_explain,
-    seeded,
     spatial_map,
 )
 from esegeta_core.evaluation.similarity import spearman, ssim

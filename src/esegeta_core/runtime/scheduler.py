@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import torch
 
@@ -428,125 +428,183 @@ def run_jobs(
     workers are killed, none is left behind, and ``KeyboardInterrupt`` is raised once every
     result that arrived has gone through ``on_result``; interrupted jobs get no result.
     """
+    pending = _checked_jobs(jobs, threads_per_worker)
+    if not pending:
+        return []
+    slots_for = check_devices(list(devices or default_devices()))
+    pool = _Pool(runner, slots_for, mp.get_context("spawn"), threads_per_worker)
+    with Interrupts() as interrupts:
+        bar = progress_bar(len(pending), "jobs", enabled=progress)
+        state = _Run(pool, pending, interrupts, bar, time_limit, on_result, on_start)
+        try:
+            state.start_workers()
+            state.until_done(poll, cancel)
+        except KeyboardInterrupt:
+            interrupts.defer_all()
+            _deliver_finished(pool, state.finish)
+            raise
+        finally:
+            interrupts.defer_all()  # a second Ctrl-C must not cut the clean-up short
+            bar.close()
+            pool.close()
+    return [state.done[job_id] for job_id, _ in pending]
+
+
+def _checked_jobs(
+    jobs: Iterable[tuple[str, Any]], threads_per_worker: int | None
+) -> list[tuple[str, Any]]:
+    """The jobs as a list; :class:`InvalidParamsError` for a thread count below one or a
+    job id given twice."""
     if threads_per_worker is not None and threads_per_worker < 1:
         raise InvalidParamsError(
             f"run_jobs: threads_per_worker must be >= 1, got {threads_per_worker}; "
             "pass None to share the cores among the CPU workers"
         )
     pending = list(jobs)
-    if not pending:
-        return []
     ids = [job_id for job_id, _ in pending]
     if len(set(ids)) != len(ids):
         raise InvalidParamsError("run_jobs: job ids must be unique; rename the repeated ones")
-    slots_for = check_devices(list(devices or default_devices()))
-    pool = _Pool(runner, slots_for, mp.get_context("spawn"), threads_per_worker)
-    done: dict[str, JobResult] = {}
-    todo = list(reversed(pending))
+    return pending
 
-    with Interrupts() as interrupts:
-        bar = progress_bar(len(pending), "jobs", enabled=progress)
 
-        def finish(result: JobResult) -> None:
-            done[result.job_id] = result
-            bar.update(1)
-            if result.status != "ok":
-                log.warning(
-                    "job %s %s: %s",
-                    result.job_id,
-                    result.status,
-                    result.error.splitlines()[0] if result.error else "",
-                )
-            if on_result is not None:
-                on_result(result)
+class _Bar(Protocol):
+    """The part of a progress bar that :class:`_Run` uses."""
 
-        def crashed(slot: _Slot) -> None:
-            interrupts.raise_pending()  # a worker killed along with us did not crash
-            job_id, elapsed = slot.job_id, time.monotonic() - slot.started
-            slot.process.join(timeout=5)
-            code = slot.process.exitcode
-            if job_id is None:  # died before taking a job: the runner cannot even start
-                raise WorkerStartError(
-                    f"A {slot.device} worker died on start (exit code {code}) before taking "
-                    "a job (its own error, if any, went to stderr). Most often the runner cannot "
-                    "be loaded in a fresh process: make it a module-level function or class "
-                    "(picklable), and call run_jobs under `if __name__ == '__main__':` in "
-                    "scripts (workers are spawned)."
-                )
-            pool.replace(slot)
-            finish(
-                JobResult(
-                    str(job_id),
-                    "crashed",
-                    slot.device,
-                    elapsed,
-                    error=f"worker process died (exit code {code})",
-                )
-            )
+    def update(self, n: int, /) -> object: ...
 
-        def receive(slot: _Slot) -> None:
-            try:
-                message = slot.conn.recv()
-            except (EOFError, OSError):
-                crashed(slot)
-                return
-            if not slot.ready:
-                if message != _READY:
-                    raise _start_error(slot, message)
-                slot.ready = True
-                return
-            job_id, status, seconds, out, error = message
-            slot.job_id = None
-            finish(JobResult(job_id, status, slot.device, seconds, out, error))
 
+class _Run:
+    """One :func:`run_jobs` call: the jobs left, the results so far, and its steps (hand
+    jobs to idle workers, take in what workers send, stop a job past the time limit,
+    replace a worker that died)."""
+
+    def __init__(
+        self,
+        pool: _Pool,
+        jobs: list[tuple[str, Any]],
+        interrupts: Interrupts,
+        bar: _Bar,
+        time_limit: float | None,
+        on_result: Callable[[JobResult], None] | None,
+        on_start: Callable[[str, str], None] | None,
+    ) -> None:
+        self.pool, self.interrupts, self.bar = pool, interrupts, bar
+        self.todo = list(reversed(jobs))  # popped from the end: the order given
+        self.total = len(jobs)
+        self.done: dict[str, JobResult] = {}
+        self.time_limit, self.on_result, self.on_start = time_limit, on_result, on_start
+
+    def start_workers(self) -> None:
+        """Start a worker in every slot (an interrupt waits for each start to end)."""
+        for slot in self.pool.slots:
+            with self.interrupts.held():
+                self.pool.start(slot)
+
+    def until_done(self, poll: float, cancel: threading.Event | None) -> None:
+        """Hand out jobs and take in results until every job has one; ``cancel`` set
+        from another thread stops the run as Ctrl-C does."""
+        while len(self.done) < self.total:
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt("run_jobs cancelled")
+            with self.interrupts.held():
+                self.hand_out()
+            busy = {s.conn: s for s in self.pool.slots if s.job_id is not None or not s.ready}
+            ready = wait(list(busy), timeout=poll)  # where a signal usually lands
+            with self.interrupts.held():
+                for conn in ready:
+                    self.receive(busy[conn])
+                self.check_busy()
+
+    def hand_out(self) -> None:
+        """Give the next job to every worker that is ready and idle."""
+        for slot in self.pool.slots:
+            if slot.ready and slot.job_id is None and self.todo:
+                job_id, job = self.todo.pop()
+                slot.job_id, slot.started = job_id, time.monotonic()
+                slot.conn.send((job_id, job))
+                if self.on_start is not None:
+                    self.on_start(job_id, slot.device)
+
+    def receive(self, slot: _Slot) -> None:
+        """Take in what a worker sent: that it is ready, or a job's result."""
         try:
-            for slot in pool.slots:
-                with interrupts.held():
-                    pool.start(slot)
-            while len(done) < len(pending):
-                if cancel is not None and cancel.is_set():
-                    raise KeyboardInterrupt("run_jobs cancelled")
-                with interrupts.held():
-                    for slot in pool.slots:
-                        if slot.ready and slot.job_id is None and todo:
-                            job_id, job = todo.pop()
-                            slot.job_id, slot.started = job_id, time.monotonic()
-                            slot.conn.send((job_id, job))
-                            if on_start is not None:
-                                on_start(job_id, slot.device)
-                busy = {s.conn: s for s in pool.slots if s.job_id is not None or not s.ready}
-                ready = wait(list(busy), timeout=poll)  # where a signal usually lands
-                with interrupts.held():
-                    for conn in ready:
-                        receive(busy[conn])
-                    now = time.monotonic()
-                    for slot in pool.slots:
-                        if slot.job_id is None:
-                            continue
-                        elapsed = now - slot.started
-                        if time_limit is not None and elapsed > time_limit:
-                            job_id = slot.job_id
-                            pool.replace(slot)
-                            finish(
-                                JobResult(
-                                    job_id,
-                                    "timeout",
-                                    slot.device,
-                                    elapsed,
-                                    error=f"killed after the time limit of {time_limit:g} s",
-                                )
-                            )
-                        elif not slot.process.is_alive() and not slot.conn.poll():
-                            crashed(slot)
-        except KeyboardInterrupt:
-            interrupts.defer_all()
-            _deliver_finished(pool, finish)
-            raise
-        finally:
-            interrupts.defer_all()  # a second Ctrl-C must not cut the clean-up short
-            bar.close()
-            pool.close()
-    return [done[job_id] for job_id in ids]
+            message = slot.conn.recv()
+        except (EOFError, OSError):
+            self.crashed(slot)
+            return
+        if not slot.ready:
+            if message != _READY:
+                raise _start_error(slot, message)
+            slot.ready = True
+            return
+        job_id, status, seconds, out, error = message
+        slot.job_id = None
+        self.finish(JobResult(job_id, status, slot.device, seconds, out, error))
+
+    def check_busy(self) -> None:
+        """Stop the jobs past the time limit and record those whose worker died."""
+        now = time.monotonic()
+        for slot in self.pool.slots:
+            if slot.job_id is None:
+                continue
+            elapsed = now - slot.started
+            if self.time_limit is not None and elapsed > self.time_limit:
+                self.timed_out(slot, slot.job_id, elapsed, self.time_limit)
+            elif not slot.process.is_alive() and not slot.conn.poll():
+                self.crashed(slot)
+
+    def timed_out(self, slot: _Slot, job_id: str, elapsed: float, limit: float) -> None:
+        """Kill the slot's worker (a fresh one takes its place) and record the timeout."""
+        self.pool.replace(slot)
+        self.finish(
+            JobResult(
+                job_id,
+                "timeout",
+                slot.device,
+                elapsed,
+                error=f"killed after the time limit of {limit:g} s",
+            )
+        )
+
+    def crashed(self, slot: _Slot) -> None:
+        """Record the job of a worker that died, and replace the worker; a worker that
+        died before taking any job is a :class:`WorkerStartError`."""
+        self.interrupts.raise_pending()  # a worker killed along with us did not crash
+        job_id, elapsed = slot.job_id, time.monotonic() - slot.started
+        slot.process.join(timeout=5)
+        code = slot.process.exitcode
+        if job_id is None:  # died before taking a job: the runner cannot even start
+            raise WorkerStartError(
+                f"A {slot.device} worker died on start (exit code {code}) before taking "
+                "a job (its own error, if any, went to stderr). Most often the runner cannot "
+                "be loaded in a fresh process: make it a module-level function or class "
+                "(picklable), and call run_jobs under `if __name__ == '__main__':` in "
+                "scripts (workers are spawned)."
+            )
+        self.pool.replace(slot)
+        self.finish(
+            JobResult(
+                str(job_id),
+                "crashed",
+                slot.device,
+                elapsed,
+                error=f"worker process died (exit code {code})",
+            )
+        )
+
+    def finish(self, result: JobResult) -> None:
+        """Record a result: the progress bar, a warning for a failed job, ``on_result``."""
+        self.done[result.job_id] = result
+        self.bar.update(1)
+        if result.status != "ok":
+            log.warning(
+                "job %s %s: %s",
+                result.job_id,
+                result.status,
+                result.error.splitlines()[0] if result.error else "",
+            )
+        if self.on_result is not None:
+            self.on_result(result)
 
 
 def _deliver_finished(pool: _Pool, finish: Callable[[JobResult], None]) -> None:

@@ -19,8 +19,7 @@ import logging
 import os
 import pickle
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esegeta_core.devices import torch_threads
 from esegeta_core.errors import PretrainedNotFoundError, did_you_mean
 from esegeta_core.progress import progress_bar
 from esegeta_core.synthetic.models import ShapesNet, ShapesUNet, ShapesViT, VesselUNet
@@ -261,18 +261,6 @@ def default_cache_dir() -> Path:
     return base / "models"
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Train on one thread: the tiny models gain little from more, and one thread makes
-    the weights reproducible (and avoids oversubscription next to other processes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _loss(recipe: Recipe, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     loss = F.cross_entropy(logits, labels)
     if recipe.dice_weight:
@@ -296,7 +284,7 @@ def _train(name: str, recipe: Recipe, progress: bool) -> tuple[nn.Module, float]
     """Train ``recipe``'s model; returns it (eval mode) and the seconds it took."""
     start = time.perf_counter()
     steps = sum(int(p["n"]) // recipe.batch_size for p in recipe.phases)
-    with torch.random.fork_rng(), _one_thread():
+    with torch.random.fork_rng(), torch_threads(1):
         torch.manual_seed(recipe.seed)
         model = _build(recipe)
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
@@ -457,7 +445,7 @@ def pretrained(
     else:
         logger.info("Training the synthetic %s (recipe %s) on the CPU.", name, expected)
         model, seconds = _train(name, recipe, progress)
-        with _one_thread():
+        with torch_threads(1):
             held_out = _generate(recipe, recipe.eval_n, EVAL_SEED + recipe.seed)
             scores = evaluate_model(model, held_out)
         record = {
