@@ -481,15 +481,20 @@ def test_esegeta_errors_and_ctrl_c(monkeypatch, capsys):
     assert "interrupted; run again to resume" in err and "Traceback" not in err
 
 
-def test_plugin_command_errors_are_one_line(monkeypatch, capsys):
-    class EntryPoint:
-        value = "fake:main"
+def test_plugin_command_errors_are_one_line(capsys):
+    from esegeta_core import hookimpl, register_plugin, unregister_plugin
+    from esegeta_core.command import Command
 
-        def load(self):
-            return lambda argv: {}["missing"]
+    class Plugin:
+        @hookimpl
+        def esegeta_register_commands(self):
+            return [Command("oops", "fails", lambda parser: None, lambda args: {}["missing"])]
 
-    monkeypatch.setattr(cli, "plugin_commands", lambda: {"oops": EntryPoint()})
-    assert cli.main(["oops"]) == 1
+    register_plugin(Plugin(), "fake")
+    try:
+        assert cli.main(["oops"]) == 1
+    finally:
+        unregister_plugin("fake")
     err = capsys.readouterr().err
     assert "esegeta oops: unexpected error: KeyError" in err and "Traceback" not in err
 

@@ -117,6 +117,7 @@ def test_the_runtime_does_not_reach_up(module):
 @pytest.mark.parametrize(
     "leaf",
     [
+        "esegeta_core.command",
         "esegeta_core.errors",
         "esegeta_core.files",
         "esegeta_core.metric_info",

@@ -2,7 +2,8 @@
 
 ``esegeta methods`` lists every installed method (and the plugins that failed to
 load, with the reason); ``esegeta methods NAME`` shows one method's parameters, read
-from its JSON Schema.
+from its JSON Schema. Plugins add commands of their own (``esegeta serve``) through the
+hook ``esegeta_register_commands``; the core keeps the names.
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from esegeta_core.catalog import MethodInfo, describe_method, list_methods, plugin_failures
-from esegeta_core.errors import EsegetaError, InvalidParamsError
+from esegeta_core.errors import (
+    EsegetaError,
+    InvalidParamsError,
+    PluginConflictError,
+    PluginLoadError,
+    did_you_mean,
+)
+
+if TYPE_CHECKING:
+    from esegeta_core.plugin.commands import CommandTable, PluginCommand
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -330,22 +340,48 @@ def cmd_convert(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="esegeta", description="Interpretability methods for PyTorch image models."
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    methods = sub.add_parser("methods", help="list installed methods, or show one method")
+class CommandParser:
+    """The ``esegeta`` parser and the parser of each sub-command, by name: the core keeps
+    the names itself (core commands first, then the plugins'), so it needs no argparse
+    internals to tell them apart."""
+
+    def __init__(self) -> None:
+        self.parser = argparse.ArgumentParser(
+            prog="esegeta", description="Interpretability methods for PyTorch image models."
+        )
+        self.parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+        self._sub = self.parser.add_subparsers(dest="command", required=True)
+        self.parsers: dict[str, argparse.ArgumentParser] = {}
+
+    def add(self, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        """Add the sub-command ``name`` and return its parser."""
+        self.parsers[name] = self._sub.add_parser(name, help=help, description=description)
+        return self.parsers[name]
+
+    def parse(self, argv: list[str], command: str | None = None) -> argparse.Namespace:
+        """``argv`` parsed (argparse exits on a mistake); arguments nobody reads are
+        reported by the parser of ``command`` when given (plugin commands, as their
+        own parser did), else by the ``esegeta`` parser."""
+        args, extra = self.parser.parse_known_args(argv)
+        if extra:
+            where = self.parsers[command] if command else self.parser
+            where.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+
+
+def build_commands() -> CommandParser:
+    """The ``esegeta`` parser with the core commands."""
+    commands = CommandParser()
+    methods = commands.add("methods", help="list installed methods, or show one method")
     methods.add_argument("name", nargs="?", help="a method name: show its parameters")
     methods.add_argument("--plugin", help="only methods of this plugin")
     methods.add_argument("--family", help="only methods of this family")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     methods.add_argument("--markdown", action="store_true", help="a Markdown table (for docs)")
     methods.set_defaults(func=cmd_methods)
-    schema = sub.add_parser("schema", help="print the JSON Schema of run configs")
+    schema = commands.add("schema", help="print the JSON Schema of run configs")
     schema.set_defaults(func=cmd_schema)
-    validate = sub.add_parser("validate", help="check a run config without running it")
+    validate = commands.add("validate", help="check a run config without running it")
     validate.add_argument("config", help="YAML or JSON run config")
     validate.add_argument(
         "--plan",
@@ -354,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "read the inputs and count the jobs",
     )
     validate.set_defaults(func=cmd_validate)
-    run = sub.add_parser("run", help="run a config: every input x method x target")
+    run = commands.add("run", help="run a config: every input x method x target")
     run.add_argument("config", help="YAML or JSON run config")
     run.add_argument("--output-dir", help="override output_dir")
     run.add_argument(
@@ -379,14 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
         "'HOST:PORT' or 'ray://HOST:10001'); sets executor.options.address",
     )
     run.set_defaults(func=cmd_run)
-    executors = sub.add_parser("executors", help="list the executors `esegeta run` can use")
+    executors = commands.add("executors", help="list the executors `esegeta run` can use")
     executors.set_defaults(func=cmd_executors)
-    report = sub.add_parser("report", help="write a run folder's self-contained HTML report")
+    report = commands.add("report", help="write a run folder's self-contained HTML report")
     report.add_argument("run_dir", help="the run folder (output_dir/name)")
     report.add_argument("-o", "--output", help="where to write it (default: RUN_DIR/report.html)")
     report.add_argument("--title", help="the page title (default: the run's name)")
     report.set_defaults(func=cmd_report)
-    evaluate = sub.add_parser(
+    evaluate = commands.add(
         "evaluate", help="score a config's methods with metrics: a leaderboard and a report"
     )
     evaluate.add_argument("config", help="YAML or JSON run config (its evaluation section)")
@@ -396,77 +432,79 @@ def build_parser() -> argparse.ArgumentParser:
         help="which part of the model's output holds the logits; overrides model.output",
     )
     evaluate.set_defaults(func=cmd_evaluate)
-    demo = sub.add_parser(
+    demo = commands.add(
         "demo", help="train tiny models, explain and evaluate them, write an HTML report"
     )
     demo.add_argument("--output-dir", default="esegeta-demo", help="where to write")
     demo.add_argument("--quick", action="store_true", help="fewer images and methods")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
-    convert = sub.add_parser("convert-config", help="convert a TorchEsegeta JSON config")
+    convert = commands.add("convert-config", help="convert a TorchEsegeta JSON config")
     convert.add_argument("old", help="the TorchEsegeta JSON config")
     convert.add_argument("-o", "--output", help="where to write the YAML (default: beside)")
     convert.add_argument(
         "--force", action="store_true", help="replace an existing YAML (never the source)"
     )
     convert.set_defaults(func=cmd_convert)
-    return parser
+    return commands
 
 
-PLUGIN_COMMANDS_GROUP = "esegeta.cli"
-"""Entry-point group of plugin sub-commands: ``esegeta NAME ARGS...`` calls the entry
-point ``NAME`` (a callable taking the list ``ARGS`` and returning an exit status)."""
+def add_plugin_commands(commands: CommandParser, name: str | None) -> PluginCommand | None:
+    """Add every plugin command to ``commands`` (so ``esegeta --help`` lists them) and
+    return the one named ``name`` with its options added (``None`` without a name).
 
+    Only that command's ``add_arguments`` is called: the others are not loaded. Raises
+    :class:`InvalidParamsError` for a name no plugin adds, :class:`PluginConflictError`
+    for one that several plugins claim and :class:`PluginLoadError` when the command's
+    options cannot be added."""
+    from esegeta_core.plugin.commands import collect_commands
 
-def plugin_commands() -> dict[str, Any]:
-    """The plugin sub-commands installed (entry points of ``esegeta.cli``) by name."""
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=PLUGIN_COMMANDS_GROUP)}
-
-
-def run_plugin_command(parser: argparse.ArgumentParser, argv: list[str]) -> int | None:
-    """``esegeta NAME ...`` for a NAME that is no built-in command: run the plugin's
-    command, or explain what exists; ``None`` when argparse should handle ``argv``."""
-    index = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
-    builtin = [
-        name
-        for action in parser._actions
-        if isinstance(action, argparse._SubParsersAction)
-        for name in action.choices
-    ]
-    if index is None or argv[index] in builtin:
+    table = collect_commands(reserved=commands.parsers)
+    if name is not None:
+        _require_command(name, list(commands.parsers), table)
+    for found in table.commands.values():
+        commands.add(found.command.name, found.command.help, found.command.description)
+    if name is None:
         return None
-    name, commands = argv[index], plugin_commands()
-    if name not in commands:
-        from esegeta_core.errors import did_you_mean
-
-        sys.stderr.write(
-            f"esegeta: error: unknown command {name!r}."
-            + did_you_mean(name, [*builtin, *commands])
-            + f" Commands: {', '.join(builtin)}; from plugins: "
-            + (", ".join(sorted(commands)) or "none installed")
-            + f" (plugins add commands through the entry-point group {PLUGIN_COMMANDS_GROUP!r}).\n"
-        )
-        return 2
-    options = argparse.ArgumentParser(add_help=False)
-    options.add_argument("-v", "--verbose", action="count", default=0)
-    verbose = options.parse_known_args(argv[:index])[0].verbose
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s"
-    )
+    chosen = table.commands[name]
     try:
-        command = commands[name].load()
-    except EsegetaError as exc:
-        sys.stderr.write(f"esegeta {name}: error: {exc}\n")
-        return EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - a broken plugin: say which, no traceback
-        sys.stderr.write(
-            f"esegeta: error: the command {name!r} ({commands[name].value}) failed to "
-            f"load: {type(exc).__name__}: {exc}. Reinstall the plugin that provides it.\n"
-        )
-        return EXIT_ERROR
-    return guarded(name, verbose, lambda: command(argv[index + 1 :]) or 0, prefix=name)
+        chosen.command.add_arguments(commands.parsers[name])
+    except Exception as exc:  # a broken plugin: say which, no traceback
+        raise PluginLoadError(
+            f"the command {name!r} ({chosen.source}) failed to load: "
+            f"{type(exc).__name__}: {exc}. Reinstall the plugin that provides it."
+        ) from exc
+    return chosen
+
+
+def _require_command(name: str, core: list[str], table: CommandTable) -> None:
+    """Raise unless a plugin adds the command ``name``, naming the commands there are."""
+    from esegeta_core.plugin.commands import HOOK
+
+    if name in table.commands:
+        return
+    if name in table.unavailable:
+        raise PluginConflictError(table.unavailable[name])
+    raise InvalidParamsError(
+        f"unknown command {name!r}."
+        + did_you_mean(name, [*core, *table.commands])
+        + f" Commands: {', '.join(core)}; from plugins: "
+        + (", ".join(table.commands) or "none installed")
+        + f" (plugins add commands through the hook {HOOK})."
+    )
+
+
+def _command_word(argv: list[str]) -> tuple[str | None, int]:
+    """The sub-command's name (the first word that is no option; ``None`` when there is
+    none) and how many ``-v`` come before it, read before any plugin is loaded."""
+    index = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    options = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    options.add_argument("-v", "--verbose", action="count", default=0)
+    try:
+        verbose = int(options.parse_known_args(argv[:index])[0].verbose)
+    except argparse.ArgumentError:  # such as --verbose=2: the esegeta parser reports it
+        verbose = 0
+    return (None if index is None else argv[index]), verbose
 
 
 EXIT_ERROR = 2
@@ -508,23 +546,30 @@ def guarded(
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of the ``esegeta`` command; returns the exit status.
 
-    ``esegeta NAME ...`` with a NAME that is not a built-in command runs the plugin
-    command registered as ``NAME`` in the entry-point group ``esegeta.cli`` (it writes
-    to the real stdout, not ``out``). Exit status: 0 success, 1 (:data:`EXIT_UNEXPECTED`)
-    an unexpected error or failed jobs (``run``), 2 (:data:`EXIT_ERROR`) an esegeta error
+    ``esegeta NAME ...`` with a NAME that is not a core command runs the command a
+    plugin adds as ``NAME`` through the hook ``esegeta_register_commands`` (it writes
+    to the real stdout, not ``out``); plugins are loaded only then, and for
+    ``esegeta --help``. Exit status: 0 success, 1 (:data:`EXIT_UNEXPECTED`) an
+    unexpected error or failed jobs (``run``), 2 (:data:`EXIT_ERROR`) an esegeta error
     or bad arguments, 130 (:data:`EXIT_INTERRUPTED`) Ctrl-C; never a traceback without -v.
     """
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    code = run_plugin_command(parser, argv)
-    if code is not None:
-        return code
-    args = parser.parse_args(argv)
+    name, verbose = _command_word(argv)
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s"
     )
-    return guarded(args.command, args.verbose, lambda: args.func(args, out or sys.stdout))
+    commands = build_commands()
+    try:
+        plugin = None if name in commands.parsers else add_plugin_commands(commands, name)
+    except EsegetaError as exc:
+        sys.stderr.write(f"esegeta: error: {exc}\n")
+        return EXIT_ERROR
+    if plugin is None:
+        args = commands.parse(argv)
+        return guarded(args.command, args.verbose, lambda: args.func(args, out or sys.stdout))
+    command = plugin.command
+    args = commands.parse(argv, command.name)
+    return guarded(command.name, verbose, lambda: command.run(args) or 0, prefix=command.name)
 
 
 if __name__ == "__main__":

@@ -373,10 +373,10 @@ def test_runs_listing_skips_hidden_folders_and_run_insides(tmp_path: Path) -> No
 
 
 def test_serve_is_an_esegeta_command_with_checked_options(tmp_path: Path) -> None:
-    from esegeta_core.cli import plugin_commands
     from esegeta_core.errors import InvalidParamsError
+    from esegeta_core.plugin.commands import collect_commands
 
-    assert plugin_commands()["serve"].value == "esegeta_web.cli:main"
+    assert collect_commands().commands["serve"].plugin == "web"
     with pytest.raises(InvalidParamsError, match="--workspace"):
         settings(["--workspace", str(tmp_path / "missing")])
     with pytest.raises(InvalidParamsError, match="--max-upload"):

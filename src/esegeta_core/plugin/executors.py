@@ -12,13 +12,10 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-import pluggy
 from pydantic import ValidationError
 
 from esegeta_core.errors import InvalidParamsError, PluginConflictError
-from esegeta_core.plugin import PROJECT
-from esegeta_core.plugin import spec as hookspecs
-from esegeta_core.plugin.manager import DISABLE_ENV, _disabled, _entry_points
+from esegeta_core.plugin.manager import DISABLE_ENV, hook_results, loaded_plugins
 from esegeta_core.runtime.executor import DEFAULT_EXECUTOR, Executor, LocalExecutor
 
 log = logging.getLogger(__name__)
@@ -29,35 +26,21 @@ __all__ = ["executor_options", "executor_sources", "executors", "get_executor"]
 def _plugin_executors() -> dict[str, tuple[type[Executor], str]]:
     """``{name: (class, source)}`` from every plugin's ``esegeta_register_executors``."""
     found: dict[str, tuple[type[Executor], str]] = {}
-    disabled = set(_disabled())
-    for ep in _entry_points():
-        if ep.name in disabled:
-            continue
-        try:
-            obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - the methods registry reports broken plugins
-            log.debug("plugin %s failed to load (%s); its executors are skipped", ep.name, exc)
-            continue
-        if not hasattr(obj, "esegeta_register_executors"):
-            continue
-        pm = pluggy.PluginManager(PROJECT)
-        pm.add_hookspecs(hookspecs)
-        pm.register(obj, name=ep.name)
-        for batch in pm.hook.esegeta_register_executors():
-            for cls in batch or ():
-                source = f"plugin {ep.name}"
-                if not (isinstance(cls, type) and issubclass(cls, Executor)):
-                    raise PluginConflictError(
-                        f"{source}: esegeta_register_executors returned {cls!r}, not an "
-                        "esegeta_core.runtime.executor.Executor subclass; return the classes."
-                    )
-                if cls.name == DEFAULT_EXECUTOR or cls.name in found:
-                    other = "the core" if cls.name == DEFAULT_EXECUTOR else found[cls.name][1]
-                    raise PluginConflictError(
-                        f"{source} registers the executor {cls.name!r}, which {other} "
-                        f"registers too; rename it (or disable one plugin with {DISABLE_ENV})."
-                    )
-                found[cls.name] = (cls, source)
+    for plugin, _source, obj in loaded_plugins("executors", in_code=False):
+        for cls in hook_results(plugin, obj, "esegeta_register_executors"):
+            source = f"plugin {plugin}"
+            if not (isinstance(cls, type) and issubclass(cls, Executor)):
+                raise PluginConflictError(
+                    f"{source}: esegeta_register_executors returned {cls!r}, not an "
+                    "esegeta_core.runtime.executor.Executor subclass; return the classes."
+                )
+            if cls.name == DEFAULT_EXECUTOR or cls.name in found:
+                other = "the core" if cls.name == DEFAULT_EXECUTOR else found[cls.name][1]
+                raise PluginConflictError(
+                    f"{source} registers the executor {cls.name!r}, which {other} "
+                    f"registers too; rename it (or disable one plugin with {DISABLE_ENV})."
+                )
+            found[cls.name] = (cls, source)
     return found
 
 

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -310,6 +310,44 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return sorted(metadata.entry_points(group=PROJECT), key=lambda ep: ep.name)
 
 
+def entry_point_source(ep: metadata.EntryPoint) -> str:
+    """Where an entry point's plugin comes from, in words (errors name it)."""
+    where = f" in {ep.dist.name} {ep.dist.version}" if ep.dist is not None else ""
+    return f"entry point {ep.name} = {ep.value}{where}"
+
+
+def loaded_plugins(what: str, *, in_code: bool = True) -> Iterator[tuple[str, str, Any]]:
+    """``(plugin name, source, plugin object)`` of every enabled plugin that loads (then,
+    with ``in_code``, of those registered in code), for the hooks other than the
+    methods' (executors, commands). A plugin that fails to load is skipped with a debug
+    line: the methods registry reports it (``what`` names what is skipped)."""
+    disabled = set(_disabled())
+    for ep in _entry_points():
+        if ep.name in disabled:
+            continue
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - the methods registry reports broken plugins
+            log.debug("plugin %s failed to load (%s); its %s are skipped", ep.name, exc, what)
+            continue
+        yield ep.name, entry_point_source(ep), obj
+    if in_code:
+        for name, obj in list(_extra):
+            yield name, f"{_IN_CODE} {name}", obj
+
+
+def hook_results(plugin: str, obj: Any, hook: str) -> list[Any]:
+    """Everything one plugin's ``hook`` returns, flattened, called in a plugin manager of
+    its own (so plugins that share a name or a module cannot clash inside pluggy); []
+    when the plugin does not implement it."""
+    if not hasattr(obj, hook):
+        return []
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(spec)
+    pm.register(obj, name=plugin)
+    return [item for batch in getattr(pm.hook, hook)() for item in (batch or ())]
+
+
 def _unknown_disabled(name: str, installed: list[str], in_code: list[str]) -> str:
     """The warning for a name in ``ESEGETA_DISABLED_PLUGINS`` that matches no entry point."""
     if name in in_code:
@@ -363,9 +401,7 @@ def build_registry(extra: Iterable[tuple[str, Any]] = ()) -> Registry:
         if ep.name in registry.disabled:
             log.info("plugin %s disabled by %s", ep.name, DISABLE_ENV)
             continue
-        source = f"entry point {ep.name} = {ep.value}"
-        if ep.dist is not None:
-            source += f" in {ep.dist.name} {ep.dist.version}"
+        source = entry_point_source(ep)
         try:
             obj = ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others

@@ -1,4 +1,8 @@
-"""``esegeta serve``: start the web app (an ``esegeta.cli`` entry point)."""
+"""``esegeta serve``: start the web app (the command this plugin adds to ``esegeta``).
+
+Importing this module is cheap (``esegeta --help`` lists the command through it): the
+web server and the app load only when the command runs.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,25 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from esegeta_core.command import Command
 from esegeta_core.errors import InvalidParamsError
-from esegeta_web.models import DeclaredModel, load_models
-from esegeta_web.security import DEFAULT_MAX_UPLOAD, is_loopback, new_token
+
+if TYPE_CHECKING:
+    from esegeta_web.models import DeclaredModel
+
+DESCRIPTION = (
+    "A local web app that launches esegeta runs, follows them live and shows their maps. "
+    "It can run code: it binds to 127.0.0.1 unless told otherwise, and any other host "
+    "needs a token."
+)
 
 
-def parser() -> argparse.ArgumentParser:
-    """The options of ``esegeta serve``."""
-    p = argparse.ArgumentParser(
-        prog="esegeta serve",
-        description="A local web app that launches esegeta runs, follows them live and "
-        "shows their maps. It can run code: it binds to 127.0.0.1 unless told otherwise, "
-        "and any other host needs a token.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``esegeta serve`` to ``p``."""
+    from esegeta_web.security import DEFAULT_MAX_UPLOAD
+
     p.add_argument("--workspace", default=".", help="folder of runs, inputs and uploads")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
@@ -35,6 +44,12 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_UPLOAD,
         help=f"largest request body (upload) in bytes (default {DEFAULT_MAX_UPLOAD:,}: 512 MiB)",
     )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The options of ``esegeta serve``."""
+    p = argparse.ArgumentParser(prog="esegeta serve", description=DESCRIPTION)
+    add_arguments(p)
     return p
 
 
@@ -51,9 +66,16 @@ class Settings:
 
 
 def settings(argv: list[str]) -> Settings:
-    """The app's settings from the command line: workspace checked, token generated
+    """The app's settings from the command line (see :func:`checked_settings`)."""
+    return checked_settings(parser().parse_args(argv))
+
+
+def checked_settings(args: argparse.Namespace) -> Settings:
+    """The app's settings from the parsed options: workspace checked, token generated
     when a non-loopback host has none."""
-    args = parser().parse_args(argv)
+    from esegeta_web.models import load_models
+    from esegeta_web.security import is_loopback, new_token
+
     workspace = Path(args.workspace).resolve()
     if not workspace.is_dir():
         raise InvalidParamsError(
@@ -68,13 +90,13 @@ def settings(argv: list[str]) -> Settings:
     return Settings(workspace, args.host, args.port, token, models, args.max_upload)
 
 
-def main(argv: list[str]) -> int:
-    """Run the server until Ctrl-C; returns the exit status."""
+def run(args: argparse.Namespace) -> int:
+    """Run the server with the parsed options until Ctrl-C; returns the exit status."""
     import uvicorn
 
     from esegeta_web.app import create_app
 
-    s = settings(argv)
+    s = checked_settings(args)
     app = create_app(
         s.workspace, models=s.models, token=s.token, host=s.host, max_upload=s.max_upload
     )
@@ -85,3 +107,18 @@ def main(argv: list[str]) -> int:
     )
     uvicorn.run(app, host=s.host, port=s.port, log_level="warning")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """Run the server until Ctrl-C; returns the exit status."""
+    return run(parser().parse_args(argv))
+
+
+COMMAND = Command(
+    name="serve",
+    help="start the web app: launch runs, follow them live, see their maps",
+    add_arguments=add_arguments,
+    run=run,
+    description=DESCRIPTION,
+)
+"""``esegeta serve``, as the hook ``esegeta_register_commands`` of the plugin returns it."""
