@@ -14,6 +14,7 @@ from esegeta_core import InvalidParamsError, MethodParams
 from esegeta_core.toolkit import (
     BaselineChoice,
     Call,
+    TensorParam,
     gather_target,
     interpolation_mode,
     layer_output,
@@ -118,4 +119,27 @@ def test_baseline_choice_takes_names_numbers_and_tensors():
     with pytest.raises(ValueError):
         _Opts(baseline="nonsense")
     prop = _Opts.model_json_schema()["properties"]["baseline"]
-    assert {"type": "object", "title": "torch.Tensor"} in prop["anyOf"]
+    tensor = {"type": "object", "title": "Tensor", "x-python-type": "torch.Tensor"}
+    assert tensor in prop["anyOf"]
+
+
+class _Plain(MethodParams):
+    mask: torch.Tensor | None = Field(None, description="a plain tensor field")
+    typed: TensorParam | None = Field(None, description="the toolkit's")
+
+
+def test_tensor_param_has_the_schema_of_a_plain_tensor_field():
+    props = _Plain.model_json_schema()["properties"]
+    assert props["mask"]["anyOf"] == props["typed"]["anyOf"]
+
+
+def test_layer_output_refuses_a_tuple_unless_asked_for_its_first_tensor():
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x * 2, x
+
+    net = nn.Sequential(Pair())
+    x = torch.rand(1, 3, 4, 4)
+    with pytest.raises(InvalidParamsError, match="returns tuple, not a tensor"):
+        layer_output(net, net[0], x, method="m.x")
+    assert torch.equal(layer_output(net, net[0], x, method="m.x", first_of_tuple=True), x * 2)

@@ -48,8 +48,12 @@ __all__ = [
 INTERPOLATION_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 """``F.interpolate``'s linear mode per number of spatial dimensions."""
 
-TensorParam = Annotated[torch.Tensor, WithJsonSchema({"type": "object", "title": "torch.Tensor"})]
-"""A tensor-valued parameter; the JSON Schema shows it as an opaque object."""
+TensorParam = Annotated[
+    torch.Tensor,
+    WithJsonSchema({"type": "object", "title": "Tensor", "x-python-type": "torch.Tensor"}),
+]
+"""A tensor-valued parameter; the JSON Schema describes it as a Python-only object, as
+:class:`~esegeta_core.MethodParams` describes a plain ``torch.Tensor`` field."""
 
 BaselineChoice = Literal["zeros", "mean", "blurred", "uniform", "gaussian"] | float | TensorParam
 """A reference input: a name understood by :func:`make_baseline`, a constant or a tensor
@@ -141,16 +145,18 @@ def layer_output(
     method: str,
     path: str = "",
     inputs: bool = False,
+    first_of_tuple: bool = False,
 ) -> torch.Tensor:
     """``layer``'s output (its first input with ``inputs=True``) when ``model`` runs on
     ``x``, differentiable, with the rest of the forward pass skipped; ``path`` names the
-    layer in messages. A clear error when the layer does not run or gives no tensor."""
+    layer in messages. ``first_of_tuple``: a tuple or list output gives its first tensor
+    (else it is refused). A clear error when the layer does not run or gives no tensor."""
     store: list[torch.Tensor] = []
     where = f"layer {path!r}" if path else "the layer"
 
     def hook(_m: nn.Module, args: tuple[object, ...], output: object) -> None:
         value = args[0] if inputs else output
-        if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        if first_of_tuple and isinstance(value, (tuple, list)) and value:
             value = value[0]
         if not isinstance(value, torch.Tensor):
             raise InvalidParamsError(

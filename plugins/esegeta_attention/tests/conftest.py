@@ -1,36 +1,29 @@
-"""Models built in code with random weights, and references written independently of
-the plugin: attention recomputed from each module's own weights (or read through the
-library's own API), rollout and Chefer et al.'s relevance as plain per-item loops."""
+"""Vision transformers built in code with random weights, offered as fixtures: each
+fixture named after a model gives its builder (a fresh model per call), and
+``model_builders`` every model the tests compare against references, by name."""
 
 from __future__ import annotations
 
-import copy
-import math
-import types
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from esegeta_core.devices import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """Small models are as fast on one thread; several oversubscribe a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------- models
 
 
-def timm_vit(**kwargs: object) -> nn.Module:
+def _timm_vit(**kwargs: object) -> nn.Module:
     import timm
 
     torch.manual_seed(0)
@@ -38,7 +31,7 @@ def timm_vit(**kwargs: object) -> nn.Module:
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, **args).eval()
 
 
-def timm_deit() -> nn.Module:
+def _timm_deit() -> nn.Module:
     import timm
 
     torch.manual_seed(0)
@@ -48,7 +41,7 @@ def timm_deit() -> nn.Module:
     ).eval()  # fmt: skip
 
 
-def torchvision_vit() -> nn.Module:
+def _torchvision_vit() -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(0)
@@ -60,7 +53,7 @@ def torchvision_vit() -> nn.Module:
     return model.eval()
 
 
-def monai_unetr() -> nn.Module:
+def _monai_unetr() -> nn.Module:
     from monai.networks.nets import UNETR
 
     torch.manual_seed(0)
@@ -70,7 +63,7 @@ def monai_unetr() -> nn.Module:
     ).eval()  # fmt: skip
 
 
-def hf_vit() -> nn.Module:
+def _hf_vit() -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
@@ -81,170 +74,36 @@ def hf_vit() -> nn.Module:
     return ViTForImageClassification(config).eval()
 
 
-@dataclass(frozen=True)
-class Case:
-    """A model, its input, targets, task and what the map must look like."""
-
-    name: str
-    build: Callable[[], nn.Module]
-    shape: tuple[int, ...]
-    grid: tuple[int, ...]
-    extra: int
-    task: str = "classification"
-    targets: tuple[int, int] = (0, 3)
-
-    def input(self) -> torch.Tensor:
-        return torch.rand(self.shape, generator=torch.Generator().manual_seed(1))
-
-    def __str__(self) -> str:
-        return self.name
+BUILDERS: dict[str, Callable[[], nn.Module]] = {
+    "timm_vit": _timm_vit,
+    "timm_deit_distilled": _timm_deit,
+    "timm_vit_registers": lambda: _timm_vit(reg_tokens=4),
+    "torchvision_vit": _torchvision_vit,
+    "monai_unetr_3d": _monai_unetr,
+    "huggingface_vit": _hf_vit,
+}
+"""Every model the methods are compared on, by name."""
 
 
-CASES = [
-    Case("timm_vit", timm_vit, (2, 3, 32, 32), (4, 4), 1),
-    Case("timm_deit_distilled", timm_deit, (2, 3, 32, 32), (4, 4), 2),
-    Case("timm_vit_registers", lambda: timm_vit(reg_tokens=4), (2, 3, 32, 32), (4, 4), 5),
-    Case("torchvision_vit", torchvision_vit, (2, 3, 32, 32), (4, 4), 1),
-    Case("monai_unetr_3d", monai_unetr, (2, 1, 32, 32, 32), (2, 2, 2), 0, "segmentation",
-         (1, 2)),
-    Case("huggingface_vit", hf_vit, (2, 3, 32, 32), (4, 4), 1),
-]  # fmt: skip
+@pytest.fixture(scope="session")
+def model_builders() -> Mapping[str, Callable[[], nn.Module]]:
+    """Every model the methods are compared on: name -> builder."""
+    return BUILDERS
 
 
-# ------------------------------------------------- attention recomputed independently
+@pytest.fixture(scope="session")
+def timm_vit() -> Callable[..., nn.Module]:
+    """timm's ViT-Tiny (2 blocks, 32x32 input, 8x8 patches); keywords go to timm."""
+    return _timm_vit
 
 
-def _timm_forward(store: list[torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def forward(self: nn.Module, x: torch.Tensor, attn_mask=None, is_causal=False):  # type: ignore[no-untyped-def]
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
-        store.append(attn)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, self.attn_dim)
-        return self.proj_drop(self.proj(self.norm(out)))
-
-    return forward
+@pytest.fixture(scope="session")
+def torchvision_vit() -> Callable[[], nn.Module]:
+    """torchvision's VisionTransformer (2 blocks, 32x32 input, 8x8 patches)."""
+    return _torchvision_vit
 
 
-def _mha_forward(store: list[torch.Tensor]) -> Callable[..., tuple[torch.Tensor, None]]:
-    def forward(self: nn.Module, query: torch.Tensor, key, value, **kwargs):  # type: ignore[no-untyped-def]
-        b, n, e = query.shape
-        h = self.num_heads
-        q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = (t.reshape(b, n, h, e // h).transpose(1, 2) for t in (q, k, v))
-        attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(e // h), dim=-1)
-        store.append(attn)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, e)
-        return self.out_proj(out), None
-
-    return forward
-
-
-def _monai_forward(store: list[torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def forward(self: nn.Module, x: torch.Tensor, attn_mask=None):  # type: ignore[no-untyped-def]
-        q, k, v = self.input_rearrange(self.qkv(x))
-        attn = torch.softmax(torch.einsum("blxd,blyd->blxy", q, k) * self.scale, dim=-1)
-        store.append(attn)
-        out = self.out_rearrange(torch.einsum("bhxy,bhyd->bhxd", attn, v))
-        return self.drop_output(self.out_proj(out))
-
-    return forward
-
-
-def reference_attention(
-    case: Case, model: nn.Module, x: torch.Tensor
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every block's attention ``(B, heads, N, N)`` (in the graph) and the ``(B, classes)``
-    scores, from a copy of ``model`` whose attention is recomputed by code written here
-    (Hugging Face: the library's own ``output_attentions`` with eager attention)."""
-    from esegeta_core.targets import score_model
-
-    twin = copy.deepcopy(model)
-    store: list[torch.Tensor] = []
-    if case.name == "huggingface_vit":
-        twin.set_attn_implementation("eager")
-        out = twin(pixel_values=x, output_attentions=True)
-        return list(out.attentions), out.logits
-    for module in twin.modules():
-        kind = type(module).__name__
-        if kind == "Attention" and type(module).__module__.startswith("timm"):
-            module.forward = types.MethodType(_timm_forward(store), module)
-        elif isinstance(module, nn.MultiheadAttention):
-            module.forward = types.MethodType(_mha_forward(store), module)
-        elif kind == "SABlock":
-            module.forward = types.MethodType(_monai_forward(store), module)
-    scores = score_model(twin, case.task, None, None)(x)
-    plain = score_model(model, case.task, None, None)
-    with torch.no_grad():
-        expected = plain(x)
-    assert torch.allclose(scores, expected, atol=1e-4, rtol=1e-4), "reference forward differs"
-    assert store, "no attention recomputed"
-    return store, scores
-
-
-# ------------------------------------------------------------------- reference maps
-
-
-def fuse(a: torch.Tensor, how: str) -> torch.Tensor:
-    """(heads, N, N) -> (N, N)."""
-    return {"mean": a.mean(0), "max": a.max(0).values, "min": a.min(0).values}[how]
-
-
-def read_map(matrix: torch.Tensor, extra: int, grid: tuple[int, ...]) -> torch.Tensor:
-    """One item's (N, N) matrix -> (1, *grid): the class token's row (extra tokens), or
-    the mean of the patch rows (none)."""
-    row = matrix[0, extra:] if extra else matrix[extra:, extra:].mean(0)
-    return row.reshape(1, *grid)
-
-
-def reference_raw(attn: torch.Tensor, how: str, extra: int, grid: tuple[int, ...]):
-    return torch.stack([read_map(fuse(a, how), extra, grid) for a in attn.detach()])
-
-
-def reference_rollout(
-    attns: list[torch.Tensor], how: str, ratio: float, extra: int, grid: tuple[int, ...]
-) -> torch.Tensor:
-    """jacobgil/vit-explain's rollout with rows normalised (keepdim), per item."""
-    maps = []
-    for b in range(attns[0].shape[0]):
-        n = attns[0].shape[-1]
-        result = torch.eye(n)
-        for attn in attns:
-            fused = fuse(attn[b].detach(), how).clone()
-            count = int(ratio * n * n)
-            if count:
-                flat = fused.flatten()
-                order = [int(i) for i in torch.argsort(flat) if not (extra and int(i) == 0)]
-                flat[order[:count]] = 0
-                fused = flat.view(n, n)
-            a = (fused + torch.eye(n)) / 2
-            a = a / a.sum(dim=-1, keepdim=True)
-            result = a @ result
-        maps.append(read_map(result, extra, grid))
-    return torch.stack(maps)
-
-
-def reference_gae(
-    attns: list[torch.Tensor],
-    scores: torch.Tensor,
-    targets: tuple[int, ...],
-    extra: int,
-    grid: tuple[int, ...],
-) -> torch.Tensor:
-    """Chefer et al.'s ViT code (generate_relevance), one item and one backward at a time."""
-    maps = []
-    for b, t in enumerate(targets):
-        grads = torch.autograd.grad(scores[b, t], attns, retain_graph=True)
-        n = attns[0].shape[-1]
-        relevance = torch.eye(n)
-        for attn, grad in zip(attns, grads):
-            cam = (grad[b] * attn[b].detach()).clamp(min=0).mean(dim=0)
-            relevance = relevance + cam @ relevance
-        maps.append(read_map(relevance, extra, grid))
-    return torch.stack(maps)
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max())
+@pytest.fixture(scope="session")
+def monai_unetr() -> Callable[[], nn.Module]:
+    """MONAI's 3D UNETR (32^3 input, no class token)."""
+    return _monai_unetr

@@ -5,13 +5,12 @@ also when the forward pass fails half-way."""
 from __future__ import annotations
 
 import warnings
-from functools import cache
+from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import monai_unetr, timm_vit, torchvision_vit
 from esegeta_attention.adapters import TorchMHAAdapter
-from esegeta_attention.sites import Call, capturing, discover
+from esegeta_attention.sites import AttentionCall, capturing, discover
 from torch import nn
 
 from esegeta_core import (
@@ -27,8 +26,9 @@ METHODS = ["attention.raw", "attention.rollout", "attention.gae"]
 X2D = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-@cache
-def vit() -> nn.Module:
+@pytest.fixture(scope="module")
+def vit(timm_vit: Callable[..., nn.Module]) -> nn.Module:
+    """One timm ViT for the refusals (they leave it as found)."""
     return timm_vit()
 
 
@@ -131,29 +131,29 @@ class _SelfMHA(nn.Module):
         return self.attn(x, x, x, need_weights=False)[0]
 
 
-def test_a_layer_that_is_not_an_attention_block() -> None:
+def test_a_layer_that_is_not_an_attention_block(vit: nn.Module) -> None:
     with pytest.raises(InvalidParamsError, match=r"'head' \(Linear\) is not an attention block"):
-        _explain(vit(), X2D, "attention.raw", target=1, layer="head")
+        _explain(vit, X2D, "attention.raw", target=1, layer="head")
     with pytest.raises(InvalidParamsError, match="holds 2 attention blocks.*blocks.0.attn"):
-        _explain(vit(), X2D, "attention.raw", target=1, layer="blocks")
+        _explain(vit, X2D, "attention.raw", target=1, layer="blocks")
     with pytest.raises(LayerNotFoundError, match="Did you mean"):
-        _explain(vit(), X2D, "attention.raw", target=1, layer="blocks.0.atn")
+        _explain(vit, X2D, "attention.raw", target=1, layer="blocks.0.atn")
 
 
-def test_bad_parameters() -> None:
+def test_bad_parameters(vit: nn.Module) -> None:
     with pytest.raises(InvalidParamsError, match="discard"):
-        _explain(vit(), X2D, "attention.rollout", target=1, discard=0.5)
+        _explain(vit, X2D, "attention.rollout", target=1, discard=0.5)
     with pytest.raises(InvalidParamsError, match="discard_ratio"):
-        _explain(vit(), X2D, "attention.rollout", target=1, discard_ratio=1.0)
+        _explain(vit, X2D, "attention.rollout", target=1, discard_ratio=1.0)
     with pytest.raises(InvalidParamsError, match="head_fusion"):
-        _explain(vit(), X2D, "attention.rollout", target=1, head_fusion="median")
+        _explain(vit, X2D, "attention.rollout", target=1, head_fusion="median")
     with pytest.raises(InvalidParamsError, match="layer"):
-        _explain(vit(), X2D, "attention.gae", target=1, layer="blocks.0")
+        _explain(vit, X2D, "attention.gae", target=1, layer="blocks.0")
     with pytest.raises(InvalidParamsError, match="start_layer=2 is out of range.*2 attention"):
-        _explain(vit(), X2D, "attention.gae", target=1, start_layer=2)
+        _explain(vit, X2D, "attention.gae", target=1, start_layer=2)
 
 
-def test_query_class_needs_a_class_token() -> None:
+def test_query_class_needs_a_class_token(monai_unetr: Callable[[], nn.Module]) -> None:
     model = monai_unetr()
     x = torch.rand(1, 1, 32, 32, 32)
     with pytest.raises(InvalidParamsError, match="no class token"):
@@ -165,7 +165,9 @@ class _Fails(nn.Module):
         raise RuntimeError("boom")
 
 
-def test_switches_are_restored_when_the_forward_pass_fails() -> None:
+def test_switches_are_restored_when_the_forward_pass_fails(
+    timm_vit: Callable[..., nn.Module],
+) -> None:
     model = timm_vit()
     model.head = nn.Sequential(model.head, _Fails())
     for method in METHODS:
@@ -183,7 +185,7 @@ def test_multihead_attention_hands_the_caller_what_it_asked_for() -> None:
     out_avg, avg = mha(x, x, x)
     (site,) = discover(mha).sites
     assert isinstance(site.adapter, TorchMHAAdapter)
-    seen: list[Call] = []
+    seen: list[AttentionCall] = []
     with capturing([site], seen.append, batch=2, method="t"):
         got, none = mha(x, x, x, need_weights=False)
         got_avg, avg2 = mha(x, x, x)
@@ -201,7 +203,9 @@ def test_multihead_attention_hands_the_caller_what_it_asked_for() -> None:
     assert not mha._forward_hooks and not mha._forward_pre_hooks
 
 
-def test_torchvision_vit_left_with_need_weights_false_for_its_caller() -> None:
+def test_torchvision_vit_left_with_need_weights_false_for_its_caller(
+    torchvision_vit: Callable[[], nn.Module],
+) -> None:
     """After a call, the encoder blocks get (output, None) from their attention again."""
     model = torchvision_vit()
     x = X2D

@@ -5,6 +5,9 @@ in one reused buffer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 from captum.attr import FeatureAblation, Occlusion
@@ -29,31 +32,6 @@ def other(x: torch.Tensor) -> torch.Tensor:
     """A per-item baseline that differs from every item."""
     gen = torch.Generator().manual_seed(123)
     return torch.rand(x.shape, generator=gen)
-
-
-class Recording(nn.Module):
-    """The model, noting the size and storage of every batch it gets."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sizes: list[int] = []
-        self.pointers: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        self.pointers.append(x.data_ptr())
-        return self.model(x)
-
-
-def no_captum(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make a call that reaches Captum's own ablation fail (the engine must run)."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("Captum's attribute ran instead of the engine")
-
-    monkeypatch.setattr(Occlusion, "attribute", refuse)
-    monkeypatch.setattr(FeatureAblation, "attribute", refuse)
 
 
 # -- the engine against Captum -----------------------------------------------------------
@@ -190,7 +168,7 @@ def test_resnet18_equals_captum() -> None:
 
 @pytest.mark.parametrize("rank", [2, 3])
 def test_explain_occlusion_equals_captum_for_any_pass_size(
-    rank: int, monkeypatch: pytest.MonkeyPatch
+    rank: int, engine_only: Callable[..., None]
 ) -> None:
     model = tiny_model("classification", rank)
     x = tiny_input("classification", rank, batch=3, size=14 if rank == 2 else 8)
@@ -201,14 +179,14 @@ def test_explain_occlusion_equals_captum_for_any_pass_size(
         x, sliding_window_shapes=window, strides=strides, baselines=torch.zeros_like(x),
         target=target, perturbations_per_eval=32,
     )  # fmt: skip
-    no_captum(monkeypatch)
+    engine_only(Occlusion, FeatureAblation)
     runs = [{"auto_batch": True}] + [{"perturbations_per_eval": n} for n in (1, 5, 32)]
     for kwargs in runs:
         ours = explain(model, x, "captum.occlusion", target, window=5, strides=3, **kwargs)
         close(ours.attributions, theirs)
 
 
-def test_explain_feature_ablation_equals_captum(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explain_feature_ablation_equals_captum(engine_only: Callable[..., None]) -> None:
     model = tiny_model("classification", 2)
     x = tiny_input("classification", 2, batch=2, size=16)
     target = torch.tensor([1, 3])
@@ -216,7 +194,7 @@ def test_explain_feature_ablation_equals_captum(monkeypatch: pytest.MonkeyPatch)
     theirs = FeatureAblation(model).attribute(
         x, feature_mask=mask, baselines=other(x), target=target, perturbations_per_eval=3
     )
-    no_captum(monkeypatch)
+    engine_only(Occlusion, FeatureAblation)
     for kwargs in ({"auto_batch": True}, {"perturbations_per_eval": 3}, {}):
         ours = explain(
             model, x, "captum.feature_ablation", target, grid_cell=4, baselines=other(x), **kwargs
@@ -224,7 +202,7 @@ def test_explain_feature_ablation_equals_captum(monkeypatch: pytest.MonkeyPatch)
         close(ours.attributions, theirs)
 
 
-def test_planned_passes_in_both_layouts_equal_captum(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_planned_passes_in_both_layouts_equal_captum(engine_only: Callable[..., None]) -> None:
     """Enough windows for the planner to measure: pass sizes climb and channels-last is
     tried on the same buffer."""
     model = tiny_model("classification", 2)
@@ -234,7 +212,7 @@ def test_planned_passes_in_both_layouts_equal_captum(monkeypatch: pytest.MonkeyP
         x, sliding_window_shapes=(3, 2, 2), strides=(3, 2, 2), target=target,
         baselines=torch.zeros_like(x),
     )  # fmt: skip
-    no_captum(monkeypatch)
+    engine_only(Occlusion, FeatureAblation)
     ours = explain(model, x, "captum.occlusion", target, window=2, strides=2, auto_batch=True)
     # channels-last convolutions round the scores (about 0.3) differently: a few ulps
     close(ours.attributions, theirs, atol=1e-6)
@@ -243,7 +221,7 @@ def test_planned_passes_in_both_layouts_equal_captum(monkeypatch: pytest.MonkeyP
 
 @pytest.mark.parametrize("rank", [2, 3])
 def test_segmentation_equals_captum_on_the_wrapped_model(
-    rank: int, monkeypatch: pytest.MonkeyPatch
+    rank: int, engine_only: Callable[..., None]
 ) -> None:
     model = tiny_model("segmentation", rank)
     x = tiny_input("segmentation", rank)
@@ -259,7 +237,7 @@ def test_segmentation_equals_captum_on_the_wrapped_model(
         x, feature_mask=mask, baselines=torch.zeros_like(x), target=target,
         perturbations_per_eval=32,
     )  # fmt: skip
-    no_captum(monkeypatch)
+    engine_only(Occlusion, FeatureAblation)
     for kwargs in ({}, {"auto_batch": True}):
         ours = explain(
             model, x, "captum.occlusion", 0, task="segmentation", window=4, strides=2, **kwargs
@@ -274,10 +252,10 @@ def test_segmentation_equals_captum_on_the_wrapped_model(
 # -- the buffer ----------------------------------------------------------------------------
 
 
-def test_passes_reuse_one_buffer() -> None:
+def test_passes_reuse_one_buffer(batch_log: Callable[[nn.Module], Any]) -> None:
     """Every full pass runs on the same storage: no input-sized tensor per perturbation or
     per pass (the last, shorter pass is a view of the same buffer)."""
-    model = Recording(tiny_model("classification", 2))
+    model = batch_log(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=2, size=16)
     occlusion(model, x, torch.tensor([0, 1]), window=(3, 4, 4), strides=(3, 2, 2), batch_size=8)
     # the 2 inputs themselves ride in the first pass, then 49 windows x 2 items
@@ -286,25 +264,11 @@ def test_passes_reuse_one_buffer() -> None:
 
 
 def test_any_order_of_pass_sizes_and_layouts_builds_the_right_inputs(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, irregular_passes: list[tuple[int, bool]]
 ) -> None:
     """Whatever sizes and layouts the planner asks for, including a pass asked for twice
     (its layout check), the maps stay Captum's; the buffer grows, never per pass."""
-    calls = []
-
-    def irregular(work, chunk, batch_size, sample, *, kind="forward", layouts=True, fits=None):
-        sizes, out, start, i = [5, 1, 7, 7, 3, 16, 2, 9], [], 0, 0
-        while start < work:
-            stop = min(work, start + sizes[i % len(sizes)])
-            layout = i % 3 == 1
-            if i == 4:  # computed both ways, the contiguous one kept
-                chunk(start, stop, True)
-            out.append(chunk(start, stop, layout))
-            calls.append((stop - start, layout))
-            start, i = stop, i + 1
-        return torch.cat(out)
-
-    monkeypatch.setattr(ablation, "method_passes", irregular)
+    calls = irregular_passes
     model = tiny_model("classification", 2)
     x = tiny_input("classification", 2, batch=3, size=12)
     target = torch.tensor([3, 1, 2])

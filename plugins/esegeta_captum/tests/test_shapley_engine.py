@@ -6,6 +6,8 @@ passes per item instead of Captum's n * n! + 1."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +16,6 @@ from esegeta_captum.primary import MAX_EXACT_FEATURES
 from esegeta_captum.primary import ShapleyValues as Method
 from torch import nn
 
-import esegeta_core.runtime.ablation as ablation
 from esegeta_core import explain
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.runtime.ablation import shapley_values
@@ -53,30 +54,6 @@ def random_mask(x: torch.Tensor, counts: list[int], seed: int = 0) -> torch.Tens
         ids.view(-1)[:n] = torch.arange(n)  # each of the n ids at least once
         rows.append(ids[None])
     return torch.stack(rows)
-
-
-class Counting(nn.Module):
-    """The model, noting the size and storage of every batch it gets."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sizes: list[int] = []
-        self.pointers: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        self.pointers.append(x.data_ptr())
-        return self.model(x)
-
-
-def no_captum(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make a call that reaches Captum's own ShapleyValues fail (the engine must run)."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("Captum's attribute ran instead of the engine")
-
-    monkeypatch.setattr(ShapleyValues, "attribute", refuse)
 
 
 def captum(model: nn.Module, x: torch.Tensor, target: object, mask: torch.Tensor, **kw: object):
@@ -167,10 +144,12 @@ def test_resnet18_equals_captum() -> None:
 
 
 @pytest.mark.parametrize("counts", [[4], [5, 5, 5], [2, 6, 3]])
-def test_every_coalition_runs_once(counts: list[int]) -> None:
+def test_every_coalition_runs_once(
+    counts: list[int], batch_log: Callable[[nn.Module], Any]
+) -> None:
     """2^n inputs per item and nothing else (no unperturbed pass), in passes of the
     batch size built in one reused buffer."""
-    model = Counting(tiny_model("classification", 2))
+    model = batch_log(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=len(counts), size=12)
     mask = random_mask(x, counts, seed=3)
     shapley_values(model, x, 0, feature_mask=mask, batch_size=8)
@@ -181,25 +160,11 @@ def test_every_coalition_runs_once(counts: list[int]) -> None:
 
 
 def test_any_order_of_pass_sizes_and_layouts_builds_the_right_inputs(
-    monkeypatch: pytest.MonkeyPatch,
+    irregular_passes: list[tuple[int, bool]],
 ) -> None:
     """Whatever sizes and layouts the planner asks for, including a pass asked for twice
     in both layouts, the maps stay Captum's."""
-    calls: list[tuple[int, bool]] = []
-
-    def irregular(work, chunk, batch_size, sample, *, kind="forward", layouts=True):
-        sizes, out, start, i = [5, 1, 7, 7, 3, 16, 2, 9], [], 0, 0
-        while start < work:
-            stop = min(work, start + sizes[i % len(sizes)])
-            layout = i % 3 == 1
-            if i == 4:  # computed both ways, the contiguous one kept
-                chunk(start, stop, True)
-            out.append(chunk(start, stop, layout))
-            calls.append((stop - start, layout))
-            start, i = stop, i + 1
-        return torch.cat(out)
-
-    monkeypatch.setattr(ablation, "method_passes", irregular)
+    calls = irregular_passes
     model = tiny_model("classification", 2)
     x = tiny_input("classification", 2, batch=3, size=12)
     target = torch.tensor([3, 1, 2])
@@ -210,8 +175,8 @@ def test_any_order_of_pass_sizes_and_layouts_builds_the_right_inputs(
     assert len(calls) > 10 and any(layout for _, layout in calls)
 
 
-def test_too_many_features_are_refused() -> None:
-    model = Counting(tiny_model("classification", 2))
+def test_too_many_features_are_refused(batch_log: Callable[[nn.Module], Any]) -> None:
+    model = batch_log(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=1, size=8)
     mask = torch.arange(64).view(1, 1, 8, 8) % 21
     with pytest.raises(InvalidParamsError, match="Shapley values: .*21 features"):
@@ -226,7 +191,7 @@ def test_too_many_features_are_refused() -> None:
 
 @pytest.mark.parametrize("rank", [2, 3])
 def test_explain_equals_captum_for_any_pass_size(
-    rank: int, monkeypatch: pytest.MonkeyPatch
+    rank: int, engine_only: Callable[..., None]
 ) -> None:
     model = tiny_model("classification", rank)
     x = tiny_input("classification", rank, batch=3, size=14 if rank == 2 else 7)
@@ -234,14 +199,14 @@ def test_explain_equals_captum_for_any_pass_size(
     theirs = captum(
         model, x, target, halves(x), baselines=torch.zeros_like(x), perturbations_per_eval=32
     )
-    no_captum(monkeypatch)
+    engine_only(ShapleyValues)
     runs = [{}, {"auto_batch": True}] + [{"perturbations_per_eval": n} for n in (1, 5, 16)]
     for kwargs in runs:
         ours = explain(model, x, "captum.shapley_values", target, **kwargs)
         close(ours.attributions, theirs)
 
 
-def test_explain_with_a_custom_mask_and_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explain_with_a_custom_mask_and_baseline(engine_only: Callable[..., None]) -> None:
     model = tiny_model("classification", 2)
     x = tiny_input("classification", 2, batch=2, size=16)
     target = torch.tensor([1, 3])
@@ -249,7 +214,7 @@ def test_explain_with_a_custom_mask_and_baseline(monkeypatch: pytest.MonkeyPatch
     theirs = captum(
         model, x, target, mask[None, None], baselines=other(x), perturbations_per_eval=3
     )
-    no_captum(monkeypatch)
+    engine_only(ShapleyValues)
     for kwargs in ({"auto_batch": True}, {"perturbations_per_eval": 3}, {}):
         ours = explain(
             model,
@@ -263,11 +228,13 @@ def test_explain_with_a_custom_mask_and_baseline(monkeypatch: pytest.MonkeyPatch
         close(ours.attributions, theirs)
 
 
-def test_explain_runs_2_to_the_n_passes_per_item(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explain_runs_2_to_the_n_passes_per_item(
+    engine_only: Callable[..., None], batch_log: Callable[[nn.Module], Any]
+) -> None:
     """Through explain the model sees the 2^4 coalitions of each item, not 4 * 4! + 1."""
-    model = Counting(tiny_model("classification", 2))
+    model = batch_log(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=2, size=16)
-    no_captum(monkeypatch)
+    engine_only(ShapleyValues)
     explain(model, x, "captum.shapley_values", torch.tensor([0, 1]), perturbations_per_eval=4)
     perturbed = [n for n in model.sizes if n == 8]  # 4 coalitions x 2 items a pass
     assert sum(perturbed) == 2 * 2**4

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from esegeta_cnnvis.gradients import GRADIENT_METHODS
-from esegeta_cnnvis.integration import quadrature
+from esegeta_cnnvis.quadrature import quadrature
 from torch import nn
 
 from esegeta_core import (

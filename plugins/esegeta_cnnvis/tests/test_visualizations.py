@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from esegeta_cnnvis.layer_capture import layer_output
 
-from esegeta_core import InvalidParamsError, explain
+from esegeta_core import InvalidParamsError, explain, resolve_layer
 from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.toolkit import layer_output
 
 
 def _act(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return layer_output(model, layer, x, method="test")
+        return layer_output(model, resolve_layer(model, layer), x, method="test", path=layer)
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 import torch
-from conftest import FAST
 from torch import nn
 
 from esegeta_core import InvalidParamsError, explain
 from esegeta_core.feature_masks import grid_mask
 from esegeta_core.testing import tiny_input, tiny_model
+
+
+@pytest.fixture
+def fast(fast_params: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The parameters that keep ``lime.lime`` fast."""
+    return fast_params["lime.lime"]
 
 
 def _blobs(rank: int, channels: int, size: int) -> torch.Tensor:
@@ -110,10 +117,10 @@ class _Recorder(nn.Module):
         return self.model(x)
 
 
-def test_samples_are_batched_through_the_model() -> None:
+def test_samples_are_batched_through_the_model(fast: Mapping[str, Any]) -> None:
     model = _Recorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2)
-    explain(model, x, "lime.lime", **{**FAST, "num_samples": 40}, batch_size=16, seed=0)
+    explain(model, x, "lime.lime", **{**fast, "num_samples": 40}, batch_size=16, seed=0)
     sizes = [n for n, _ in model.calls]
     # the memory check measures one item (batches of 16 copies are more than the batch
     # of 2), explain() scores the batch once; then per item: 16 + 16 + 8
@@ -121,12 +128,12 @@ def test_samples_are_batched_through_the_model() -> None:
     assert all(d == x.device for _, d in model.calls)
 
 
-def test_seeding() -> None:
+def test_seeding(fast: Mapping[str, Any]) -> None:
     model = tiny_model("classification", 2)
     x = tiny_input("classification", 2)
 
     def run(**kw):
-        return explain(model, x, "lime.lime", **FAST, **kw)
+        return explain(model, x, "lime.lime", **fast, **kw)
 
     assert torch.equal(run(random_seed=3).attributions, run(random_seed=3).attributions)
     assert not torch.equal(run(random_seed=3).attributions, run(random_seed=4).attributions)
@@ -209,12 +216,12 @@ def test_2d_only_algorithms_on_3d(algorithm: str) -> None:
         explain(model, x, "lime.lime", segmentation=algorithm, num_samples=4)
 
 
-def test_segmentation_model_with_raw_scores() -> None:
+def test_segmentation_model_with_raw_scores(fast: Mapping[str, Any]) -> None:
     model = tiny_model("segmentation", 2)
     x = _blobs(2, 1, 16)
     e = explain(
         model, x, "lime.lime", task="segmentation", target=1, use_softmax=False,
-        seed=0, **FAST,
+        seed=0, **fast,
     )  # fmt: skip
     assert e.attributions.shape == x.shape
     assert bool(e.extras["score"].isfinite().all())

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-from conftest import FAST_PARAMS
+from collections.abc import Mapping
+from typing import Any
 
-from esegeta_core.testing import Case, conformance_cases, run_conformance
+from esegeta_core.testing import Case, check_coverage, run_conformance
 
 
-@pytest.mark.parametrize("case", conformance_cases(plugin="lucent", params=FAST_PARAMS), ids=str)
 def test_conformance(case: Case) -> None:
     run_conformance(case)
 
 
-def test_every_method_and_rank_is_covered() -> None:
-    cases = conformance_cases(plugin="lucent")
-    assert {c.method for c in cases} == {"lucent.feature_visualization"}
-    assert {c.rank for c in cases} == {2, 3}
+def test_every_method_rank_and_task_is_covered(
+    fast_params: Mapping[str, Mapping[str, Any]],
+) -> None:
+    check_coverage("lucent", fast_params)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from esegeta_lucent.objectives import Objective, Term, parse_objective
+from esegeta_lucent.objectives import Objective, Term, captured, parse_objective
 
 from esegeta_core import InvalidParamsError, LayerNotFoundError, explain
+from esegeta_core.model_state import count_hooks
 from esegeta_core.testing import tiny_input, tiny_model
 
 METHOD = "lucent.feature_visualization"
@@ -104,3 +105,19 @@ def test_values_per_item() -> None:
     assert value("2*l:1 - logit") == [9.0, 32.0]
     for text in ("2*l:1 - logit", "-0.5*l + l:1@center", "logit:1 + l:0@1,0"):
         assert str(Objective(parse_objective(text), target, METHOD)) == text
+
+
+def test_captured_takes_the_latest_outputs_and_removes_its_hooks() -> None:
+    model, x = tiny_model().eval(), tiny_input()
+    layers = {"a": model.features.conv1, "b": model.features.conv2}
+    second = model.features[:5](2 * x)  # conv1 .. conv2
+    with captured(layers) as take:
+        assert take() == {}
+        model(x)
+        first = take()
+        assert set(first) == {"a", "b"} and first["a"].shape[0] == x.shape[0]
+        assert take() == {}  # taken: only outputs of later passes come back
+        model(x)
+        model(2 * x)
+        assert torch.equal(take()["b"], second)
+    assert count_hooks(model) == 0

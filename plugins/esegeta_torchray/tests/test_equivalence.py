@@ -162,20 +162,20 @@ def _setup(task: str, rank: int) -> tuple[torch.nn.Module, torch.nn.Module, torc
 
 
 @pytest.mark.parametrize(
-    ("case", "rank", "task"),
+    ("same", "rank", "task"),
     [(c, r, t) for c in CASES for r in c.ranks for t in ("classification", "segmentation")],
     ids=lambda v: str(v),
 )
-def test_same_as_torchray(case: Same, rank: int, task: str) -> None:
+def test_same_as_torchray(same: Same, rank: int, task: str) -> None:
     model, scored, x = _setup(task, rank)
     target = torch.tensor(TARGETS[task])
-    kwargs = _direct_kwargs(case.kwargs, task, rank)
-    if "resize" in kwargs and "resize_mode" not in kwargs and case.method != "torchray.rise":
+    kwargs = _direct_kwargs(same.kwargs, task, rank)
+    if "resize" in kwargs and "resize_mode" not in kwargs and same.method != "torchray.rise":
         kwargs["resize_mode"] = "bilinear" if rank == 2 else "trilinear"
-    expected = torchray(case.function)(scored, x.clone(), target=target, **kwargs)
+    expected = torchray(same.function)(scored, x.clone(), target=target, **kwargs)
     model.eval()
     got = explain(
-        model, x, case.method, target=target, task=task, **_esegeta_params(case.params, task)
+        model, x, same.method, target=target, task=task, **_esegeta_params(same.params, task)
     )
     assert got.attributions.shape == expected.shape
     assert torch.allclose(got.attributions, expected.detach(), atol=1e-6, rtol=1e-5)

@@ -6,34 +6,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from xml_helpers import tiny_joint
 
 from esegeta_core import explain, list_methods
 from esegeta_core.errors import InvalidModelError, InvalidParamsError
-from esegeta_core.model_state import count_hooks
-from esegeta_core.testing import conformance_cases, tiny_input, tiny_model
-
-
-def _snapshot(model):
-    return {
-        "modes": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grads": [p.grad is None for p in model.parameters()],
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "hooks": count_hooks(model),
-    }
+from esegeta_core.testing import model_snapshot, tiny_input, tiny_model
 
 
 @pytest.mark.parametrize("rank", [2, 3])
-def test_explain_returns_the_explainers_map_and_leaves_the_model_as_found(rank):
+def test_explain_returns_the_explainers_map_and_leaves_the_model_as_found(rank, tiny_joint):
     model = tiny_joint(rank)
     model.train()  # an unusual state, as the conformance suite does
     next(model.parameters()).requires_grad_(False)
-    before = _snapshot(model)
+    before = model_snapshot(model)
     x = torch.randn((2, 3) + (12,) * rank)
     e = explain(model, x, "xml.explainer", progress=False)
     second = explain(model, x, "xml.explainer", target=1, progress=False)
-    after = _snapshot(model)
+    after = model_snapshot(model)
     for key in ("modes", "requires_grad", "grads", "hooks"):
         assert after[key] == before[key], key
     for key, value in before["state"].items():
@@ -49,7 +37,7 @@ def test_explain_returns_the_explainers_map_and_leaves_the_model_as_found(rank):
     assert torch.equal(second.attributions, e.attributions)  # one map whatever the target
 
 
-def test_patches_and_unknown_parameters():
+def test_patches_and_unknown_parameters(tiny_joint):
     model = tiny_joint(2)
     x = torch.randn(1, 3, 32, 32)
     e = explain(model, x, "xml.explainer", patches={"size": 16, "overlap": 0}, progress=False)
@@ -65,17 +53,16 @@ def test_capabilities_are_listed():
     assert "ExplainerClassifier" in info.description or "trained jointly" in info.description
 
 
-@pytest.mark.parametrize("case", conformance_cases(plugin="xml"), ids=str)
 def test_generic_conformance_models_get_a_clear_error(case):
     """The conformance suite's tiny models are plain classifiers/segmenters: xml.explainer
     refuses them, naming what it needs and what to use instead."""
     model = tiny_model(case.task, case.rank)
     x = tiny_input(case.task, case.rank)
-    before = _snapshot(model)
+    before = model_snapshot(model)
     with pytest.raises(InvalidModelError) as info:
         explain(model, x, case.method, task=case.task, progress=False)
     message = str(info.value)
     assert "'xml.explainer'" in message and "plugin 'xml'" in message
     assert "ExplainerClassifier" in message and "esegeta xml train" in message
     assert "cnnvis.grad_cam" in message
-    assert _snapshot(model)["hooks"] == before["hooks"]
+    assert model_snapshot(model)["hooks"] == before["hooks"]

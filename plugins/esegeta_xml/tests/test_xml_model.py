@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from esegeta_xml import ExplainerClassifier, ExplainerUNet, SmallVGG, multiplying
 from esegeta_xml.points import find_points, pool_to, resnet_points, vgg_points
 from torch import nn
-from xml_helpers import tiny_joint
 
 from esegeta_core.errors import InvalidInputError, InvalidModelError, LayerNotFoundError
 
@@ -159,7 +158,7 @@ def test_generic_adapter_errors_name_the_fix():
 
 
 @pytest.mark.parametrize("rank", [2, 3])
-def test_the_classifier_is_usable_alone_again(rank):
+def test_the_classifier_is_usable_alone_again(rank, tiny_joint):
     joint = tiny_joint(rank).eval()
     x = torch.randn((2, 3) + (8,) * rank)
     with torch.no_grad():

@@ -11,14 +11,13 @@ import pytest
 import torch
 from esegeta_xml import ExplainerClassifier, load_trained, train
 from esegeta_xml.config import PHASE_DEFAULTS, load_train_config, parse_train_config
-from xml_helpers import blobs, fast_config
 
 from esegeta_core.cli import main as esegeta
 from esegeta_core.errors import InvalidInputError, InvalidParamsError
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, fast_config):
     return train(fast_config(tmp_path_factory.mktemp("xml")))
 
 
@@ -32,7 +31,7 @@ def test_short_training_run_lowers_the_loss(trained):
     assert [p.name for p in trained.phases] == ["classifier", "explainer", "both"]
 
 
-def test_outputs_checkpoints_and_metrics(trained):
+def test_outputs_checkpoints_and_metrics(trained, blobs):
     out = trained.output_dir
     for i, name in enumerate(["classifier", "explainer", "both"]):
         assert (out / f"phase{i}-{name}" / "last.pt").is_file()
@@ -51,7 +50,7 @@ def test_outputs_checkpoints_and_metrics(trained):
         assert torch.allclose(again(x), model(x), atol=1e-6)
 
 
-def test_training_again_resumes_finished_phases(trained):
+def test_training_again_resumes_finished_phases(trained, fast_config):
     config = fast_config(trained.output_dir.parent)
     before = load_trained(trained.output_dir).state_dict()
     again = train(config)
@@ -61,7 +60,7 @@ def test_training_again_resumes_finished_phases(trained):
         assert torch.equal(value, before[key]), key
 
 
-def test_an_interrupted_phase_continues_after_its_last_epoch(tmp_path, monkeypatch):
+def test_an_interrupted_phase_continues_after_its_last_epoch(tmp_path, monkeypatch, fast_config):
     config = fast_config(
         tmp_path,
         phases={"classifier": {"epochs": 3}, "explainer": {"epochs": 0}, "both": {"epochs": 0}},
@@ -85,7 +84,7 @@ def test_an_interrupted_phase_continues_after_its_last_epoch(tmp_path, monkeypat
     assert result.phases[0].resumed and result.phases[0].epochs_run == 3
 
 
-def test_early_stopping_restores_the_best_weights(tmp_path, monkeypatch):
+def test_early_stopping_restores_the_best_weights(tmp_path, monkeypatch, fast_config):
     losses = iter([1.0, 0.5, 0.7, 0.9, 0.2])
 
     def fake_evaluate(*args, **kwargs):
@@ -108,7 +107,7 @@ def test_early_stopping_restores_the_best_weights(tmp_path, monkeypatch):
         assert torch.equal(value, best["model"][key]), key
 
 
-def test_frozen_modules_do_not_change(tmp_path):
+def test_frozen_modules_do_not_change(tmp_path, fast_config):
     result = train(
         fast_config(tmp_path, phases={"classifier": {"epochs": 0}, "both": {"epochs": 0}})
     )
@@ -123,7 +122,7 @@ def test_frozen_modules_do_not_change(tmp_path):
     )
 
 
-def test_hybrid_loss_uses_the_weak_masks(tmp_path):
+def test_hybrid_loss_uses_the_weak_masks(tmp_path, blobs, fast_config):
     result = train(
         fast_config(
             tmp_path,
@@ -162,7 +161,7 @@ def test_config_defaults_per_phase_and_errors(tmp_path):
     assert load_train_config(path).output_dir == tmp_path / "out"
 
 
-def test_cli_trains_from_a_yaml_config(tmp_path, capsys):
+def test_cli_trains_from_a_yaml_config(tmp_path, capsys, fast_config):
     import yaml
 
     config = fast_config(
@@ -181,7 +180,7 @@ def test_cli_trains_from_a_yaml_config(tmp_path, capsys):
     assert "package.module:function" in capsys.readouterr().err
 
 
-def test_resuming_with_another_config_is_refused(trained):
+def test_resuming_with_another_config_is_refused(trained, fast_config):
     config = fast_config(trained.output_dir.parent, loss={"beta": 0.5})
     with pytest.raises(InvalidParamsError, match=r"another config \(changed: loss\.beta\)"):
         train(config)

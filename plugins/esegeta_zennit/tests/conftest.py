@@ -1,26 +1,41 @@
-"""Models and references shared by the plugin's tests."""
+"""Models, inputs and zennit's own LRP for the plugin's tests, offered as fixtures (each
+fixture named after a helper gives that function); the conformance cases."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esegeta_core.devices import torch_threads
+from esegeta_core.testing import parametrize_conformance
+
+FAST_PARAMS: dict[str, dict[str, Any]] = {}
+"""The zennit methods are fast with their defaults."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test taking ``case`` runs once per conformance case of the plugin."""
+    parametrize_conformance(metafunc, plugin="zennit", params=FAST_PARAMS)
+
+
+@pytest.fixture
+def fast_params() -> Mapping[str, Mapping[str, Any]]:
+    """Method name -> the parameters that keep it fast (none needed)."""
+    return FAST_PARAMS
+
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """These tests use small models, for which one thread is as fast; on a shared 2-core
     machine several threads per process oversubscribe it (20x slower measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -29,7 +44,7 @@ MAXPOOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 GAP = {2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
 
 
-def randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+def _randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial batch-norm statistics and affine parameters (merging must matter)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -43,7 +58,9 @@ def randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def plain_cnn(rank: int, *, bias: bool = True, batch_norm: bool = True, classes: int = 5):
+def _plain_cnn(
+    rank: int, *, bias: bool = True, batch_norm: bool = True, classes: int = 5
+) -> nn.Module:
     """conv-bn-relu-maxpool-conv-bn-relu-avgpool-flatten-linear: no reuse, no skips,
     each batch norm directly after its convolution (zennit's sequential case)."""
     conv, bn = CONV[rank], BN[rank]
@@ -62,16 +79,16 @@ def plain_cnn(rank: int, *, bias: bool = True, batch_norm: bool = True, classes:
     ]
     torch.manual_seed(0)
     model = nn.Sequential(OrderedDict(layers))
-    return randomise_batch_norms(model).eval()
+    return _randomise_batch_norms(model).eval()
 
 
-def inputs(rank: int, batch: int = 2, size: int | None = None, seed: int = 0) -> torch.Tensor:
+def _inputs(rank: int, batch: int = 2, size: int | None = None, seed: int = 0) -> torch.Tensor:
     size = size or (16 if rank == 2 else 8)
     gen = torch.Generator().manual_seed(seed)
     return torch.randn((batch, 3) + (size,) * rank, generator=gen)
 
 
-def target_relevance(target: torch.Tensor):
+def _target_relevance(target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The output relevance esegeta's zennit methods start from: the target score."""
 
     def fn(scores: torch.Tensor) -> torch.Tensor:
@@ -80,14 +97,48 @@ def target_relevance(target: torch.Tensor):
     return fn
 
 
-def zennit_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite) -> torch.Tensor:
+def _zennit_lrp(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: Any
+) -> torch.Tensor:
     """zennit's own LRP, as a zennit user writes it."""
     from zennit.attribution import Gradient
 
-    with Gradient(model, composite, attr_output=target_relevance(target)) as attributor:
+    with Gradient(model, composite, attr_output=_target_relevance(target)) as attributor:
         _, relevance = attributor(x.clone().requires_grad_(True))
     return relevance.detach()
 
 
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max())
+@pytest.fixture(scope="session")
+def randomise_batch_norms() -> Callable[..., nn.Module]:
+    """``(model, seed=0) -> model`` with non-trivial batch-norm statistics and affine
+    parameters (merging must matter)."""
+    return _randomise_batch_norms
+
+
+@pytest.fixture(scope="session")
+def plain_cnn() -> Callable[..., nn.Module]:
+    """``(rank, *, bias=True, batch_norm=True, classes=5)``: a sequential CNN in eval
+    mode, each batch norm directly after its convolution."""
+    return _plain_cnn
+
+
+@pytest.fixture(scope="session")
+def inputs() -> Callable[..., torch.Tensor]:
+    """``(rank, batch=2, size=None, seed=0)``: a seeded normal batch with 3 channels."""
+    return _inputs
+
+
+@pytest.fixture(scope="session")
+def zennit_lrp() -> Callable[..., torch.Tensor]:
+    """``(model, x, target, composite)``: zennit's own LRP, as a zennit user writes it."""
+    return _zennit_lrp
+
+
+@pytest.fixture
+def resnet18() -> nn.Module:
+    """torchvision's resnet18 (10 classes, seed 0) with randomised batch norms, in eval
+    mode."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    return _randomise_batch_norms(resnet18(weights=None, num_classes=10)).eval()

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Mapping
+from typing import Any
 
-from esegeta_core.testing import Case, conformance_cases, run_conformance
+from esegeta_core.testing import Case, check_coverage, run_conformance
 
 
-@pytest.mark.parametrize("case", conformance_cases(plugin="zennit"), ids=str)
 def test_conformance(case: Case) -> None:
     run_conformance(case)
 
 
-def test_every_rank_and_task_is_covered() -> None:
-    cases = {str(c) for c in conformance_cases(plugin="zennit")}
-    assert cases == {
-        f"zennit.{m}-{r}d-{t}"
-        for m in ("lrp", "layer_lrp")
-        for r in (2, 3)
-        for t in ("classification", "segmentation")
-    }
+def test_every_method_rank_and_task_is_covered(
+    fast_params: Mapping[str, Mapping[str, Any]],
+) -> None:
+    check_coverage("zennit", fast_params)

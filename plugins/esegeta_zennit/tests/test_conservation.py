@@ -5,9 +5,11 @@ max pooling's gradient and average pooling's split all conserve)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
-from conftest import inputs, plain_cnn, randomise_batch_norms
+from torch import nn
 
 from esegeta_core import explain
 
@@ -28,7 +30,13 @@ def _scores(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> to
         ("epsilon_gamma_box", {"low": -4.0, "high": 4.0}),
     ],
 )
-def test_bias_free_cnn_conserves(rank: int, composite: str, params: dict) -> None:
+def test_bias_free_cnn_conserves(
+    rank: int,
+    composite: str,
+    params: dict,
+    plain_cnn: Callable[..., nn.Module],
+    inputs: Callable[..., torch.Tensor],
+) -> None:
     model = plain_cnn(rank, bias=False, batch_norm=False)
     x = inputs(rank)
     e = explain(model, x, "zennit.lrp", target=TARGET, composite=composite, epsilon=1e-9, **params)
@@ -39,7 +47,9 @@ def test_bias_free_cnn_conserves(rank: int, composite: str, params: dict) -> Non
 
 
 @pytest.mark.parametrize("rank", [2, 3])
-def test_bias_free_cnn_with_merged_batch_norms_conserves(rank: int) -> None:
+def test_bias_free_cnn_with_merged_batch_norms_conserves(
+    rank: int, plain_cnn: Callable[..., nn.Module], inputs: Callable[..., torch.Tensor]
+) -> None:
     """Batch norms with zero mean and shift merge into bias-free convolutions."""
     model = plain_cnn(rank, bias=False)
     for m in (model.bn1, model.bn2):
@@ -54,11 +64,10 @@ def test_bias_free_cnn_with_merged_batch_norms_conserves(rank: int) -> None:
     )
 
 
-def test_resnet18_without_biases_conserves_through_skip_connections() -> None:
-    from torchvision.models import resnet18
-
-    torch.manual_seed(0)
-    model = randomise_batch_norms(resnet18(weights=None, num_classes=10)).eval()
+def test_resnet18_without_biases_conserves_through_skip_connections(
+    resnet18: nn.Module, inputs: Callable[..., torch.Tensor]
+) -> None:
+    model = resnet18
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.zero_()
@@ -73,7 +82,9 @@ def test_resnet18_without_biases_conserves_through_skip_connections() -> None:
     torch.testing.assert_close(totals, _scores(model, x, target), rtol=2e-4, atol=1e-6)
 
 
-def test_layer_relevance_conserves() -> None:
+def test_layer_relevance_conserves(
+    plain_cnn: Callable[..., nn.Module], inputs: Callable[..., torch.Tensor]
+) -> None:
     model = plain_cnn(2, bias=False, batch_norm=False)
     x = inputs(2)
     e = explain(model, x, "zennit.layer_lrp", target=TARGET, layer="conv2", epsilon=1e-9)

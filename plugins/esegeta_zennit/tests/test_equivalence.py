@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
-from conftest import inputs, max_diff, plain_cnn, randomise_batch_norms, zennit_lrp
+from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import (
     EpsilonAlpha2Beta1,
@@ -28,6 +30,15 @@ from esegeta_core import explain
 
 TARGET = torch.tensor([1, 3])
 TOL = 1e-6  # relative to the largest relevance; measured differences are 0
+
+Builder = Callable[..., nn.Module]
+Inputs = Callable[..., torch.Tensor]
+Reference = Callable[..., torch.Tensor]
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
 
 COMPOSITES = {
     "epsilon_plus_flat": (lambda c: EpsilonPlusFlat(canonizers=c), {}),
@@ -46,7 +57,9 @@ COMPOSITES = {
 
 @pytest.mark.parametrize("rank", [2, 3])
 @pytest.mark.parametrize("composite", list(COMPOSITES))
-def test_plain_cnn_equals_zennit_sequential_merge(rank: int, composite: str) -> None:
+def test_plain_cnn_equals_zennit_sequential_merge(
+    rank: int, composite: str, plain_cnn: Builder, inputs: Inputs, zennit_lrp: Reference
+) -> None:
     model = plain_cnn(rank)
     x = inputs(rank)
     make, params = COMPOSITES[composite]
@@ -62,7 +75,9 @@ def test_plain_cnn_equals_zennit_sequential_merge(rank: int, composite: str) -> 
     assert not torch.allclose(other.attributions, ours.attributions)
 
 
-def test_box_rule_default_bounds_are_each_items_range() -> None:
+def test_box_rule_default_bounds_are_each_items_range(
+    plain_cnn: Builder, inputs: Inputs, zennit_lrp: Reference
+) -> None:
     model = plain_cnn(2)
     x = inputs(2)
     ours = explain(model, x, "zennit.lrp", target=TARGET, composite="epsilon_gamma_box")
@@ -73,18 +88,13 @@ def test_box_rule_default_bounds_are_each_items_range() -> None:
         assert max_diff(ours.attributions[i : i + 1], theirs) <= TOL * float(theirs.abs().max())
 
 
-def _resnet18() -> torch.nn.Module:
-    from torchvision.models import resnet18
-
-    torch.manual_seed(0)
-    return randomise_batch_norms(resnet18(weights=None, num_classes=10)).eval()
-
-
 @pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_alpha2_beta1"])
-def test_resnet18_equals_zennit_resnet_canonizer(composite: str) -> None:
+def test_resnet18_equals_zennit_resnet_canonizer(
+    composite: str, resnet18: nn.Module, inputs: Inputs, zennit_lrp: Reference
+) -> None:
     from zennit.torchvision import ResNetCanonizer
 
-    model = _resnet18()
+    model = resnet18
     x = inputs(2, size=64)
     target = torch.tensor([2, 7])
     ours = explain(model, x, "zennit.lrp", target=target, composite=composite)
@@ -99,7 +109,7 @@ def test_resnet18_equals_zennit_resnet_canonizer(composite: str) -> None:
     assert max_diff(ours.attributions, theirs) <= TOL * float(theirs.abs().max())
 
 
-def test_layer_lrp_equals_zennit_gradient_at_the_layer() -> None:
+def test_layer_lrp_equals_zennit_gradient_at_the_layer(plain_cnn: Builder, inputs: Inputs) -> None:
     """Relevance at a layer's output is zennit's modified gradient there."""
     model = plain_cnn(2)
     x = inputs(2)

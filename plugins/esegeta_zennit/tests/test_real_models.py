@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import randomise_batch_norms
 
 from esegeta_core import NotApplicableError, explain
 
@@ -132,7 +132,9 @@ def test_resnet18_is_left_exactly_as_found() -> None:
         assert not any(k.startswith("canonizer") for k in m.__dict__)
 
 
-def test_planned_merges_keep_the_forward_pass_including_transposed_convolutions() -> None:
+def test_planned_merges_keep_the_forward_pass_including_transposed_convolutions(
+    randomise_batch_norms: Callable[..., torch.nn.Module],
+) -> None:
     """The merges the plan picks leave the model's output as it was (up to zennit's
     x / sqrt(1 + eps) after a merge), here with MONAI's conv -> batch norm units and its
     transposed up-convolutions."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import BN, CONV, inputs, max_diff, plain_cnn, randomise_batch_norms, zennit_lrp
 from torch import nn
 from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
 from zennit.composites import EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat
@@ -20,6 +20,17 @@ from esegeta_core import InvalidParamsError, NotApplicableError, explain
 
 TARGET = torch.tensor([2, 0])
 TOL = 1e-6
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+BN = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+Builder = Callable[..., nn.Module]
+Inputs = Callable[..., torch.Tensor]
+Reference = Callable[..., torch.Tensor]
+Ready = Callable[[nn.Module], nn.Module]
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
 
 
 class PreActivation(nn.Module):
@@ -83,15 +94,23 @@ class Mlp(nn.Module):
         return self.fc2(self.relu(self.bn(self.fc1(x.flatten(1)))))
 
 
-def _ready(model: nn.Module) -> nn.Module:
-    torch.manual_seed(0)
-    return randomise_batch_norms(model).eval()
+@pytest.fixture
+def ready(randomise_batch_norms: Callable[..., nn.Module]) -> Ready:
+    """``model -> model`` with randomised batch norms, in eval mode."""
+
+    def prepare(model: nn.Module) -> nn.Module:
+        torch.manual_seed(0)
+        return randomise_batch_norms(model).eval()
+
+    return prepare
 
 
 @pytest.mark.parametrize("rank", [2, 3])
-def test_batch_norm_after_an_activation_gets_the_epsilon_rule(rank: int) -> None:
+def test_batch_norm_after_an_activation_gets_the_epsilon_rule(
+    rank: int, ready: Ready, inputs: Inputs, zennit_lrp: Reference
+) -> None:
     torch.manual_seed(0)
-    model = _ready(PreActivation(rank))
+    model = ready(PreActivation(rank))
     x = inputs(rank)
     e = explain(model, x, "zennit.lrp", target=TARGET, epsilon=1e-4)
     assert e.extras["merged_batch_norms"] == {}
@@ -106,16 +125,16 @@ def test_batch_norm_after_an_activation_gets_the_epsilon_rule(rank: int) -> None
     assert max_diff(e.attributions, theirs) <= TOL * float(theirs.abs().max())
 
 
-def test_convolution_output_used_twice_is_not_merged() -> None:
-    model = _ready(SharedOutput())
+def test_convolution_output_used_twice_is_not_merged(ready: Ready, inputs: Inputs) -> None:
+    model = ready(SharedOutput())
     e = explain(model, inputs(2), "zennit.lrp", target=TARGET)
     assert e.extras["merged_batch_norms"] == {}
     assert e.extras["epsilon_batch_norms"] == ["bn"]
     assert bool(torch.isfinite(e.attributions).all())
 
 
-def test_shared_parameters_are_not_merged() -> None:
-    model = _ready(Reused())
+def test_shared_parameters_are_not_merged(ready: Ready, inputs: Inputs) -> None:
+    model = ready(Reused())
     e = explain(model, inputs(2, size=8), "zennit.lrp", target=TARGET)
     assert e.extras["merged_batch_norms"] == {}
     assert sorted(e.extras["epsilon_batch_norms"]) == [
@@ -125,8 +144,10 @@ def test_shared_parameters_are_not_merged() -> None:
     assert bool(torch.isfinite(e.attributions).all())
 
 
-def test_linear_then_batch_norm_1d_is_merged() -> None:
-    model = _ready(Mlp())
+def test_linear_then_batch_norm_1d_is_merged(
+    ready: Ready, inputs: Inputs, zennit_lrp: Reference
+) -> None:
+    model = ready(Mlp())
     x = inputs(2, size=8)
     e = explain(model, x, "zennit.lrp", target=TARGET)
     assert e.extras["merged_batch_norms"] == {"bn": "fc1"}
@@ -134,7 +155,9 @@ def test_linear_then_batch_norm_1d_is_merged() -> None:
     assert max_diff(e.attributions, theirs) <= TOL * float(theirs.abs().max())
 
 
-def test_identity_and_dropout_between_convolution_and_batch_norm_keep_the_merge() -> None:
+def test_identity_and_dropout_between_convolution_and_batch_norm_keep_the_merge(
+    ready: Ready, inputs: Inputs, zennit_lrp: Reference
+) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.Identity(), nn.Dropout(), nn.BatchNorm2d(4), nn.ReLU(),
@@ -142,7 +165,7 @@ def test_identity_and_dropout_between_convolution_and_batch_norm_keep_the_merge(
     )  # fmt: skip
     x = inputs(2)
     model(x)
-    model = _ready(model)
+    model = ready(model)
     e = explain(model, x, "zennit.lrp", target=TARGET, composite="epsilon_plus")
     assert e.extras["merged_batch_norms"] == {"3": "0"}
     # zennit's SequentialMergeBatchNorm does not merge here (Identity in between): name it
@@ -152,7 +175,7 @@ def test_identity_and_dropout_between_convolution_and_batch_norm_keep_the_merge(
     assert max_diff(e.attributions, theirs) <= TOL * float(theirs.abs().max())
 
 
-def test_merging_can_be_switched_off() -> None:
+def test_merging_can_be_switched_off(plain_cnn: Builder, inputs: Inputs) -> None:
     model = plain_cnn(2)
     x = inputs(2)
     merged = explain(model, x, "zennit.lrp", target=TARGET)
@@ -162,7 +185,9 @@ def test_merging_can_be_switched_off() -> None:
     assert not torch.allclose(merged.attributions, kept.attributions)
 
 
-def test_layer_lrp_at_a_batch_norm_keeps_the_merge_and_reads_input() -> None:
+def test_layer_lrp_at_a_batch_norm_keeps_the_merge_and_reads_input(
+    plain_cnn: Builder, inputs: Inputs
+) -> None:
     model = plain_cnn(2)
     x = inputs(2)
     out = explain(model, x, "zennit.layer_lrp", target=TARGET, layer="bn2")
@@ -175,7 +200,9 @@ def test_layer_lrp_at_a_batch_norm_keeps_the_merge_and_reads_input() -> None:
     torch.testing.assert_close(out.attributions, inp.attributions)
 
 
-def test_per_channel_box_bounds_and_ignored_biases_equal_zennit() -> None:
+def test_per_channel_box_bounds_and_ignored_biases_equal_zennit(
+    plain_cnn: Builder, inputs: Inputs, zennit_lrp: Reference
+) -> None:
     model = plain_cnn(2)
     x = inputs(2)
     low = torch.tensor([-2.0, -2.5, -3.0]).view(1, 3, 1, 1)
@@ -204,7 +231,9 @@ def test_per_channel_box_bounds_and_ignored_biases_equal_zennit() -> None:
         ({"composite": "epsilon_gamma_box", "low": torch.zeros(5)}, "does not broadcast"),
     ],
 )
-def test_bad_params_are_rejected(params: dict, words: str) -> None:
+def test_bad_params_are_rejected(
+    params: dict, words: str, plain_cnn: Builder, inputs: Inputs
+) -> None:
     with pytest.raises(InvalidParamsError, match=words):
         explain(plain_cnn(2), inputs(2), "zennit.lrp", target=TARGET, **params)
 
@@ -220,12 +249,14 @@ class WithBilinear(nn.Module):
         return self.mix(h, h)
 
 
-def test_layer_without_a_rule_is_refused() -> None:
+def test_layer_without_a_rule_is_refused(inputs: Inputs) -> None:
     with pytest.raises(NotApplicableError, match=r"Bilinear.*captum\.integrated_gradients"):
         explain(WithBilinear().eval(), inputs(2), "zennit.lrp", target=TARGET)
 
 
-def test_merges_and_hooks_are_undone_when_the_backward_pass_fails(monkeypatch) -> None:
+def test_merges_and_hooks_are_undone_when_the_backward_pass_fails(
+    monkeypatch: pytest.MonkeyPatch, plain_cnn: Builder, inputs: Inputs
+) -> None:
     """The plugin's own clean-up, without the core's restoration behind it."""
     from esegeta_zennit.lrp import relevance
     from esegeta_zennit.params import LRPParams

@@ -2,7 +2,9 @@
 
 from esegeta_core.testing.conformance import (
     Case,
+    check_coverage,
     conformance_cases,
+    model_snapshot,
     parametrize_conformance,
     run_conformance,
 )
@@ -12,7 +14,9 @@ __all__ = [
     "Case",
     "TinyClassifier",
     "TinySegmenter",
+    "check_coverage",
     "conformance_cases",
+    "model_snapshot",
     "parametrize_conformance",
     "run_conformance",
     "tiny_input",

@@ -101,9 +101,47 @@ def parametrize_conformance(
     argname: str = "case",
 ) -> None:
     """For a conftest's ``pytest_generate_tests``: every test that takes ``argname``
-    runs once per :func:`conformance_cases` of ``plugin`` with ``params``."""
-    if argname in metafunc.fixturenames:
+    runs once per :func:`conformance_cases` of ``plugin`` with ``params`` (a test that
+    parametrizes ``argname`` itself keeps its own values)."""
+    if argname in metafunc.fixturenames and argname not in _own_parameters(metafunc):
         metafunc.parametrize(argname, conformance_cases(plugin, params=params), ids=str)
+
+
+def _own_parameters(metafunc: Any) -> set[str]:
+    """The argument names a test's own ``parametrize`` marks set."""
+    names: set[str] = set()
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        given = mark.args[0]
+        names.update(given.replace(" ", "").split(",") if isinstance(given, str) else given)
+    return names
+
+
+def check_coverage(plugin: str, params: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Fail unless ``plugin`` registers methods, its conformance cases cover each on
+    every rank it claims and both tasks, and ``params`` (its fast parameters) name only
+    its registered methods and their fields: a plugin's tests call it once."""
+    registry = get_registry()
+    registered = {name for name, owner in registry.plugin_of.items() if owner == plugin}
+    if not registered:
+        raise AssertionError(f"plugin {plugin!r} registers no method here")
+    stray = sorted(set(params or {}) - registered)
+    if stray:
+        raise AssertionError(f"fast parameters for methods {plugin!r} does not register: {stray}")
+    for name, given in (params or {}).items():
+        fields = set(registry.methods[name].Params.model_fields)
+        unknown = sorted(set(given) - fields - set(registry.methods[name].Params.all_aliases()))
+        if unknown:
+            raise AssertionError(f"fast parameters of {name!r} name no field: {unknown}")
+    want = {
+        f"{name}-{rank}d-{task}"
+        for name in registered
+        for rank in registry.methods[name].ranks
+        if rank in (2, 3)
+        for task in TASKS
+    }
+    got = {str(case) for case in conformance_cases(plugin, params=params)}
+    if got != want:
+        raise AssertionError(f"conformance cases differ: missing {sorted(want - got)}")
 
 
 def _fill_layers(method: str, params: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
@@ -127,7 +165,10 @@ class _Capture(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _snapshot(model: torch.nn.Module) -> dict[str, Any]:
+def model_snapshot(model: torch.nn.Module) -> dict[str, Any]:
+    """What a method must leave as it found: modes, ``requires_grad`` flags, gradients,
+    weights and buffers, hooks, every module's attributes and tensor objects (compare two
+    snapshots with ``==``)."""
     return {
         "modes": [m.training for m in model.modules()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
@@ -169,7 +210,7 @@ def run_conformance(case: Case) -> None:
     model.train()
     first = next(model.parameters())
     first.requires_grad_(False)
-    before = _snapshot(model)
+    before = model_snapshot(model)
     x_before = x.clone()
 
     try:
@@ -190,7 +231,7 @@ def run_conformance(case: Case) -> None:
 
     leaks = [m for m in capture.messages if "hook" in m]
     assert not leaks, f"{case}: the method left hooks on the model: {leaks}"
-    after = _snapshot(model)
+    after = model_snapshot(model)
     assert after["hooks"] == before["hooks"], f"{case}: hooks changed"
     assert after["modes"] == before["modes"], f"{case}: module modes changed"
     assert after["requires_grad"] == before["requires_grad"], f"{case}: requires_grad changed"

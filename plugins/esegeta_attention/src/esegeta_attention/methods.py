@@ -11,14 +11,17 @@ models without a class token the mean of the patch tokens' rows (parameter ``que
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from esegeta_attention.adapters import SUPPORTED
-from esegeta_attention.params import GAEParams, RawAttentionParams, RolloutParams
+from esegeta_attention.params import GAEParams, RawAttentionParams, RolloutParams, TokenParams
 from esegeta_attention.rollout import (
     discard_lowest,
     fuse_heads,
@@ -32,7 +35,7 @@ from esegeta_attention.rollout import (
 )
 from esegeta_attention.sites import (
     PLUGIN,
-    Call,
+    AttentionCall,
     CaptureLog,
     Discovery,
     Site,
@@ -51,6 +54,8 @@ from esegeta_core import (
     unwrap,
 )
 from esegeta_core.layouts import Layout
+from esegeta_core.toolkit import gather_target
+from esegeta_core.tracing import ModelTrace
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +63,13 @@ ABNAR_2020 = "https://arxiv.org/abs/2005.00928"
 CHEFER_2021 = "https://arxiv.org/abs/2103.15679"
 VIT_2020 = "https://arxiv.org/abs/2010.11929"
 
+P = TypeVar("P", bound=TokenParams)
+"""An attention method's parameter model."""
+B = TypeVar("B", RolloutParams, GAEParams)
+"""The parameter model of a method that combines the blocks from ``start_layer`` on."""
 
-class _AttentionMethod(Explainer):
+
+class _AttentionMethod(Explainer[P]):
     """Shared by the attention methods: discovery, the model check, the token grid."""
 
     family = "layer"
@@ -78,25 +88,36 @@ class _AttentionMethod(Explainer):
     """Whether the method combines blocks (then any unsupported attention that runs is an
     error: its token mixing would be missing from the product)."""
 
-    def check_model(self, model: nn.Module, params: Any, trace: Any) -> None:
+    def check_model(self, model: nn.Module, params: P, trace: ModelTrace | None) -> None:
         self._sites(model, params)
 
-    def _sites(self, model: nn.Module, params: Any) -> tuple[Discovery, list[Site]]:
+    def _sites(self, model: nn.Module, params: P) -> tuple[Discovery, list[Site]]:
         """The discovery and the sites this call reads; errors before anything runs."""
         found = discover(unwrap(model))
         require_attention(found, self.name)
         return found, self._chosen(model, found, params)
 
-    def _chosen(self, model: nn.Module, found: Discovery, params: Any) -> list[Site]:
-        start = params.start_layer
-        count = len(found.sites)
-        if not -count <= start < count:
-            raise InvalidParamsError(
-                f"Method {self.name!r}: start_layer={start} is out of range: "
-                f"{found.model} has {count} attention block(s) ({_paths(found.sites)}); use "
-                f"0 to {count - 1}, or -1 to -{count}."
-            )
-        return found.sites[start:]
+    @abstractmethod
+    def _chosen(self, model: nn.Module, found: Discovery, params: P) -> list[Site]:
+        """The sites this call reads, among ``found.sites`` (never empty here)."""
+
+    def _capturing(
+        self,
+        found: Discovery,
+        sites: Sequence[Site],
+        on_call: Callable[[AttentionCall], None],
+        inputs: torch.Tensor,
+    ) -> AbstractContextManager[CaptureLog]:
+        """:func:`capturing` of ``sites`` for one pass on ``inputs``; a method that
+        combines blocks also watches the attention modules no adapter reads."""
+        return capturing(
+            sites,
+            on_call,
+            batch=inputs.shape[0],
+            method=self.name,
+            watch=found.unknown if self.mixes_blocks else (),
+            measure=found.sites,
+        )
 
     def _layout(
         self, counts: Sequence[int], inputs: torch.Tensor, model: nn.Module, tokens: str | None
@@ -142,7 +163,8 @@ class _AttentionMethod(Explainer):
     @staticmethod
     def _extras(
         sites: Sequence[Site], ran: list[str], layout: Layout, class_token: bool
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
+        """The explanation's extras: the blocks read, how, and the token layout."""
         tokens = layout.record()
         tokens["query"] = "class token" if class_token else "mean of the patch tokens"
         return {
@@ -152,7 +174,22 @@ class _AttentionMethod(Explainer):
         }
 
 
-class RawAttention(_AttentionMethod):
+class _BlockProduct(_AttentionMethod[B]):
+    """A method that combines the attention blocks from ``start_layer`` on."""
+
+    def _chosen(self, model: nn.Module, found: Discovery, params: B) -> list[Site]:
+        start = params.start_layer
+        count = len(found.sites)
+        if not -count <= start < count:
+            raise InvalidParamsError(
+                f"Method {self.name!r}: start_layer={start} is out of range: "
+                f"{found.model} has {count} attention block(s) ({_paths(found.sites)}); use "
+                f"0 to {count - 1}, or -1 to -{count}."
+            )
+        return found.sites[start:]
+
+
+class RawAttention(_AttentionMethod[RawAttentionParams]):
     """Raw attention: one block's attention from the class token to the patches, heads
     fused (mean, max or min).
 
@@ -162,13 +199,12 @@ class RawAttention(_AttentionMethod):
     """
 
     name = "attention.raw"
-    Params = RawAttentionParams
     needs_layer = True
     paper = VIT_2020
     mixes_blocks = False
     cost_note = "one forward pass, with the chosen block's attention unfused"
 
-    def _chosen(self, model: nn.Module, found: Discovery, params: Any) -> list[Site]:
+    def _chosen(self, model: nn.Module, found: Discovery, params: RawAttentionParams) -> list[Site]:
         if params.layer is None:
             return [found.sites[-1]]
         module = resolve_layer(model, params.layer, method=self.name)
@@ -188,25 +224,20 @@ class RawAttention(_AttentionMethod):
         return hits
 
     def attribute(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        params: RawAttentionParams,
     ) -> MethodResult:
         found, sites = self._sites(model, params)
-        calls: list[Call] = []
+        calls: list[AttentionCall] = []
 
-        def keep_fused(call: Call) -> None:
+        def keep_fused(call: AttentionCall) -> None:
             fused = fuse_heads(call.probs.detach().float(), params.head_fusion)
-            calls.append(Call(call.site, fused, fused))
+            calls.append(AttentionCall(call.site, fused, fused))
 
-        with (
-            torch.no_grad(),
-            capturing(
-                sites,
-                keep_fused,
-                batch=inputs.shape[0],
-                method=self.name,
-                measure=found.sites,
-            ) as got,
-        ):
+        with torch.no_grad(), self._capturing(found, sites, keep_fused, inputs) as got:
             model(inputs)
         ran = self._check_run(sites, got)
         last = calls[-1]  # a block called several times: its last call
@@ -219,7 +250,18 @@ class RawAttention(_AttentionMethod):
         return MethodResult(row_map(rows, layout), **extras)
 
 
-class AttentionRollout(_AttentionMethod):
+@dataclass
+class _Rolled:
+    """What rollout keeps while the blocks run: the token count and layout of the first
+    call, an error to raise after the pass, and the blocks' factors."""
+
+    n: int = 0
+    layout: Layout | None = None
+    error: EsegetaError | None = None
+    factors: list[torch.Tensor] = field(default_factory=list)
+
+
+class AttentionRollout(_BlockProduct[RolloutParams]):
     """Attention rollout (Abnar & Zuidema 2020): the blocks' attention, heads fused and
     the residual added as the identity, multiplied from the first block to the last.
 
@@ -231,7 +273,6 @@ class AttentionRollout(_AttentionMethod):
     """
 
     name = "attention.rollout"
-    Params = RolloutParams
     paper = ABNAR_2020
     cost_note = (
         "one forward pass with every block's attention unfused, plus an N x N matrix product "
@@ -239,51 +280,41 @@ class AttentionRollout(_AttentionMethod):
     )
 
     def attribute(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: RolloutParams
     ) -> MethodResult:
         found, sites = self._sites(model, params)
-        state: dict[str, Any] = {}
-        factors: list[torch.Tensor] = []
+        rolled = _Rolled()
 
-        def roll(call: Call) -> None:
-            if "error" in state:
+        def roll(call: AttentionCall) -> None:
+            if rolled.error is not None:
                 return
             n = call.probs.shape[-1]
             try:  # the grid is needed now (the class token is exempt from discarding)
-                if "layout" not in state:
-                    state["n"] = n
-                    state["layout"] = self._layout([n], inputs, model, params.tokens)
-                elif n != state["n"]:
-                    self._layout([state["n"], n], inputs, model, None)  # raises
+                if rolled.layout is None:
+                    rolled.n = n
+                    rolled.layout = self._layout([n], inputs, model, params.tokens)
+                elif n != rolled.n:
+                    self._layout([rolled.n, n], inputs, model, None)  # raises
             except EsegetaError as exc:  # raised after the pass: a pyramid is said first
-                state["error"] = exc
+                rolled.error = exc
                 return
-            keep = 0 if state["layout"].extra else None
+            keep = 0 if rolled.layout.extra else None
             fused = fuse_heads(call.probs.detach().float(), params.head_fusion)
-            factors.append(rollout_matrix(discard_lowest(fused, params.discard_ratio, keep)))
+            rolled.factors.append(rollout_matrix(discard_lowest(fused, params.discard_ratio, keep)))
 
-        with (
-            torch.no_grad(),
-            capturing(
-                sites,
-                roll,
-                batch=inputs.shape[0],
-                method=self.name,
-                watch=found.unknown,
-                measure=found.sites,
-            ) as got,
-        ):
+        with torch.no_grad(), self._capturing(found, sites, roll, inputs) as got:
             model(inputs)
         ran = self._check_run(sites, got)
-        if "error" in state:
-            raise state["error"]
-        layout = state["layout"]
+        if rolled.error is not None:
+            raise rolled.error
+        layout, factors = rolled.layout, rolled.factors
+        assert layout is not None  # set by the first call, and a call ran
         class_token = uses_class_token(layout, params.query, self.name)
         rows = rolled_rows(query_rows(layout, class_token, factors[0]), factors)
         return MethodResult(row_map(rows, layout), **self._extras(sites, ran, layout, class_token))
 
 
-class GenericAttentionExplainability(_AttentionMethod):
+class GenericAttentionExplainability(_BlockProduct[GAEParams]):
     """Chefer et al. 2021's gradient-weighted attention relevance (GAE): R <- R +
     mean_heads((grad A * A)^+) R over the blocks, read at the class token.
 
@@ -297,7 +328,6 @@ class GenericAttentionExplainability(_AttentionMethod):
     """
 
     name = "attention.gae"
-    Params = GAEParams
     paper = CHEFER_2021
     cost_note = (
         "one forward pass with every block's attention unfused and one backward pass from "
@@ -306,23 +336,17 @@ class GenericAttentionExplainability(_AttentionMethod):
     )
 
     def attribute(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: GAEParams
     ) -> MethodResult:
         found, sites = self._sites(model, params)
-        calls: list[Call] = []
+        calls: list[AttentionCall] = []
         x = inputs.detach().requires_grad_(True)  # a graph even when the model is frozen
-        with (
-            torch.enable_grad(),
-            capturing(
-                sites, calls.append, batch=inputs.shape[0], method=self.name,
-                watch=found.unknown, measure=found.sites,
-            ) as got,
-        ):  # fmt: skip
+        with torch.enable_grad(), self._capturing(found, sites, calls.append, inputs) as got:
             scores = model(x)
         ran = self._check_run(sites, got)
         layout = self._layout([c.probs.shape[-1] for c in calls], inputs, model, params.tokens)
         class_token = uses_class_token(layout, params.query, self.name)
-        score = scores.gather(1, target[:, None]).sum()
+        score = gather_target(scores, target).sum()
         grads = torch.autograd.grad(score, [c.source for c in calls], allow_unused=True)
         cams = []
         for call, grad in zip(calls, grads):

@@ -25,7 +25,9 @@ _TOKENS = (
 )
 
 
-class _TokenParams(MethodParams):
+class TokenParams(MethodParams):
+    """What every attention method takes: the token layout when it cannot be inferred."""
+
     tokens: str | None = Field(None, pattern=r"^\d+:\d+(x\d+)*$", description=_TOKENS)
 
 
@@ -36,7 +38,7 @@ _START = (
 )
 
 
-class RawAttentionParams(_TokenParams):
+class RawAttentionParams(TokenParams):
     """One block's attention (``attention.raw``)."""
 
     layer: ModulePath | None = Field(
@@ -49,7 +51,7 @@ class RawAttentionParams(_TokenParams):
     query: Query = Field("auto", description=_QUERY)
 
 
-class RolloutParams(_TokenParams):
+class RolloutParams(TokenParams):
     """Attention rollout (``attention.rollout``)."""
 
     head_fusion: HeadFusion = Field("mean", description=_HEADS)
@@ -65,11 +67,11 @@ class RolloutParams(_TokenParams):
     query: Query = Field("auto", description=_QUERY)
 
 
-class GAEParams(_TokenParams):
+class GAEParams(TokenParams):
     """Chefer et al. 2021's relevance (``attention.gae``)."""
 
     start_layer: int = Field(0, description=_START)
     query: Query = Field("auto", description=_QUERY)
 
 
-__all__ = ["GAEParams", "RawAttentionParams", "RolloutParams"]
+__all__ = ["GAEParams", "RawAttentionParams", "RolloutParams", "TokenParams"]

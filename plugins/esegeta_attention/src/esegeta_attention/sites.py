@@ -115,7 +115,7 @@ def require_attention(found: Discovery, method: str) -> None:
 
 
 @dataclass(frozen=True)
-class Call:
+class AttentionCall:
     """One forward call of an attention site: ``probs`` is the ``(B, heads, N, N)``
     view of ``source``, the tensor the model computed (in the autograd graph when
     gradients are on)."""
@@ -138,7 +138,7 @@ class CaptureLog:
 @contextmanager
 def capturing(
     sites: Sequence[Site],
-    on_call: Callable[[Call], None],
+    on_call: Callable[[AttentionCall], None],
     *,
     batch: int,
     method: str,
@@ -163,7 +163,7 @@ def capturing(
                 probs = source if shape is None else source.view(shape)
                 check_probs(probs, site, batch, method)
                 log.calls[index] += 1
-                on_call(Call(index, probs, source))
+                on_call(AttentionCall(index, probs, source))
 
             site.adapter.enable(site.module, record, stack)
         for name, module in watch:
@@ -256,7 +256,7 @@ def token_layout(
 
 __all__ = [
     "PLUGIN",
-    "Call",
+    "AttentionCall",
     "CaptureLog",
     "Discovery",
     "Site",

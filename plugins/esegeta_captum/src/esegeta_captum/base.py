@@ -1,10 +1,10 @@
 """The one mechanism behind every Captum method: build the Captum object from the
 parameters, call ``attribute`` (optionally through a NoiseTunnel), return a tensor.
 
-A method is a short subclass of :class:`CaptumMethod` naming its Captum class and its
-``Params`` (assembled from the pieces in :mod:`esegeta_captum.common`). Captum is
-imported only when a method runs, so listing methods stays fast and a broken Captum
-breaks only these methods.
+A method is a short subclass ``CaptumMethod[MParams]`` naming its Captum class; its
+parameter model (from :mod:`esegeta_captum.params`, assembled from the pieces) is the
+type argument. Captum is imported only when a method runs, so listing methods stays
+fast and a broken Captum breaks only these methods.
 """
 
 from __future__ import annotations
@@ -13,21 +13,20 @@ import contextlib
 import importlib
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
-from esegeta_captum.common import (
-    Call,
+from esegeta_captum.params.pieces import (
     CaptumParams,
     FeatureMaskParams,
     GradientSamplingParams,
     NoiseTunnelParams,
     PathParams,
     ShapDistributionParams,
-    reference_count,
 )
+from esegeta_captum.references import reference_count
 from esegeta_captum.rules import (
     deeplift_on_activations,
     guided_on_activations,
@@ -37,6 +36,13 @@ from esegeta_captum.rules import (
 from esegeta_core import Explainer, MethodFailedError, MethodResult, NotApplicableError
 from esegeta_core.explainer import Workload
 from esegeta_core.preparation import activation_modules, ensure_prepared
+from esegeta_core.toolkit import Call
+
+if TYPE_CHECKING:
+    from esegeta_core.tracing import ModelTrace
+
+P = TypeVar("P", bound=CaptumParams)
+"""A Captum method's parameter model."""
 
 
 @contextlib.contextmanager
@@ -85,8 +91,9 @@ def single_tensor(result: Any, method: str) -> torch.Tensor:
     return result
 
 
-class CaptumMethod(Explainer):
-    """Base of the Captum methods; subclasses set ``captum_class`` and ``Params``."""
+class CaptumMethod(Explainer[P]):
+    """Base of the Captum methods: ``class M(CaptumMethod[MParams])`` sets ``captum_class``
+    (the parameter model ``MParams`` comes from :mod:`esegeta_captum.params`)."""
 
     captum_class: ClassVar[str] = ""
     uses_target: ClassVar[bool] = True
@@ -104,16 +111,16 @@ class CaptumMethod(Explainer):
     """Path points Captum runs per pass at least when ``internal_batch_size`` is set
     (2 for conductance, which differences consecutive points)."""
 
-    def passes(self, params: Any, shape: tuple[int, ...]) -> int | None:
+    def passes(self, params: P, shape: tuple[int, ...]) -> int | None:
         """Steps, samples or perturbations per item, times the noise tunnel's copies."""
         return self.workload(params, shape, {}).passes
 
     def workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self, params: P, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         """:meth:`core_workload` on the noise tunnel's copies (all at once unless
         ``nt_samples_batch_size`` is set)."""
-        if getattr(params, "noise_tunnel", None) is None:
+        if not isinstance(params, NoiseTunnelParams) or params.noise_tunnel is None:
             return self.core_workload(params, shape, layers)
         copies = params.nt_samples
         together = min(params.nt_samples_batch_size or copies, copies)
@@ -128,7 +135,7 @@ class CaptumMethod(Explainer):
         )
 
     def core_workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self, params: P, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         """The method's workload without a noise tunnel, on inputs of ``shape``: path
         points (all at once unless ``internal_batch_size``; Gauss-Legendre builds an
@@ -166,7 +173,7 @@ class CaptumMethod(Explainer):
             )
         return Workload()
 
-    def build(self, call: Call, params: CaptumParams) -> Any:
+    def build(self, call: Call, params: P) -> Any:
         """The Captum attribution object for ``call.model``."""
         return captum_class(self.captum_class)(call.model, **params.init_kwargs(call))
 
@@ -174,25 +181,25 @@ class CaptumMethod(Explainer):
         """Adjust the built Captum object (guided rules on every activation)."""
         return algorithm
 
-    def call_kwargs(self, call: Call, params: CaptumParams) -> dict[str, Any]:
+    def call_kwargs(self, call: Call, params: P) -> dict[str, Any]:
         """Everything but the inputs that ``attribute`` receives."""
         kwargs = params.call_kwargs(call)
         if self.uses_target:
             kwargs["target"] = call.target
         return kwargs
 
-    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
+    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: P) -> Any:
         """Call Captum; a method overrides this to work around a Captum limitation or to
         compute the same result faster."""
         return algorithm.attribute(inputs, **kwargs)
 
     @contextlib.contextmanager
-    def prepared(self, call: Call, params: CaptumParams) -> Iterator[None]:
+    def prepared(self, call: Call, params: P) -> Iterator[None]:
         """Temporary changes a method needs (rules for its layers); nothing by default."""
         yield
 
     def attribute(
-        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: P
     ) -> torch.Tensor | MethodResult:
         call = Call(model=model, inputs=inputs, target=target, method=self.name)
         kwargs = self.call_kwargs(call, params)
@@ -219,19 +226,19 @@ class CaptumMethod(Explainer):
         return result
 
 
-class DeepLiftMethod(CaptumMethod):
+class DeepLiftMethod(CaptumMethod[P]):
     """Base of the DeepLift family: the rescale rule at every activation of the
     prepared model (see :mod:`esegeta_captum.rules`)."""
 
     model_rules = "gates"
 
     @contextlib.contextmanager
-    def prepared(self, call: Call, params: CaptumParams) -> Iterator[None]:
+    def prepared(self, call: Call, params: P) -> Iterator[None]:
         with deeplift_on_activations(call.model):
             yield
 
 
-class GuidedMethod(CaptumMethod):
+class GuidedMethod(CaptumMethod[P]):
     """Base of guided backprop and deconvnet (also at a neuron, and guided Grad-CAM):
     the rule at every activation of the prepared model, whatever its class."""
 
@@ -244,7 +251,7 @@ class GuidedMethod(CaptumMethod):
     """The attribute holding Captum's inner GuidedBackprop/Deconvolution object (None:
     the algorithm itself)."""
 
-    def check_model(self, model: torch.nn.Module, params: Any, trace: Any) -> None:
+    def check_model(self, model: torch.nn.Module, params: P, trace: ModelTrace | None) -> None:
         if trace is not None and not activation_modules(model):
             raise NotApplicableError(
                 f"Method {self.name!r} (plugin 'captum') applies its rule at the model's "
@@ -258,7 +265,7 @@ class GuidedMethod(CaptumMethod):
         return algorithm
 
 
-class LRPMethod(CaptumMethod):
+class LRPMethod(CaptumMethod[P]):
     """Base of Captum's LRP methods: rules for every layer of the prepared model."""
 
     model_rules = "relevance"
@@ -269,7 +276,7 @@ class LRPMethod(CaptumMethod):
         "activation or shape-only module",
     )
 
-    def check_model(self, model: torch.nn.Module, params: Any, trace: Any) -> None:
+    def check_model(self, model: torch.nn.Module, params: P, trace: ModelTrace | None) -> None:
         missing = lrp_unsupported(model)
         if missing:
             raise NotApplicableError(
@@ -279,6 +286,6 @@ class LRPMethod(CaptumMethod):
             )
 
     @contextlib.contextmanager
-    def prepared(self, call: Call, params: CaptumParams) -> Iterator[None]:
+    def prepared(self, call: Call, params: P) -> Iterator[None]:
         with lrp_rules(call.model):
             yield

@@ -6,42 +6,40 @@ layer's shape (channels included, except for Grad-CAM with ``attr_dim_summation`
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, cast
 
 import torch
-from pydantic import Field
 
 from esegeta_captum.base import (
     CaptumMethod,
     DeepLiftMethod,
     LRPMethod,
+    P,
     captum_class,
     single_tensor,
 )
-from esegeta_captum.common import (
-    BaselineParams,
-    BatchParams,
-    Call,
-    CaptumParams,
-    DistributionParams,
-    GradientSamplingParams,
-    LayerParams,
-    MultiplyParams,
-    NoiseTunnelParams,
-    PathParams,
-    ShapDistributionParams,
-    Tensor,
-    layer_shape,
+from esegeta_captum.params.layer import (
+    InternalInfluenceParams,
+    LayerActivationParams,
+    LayerConductanceParams,
+    LayerDeepLiftParams,
+    LayerDeepLiftShapParams,
+    LayerFeatureAblationParams,
+    LayerGradCamParams,
+    LayerGradientShapParams,
+    LayerGradientXActivationParams,
+    LayerIntegratedGradientsParams,
+    LayerLRPParams,
 )
 from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import replaced_scores
 from esegeta_core.preparation import layer_tap
+from esegeta_core.toolkit import Call, gather_target, recording
 
 
-class LayerMethod(CaptumMethod):
+class LayerMethod(CaptumMethod[P]):
     """Base of the layer methods."""
 
     family = "layer"
@@ -49,14 +47,11 @@ class LayerMethod(CaptumMethod):
     needs_layer = True
 
 
-class LayerConductance(LayerMethod):
+class LayerConductance(LayerMethod[LayerConductanceParams]):
     """Layer conductance: Integrated Gradients flowing through each unit of a layer.
 
     Dhamdhere et al. 2018 (the original tool fixed n_steps to 1; here it is a parameter).
     """
-
-    class Params(LayerParams, BaselineParams, PathParams, NoiseTunnelParams):
-        pass
 
     name = "captum.layer_conductance"
     captum_class = "LayerConductance"
@@ -65,14 +60,11 @@ class LayerConductance(LayerMethod):
     paper = "https://arxiv.org/abs/1805.12233"
 
 
-class InternalInfluence(LayerMethod):
+class InternalInfluence(LayerMethod[InternalInfluenceParams]):
     """Internal influence: gradients at a layer integrated along the input path.
 
     Leino et al. 2018.
     """
-
-    class Params(LayerParams, BaselineParams, PathParams, NoiseTunnelParams):
-        pass
 
     name = "captum.internal_influence"
     captum_class = "InternalInfluence"
@@ -80,28 +72,22 @@ class InternalInfluence(LayerMethod):
     paper = "https://arxiv.org/abs/1802.03788"
 
 
-class LayerGradientXActivation(LayerMethod):
+class LayerGradientXActivation(LayerMethod[LayerGradientXActivationParams]):
     """Layer activation times the gradient of the class score at that layer.
 
     Shrikumar et al. 2016 applied to a layer.
     """
-
-    class Params(LayerParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.layer_gradient_x_activation"
     captum_class = "LayerGradientXActivation"
     paper = "https://arxiv.org/abs/1605.01713"
 
 
-class LayerActivation(LayerMethod):
+class LayerActivation(LayerMethod[LayerActivationParams]):
     """The layer's activations themselves; independent of the target class.
 
     Erhan et al. 2009 (activation inspection).
     """
-
-    class Params(LayerParams, NoiseTunnelParams):
-        pass
 
     name = "captum.layer_activation"
     captum_class = "LayerActivation"
@@ -109,54 +95,35 @@ class LayerActivation(LayerMethod):
     paper = "https://www.researchgate.net/publication/265022827"
 
 
-class LayerGradCam(LayerMethod):
+class LayerGradCam(LayerMethod[LayerGradCamParams]):
     """Grad-CAM: the layer's activations weighted by spatially averaged gradients.
 
     Selvaraju et al. 2017.
     """
-
-    class Params(LayerParams, NoiseTunnelParams):
-        relu_attributions: bool = Field(
-            False, description="Keep only positive evidence (ReLU of the map, as in the paper)."
-        )
-        attr_dim_summation: bool = Field(
-            True, description="Sum over channels (one map); False keeps per-channel maps."
-        )
-
-        def call_kwargs(self, call: Call) -> dict[str, Any]:
-            return {
-                **super().call_kwargs(call),
-                "relu_attributions": self.relu_attributions,
-                "attr_dim_summation": self.attr_dim_summation,
-            }
 
     name = "captum.layer_grad_cam"
     captum_class = "LayerGradCam"
     paper = "https://arxiv.org/abs/1610.02391"
 
 
-class LayerDeepLift(LayerMethod, DeepLiftMethod):
+class LayerDeepLift(LayerMethod[LayerDeepLiftParams], DeepLiftMethod[LayerDeepLiftParams]):
     """DeepLIFT contributions of a layer's units relative to a baseline input.
 
     Shrikumar et al. 2017.
     """
-
-    class Params(LayerParams, BaselineParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.layer_deep_lift"
     captum_class = "LayerDeepLift"
     paper = "https://arxiv.org/abs/1704.02685"
 
 
-class LayerDeepLiftShap(LayerMethod, DeepLiftMethod):
+class LayerDeepLiftShap(
+    LayerMethod[LayerDeepLiftShapParams], DeepLiftMethod[LayerDeepLiftShapParams]
+):
     """DeepLIFT at a layer averaged over a baseline distribution (at least two references).
 
     Lundberg and Lee 2017.
     """
-
-    class Params(LayerParams, ShapDistributionParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.layer_deep_lift_shap"
     captum_class = "LayerDeepLiftShap"
@@ -164,16 +131,11 @@ class LayerDeepLiftShap(LayerMethod, DeepLiftMethod):
     paper = "https://arxiv.org/abs/1705.07874"
 
 
-class LayerGradientShap(LayerMethod):
+class LayerGradientShap(LayerMethod[LayerGradientShapParams]):
     """GradientSHAP at a layer: expected layer gradients at random path points.
 
     Lundberg and Lee 2017.
     """
-
-    class Params(
-        LayerParams, DistributionParams, GradientSamplingParams, MultiplyParams, NoiseTunnelParams
-    ):
-        pass
 
     name = "captum.layer_gradient_shap"
     captum_class = "LayerGradientShap"
@@ -182,14 +144,11 @@ class LayerGradientShap(LayerMethod):
     paper = "https://arxiv.org/abs/1705.07874"
 
 
-class LayerIntegratedGradients(LayerMethod):
+class LayerIntegratedGradients(LayerMethod[LayerIntegratedGradientsParams]):
     """Integrated Gradients with respect to a layer's activations.
 
     Sundararajan et al. 2017.
     """
-
-    class Params(LayerParams, BaselineParams, PathParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.layer_integrated_gradients"
     captum_class = "LayerIntegratedGradients"
@@ -210,10 +169,10 @@ def group_ablation(
     """Captum's ``LayerFeatureAblation`` result for group masks, with the layers before
     ``layer`` run once per item (:func:`esegeta_core.layer_replay.replaced_scores`):
     each unit gets the score drop when its group is set to ``baseline``."""
-    with torch.no_grad(), recording_output(layer) as seen:
+    with torch.no_grad(), recording([layer]) as seen:
         scores = model(inputs)
-    original = seen[0]
-    reference = scores.gather(1, target.view(-1, 1)).squeeze(1)
+    original = cast(torch.Tensor, seen[0][0])
+    reference = gather_target(scores, target)
     groups = torch.broadcast_to(mask.to(original.device), original.shape).long()
     rows = [(b, int(g)) for b in range(len(inputs)) for g in groups[b].unique()]
 
@@ -233,18 +192,7 @@ def group_ablation(
     return out
 
 
-@contextlib.contextmanager
-def recording_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Within the block, ``module``'s first output is appended to the yielded list."""
-    seen: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _a, out: seen.append(out) or None)
-    try:
-        yield seen
-    finally:
-        handle.remove()
-
-
-class LayerFeatureAblation(LayerMethod):
+class LayerFeatureAblation(LayerMethod[LayerFeatureAblationParams]):
     """Score change when groups of a layer's units are set to a constant.
 
     Ablation at a layer; by default whole channels are ablated. With group masks
@@ -253,31 +201,13 @@ class LayerFeatureAblation(LayerMethod):
     with the number of groups times the part of the model after the layer).
     """
 
-    class Params(LayerParams, BatchParams):
-        field_aliases: ClassVar[dict[str, str]] = {"layer_baselines": "layer_baseline"}
-
-        layer_mask: Literal["channel", "unit"] | Tensor = Field(
-            "channel",
-            description="'channel' ablates each channel whole, 'unit' every unit alone (one "
-            "pass per unit), or a tensor of group ids broadcastable to the layer's output.",
-        )
-        layer_baseline: float = Field(0.0, description="Value the ablated units are set to.")
-
-        def call_kwargs(self, call: Call) -> dict[str, Any]:
-            kwargs = super().call_kwargs(call)
-            kwargs["layer_baselines"] = self.layer_baseline
-            if isinstance(self.layer_mask, torch.Tensor):
-                kwargs["layer_mask"] = self.layer_mask.to(call.inputs.device).long()
-            elif self.layer_mask == "channel":
-                module = self.init_kwargs(call)["layer"]
-                shape = layer_shape(call, module, self.attribute_to_layer_input)
-                ids = torch.arange(shape[0], device=call.inputs.device)
-                kwargs["layer_mask"] = ids.view(1, shape[0], *([1] * (len(shape) - 1)))
-            else:
-                kwargs["layer_mask"] = None
-            return kwargs
-
-    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
+    def run(
+        self,
+        algorithm: Any,
+        inputs: torch.Tensor,
+        kwargs: dict[str, Any],
+        params: LayerFeatureAblationParams,
+    ) -> Any:
         if kwargs["layer_mask"] is not None and not kwargs["attribute_to_layer_input"]:
             chunk = (
                 kwargs["perturbations_per_eval"]
@@ -303,7 +233,10 @@ class LayerFeatureAblation(LayerMethod):
         return torch.cat(parts)
 
     def core_workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self,
+        params: LayerFeatureAblationParams,
+        shape: tuple[int, ...],
+        layers: Mapping[str, tuple[int, ...]],
     ) -> Workload:
         """One evaluation per group of units and item; the layer's shape is read from
         ``layers`` (unknown without it)."""
@@ -336,20 +269,17 @@ class LayerFeatureAblation(LayerMethod):
     paper = "https://arxiv.org/abs/1311.2901"
 
 
-class LayerLRP(LayerMethod, LRPMethod):
+class LayerLRP(LayerMethod[LayerLRPParams], LRPMethod[LayerLRPParams]):
     """Layer-wise Relevance Propagation relevance at a layer, with epsilon rules.
 
     Bach et al. 2015; the rules of captum.lrp (see esegeta_captum.rules).
     """
 
-    class Params(LayerParams, NoiseTunnelParams):
-        pass
-
     name = "captum.layer_lrp"
     captum_class = "LayerLRP"
     paper = "https://doi.org/10.1371/journal.pone.0130140"
 
-    def build(self, call: Call, params: CaptumParams) -> Any:
+    def build(self, call: Call, params: LayerLRPParams) -> Any:
         """Captum reads a layer's relevance from its rule, which only leaf layers have:
         read it at the core's tap around the layer instead (an identity leaf carrying
         the layer's output, or input), so blocks work too."""

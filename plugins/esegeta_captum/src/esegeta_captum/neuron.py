@@ -9,23 +9,22 @@ measures the neuron's share of the target class's score.
 
 from __future__ import annotations
 
-from esegeta_captum.base import CaptumMethod, DeepLiftMethod, GuidedMethod
-from esegeta_captum.common import (
-    BaselineParams,
-    BatchParams,
-    DistributionParams,
-    FeatureMaskParams,
-    GradientSamplingParams,
-    MultiplyParams,
-    NeuronParams,
-    NoiseTunnelParams,
-    PathParams,
-    ShapDistributionParams,
+from esegeta_captum.base import CaptumMethod, DeepLiftMethod, GuidedMethod, P
+from esegeta_captum.params.neuron import (
+    NeuronConductanceParams,
+    NeuronDeconvolutionParams,
+    NeuronDeepLiftParams,
+    NeuronDeepLiftShapParams,
+    NeuronFeatureAblationParams,
+    NeuronGradientParams,
+    NeuronGradientShapParams,
+    NeuronGuidedBackpropParams,
+    NeuronIntegratedGradientsParams,
 )
 from esegeta_captum.primary import PerturbationMethod
 
 
-class NeuronMethod(CaptumMethod):
+class NeuronMethod(CaptumMethod[P]):
     """Base of the neuron methods."""
 
     family = "neuron"
@@ -34,28 +33,22 @@ class NeuronMethod(CaptumMethod):
     uses_target = False
 
 
-class NeuronGradient(NeuronMethod):
+class NeuronGradient(NeuronMethod[NeuronGradientParams]):
     """Gradient of one neuron's value with respect to the input (target ignored).
 
     Simonyan et al. 2013 applied to a neuron.
     """
-
-    class Params(NeuronParams, NoiseTunnelParams):
-        pass
 
     name = "captum.neuron_gradient"
     captum_class = "NeuronGradient"
     paper = "https://arxiv.org/abs/1312.6034"
 
 
-class NeuronIntegratedGradients(NeuronMethod):
+class NeuronIntegratedGradients(NeuronMethod[NeuronIntegratedGradientsParams]):
     """Integrated Gradients of one neuron's value (target ignored).
 
     Sundararajan et al. 2017.
     """
-
-    class Params(NeuronParams, BaselineParams, PathParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.neuron_integrated_gradients"
     captum_class = "NeuronIntegratedGradients"
@@ -63,14 +56,11 @@ class NeuronIntegratedGradients(NeuronMethod):
     paper = "https://arxiv.org/abs/1703.01365"
 
 
-class NeuronConductance(NeuronMethod):
+class NeuronConductance(NeuronMethod[NeuronConductanceParams]):
     """Neuron conductance: the input's attribution to the target score through one neuron.
 
     Dhamdhere et al. 2018; unlike the other neuron methods it uses the target class.
     """
-
-    class Params(NeuronParams, BaselineParams, PathParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.neuron_conductance"
     captum_class = "NeuronConductance"
@@ -79,28 +69,24 @@ class NeuronConductance(NeuronMethod):
     paper = "https://arxiv.org/abs/1805.12233"
 
 
-class NeuronDeepLift(NeuronMethod, DeepLiftMethod):
+class NeuronDeepLift(NeuronMethod[NeuronDeepLiftParams], DeepLiftMethod[NeuronDeepLiftParams]):
     """DeepLIFT contributions of the input to one neuron (target ignored).
 
     Shrikumar et al. 2017.
     """
-
-    class Params(NeuronParams, BaselineParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.neuron_deep_lift"
     captum_class = "NeuronDeepLift"
     paper = "https://arxiv.org/abs/1704.02685"
 
 
-class NeuronDeepLiftShap(NeuronMethod, DeepLiftMethod):
+class NeuronDeepLiftShap(
+    NeuronMethod[NeuronDeepLiftShapParams], DeepLiftMethod[NeuronDeepLiftShapParams]
+):
     """DeepLIFT to one neuron averaged over a baseline distribution (target ignored).
 
     Lundberg and Lee 2017; at least two references.
     """
-
-    class Params(NeuronParams, ShapDistributionParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.neuron_deep_lift_shap"
     captum_class = "NeuronDeepLiftShap"
@@ -108,16 +94,11 @@ class NeuronDeepLiftShap(NeuronMethod, DeepLiftMethod):
     paper = "https://arxiv.org/abs/1705.07874"
 
 
-class NeuronGradientShap(NeuronMethod):
+class NeuronGradientShap(NeuronMethod[NeuronGradientShapParams]):
     """GradientSHAP of one neuron's value (target ignored).
 
     Lundberg and Lee 2017.
     """
-
-    class Params(
-        NeuronParams, DistributionParams, GradientSamplingParams, MultiplyParams, NoiseTunnelParams
-    ):
-        pass
 
     name = "captum.neuron_gradient_shap"
     captum_class = "NeuronGradientShap"
@@ -126,14 +107,13 @@ class NeuronGradientShap(NeuronMethod):
     paper = "https://arxiv.org/abs/1705.07874"
 
 
-class NeuronGuidedBackprop(NeuronMethod, GuidedMethod):
+class NeuronGuidedBackprop(
+    NeuronMethod[NeuronGuidedBackpropParams], GuidedMethod[NeuronGuidedBackpropParams]
+):
     """Guided backpropagation from one neuron (target ignored).
 
     Springenberg et al. 2014.
     """
-
-    class Params(NeuronParams, NoiseTunnelParams):
-        pass
 
     name = "captum.neuron_guided_backprop"
     captum_class = "NeuronGuidedBackprop"
@@ -141,14 +121,13 @@ class NeuronGuidedBackprop(NeuronMethod, GuidedMethod):
     paper = "https://arxiv.org/abs/1412.6806"
 
 
-class NeuronDeconvolution(NeuronMethod, GuidedMethod):
+class NeuronDeconvolution(
+    NeuronMethod[NeuronDeconvolutionParams], GuidedMethod[NeuronDeconvolutionParams]
+):
     """Deconvnet from one neuron (target ignored).
 
     Zeiler and Fergus 2014.
     """
-
-    class Params(NeuronParams, NoiseTunnelParams):
-        pass
 
     name = "captum.neuron_deconvolution"
     captum_class = "NeuronDeconvolution"
@@ -156,14 +135,13 @@ class NeuronDeconvolution(NeuronMethod, GuidedMethod):
     paper = "https://arxiv.org/abs/1311.2901"
 
 
-class NeuronFeatureAblation(NeuronMethod, PerturbationMethod):
+class NeuronFeatureAblation(
+    NeuronMethod[NeuronFeatureAblationParams], PerturbationMethod[NeuronFeatureAblationParams]
+):
     """Change of one neuron's value when input features are ablated (target ignored).
 
     Feature ablation (Zeiler and Fergus 2014) applied to a neuron.
     """
-
-    class Params(NeuronParams, BaselineParams, FeatureMaskParams, BatchParams):
-        pass
 
     name = "captum.neuron_feature_ablation"
     captum_class = "NeuronFeatureAblation"

@@ -4,49 +4,58 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, TypeVar
 
 import torch
-from pydantic import Field
 
 from esegeta_captum.base import CaptumMethod, DeepLiftMethod, GuidedMethod, LRPMethod
-from esegeta_captum.common import (
-    BaselineParams,
-    BatchParams,
-    Call,
-    DistributionParams,
-    FeatureMaskParams,
-    GradientSamplingParams,
-    LayerParams,
-    MultiplyParams,
-    NoiseTunnelParams,
-    PathParams,
-    ShapDistributionParams,
-    Size,
-    window_sizes,
-    window_tuple,
+from esegeta_captum.params.pieces import BatchParams, FeatureMaskParams
+from esegeta_captum.params.primary import (
+    MAX_EXACT_FEATURES,
+    DeconvolutionParams,
+    DeepLiftParams,
+    DeepLiftShapParams,
+    FeatureAblationParams,
+    FeaturePermutationParams,
+    GradientShapParams,
+    GuidedBackpropParams,
+    GuidedGradCamParams,
+    InputXGradientParams,
+    IntegratedGradientsParams,
+    KernelShapParams,
+    LimeParams,
+    LRPParams,
+    OcclusionParams,
+    SaliencyParams,
+    ShapleyValueSamplingParams,
+    ShapleyValuesParams,
 )
-from esegeta_captum.masks import count_features
-from esegeta_core import InvalidParamsError
+from esegeta_captum.shapes import window_sizes
 from esegeta_core.explainer import Workload
 from esegeta_core.runtime.ablation import feature_ablation, occlusion, shapley_values
-from esegeta_core.toolkit import interpolation_mode
+
+B = TypeVar("B", bound=BatchParams)
+"""The parameter model of a perturbation method (it sets ``perturbations_per_eval``)."""
 
 
-class PerturbationMethod(CaptumMethod):
+class PerturbationMethod(CaptumMethod[B]):
     """Base of the Captum methods that perturb groups of features: one evaluation per
     feature (times ``per_feature``), ``perturbations_per_eval`` items' worth at a time."""
 
     family = "perturbation"
     cost = "high"
 
-    def per_feature(self, params: Any) -> int:
+    def per_feature(self, params: B) -> int:
         """Evaluations per feature and item."""
         return 1
 
     def core_workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self, params: B, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
+        """One evaluation per feature of the mask (times :meth:`per_feature`); a method
+        without a feature mask (occlusion's windows) counts its own."""
+        if not isinstance(params, FeatureMaskParams):
+            return Workload()
         features, setting, fix = params.feature_count(shape, self.name)
         sampled = "n_samples" in type(params).model_fields
         return perturbation_workload(
@@ -136,7 +145,7 @@ def masked_engine(
 def perturbation_workload(
     passes: int | None,
     per_eval_cap: int,
-    params: Any,
+    params: BatchParams,
     shape: tuple[int, ...],
     *,
     counts: tuple[str, ...],
@@ -156,32 +165,23 @@ def perturbation_workload(
     )
 
 
-class Saliency(CaptumMethod):
+class Saliency(CaptumMethod[SaliencyParams]):
     """Gradient of the class score with respect to the input (vanilla saliency).
 
     Simonyan et al. 2013.
     """
-
-    class Params(NoiseTunnelParams):
-        abs: bool = Field(True, description="Return absolute gradients (the original map).")
-
-        def call_kwargs(self, call: Call) -> dict[str, Any]:
-            return {**super().call_kwargs(call), "abs": self.abs}
 
     name = "captum.saliency"
     captum_class = "Saliency"
     paper = "https://arxiv.org/abs/1312.6034"
 
 
-class IntegratedGradients(CaptumMethod):
+class IntegratedGradients(CaptumMethod[IntegratedGradientsParams]):
     """Integrated Gradients: gradients averaged along a straight path from a baseline.
 
     Sundararajan et al. 2017; satisfies completeness (attributions sum to the score
     difference between input and baseline, up to the integration error).
     """
-
-    class Params(BaselineParams, PathParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.integrated_gradients"
     captum_class = "IntegratedGradients"
@@ -189,35 +189,24 @@ class IntegratedGradients(CaptumMethod):
     paper = "https://arxiv.org/abs/1703.01365"
 
 
-class DeepLift(DeepLiftMethod):
+class DeepLift(DeepLiftMethod[DeepLiftParams]):
     """DeepLIFT (rescale rule): contributions relative to a baseline in one backward pass.
 
     Shrikumar et al. 2017; the rescale rule applies at every element-wise activation
     (reused modules and functional calls get a module per call site).
     """
 
-    class Params(BaselineParams, MultiplyParams, NoiseTunnelParams):
-        eps: float = Field(
-            1e-10, gt=0.0, description="Below this input-baseline difference, use gradients."
-        )
-
-        def init_kwargs(self, call: Call) -> dict[str, Any]:
-            return {**super().init_kwargs(call), "eps": self.eps}
-
     name = "captum.deep_lift"
     captum_class = "DeepLift"
     paper = "https://arxiv.org/abs/1704.02685"
 
 
-class DeepLiftShap(DeepLiftMethod):
+class DeepLiftShap(DeepLiftMethod[DeepLiftShapParams]):
     """DeepLIFT averaged over a distribution of baselines (a SHAP approximation).
 
     Lundberg and Lee 2017. The references are ``baselines`` (default zeros plus a
     blurred copy of every item), at least two.
     """
-
-    class Params(ShapDistributionParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.deep_lift_shap"
     captum_class = "DeepLiftShap"
@@ -225,15 +214,12 @@ class DeepLiftShap(DeepLiftMethod):
     paper = "https://arxiv.org/abs/1705.07874"
 
 
-class GradientShap(CaptumMethod):
+class GradientShap(CaptumMethod[GradientShapParams]):
     """GradientSHAP: expected gradients times (input - reference) at random path points.
 
     Lundberg and Lee 2017; the references are ``baselines`` (default zeros plus a
     blurred copy of every item).
     """
-
-    class Params(DistributionParams, GradientSamplingParams, MultiplyParams, NoiseTunnelParams):
-        pass
 
     name = "captum.gradient_shap"
     captum_class = "GradientShap"
@@ -242,21 +228,18 @@ class GradientShap(CaptumMethod):
     paper = "https://arxiv.org/abs/1705.07874"
 
 
-class InputXGradient(CaptumMethod):
+class InputXGradient(CaptumMethod[InputXGradientParams]):
     """Input times gradient of the class score.
 
     Shrikumar et al. 2016.
     """
-
-    class Params(NoiseTunnelParams):
-        pass
 
     name = "captum.input_x_gradient"
     captum_class = "InputXGradient"
     paper = "https://arxiv.org/abs/1605.01713"
 
 
-class GuidedBackprop(GuidedMethod):
+class GuidedBackprop(GuidedMethod[GuidedBackpropParams]):
     """Guided backpropagation: gradients with negative signals cut at every activation.
 
     Springenberg et al. 2014. At a ReLU exactly the paper's rule; at GELU, SiLU, PReLU,
@@ -264,47 +247,28 @@ class GuidedBackprop(GuidedMethod):
     applied, then negative values are cut. A model without activations is refused.
     """
 
-    class Params(NoiseTunnelParams):
-        pass
-
     name = "captum.guided_backprop"
     captum_class = "GuidedBackprop"
     paper = "https://arxiv.org/abs/1412.6806"
 
 
-class Deconvolution(GuidedMethod):
+class Deconvolution(GuidedMethod[DeconvolutionParams]):
     """Deconvnet: back-propagates through activations by the sign of the gradient only.
 
     Zeiler and Fergus 2014; at every activation (ReLU or not) only the positive part of
     the incoming gradient passes. A model without activations is refused.
     """
 
-    class Params(NoiseTunnelParams):
-        pass
-
     name = "captum.deconvolution"
     captum_class = "Deconvolution"
     paper = "https://arxiv.org/abs/1311.2901"
 
 
-class GuidedGradCam(GuidedMethod):
+class GuidedGradCam(GuidedMethod[GuidedGradCamParams]):
     """Guided Grad-CAM: guided backprop times the up-sampled Grad-CAM map of a layer.
 
     Selvaraju et al. 2017; ``layer`` is usually the last convolution.
     """
-
-    class Params(LayerParams, NoiseTunnelParams):
-        interpolate_mode: Literal["nearest", "area", "linear"] = Field(
-            "nearest",
-            description="How the layer's CAM is up-sampled: nearest, area or linear "
-            "(bilinear in 2D, trilinear in 3D).",
-        )
-
-        def call_kwargs(self, call: Call) -> dict[str, Any]:
-            mode = self.interpolate_mode
-            if mode == "linear":
-                mode = interpolation_mode(call.rank)
-            return {**super().call_kwargs(call), "interpolate_mode": mode}
 
     name = "captum.guided_grad_cam"
     captum_class = "GuidedGradCam"
@@ -313,36 +277,36 @@ class GuidedGradCam(GuidedMethod):
     paper = "https://arxiv.org/abs/1610.02391"
 
 
-class FeatureAblation(PerturbationMethod):
+class FeatureAblation(PerturbationMethod[FeatureAblationParams]):
     """Feature ablation: score change when each feature (grid cell, superpixel) is set
     to the baseline.
 
     Zeiler and Fergus 2014 style perturbation; one pass per feature, batched.
     """
 
-    class Params(BaselineParams, FeatureMaskParams, BatchParams):
-        pass
-
     name = "captum.feature_ablation"
     captum_class = "FeatureAblation"
     paper = "https://arxiv.org/abs/1311.2901"
     own_passes = True
 
-    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
+    def run(
+        self,
+        algorithm: Any,
+        inputs: torch.Tensor,
+        kwargs: dict[str, Any],
+        params: FeatureAblationParams,
+    ) -> Any:
         """The core's ablation engine (the same maps as Captum, without a masked copy of
         the input per perturbation), or Captum for a call the engine does not cover."""
         return masked_engine(feature_ablation, algorithm, inputs, kwargs)
 
 
-class FeaturePermutation(PerturbationMethod):
+class FeaturePermutation(PerturbationMethod[FeaturePermutationParams]):
     """Permutation importance: score change when a feature is shuffled across the batch.
 
     Breiman 2001 / Fisher et al. 2019; needs a batch of more than one item (with one
     item every attribution is zero).
     """
-
-    class Params(FeatureMaskParams, BatchParams):
-        pass
 
     name = "captum.feature_permutation"
     captum_class = "FeaturePermutation"
@@ -350,46 +314,30 @@ class FeaturePermutation(PerturbationMethod):
     paper = "https://arxiv.org/abs/1801.01489"
 
     def core_workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self,
+        params: FeaturePermutationParams,
+        shape: tuple[int, ...],
+        layers: Mapping[str, tuple[int, ...]],
     ) -> Workload:
         features, setting, fix = params.feature_count(shape, self.name)
         return perturbation_workload(features, features, params, shape, counts=(setting,), fix=fix)
 
 
-class Occlusion(PerturbationMethod):
+class Occlusion(PerturbationMethod[OcclusionParams]):
     """Occlusion: score change when a sliding window is replaced by the baseline.
 
     Zeiler and Fergus 2014; ``window`` and ``strides`` are spatial sizes (the channel
     axis is covered whole), clipped to the input's size.
     """
 
-    class Params(BaselineParams, BatchParams):
-        field_aliases: ClassVar[dict[str, str]] = {"sliding_window_shapes": "window"}
-
-        window: Size = Field(
-            16,
-            description="Window size: an int or one int per spatial dim (Captum's form with "
-            "the channel extent first, such as (1, 15, 15), is also accepted).",
-        )
-        strides: Size = Field(
-            8,
-            description="Window step: an int or one int per spatial dim (or Captum's form "
-            "with a channel step first).",
-        )
-
-        def call_kwargs(self, call: Call) -> dict[str, Any]:
-            return {
-                **super().call_kwargs(call),
-                "sliding_window_shapes": window_tuple(self.window, call, "window"),
-                "strides": window_tuple(self.strides, call, "strides"),
-            }
-
     name = "captum.occlusion"
     captum_class = "Occlusion"
     paper = "https://arxiv.org/abs/1311.2901"
     own_passes = True
 
-    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
+    def run(
+        self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: OcclusionParams
+    ) -> Any:
         """The core's ablation engine (the same maps as Captum, without a masked copy of
         the input per window), or Captum for a call the engine does not cover."""
         own = frozenset({"sliding_window_shapes", "strides"})
@@ -416,7 +364,7 @@ class Occlusion(PerturbationMethod):
         )
 
     def core_workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self, params: OcclusionParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         window = window_sizes(params.window, shape, "window", self.name)
         strides = window_sizes(params.strides, shape, "strides", self.name)
@@ -436,33 +384,22 @@ class Occlusion(PerturbationMethod):
         )
 
 
-class ShapleyValueSampling(PerturbationMethod):
+class ShapleyValueSampling(PerturbationMethod[ShapleyValueSamplingParams]):
     """Shapley values estimated from random feature permutations.
 
     Castro et al. 2009; cost is n_samples x features forward passes (batched).
     """
-
-    class Params(BaselineParams, FeatureMaskParams, BatchParams):
-        n_samples: int = Field(25, ge=1, description="Random feature permutations.")
-
-        def call_kwargs(self, call: Call) -> dict[str, Any]:
-            return {**super().call_kwargs(call), "n_samples": self.n_samples}
 
     name = "captum.shapley_value_sampling"
     captum_class = "ShapleyValueSampling"
     deterministic = False
     paper = "https://doi.org/10.1016/j.cor.2008.04.004"
 
-    def per_feature(self, params: Any) -> int:
+    def per_feature(self, params: ShapleyValueSamplingParams) -> int:
         return params.n_samples
 
 
-MAX_EXACT_FEATURES = 12
-"""Exact Shapley values score every coalition of the features once: 12 features already
-cost 4,096 passes per item (Captum's walk over every ordering would take 12 x 12!)."""
-
-
-class ShapleyValues(PerturbationMethod):
+class ShapleyValues(PerturbationMethod[ShapleyValuesParams]):
     """Exact Shapley values from every coalition of the features, each scored once: 2^n
     passes per item.
 
@@ -473,46 +410,27 @@ class ShapleyValues(PerturbationMethod):
     features is refused.
     """
 
-    class Params(BaselineParams, FeatureMaskParams, BatchParams):
-        grid_cell: Size | None = Field(
-            None,
-            description="Grid cell size (int or one per spatial dim); None: a 2 x 2 grid over "
-            "the last two spatial dimensions (4 features).",
-        )
-        n_segments: int = Field(4, ge=1, description="Approximate number of SLIC superpixels.")
-
-        def call_kwargs(self, call: Call) -> dict[str, Any]:
-            kwargs = super().call_kwargs(call)
-            features = count_features(kwargs["feature_mask"])
-            if features > MAX_EXACT_FEATURES:
-                raise InvalidParamsError(
-                    f"Method {call.method!r}: the feature mask has {features} features; exact "
-                    f"Shapley values evaluate every coalition of them (2^{features} = "
-                    f"{2**features:,} passes per item), so at most {MAX_EXACT_FEATURES} "
-                    "features are allowed. Use a bigger grid_cell, fewer n_segments, or "
-                    "captum.shapley_value_sampling."
-                )
-            return kwargs
-
-        def mask(self, call: Call) -> Any:
-            if self.feature_mask == "grid" and self.grid_cell is None:
-                spatial = call.inputs.shape[2:]
-                cell = (*spatial[:-2], *(-(-n // 2) for n in spatial[-2:]))
-                return self.model_copy(update={"grid_cell": cell}).mask(call)
-            return super().mask(call)
-
     name = "captum.shapley_values"
     captum_class = "ShapleyValues"
     paper = "https://doi.org/10.1515/9781400881970-018"
     own_passes = True
 
-    def run(self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: Any) -> Any:
+    def run(
+        self,
+        algorithm: Any,
+        inputs: torch.Tensor,
+        kwargs: dict[str, Any],
+        params: ShapleyValuesParams,
+    ) -> Any:
         """The core's ablation engine (each coalition scored once: 2^n passes instead of
         Captum's n * n!), or Captum for a call the engine does not cover."""
         return masked_engine(shapley_values, algorithm, inputs, kwargs)
 
     def core_workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self,
+        params: ShapleyValuesParams,
+        shape: tuple[int, ...],
+        layers: Mapping[str, tuple[int, ...]],
     ) -> Workload:
         if params.feature_mask == "grid" and params.grid_cell is None:
             return perturbation_workload(2**4, 2**4, params, shape, counts=(), fix="")
@@ -525,26 +443,11 @@ class ShapleyValues(PerturbationMethod):
         )
 
 
-class Lime(PerturbationMethod):
+class Lime(PerturbationMethod[LimeParams]):
     """LIME: a sparse linear surrogate fitted to the scores of random feature subsets.
 
     Ribeiro et al. 2016; one Lasso surrogate per batch item (scikit-learn).
     """
-
-    class Params(BaselineParams, FeatureMaskParams, BatchParams):
-        n_samples: int = Field(200, ge=1, description="Random feature subsets per item.")
-        alpha: float = Field(0.01, ge=0.0, description="Lasso regularisation of the surrogate.")
-
-        def init_kwargs(self, call: Call) -> dict[str, Any]:
-            from captum._utils.models.linear_model import SkLearnLasso
-
-            return {
-                **super().init_kwargs(call),
-                "interpretable_model": SkLearnLasso(alpha=self.alpha),
-            }
-
-        def call_kwargs(self, call: Call) -> dict[str, Any]:
-            return {**super().call_kwargs(call), "n_samples": self.n_samples}
 
     name = "captum.lime"
     captum_class = "Lime"
@@ -552,29 +455,16 @@ class Lime(PerturbationMethod):
     paper = "https://arxiv.org/abs/1602.04938"
 
     def core_workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self, params: LimeParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
-        return surrogate_workload(self, params, shape)
+        return surrogate_workload(self.name, params, shape)
 
 
-class KernelShap(PerturbationMethod):
+class KernelShap(PerturbationMethod[KernelShapParams]):
     """Kernel SHAP: LIME with the Shapley kernel, so the surrogate estimates Shapley values.
 
     Lundberg and Lee 2017; one linear surrogate per batch item (scikit-learn).
     """
-
-    class Params(BaselineParams, FeatureMaskParams, BatchParams):
-        n_samples: int = Field(200, ge=1, description="Random feature coalitions per item.")
-
-        def call_kwargs(self, call: Call) -> dict[str, Any]:
-            kwargs = {**super().call_kwargs(call), "n_samples": self.n_samples}
-            if count_features(kwargs["feature_mask"]) < 2:
-                raise InvalidParamsError(
-                    f"Method {call.method!r}: the feature mask has a single feature; the "
-                    "Shapley kernel needs at least two (use a smaller grid_cell or more "
-                    "n_segments)."
-                )
-            return kwargs
 
     name = "captum.kernel_shap"
     captum_class = "KernelShap"
@@ -582,17 +472,22 @@ class KernelShap(PerturbationMethod):
     paper = "https://arxiv.org/abs/1705.07874"
 
     def core_workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self,
+        params: KernelShapParams,
+        shape: tuple[int, ...],
+        layers: Mapping[str, tuple[int, ...]],
     ) -> Workload:
-        return surrogate_workload(self, params, shape)
+        return surrogate_workload(self.name, params, shape)
 
 
-def surrogate_workload(method: CaptumMethod, params: Any, shape: tuple[int, ...]) -> Workload:
+def surrogate_workload(
+    method: str, params: LimeParams | KernelShapParams, shape: tuple[int, ...]
+) -> Workload:
     """LIME and Kernel SHAP: ``n_samples`` evaluations per item, items one at a time,
     every sample's on/off row and score kept for the surrogate fit (float32 in Captum,
     float64 copies in scikit-learn, plus per-sample Python objects)."""
     n = params.n_samples
-    features, _, _ = params.feature_count(shape, method.name)
+    features, _, _ = params.feature_count(shape, method)
     return perturbation_workload(
         n,
         n,
@@ -604,7 +499,7 @@ def surrogate_workload(method: CaptumMethod, params: Any, shape: tuple[int, ...]
     )
 
 
-class LRP(LRPMethod):
+class LRP(LRPMethod[LRPParams]):
     """Layer-wise Relevance Propagation with Captum's epsilon rules.
 
     Bach et al. 2015. Epsilon rule for convolutions (1D-3D, transposed), linear layers,
@@ -613,9 +508,6 @@ class LRP(LRPMethod):
     esegeta_captum.rules); rules the user attached are kept. Models with attention or
     gating are refused: use zennit.lrp or a gradient method.
     """
-
-    class Params(NoiseTunnelParams):
-        pass
 
     name = "captum.lrp"
     captum_class = "LRP"

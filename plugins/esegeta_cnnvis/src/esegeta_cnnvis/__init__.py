@@ -2,7 +2,8 @@
 
 Batched, N-dimensional (2D and 3D), on the model's device, differentiable on request
 (``create_graph``). Gradient methods live in ``gradients.py``, CAMs in ``cams.py``,
-layer visualizations in ``visualizations.py``, RISE in ``rise.py``.
+layer visualizations in ``visualizations.py``, RISE in ``rise.py``; every parameter
+model in ``params.py``.
 """
 
 from __future__ import annotations

@@ -4,21 +4,20 @@ The CAM family needs, for one or several layers of the user's model, the output 
 that layer on the input batch and, for gradient CAMs, ``d score[target] / d output``.
 :func:`capture` does both with one forward and one ``torch.autograd.grad`` call (no
 ``.backward()``, so no parameter's ``.grad`` is touched), keeping everything on the
-model's device; :func:`replacing_output` lets perturbation CAMs substitute a layer's
-output during a forward. Every hook is removed in ``finally``.
+model's device. The layers' outputs are recorded with the toolkit's
+:func:`~esegeta_core.toolkit.recording`, which always removes its hooks.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from esegeta_core import InvalidParamsError, MethodFailedError
-from esegeta_core.toolkit import gather_target
+from esegeta_core.toolkit import gather_target, recording
 
 
 @dataclass(frozen=True)
@@ -31,40 +30,6 @@ class Captured:
     """Each layer's output, ``(B, K, *spatial)``."""
     gradients: list[torch.Tensor] | None
     """``d sum_b scores[b, target_b] / d activation`` per layer, or None if not asked."""
-
-
-@contextlib.contextmanager
-def recording(modules: Sequence[nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
-    """Within the block, every output of ``modules[i]`` is appended to ``records[i]``."""
-    records: list[list[torch.Tensor]] = [[] for _ in modules]
-    handles = []
-    for module, record in zip(modules, records):
-
-        def hook(_m: nn.Module, _i: object, output: object, record=record) -> None:
-            record.append(output)  # type: ignore[arg-type]
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        yield records
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextlib.contextmanager
-def replacing_output(
-    module: nn.Module, replace: Callable[[torch.Tensor], torch.Tensor]
-) -> Iterator[None]:
-    """Within the block, ``module``'s output ``y`` is replaced by ``replace(y)``."""
-
-    def hook(_m: nn.Module, _i: object, output: torch.Tensor) -> torch.Tensor:
-        return replace(output)
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _single_output(

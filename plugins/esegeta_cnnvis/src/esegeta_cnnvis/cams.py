@@ -20,25 +20,27 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 from torch import nn
 
-from esegeta_cnnvis.activations import (
-    capture,
+from esegeta_cnnvis.activations import capture
+from esegeta_cnnvis.input_gradients import input_gradient
+from esegeta_cnnvis.params import (
+    AblationCamParams,
+    CamParams,
+    GradientCamParams,
+    GuidedGradCamParams,
+    LayersParams,
+    ScoreCamParams,
 )
-from esegeta_cnnvis.relu_rules import GATE_REQUIREMENT, refuse_without_activations, relu_rule
-from esegeta_cnnvis.targets_score import input_gradient
+from esegeta_cnnvis.relu_rules import ActivationRuleMethod, relu_rule
 from esegeta_core import (
     Explainer,
     InvalidParamsError,
-    LayerPath,
     MethodFailedError,
-    MethodParams,
-    ModulePath,
     NotApplicableError,
     resolve_layer,
     unwrap,
@@ -48,114 +50,15 @@ from esegeta_core.layer_replay import replaced_scores
 from esegeta_core.runtime.passes import memory_format, method_passes
 from esegeta_core.toolkit import gather_target, interpolation_mode
 
-# --- parameters ---------------------------------------------------------------------
-
-
-def _relu_field() -> Any:
-    return Field(True, description="Apply a ReLU to each map (keep what speaks for the target).")
-
-
-def _upsample_field() -> Any:
-    return Field(
-        True,
-        description="Up-sample each map to the input's size (bilinear/trilinear, "
-        "differentiable); False keeps the layer's resolution.",
-    )
-
-
-def _create_graph_field() -> Any:
-    return Field(
-        False,
-        description="Keep the returned map on the autograd graph (gradients computed with "
-        "create_graph=True, up-sampling included), so a loss on it can be back-propagated "
-        "into the model's parameters.",
-    )
-
-
-class LayersParams(MethodParams):
-    """Parameters of the CAMs that accept one or several layers."""
-
-    layer: LayerPath | list[LayerPath] = Field(
-        "auto",
-        description="The layer to explain (usually the last convolutional block; 'auto' "
-        "picks it, or a transformer's last block), or a list of layers: one map per layer, "
-        "stacked in the channel dimension.",
-    )
-    relu: bool = _relu_field()
-    upsample: bool = _upsample_field()
-
-    @field_validator("layer")
-    @classmethod
-    def _non_empty(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and not value:
-            raise ValueError("give at least one layer")
-        return value
-
-
-class GradientCamParams(LayersParams):
-    """Parameters of the gradient CAMs."""
-
-    create_graph: bool = _create_graph_field()
-
-
-class ScoreCamParams(LayersParams):
-    """Parameters of Score-CAM."""
-
-    batch_size: int = Field(
-        32, ge=1, description="Masked inputs (item x channel) per forward pass."
-    )
-
-
-class AblationCamParams(LayersParams):
-    """Parameters of Ablation-CAM."""
-
-    batch_size: int | None = Field(
-        None,
-        ge=1,
-        description="Ablated copies (item x channel) per forward pass; None: 512 when only "
-        "the layers after the explained one run per copy (the layers before it run once "
-        "per item), 32 when the model needs whole passes.",
-    )
-    ablation_value: float = Field(
-        0.0, description="The value an ablated channel is set to (0 in the paper)."
-    )
-
-
-class CamParams(MethodParams):
-    """Parameters of the original CAM."""
-
-    layer: LayerPath = Field(
-        "auto",
-        description="The layer whose channels the classifier pools (the last convolutional "
-        "block before global average pooling; 'auto' picks the last layer with a spatial "
-        "output).",
-    )
-    fc_layer: ModulePath | None = Field(
-        None,
-        description="The nn.Linear (or 1x1 convolution) whose weights weigh the layer's "
-        "channels; None: the last such module whose input size is the layer's channel "
-        "count and whose output size is the number of classes.",
-    )
-    relu: bool = _relu_field()
-    upsample: bool = _upsample_field()
-    create_graph: bool = _create_graph_field()
-
-
-class GuidedGradCamParams(MethodParams):
-    """Parameters of guided Grad-CAM."""
-
-    layer: LayerPath = Field(
-        "auto", description="The layer Grad-CAM explains ('auto': the last spatial layer)."
-    )
-    relu: bool = Field(True, description="Apply a ReLU to the Grad-CAM map before the product.")
-    create_graph: bool = _create_graph_field()
-
+C = TypeVar("C", bound=LayersParams | CamParams)
+"""A CAM's parameter model: what the template reads (``layer``, ``relu``, ``upsample``)
+and the CAM's own options."""
 
 # --- the template -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class LayerContext:
+class LayerContext(Generic[C]):
     """Everything a CAM's weighting may look at, for one layer."""
 
     model: nn.Module
@@ -166,7 +69,7 @@ class LayerContext:
     scores: torch.Tensor
     activations: torch.Tensor
     gradients: torch.Tensor | None
-    params: Any
+    params: C
     method: str
 
     @property
@@ -194,22 +97,21 @@ def layer_paths(layer: str | list[str]) -> list[str]:
     return [layer] if isinstance(layer, str) else list(layer)
 
 
-class CamMethod(Explainer):
+class CamMethod(Explainer[C]):
     """Base of the CAMs: capture, per-layer map (:meth:`layer_map`), ReLU, up-sample."""
 
     family = "cam"
     output = "layer"
     needs_layer = True
-    Params: ClassVar[type[MethodParams]] = GradientCamParams
     uses_gradients: ClassVar[bool] = True
     """Whether :meth:`layer_map` needs the gradients of the target score."""
 
     @abstractmethod
-    def layer_map(self, ctx: LayerContext) -> torch.Tensor:
+    def layer_map(self, ctx: LayerContext[C]) -> torch.Tensor:
         """The ``(B, *spatial)`` map of one layer, before ReLU and up-sampling."""
 
     def maps(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: C
     ) -> torch.Tensor:
         """The ``(B, n_layers, *spatial)`` maps for ``params.layer``."""
         paths = layer_paths(params.layer)
@@ -255,19 +157,19 @@ class CamMethod(Explainer):
         return out if create_graph else out.detach()
 
     def attribute(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: C
     ) -> torch.Tensor:
         return self.maps(model, inputs, target, params)
 
 
-class WeightedCam(CamMethod):
+class WeightedCam(CamMethod[C]):
     """A CAM whose map is ``sum_k w_k * A_k``: subclasses give the weights."""
 
     @abstractmethod
-    def weights(self, ctx: LayerContext) -> torch.Tensor:
+    def weights(self, ctx: LayerContext[C]) -> torch.Tensor:
         """``(B, K)`` channel weights, or ``(B, K, *spatial)`` element-wise weights."""
 
-    def layer_map(self, ctx: LayerContext) -> torch.Tensor:
+    def layer_map(self, ctx: LayerContext[C]) -> torch.Tensor:
         w = self.weights(ctx)
         a = ctx.activations
         if w.ndim == 2:
@@ -278,7 +180,7 @@ class WeightedCam(CamMethod):
 # --- gradient CAMs --------------------------------------------------------------------
 
 
-class GradCam(WeightedCam):
+class GradCam(WeightedCam[GradientCamParams]):
     """Grad-CAM: channels weighted by the spatial mean of the target's gradient.
 
     Several layers give one map per layer (stacked in the channel dimension).
@@ -287,17 +189,17 @@ class GradCam(WeightedCam):
     name = "cnnvis.grad_cam"
     paper = "https://arxiv.org/abs/1610.02391"
 
-    def weights(self, ctx: LayerContext) -> torch.Tensor:
+    def weights(self, ctx: LayerContext[GradientCamParams]) -> torch.Tensor:
         return ctx.grads.mean(ctx.spatial)
 
 
-class GradCamPlusPlus(WeightedCam):
+class GradCamPlusPlus(WeightedCam[GradientCamParams]):
     """Grad-CAM++: positive gradients weighted by second/third-order terms (eq. 19)."""
 
     name = "cnnvis.grad_cam_pp"
     paper = "https://arxiv.org/abs/1710.11063"
 
-    def weights(self, ctx: LayerContext) -> torch.Tensor:
+    def weights(self, ctx: LayerContext[GradientCamParams]) -> torch.Tensor:
         g, a = ctx.grads, ctx.activations
         g2 = g * g
         total = a.sum(ctx.spatial, keepdim=True)
@@ -306,35 +208,35 @@ class GradCamPlusPlus(WeightedCam):
         return (torch.relu(g) * alpha).sum(ctx.spatial)
 
 
-class XGradCam(WeightedCam):
+class XGradCam(WeightedCam[GradientCamParams]):
     """XGrad-CAM: gradients weighted by the activations' share of the channel sum."""
 
     name = "cnnvis.xgrad_cam"
     paper = "https://arxiv.org/abs/2008.02312"
 
-    def weights(self, ctx: LayerContext) -> torch.Tensor:
+    def weights(self, ctx: LayerContext[GradientCamParams]) -> torch.Tensor:
         a = ctx.activations
         total = a.sum(ctx.spatial, keepdim=True)
         return (ctx.grads * a / (total + 1e-7)).sum(ctx.spatial)
 
 
-class HiResCam(WeightedCam):
+class HiResCam(WeightedCam[GradientCamParams]):
     """HiResCAM: the element-wise product of gradient and activation, summed over channels."""
 
     name = "cnnvis.hires_cam"
     paper = "https://arxiv.org/abs/2011.08891"
 
-    def weights(self, ctx: LayerContext) -> torch.Tensor:
+    def weights(self, ctx: LayerContext[GradientCamParams]) -> torch.Tensor:
         return ctx.grads
 
 
-class LayerCam(WeightedCam):
+class LayerCam(WeightedCam[GradientCamParams]):
     """LayerCAM: activations weighted element-wise by the positive gradient."""
 
     name = "cnnvis.layer_cam"
     paper = "https://ieeexplore.ieee.org/document/9462463"
 
-    def weights(self, ctx: LayerContext) -> torch.Tensor:
+    def weights(self, ctx: LayerContext[GradientCamParams]) -> torch.Tensor:
         return torch.relu(ctx.grads)
 
 
@@ -342,7 +244,10 @@ class LayerCam(WeightedCam):
 
 
 def channel_workload(
-    params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]], inputs: bool
+    params: ScoreCamParams | AblationCamParams,
+    shape: tuple[int, ...],
+    layers: Mapping[str, tuple[int, ...]],
+    inputs: bool,
 ) -> Workload:
     """One evaluation per channel of every explained layer and item (the channel counts
     come from ``layers``; unknown without them); ``inputs``: ``batch_size`` whole
@@ -365,13 +270,12 @@ def _rows_where(mask: torch.Tensor) -> torch.Tensor:
     return mask.flatten().nonzero().squeeze(1)
 
 
-class ScoreCam(WeightedCam):
+class ScoreCam(WeightedCam[ScoreCamParams]):
     """Score-CAM: channels weighted by the softmax of the target score of the input
     masked by each (up-sampled, min-max scaled) channel; (item, channel) pairs batched."""
 
     name = "cnnvis.score_cam"
     paper = "https://arxiv.org/abs/1910.01279"
-    Params = ScoreCamParams
     uses_gradients = False
     batch_params = ("batch_size",)
     pass_params = ("batch_size",)
@@ -384,11 +288,11 @@ class ScoreCam(WeightedCam):
     )
 
     def workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self, params: ScoreCamParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         return channel_workload(params, shape, layers, inputs=True)
 
-    def weights(self, ctx: LayerContext) -> torch.Tensor:
+    def weights(self, ctx: LayerContext[ScoreCamParams]) -> torch.Tensor:
         a, x = ctx.activations, ctx.inputs
         batch, channels = a.shape[:2]
         size = tuple(x.shape[2:])
@@ -424,7 +328,7 @@ class ScoreCam(WeightedCam):
         return torch.softmax(scores.view(batch, channels), dim=1)
 
 
-class AblationCam(WeightedCam):
+class AblationCam(WeightedCam[AblationCamParams]):
     """Ablation-CAM: channels weighted by the relative drop of the target score when
     each channel is ablated; (item, channel) ablations batched."""
 
@@ -434,7 +338,6 @@ class AblationCam(WeightedCam):
         "Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020"
         "_paper.pdf"
     )
-    Params = AblationCamParams
     uses_gradients = False
     batch_params = ("batch_size",)
     pass_params = ("batch_size",)
@@ -447,11 +350,14 @@ class AblationCam(WeightedCam):
     )
 
     def workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self,
+        params: AblationCamParams,
+        shape: tuple[int, ...],
+        layers: Mapping[str, tuple[int, ...]],
     ) -> Workload:
         return channel_workload(params, shape, layers, inputs=False)
 
-    def weights(self, ctx: LayerContext) -> torch.Tensor:
+    def weights(self, ctx: LayerContext[AblationCamParams]) -> torch.Tensor:
         a = ctx.activations
         batch, channels = a.shape[:2]
         value = ctx.params.ablation_value
@@ -478,16 +384,15 @@ class AblationCam(WeightedCam):
         return (original.unsqueeze(1) - ablated.view(batch, channels)) / scale.unsqueeze(1)
 
 
-class EigenCam(CamMethod):
+class EigenCam(CamMethod[LayersParams]):
     """Eigen-CAM: the activations projected on their first principal component
     (no target dependence; the sign makes the map correlate with the summed activation)."""
 
     name = "cnnvis.eigen_cam"
     paper = "https://arxiv.org/abs/2008.00299"
-    Params = LayersParams
     uses_gradients = False
 
-    def layer_map(self, ctx: LayerContext) -> torch.Tensor:
+    def layer_map(self, ctx: LayerContext[LayersParams]) -> torch.Tensor:
         a = ctx.activations
         flat = torch.nan_to_num(a.float()).flatten(2).transpose(1, 2)  # (B, N, K)
         flat = flat - flat.mean(1, keepdim=True)
@@ -498,20 +403,19 @@ class EigenCam(CamMethod):
         return projection.view(a.shape[0], *a.shape[2:]).to(a.dtype)
 
 
-class Cam(WeightedCam):
+class Cam(WeightedCam[CamParams]):
     """CAM: channels weighted by the target's row of the classifier's fully connected
     layer (a network ending in global average pooling and a linear layer)."""
 
     name = "cnnvis.cam"
     paper = "https://arxiv.org/abs/1512.04150"
-    Params = CamParams
     uses_gradients = False
     requirements = (
         "a classifier ending in global average pooling and one linear layer (or 1x1 "
         "convolution) from the explained layer's channels to the classes",
     )
 
-    def weights(self, ctx: LayerContext) -> torch.Tensor:
+    def weights(self, ctx: LayerContext[CamParams]) -> torch.Tensor:
         channels, classes = ctx.activations.shape[1], ctx.scores.shape[1]
         path = ctx.params.fc_layer
         if path is None:
@@ -569,7 +473,7 @@ def _fc_weight(
 # --- guided Grad-CAM ------------------------------------------------------------------
 
 
-class GuidedGradCam(Explainer):
+class GuidedGradCam(ActivationRuleMethod, Explainer[GuidedGradCamParams]):
     """Guided Grad-CAM: guided backpropagation times the up-sampled Grad-CAM map."""
 
     name = "cnnvis.guided_grad_cam"
@@ -577,15 +481,13 @@ class GuidedGradCam(Explainer):
     family = "cam"
     output = "input"
     needs_layer = True
-    Params = GuidedGradCamParams
-    model_rules = "gates"
-    requirements = (GATE_REQUIREMENT,)
-
-    def check_model(self, model: nn.Module, params: Any, trace: Any) -> None:
-        refuse_without_activations(self.name, model, trace)
 
     def attribute(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        params: GuidedGradCamParams,
     ) -> torch.Tensor:
         cam_params = GradientCamParams(
             layer=params.layer, relu=params.relu, upsample=True, create_graph=params.create_graph

@@ -12,33 +12,27 @@ from __future__ import annotations
 import functools
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import ClassVar, TypeVar
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
-from esegeta_cnnvis.integration import Integration, quadrature
-from esegeta_cnnvis.relu_rules import (
-    GATE_REQUIREMENT,
-    Rule,
-    refuse_without_activations,
-    relu_rule,
-)
-from esegeta_cnnvis.smoothing import (
-    BaseFn,
+from esegeta_cnnvis.input_gradients import input_gradient
+from esegeta_cnnvis.params import (
     GradientParams,
-    run_gradient_method,
-    smoothed_workload,
+    IntegratedGradientsParams,
+    SmoothGradParams,
+    VarGradParams,
 )
-from esegeta_cnnvis.targets_score import input_gradient
+from esegeta_cnnvis.quadrature import quadrature
+from esegeta_cnnvis.relu_rules import ActivationRuleMethod, Rule, relu_rule
+from esegeta_cnnvis.smoothing import BaseFn, run_gradient_method, smoothed_workload
 from esegeta_core import Explainer
-from esegeta_core.baselines import make_baseline
 from esegeta_core.explainer import Workload
+from esegeta_core.toolkit import make_baseline
 
-BaselineChoice = Literal["zeros", "mean", "blurred", "uniform", "gaussian"] | float | torch.Tensor
-"""A named baseline (see :func:`esegeta_core.baselines.make_baseline`), a constant or a
-tensor broadcastable to the inputs."""
+G = TypeVar("G", bound=GradientParams)
+"""A gradient method's parameter model."""
 
 
 def vanilla(model: nn.Module, x: torch.Tensor, target: torch.Tensor, cg: bool) -> torch.Tensor:
@@ -63,8 +57,10 @@ def gradient_x_input(
     return x * input_gradient(model, x, target, create_graph=cg)
 
 
-class _GradientExplainer(Explainer):
-    """Shared ``attribute``: the class's base function through the shared runner."""
+class GradientMethod(Explainer[G]):
+    """Base of the gradient methods: the class's batched base function run through
+    :func:`~esegeta_cnnvis.smoothing.run_gradient_method` (post-processing, smoothing,
+    ``create_graph``)."""
 
     family = "gradient"
     output = "input"
@@ -73,43 +69,51 @@ class _GradientExplainer(Explainer):
 
     count_params = ("n_steps",)
 
-    def passes(self, params: GradientParams, shape: tuple[int, ...]) -> int | None:
+    def passes(self, params: G, shape: tuple[int, ...]) -> int | None:
         """Integration steps per item, times the noisy copies when smoothing."""
         return self.workload(params, shape, {}).passes
 
     def workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self, params: G, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         """One pass per item (a path of ``n_steps`` for integrated gradients), on every
         noisy copy when smoothing."""
         return smoothed_workload(params, shape, self.path_workload(params, shape))
 
-    def path_workload(self, params: Any, shape: tuple[int, ...]) -> Workload | None:
+    def path_workload(self, params: G, shape: tuple[int, ...]) -> Workload | None:
         """The workload without smoothing (None: one pass per item)."""
         return None
 
     @abstractmethod
-    def base(self, params: GradientParams) -> BaseFn:
+    def base(self, params: G) -> BaseFn:
         """The batched attribution function for these parameters."""
 
     def attribute(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: GradientParams
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: G
     ) -> torch.Tensor:
         return run_gradient_method(self.base(params), model, inputs, target, params)
 
 
-class VanillaBackprop(_GradientExplainer):
+class RuleGradient(ActivationRuleMethod, GradientMethod[GradientParams]):
+    """The input gradient with every activation back-propagating by :attr:`rule`."""
+
+    rule: ClassVar[Rule]
+
+    def base(self, params: GradientParams) -> BaseFn:
+        return with_relu_rule(self.rule, self.name)
+
+
+class VanillaBackprop(GradientMethod[GradientParams]):
     """Vanilla backprop: the gradient of the target score with respect to the input."""
 
     name = "cnnvis.vanilla_backprop"
-    Params = GradientParams
     paper = "https://arxiv.org/abs/1312.6034"
 
     def base(self, params: GradientParams) -> BaseFn:
         return vanilla
 
 
-class GuidedBackprop(_GradientExplainer):
+class GuidedBackprop(RuleGradient):
     """Guided backprop: gradients passed back only through positive ReLU inputs and
     positive gradients.
 
@@ -119,89 +123,29 @@ class GuidedBackprop(_GradientExplainer):
     """
 
     name = "cnnvis.guided_backprop"
-    Params = GradientParams
     paper = "https://arxiv.org/abs/1412.6806"
-    model_rules = "gates"
-    requirements = (GATE_REQUIREMENT,)
-
-    def check_model(self, model: nn.Module, params: object, trace: object) -> None:
-        refuse_without_activations(self.name, model, trace)
-
-    def base(self, params: GradientParams) -> BaseFn:
-        return with_relu_rule("guided", self.name)
+    rule = "guided"
 
 
-class Deconvnet(_GradientExplainer):
+class Deconvnet(RuleGradient):
     """Deconvnet: ReLUs pass back the positive part of the gradient, whatever the input.
 
     At every activation, ReLU or not; a model without activations is refused.
     """
 
     name = "cnnvis.deconvnet"
-    Params = GradientParams
     paper = "https://arxiv.org/abs/1311.2901"
-    model_rules = "gates"
-    requirements = (GATE_REQUIREMENT,)
-
-    def check_model(self, model: nn.Module, params: object, trace: object) -> None:
-        refuse_without_activations(self.name, model, trace)
-
-    def base(self, params: GradientParams) -> BaseFn:
-        return with_relu_rule("deconv", self.name)
+    rule = "deconv"
 
 
-class GradientXInput(_GradientExplainer):
+class GradientXInput(GradientMethod[GradientParams]):
     """Gradient x input: the input times the gradient of the target score."""
 
     name = "cnnvis.gradient_x_input"
-    Params = GradientParams
     paper = "https://arxiv.org/abs/1605.01713"
 
     def base(self, params: GradientParams) -> BaseFn:
         return gradient_x_input
-
-
-class IntegratedGradientsParams(GradientParams):
-    """Integrated gradients: baseline, number of steps, quadrature, steps per pass."""
-
-    baselines: BaselineChoice = Field(
-        "zeros",
-        description=(
-            "Reference input: 'zeros', 'mean', 'blurred', 'uniform', 'gaussian', a "
-            "constant or a tensor broadcastable to the inputs."
-        ),
-    )
-    baseline_sigma: float = Field(
-        0.0,
-        ge=0.0,
-        description=(
-            "Blur width (baseline 'blurred') or noise scale (baseline 'gaussian'); 0 picks "
-            "esegeta's default."
-        ),
-    )
-    n_steps: int = Field(50, ge=1, description="Number of points on the path integral.")
-    integration: Integration = Field(
-        "gausslegendre",
-        description=(
-            "Quadrature: 'gausslegendre' or Riemann sums 'riemann_left', 'riemann_right', "
-            "'riemann_middle', 'riemann_trapezoid'."
-        ),
-    )
-    internal_batch_size: int | None = Field(
-        None,
-        ge=1,
-        description=(
-            "Path points evaluated per forward/backward pass (a pass holds batch x this "
-            "many inputs); None: all n_steps at once."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _sigma_needs_blur_or_noise(self) -> IntegratedGradientsParams:
-        named = isinstance(self.baselines, str) and self.baselines in ("blurred", "gaussian")
-        if "baseline_sigma" in self.model_fields_set and not named:
-            raise ValueError("baseline_sigma only applies with baselines 'blurred' or 'gaussian'")
-        return self
 
 
 def integrated_gradients(
@@ -233,20 +177,20 @@ def integrated_gradients(
     return diff * total
 
 
-class IntegratedGradients(_GradientExplainer):
+class IntegratedGradients(GradientMethod[IntegratedGradientsParams]):
     """Integrated gradients: the input gradient integrated along the path from a
     baseline, batched over path points."""
 
     name = "cnnvis.integrated_gradients"
-    Params = IntegratedGradientsParams
     paper = "https://arxiv.org/abs/1703.01365"
     cost = "medium"
 
-    def base(self, params: GradientParams) -> BaseFn:
-        assert isinstance(params, IntegratedGradientsParams)
+    def base(self, params: IntegratedGradientsParams) -> BaseFn:
         return functools.partial(integrated_gradients, params=params, method=self.name)
 
-    def path_workload(self, params: Any, shape: tuple[int, ...]) -> Workload | None:
+    def path_workload(
+        self, params: IntegratedGradientsParams, shape: tuple[int, ...]
+    ) -> Workload | None:
         """``n_steps`` path points, ``internal_batch_size`` at a time (all at once by
         default); Gauss-Legendre's nodes come from an ``n_steps`` x ``n_steps``
         eigenproblem (about four float64 matrices of that size)."""
@@ -267,62 +211,38 @@ class IntegratedGradients(_GradientExplainer):
 
 # -- SmoothGrad / VarGrad aliases ------------------------------------------------------
 
-SmoothableName = Literal["vanilla_backprop", "guided_backprop", "deconvnet", "gradient_x_input"]
-
-_SMOOTHABLE: dict[str, type[_GradientExplainer]] = {
+_SMOOTHABLE: dict[str, type[GradientMethod[GradientParams]]] = {
     "vanilla_backprop": VanillaBackprop,
     "guided_backprop": GuidedBackprop,
     "deconvnet": Deconvnet,
     "gradient_x_input": GradientXInput,
 }
+"""The methods a :data:`~esegeta_cnnvis.params.SmoothableName` names."""
+
+S = TypeVar("S", bound=SmoothGradParams | VarGradParams)
 
 
-class SmoothGradParams(GradientParams):
-    """SmoothGrad over a chosen gradient method."""
+class SmoothedAlias(GradientMethod[S]):
+    """A named gradient method (``params.base``) with smoothing always on."""
 
-    base: SmoothableName = Field(
-        "vanilla_backprop",
-        description=(
-            "The gradient method to smooth (integrated gradients: use "
-            "cnnvis.integrated_gradients with smoothing=...)."
-        ),
-    )
-    smoothing: Literal["smoothgrad", "smoothgrad_sq"] = Field(  # type: ignore[assignment]
-        "smoothgrad", description="'smoothgrad' (mean) or 'smoothgrad_sq' (mean of squares)."
-    )
-
-
-class VarGradParams(GradientParams):
-    """VarGrad over a chosen gradient method."""
-
-    base: SmoothableName = Field("vanilla_backprop", description="The gradient method to smooth.")
-    smoothing: Literal["vargrad"] = Field(  # type: ignore[assignment]
-        "vargrad", description="Always 'vargrad': the variance over noisy copies."
-    )
-
-
-class _SmoothedAlias(_GradientExplainer):
     cost = "medium"
     deterministic = False
 
-    def base(self, params: GradientParams) -> BaseFn:
-        assert isinstance(params, (SmoothGradParams, VarGradParams))
+    def base(self, params: S) -> BaseFn:
         return _SMOOTHABLE[params.base]().base(params)
 
 
-class SmoothGrad(_SmoothedAlias):
+class SmoothGrad(SmoothedAlias[SmoothGradParams]):
     """SmoothGrad: a gradient method averaged over noisy copies of the input."""
 
     name = "cnnvis.smoothgrad"
-    Params = SmoothGradParams
     paper = "https://arxiv.org/abs/1706.03825"
 
 
-class VarGrad(_SmoothedAlias):
+class VarGrad(SmoothedAlias[VarGradParams]):
     """VarGrad: the variance of a gradient method over noisy copies of the input."""
 
     name = "cnnvis.vargrad"
-    Params = VarGradParams
     paper = "https://arxiv.org/abs/1810.03307"
 
 

@@ -12,19 +12,26 @@ works through them. They match captum.guided_backprop / captum.deconvolution.
   ReLU that is the paper's rule: positive input and positive gradient.
 - ``"deconv"`` (Zeiler & Fergus, https://arxiv.org/abs/1311.2901): the positive part of
   the incoming gradient, whatever the forward input.
+
+:class:`ActivationRuleMethod` declares what every method using a rule needs from the
+core (the model's activations as modules) and refuses a model without activations.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from esegeta_core import NotApplicableError
+from esegeta_core.explainer import ModelRules
 from esegeta_core.preparation import activation_modules, ensure_prepared
+
+if TYPE_CHECKING:
+    from esegeta_core.tracing import ModelTrace
 
 Rule = Literal["guided", "deconv"]
 
@@ -97,3 +104,18 @@ def refuse_without_activations(method: str, model: nn.Module, trace: object) -> 
             "activations, and this model has none: the map would be the plain gradient. "
             "Use 'cnnvis.vanilla_backprop' for the gradient."
         )
+
+
+class ActivationRuleMethod:
+    """Mixin of the methods that back-propagate by a rule at the activations (guided
+    backprop, deconvnet, guided Grad-CAM): the core gives every activation a module
+    (``model_rules = "gates"``) and a model without activations is refused. List it
+    before the :class:`~esegeta_core.Explainer` base."""
+
+    name: ClassVar[str]
+    model_rules: ClassVar[ModelRules] = "gates"
+    requirements: ClassVar[tuple[str, ...]] = (GATE_REQUIREMENT,)
+
+    def check_model(self, model: nn.Module, params: object, trace: ModelTrace | None) -> None:
+        """Refuse a model without activations (the rule would have nothing to act on)."""
+        refuse_without_activations(self.name, model, trace)

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
-from esegeta_core import Explainer, InvalidParamsError, MethodParams
+from esegeta_cnnvis.params import RiseParams
+from esegeta_core import Explainer, InvalidParamsError
 from esegeta_core.explainer import Workload
 from esegeta_core.feature_masks import as_size
-
-_MASK_FIELDS = ("num_masks", "cells", "mask_seed")
 
 
 def rise_masks(
@@ -66,51 +63,6 @@ def rise_masks(
     return masks.unsqueeze(1).contiguous()
 
 
-class RiseParams(MethodParams):
-    """RISE: number of masks, grid cells, keep probability, masks per pass."""
-
-    num_masks: int = Field(4000, ge=1, description="Number of random masks.")
-    cells: int | tuple[int, ...] = Field(
-        7,
-        description=(
-            "Cells per side of the low-resolution random grid: one int for every spatial "
-            "dimension or one per dimension."
-        ),
-    )
-    p: float = Field(
-        0.5, gt=0.0, le=1.0, description="Probability that a grid cell is kept (not masked)."
-    )
-    batch_size: int = Field(64, ge=1, description="Masked inputs per forward pass.")
-    scores: Literal["softmax", "sigmoid", "raw"] = Field(
-        "softmax",
-        description=(
-            "How a masked input is scored: the softmax probability of the target (paper), "
-            "the sigmoid of its logit (multi-label models; TorchRay's choice) or the raw score."
-        ),
-    )
-    mask_seed: int | None = Field(
-        None,
-        description=(
-            "Seed of the mask generator; None draws from torch's default generator "
-            "(seeded by explain(seed=...))."
-        ),
-    )
-    masks: torch.Tensor | None = Field(
-        None,
-        description=(
-            "Precomputed masks shaped (N, 1, *spatial) or (N, *spatial), for "
-            "reproducibility or comparison; replaces num_masks, cells and mask_seed."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _masks_replace_generation(self) -> RiseParams:
-        clash = sorted(f for f in _MASK_FIELDS if f in self.model_fields_set)
-        if self.masks is not None and clash:
-            raise ValueError(f"{', '.join(clash)} cannot be combined with precomputed masks")
-        return self
-
-
 def _score(out: torch.Tensor, target: int, how: str) -> torch.Tensor:
     if how == "softmax":
         return out.float().softmax(1)[:, target]
@@ -130,12 +82,11 @@ def _user_masks(masks: torch.Tensor, inputs: torch.Tensor, method: str) -> torch
     return m.to(device=inputs.device, dtype=inputs.dtype)
 
 
-class Rise(Explainer):
+class Rise(Explainer[RiseParams]):
     """RISE: saliency as the average of random masks weighted by the target's score."""
 
     name = "cnnvis.rise"
     count_params = ("num_masks",)
-    Params = RiseParams
     family = "perturbation"
     output = "input"
     ranks = (2, 3)
@@ -147,7 +98,7 @@ class Rise(Explainer):
     pass_params = ("batch_size",)
 
     def workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self, params: RiseParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         """One pass per mask and item, ``batch_size`` masked copies of one item per pass
         (the masks of a pass are made at the input's size, a few copies each)."""

@@ -1,5 +1,5 @@
 """What every gradient method shares: post-processing, SmoothGrad / VarGrad and
-``create_graph``, in one parameter base and one implementation.
+``create_graph``, in one implementation (the parameters: :class:`GradientParams`).
 
 A method supplies a *base* attribution function ``(model, x, target, create_graph)
 -> attributions`` for a batch; :func:`run_gradient_method` post-processes it and,
@@ -12,76 +12,15 @@ Adebayo et al. https://arxiv.org/abs/1810.03307). The noise standard deviation i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
-from esegeta_core import MethodParams
+from esegeta_cnnvis.params import GradientParams, PostProcess
 from esegeta_core.explainer import Workload
 
 BaseFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 """A batched attribution: ``(model, inputs, target, create_graph) -> attributions``."""
-
-PostProcess = Literal["none", "abs", "square", "channel_norm", "channel_max"]
-Smoothing = Literal["none", "smoothgrad", "smoothgrad_sq", "vargrad"]
-
-_NOISE_FIELDS = ("noise_samples", "noise_level", "noise_batch_size")
-
-
-class GradientParams(MethodParams):
-    """Parameters shared by every gradient method: post-processing, smoothing over
-    noisy inputs and differentiable output."""
-
-    postprocess: PostProcess = Field(
-        "none",
-        description=(
-            "Applied to each attribution (before smoothing): 'none', 'abs', 'square', "
-            "'channel_norm' (L2 norm over channels, one channel out) or 'channel_max' "
-            "(largest magnitude over channels, one channel out; Simonyan et al.)."
-        ),
-    )
-    smoothing: Smoothing = Field(
-        "none",
-        description=(
-            "Average over noisy copies of the input: 'smoothgrad' (mean), 'smoothgrad_sq' "
-            "(mean of squares) or 'vargrad' (variance); 'none' for a single pass."
-        ),
-    )
-    noise_samples: int = Field(
-        16, ge=1, description="Number of noisy copies per item (with smoothing)."
-    )
-    noise_level: float = Field(
-        0.15,
-        ge=0.0,
-        description=(
-            "Noise standard deviation as a fraction of each item's input range "
-            "(max - min), as in SmoothGrad (with smoothing)."
-        ),
-    )
-    noise_batch_size: int = Field(
-        16,
-        ge=1,
-        description="Noisy copies evaluated per pass; a pass holds batch x this many inputs.",
-    )
-    create_graph: bool = Field(
-        False,
-        description=(
-            "Keep the returned attributions attached to the autograd graph, so a loss on "
-            "them back-propagates into the model's parameters (attribution regularisation)."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _noise_needs_smoothing(self) -> GradientParams:
-        unused = sorted(f for f in _NOISE_FIELDS if f in self.model_fields_set)
-        if unused and self.smoothing == "none":
-            raise ValueError(
-                f"{', '.join(unused)} only apply with smoothing='smoothgrad', "
-                "'smoothgrad_sq' or 'vargrad'; set smoothing or remove them"
-            )
-        return self
 
 
 def smoothed_workload(

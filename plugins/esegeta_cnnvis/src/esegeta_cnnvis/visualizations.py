@@ -17,76 +17,53 @@ image is optimised (``torch.autograd.grad``): the model's parameters, their
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from esegeta_cnnvis.layer_capture import check_filter, layer_output
-from esegeta_cnnvis.relu_rules import GATE_REQUIREMENT, refuse_without_activations, relu_rule
-from esegeta_cnnvis.smoothing import GradientParams, run_gradient_method, smoothed_workload
-from esegeta_cnnvis.targets_score import grad_leaf
-from esegeta_core import Explainer, LayerPath, MethodParams
+from esegeta_cnnvis.filters import check_filter, filter_mean
+from esegeta_cnnvis.gradients import GradientMethod
+from esegeta_cnnvis.input_gradients import grad_leaf
+from esegeta_cnnvis.params import (
+    DeepDreamParams,
+    InvertedRepresentationParams,
+    LayerFilterGradientParams,
+    LayerVisualizationParams,
+)
+from esegeta_cnnvis.relu_rules import ActivationRuleMethod, relu_rule
+from esegeta_cnnvis.smoothing import BaseFn
+from esegeta_core import Explainer, MethodParams, resolve_layer
 from esegeta_core.baselines import gaussian_blur
-from esegeta_core.explainer import Workload
+from esegeta_core.toolkit import layer_output
 
 # -- layer activation with guided backprop -----------------------------------------------
 
 
-class LayerFilterGradientParams(GradientParams):
-    """A layer and one of its filters, plus the gradient methods' options."""
-
-    layer: LayerPath = Field(
-        "auto", description="The layer whose filter is explained ('auto': the last spatial layer)."
-    )
-    filter: int = Field(0, ge=0, description="The channel (filter) index at that layer.")
-
-
-class LayerActivationGuidedBackprop(Explainer):
+class LayerActivationGuidedBackprop(
+    ActivationRuleMethod, GradientMethod[LayerFilterGradientParams]
+):
     """Layer activation with guided backprop: the input gradient of a filter's activation
     under guided ReLUs."""
 
     name = "cnnvis.layer_activation_guided_backprop"
-    Params = LayerFilterGradientParams
     family = "layer"
-    output = "input"
-    ranks = (2, 3)
     needs_layer = True
-    cost = "low"
+    count_params = ()
     paper = "https://arxiv.org/abs/1412.6806"
-    model_rules = "gates"
-    requirements = (GATE_REQUIREMENT,)
 
-    def check_model(self, model: nn.Module, params: Any, trace: Any) -> None:
-        refuse_without_activations(self.name, model, trace)
-
-    def passes(self, params: Any, shape: tuple[int, ...]) -> int | None:
-        """One pass per item, times the noisy copies when smoothing."""
-        return smoothed_workload(params, shape).passes
-
-    def workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
-    ) -> Workload:
-        return smoothed_workload(params, shape)
-
-    def attribute(
-        self,
-        model: nn.Module,
-        inputs: torch.Tensor,
-        target: torch.Tensor,
-        params: LayerFilterGradientParams,
-    ) -> torch.Tensor:
+    def base(self, params: LayerFilterGradientParams) -> BaseFn:
         def base(model: nn.Module, x: torch.Tensor, _: torch.Tensor, cg: bool) -> torch.Tensor:
             xg = grad_leaf(x, cg)
             with torch.enable_grad(), relu_rule(model, "guided", x, self.name):
-                act = layer_output(model, params.layer, xg, method=self.name)
+                layer = resolve_layer(model, params.layer, method=self.name)
+                act = layer_output(model, layer, xg, method=self.name, path=params.layer)
                 check_filter(act, params.filter, params.layer, self.name)
                 (grad,) = torch.autograd.grad(act[:, params.filter].sum(), xg, create_graph=cg)
             return grad
 
-        return run_gradient_method(base, model, inputs, target, params)
+        return base
 
 
 # -- image optimisation ----------------------------------------------------------------
@@ -108,8 +85,17 @@ def _range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, span
 
 
+def _grey_noise(inputs: torch.Tensor) -> torch.Tensor:
+    """Grey noise in the middle of the input range (in units of it), as in the original
+    scripts: the starting point of the images optimised from noise."""
+    return 0.45 + 0.1 * torch.rand(inputs.shape, device=inputs.device, dtype=inputs.dtype)
+
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(z, image) -> (B,)`` per-item loss to minimise."""
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+"""An input batch -> one layer's output for it (differentiable)."""
 
 
 def optimise_image(
@@ -138,45 +124,30 @@ def optimise_image(
     return (lo + span * z).detach()
 
 
-def _filter_mean(act: torch.Tensor, index: int | None) -> torch.Tensor:
-    """``(B,)``: mean activation of a filter, or mean squared activation of the layer."""
-    if index is None:
-        return act.pow(2).flatten(1).mean(1)
-    return act[:, index].flatten(1).mean(1)
+V = TypeVar("V", bound=MethodParams)
+"""A layer visualization's parameter model."""
 
 
-class LayerVisualizationParams(MethodParams):
-    """Activation maximisation of one filter from noise, with regularisation."""
+class LayerImageMethod(Explainer[V]):
+    """Base of the visualizations that make an image for a layer (``steps`` passes)."""
 
-    layer: LayerPath = Field(
-        "auto",
-        description="The layer whose filter is visualised ('auto': the last spatial layer).",
-    )
-    filter: int = Field(0, ge=0, description="The channel (filter) index at that layer.")
-    steps: int = Field(30, ge=1, description="Optimisation steps (Adam).")
-    lr: float = Field(0.05, gt=0.0, description="Adam learning rate, in units of the input range.")
-    l2_weight: float = Field(
-        1e-3, ge=0.0, description="Weight of the L2 penalty on the centred image (per pixel)."
-    )
-    tv_weight: float = Field(
-        0.0, ge=0.0, description="Weight of the total-variation penalty (smoothness)."
-    )
-    blur_sigma: float = Field(
-        0.0, ge=0.0, description="Gaussian blur applied every blur_every steps; 0 disables it."
-    )
-    blur_every: int = Field(4, ge=1, description="Blur period in steps (with blur_sigma > 0).")
-
-
-class LayerVisualization(Explainer):
-    """Layer visualization: an image that maximises one filter's activation, from noise."""
-
-    name = "cnnvis.layer_visualization"
-    count_params = ("steps",)
-    Params = LayerVisualizationParams
     family = "visualization"
     output = "image"
     ranks = (2, 3)
     needs_layer = True
+    count_params = ("steps",)
+
+    def activation(self, model: nn.Module, path: str) -> Activation:
+        """The output of layer ``path`` as a function of the input; the rest of the
+        forward pass is skipped."""
+        layer = resolve_layer(model, path, method=self.name)
+        return lambda x: layer_output(model, layer, x, method=self.name, path=path)
+
+
+class LayerVisualization(LayerImageMethod[LayerVisualizationParams]):
+    """Layer visualization: an image that maximises one filter's activation, from noise."""
+
+    name = "cnnvis.layer_visualization"
     cost = "medium"
     paper = "https://arxiv.org/abs/1506.06579"
     deterministic = False
@@ -189,15 +160,13 @@ class LayerVisualization(Explainer):
         params: LayerVisualizationParams,
     ) -> torch.Tensor:
         lo, span = _range(inputs)
-        # grey noise in the middle of the input range, as in the original scripts
-        z0 = 0.45 + 0.1 * torch.rand(inputs.shape, device=inputs.device, dtype=inputs.dtype)
+        z0 = _grey_noise(inputs)
+        activation = self.activation(model, params.layer)
         with torch.no_grad():
-            act = layer_output(model, params.layer, lo + span * z0, method=self.name)
-        check_filter(act, params.filter, params.layer, self.name)
+            check_filter(activation(lo + span * z0), params.filter, params.layer, self.name)
 
         def loss(z: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-            act = layer_output(model, params.layer, image, method=self.name)
-            value = -_filter_mean(act, params.filter)
+            value = -filter_mean(activation(image), params.filter)
             value = value + params.l2_weight * (z - 0.5).pow(2).flatten(1).sum(1)
             if params.tv_weight:
                 value = value + params.tv_weight * total_variation(z)
@@ -215,33 +184,10 @@ class LayerVisualization(Explainer):
         )
 
 
-class DeepDreamParams(MethodParams):
-    """DeepDream: amplify a filter (or a whole layer) starting from the input."""
-
-    layer: LayerPath = Field(
-        "auto", description="The layer to amplify ('auto': the last spatial layer)."
-    )
-    filter: int | None = Field(
-        None, ge=0, description="Channel to amplify; None amplifies the whole layer (L2)."
-    )
-    steps: int = Field(20, ge=1, description="Gradient ascent steps.")
-    lr: float = Field(
-        0.01,
-        gt=0.0,
-        description="Step size, in units of the input range, of each normalised gradient step.",
-    )
-
-
-class DeepDream(Explainer):
+class DeepDream(LayerImageMethod[DeepDreamParams]):
     """DeepDream: the input changed by gradient ascent to amplify what a layer sees."""
 
     name = "cnnvis.deep_dream"
-    count_params = ("steps",)
-    Params = DeepDreamParams
-    family = "visualization"
-    output = "image"
-    ranks = (2, 3)
-    needs_layer = True
     cost = "medium"
     paper = "https://research.google/blog/inceptionism-going-deeper-into-neural-networks/"
 
@@ -250,15 +196,14 @@ class DeepDream(Explainer):
     ) -> torch.Tensor:
         lo, span = _range(inputs)
         image = inputs.detach().clone()
+        activation = self.activation(model, params.layer)
         with torch.no_grad():
-            act = layer_output(model, params.layer, image, method=self.name)
-        check_filter(act, params.filter, params.layer, self.name)
+            check_filter(activation(image), params.filter, params.layer, self.name)
         dims = tuple(range(1, inputs.ndim))
         for _ in range(params.steps):
             x = image.requires_grad_(True)
             with torch.enable_grad():
-                act = layer_output(model, params.layer, x, method=self.name)
-                (grad,) = torch.autograd.grad(_filter_mean(act, params.filter).sum(), x)
+                (grad,) = torch.autograd.grad(filter_mean(activation(x), params.filter).sum(), x)
             with torch.no_grad():
                 scale = grad.abs().mean(dims, keepdim=True).clamp(min=1e-12)
                 image = torch.minimum(
@@ -267,33 +212,10 @@ class DeepDream(Explainer):
         return image.detach()
 
 
-class InvertedRepresentationParams(MethodParams):
-    """Reconstruct an input from a layer's representation (Mahendran & Vedaldi)."""
-
-    layer: LayerPath = Field(
-        "auto",
-        description="The layer whose representation is inverted ('auto': the last spatial layer).",
-    )
-    steps: int = Field(100, ge=1, description="Optimisation steps (Adam).")
-    lr: float = Field(0.05, gt=0.0, description="Adam learning rate, in units of the input range.")
-    alpha: float = Field(6.0, ge=1.0, description="Exponent of the alpha-norm prior.")
-    alpha_weight: float = Field(
-        1e-5, ge=0.0, description="Weight of the alpha-norm prior on the centred image."
-    )
-    tv_beta: float = Field(2.0, ge=1.0, description="Exponent of the total-variation prior.")
-    tv_weight: float = Field(1e-3, ge=0.0, description="Weight of the total-variation prior.")
-
-
-class InvertedRepresentation(Explainer):
+class InvertedRepresentation(LayerImageMethod[InvertedRepresentationParams]):
     """Inverted representation: an input whose layer representation matches the input's."""
 
     name = "cnnvis.inverted_representation"
-    count_params = ("steps",)
-    Params = InvertedRepresentationParams
-    family = "visualization"
-    output = "image"
-    ranks = (2, 3)
-    needs_layer = True
     cost = "high"
     paper = "https://arxiv.org/abs/1412.0035"
     deterministic = False
@@ -306,14 +228,14 @@ class InvertedRepresentation(Explainer):
         params: InvertedRepresentationParams,
     ) -> torch.Tensor:
         lo, span = _range(inputs)
+        activation = self.activation(model, params.layer)
         with torch.no_grad():
-            reference = layer_output(model, params.layer, inputs, method=self.name).detach()
+            reference = activation(inputs).detach()
         norm = reference.pow(2).flatten(1).sum(1).clamp(min=1e-12)
-        z0 = 0.45 + 0.1 * torch.rand(inputs.shape, device=inputs.device, dtype=inputs.dtype)
+        z0 = _grey_noise(inputs)
 
         def loss(z: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-            act = layer_output(model, params.layer, image, method=self.name)
-            value = (act - reference).pow(2).flatten(1).sum(1) / norm
+            value = (activation(image) - reference).pow(2).flatten(1).sum(1) / norm
             centred = (2 * z - 1).abs()
             value = value + params.alpha_weight * centred.pow(params.alpha).flatten(1).sum(1)
             return value + params.tv_weight * total_variation(z, params.tv_beta)

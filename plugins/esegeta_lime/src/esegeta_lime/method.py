@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ def draw_seed(params: LimeParams) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
-class Lime(Explainer):
+class Lime(Explainer[LimeParams]):
     """LIME: a sparse linear model of the class probability over superpixels or supervoxels.
 
     Each item is cut into segments (quickshift, SLIC, Felzenszwalb or a user mask;
@@ -44,21 +43,20 @@ class Lime(Explainer):
     (weighted R^2 of the surrogate) and ``local_pred`` ((B,) each).
     """
 
-    name: ClassVar[str] = "lime.lime"
-    count_params: ClassVar[tuple[str, ...]] = ("num_samples",)
-    Params: ClassVar[type[LimeParams]] = LimeParams
-    family: ClassVar[Any] = "perturbation"
-    output: ClassVar[Any] = "input"
-    ranks: ClassVar[tuple[int, ...]] = (2, 3)
-    cost: ClassVar[Any] = "high"
-    paper: ClassVar[str] = "https://arxiv.org/abs/1602.04938"
-    deterministic: ClassVar[bool] = False
-    batch_params: ClassVar[tuple[str, ...]] = ("batch_size",)
+    name = "lime.lime"
+    count_params = ("num_samples",)
+    family = "perturbation"
+    output = "input"
+    ranks = (2, 3)
+    cost = "high"
+    paper = "https://arxiv.org/abs/1602.04938"
+    deterministic = False
+    batch_params = ("batch_size",)
     # perturbed samples are scored without gradients: the core's pass planner runs them
-    pass_params: ClassVar[tuple[str, ...]] = ("batch_size",)
+    pass_params = ("batch_size",)
 
     def workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self, params: LimeParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         """``num_samples`` passes per item, items one at a time, ``batch_size`` samples
         per pass; LIME keeps every sample's on/off row over the segments (int64, plus a
@@ -77,7 +75,11 @@ class Lime(Explainer):
         )
 
     def attribute(
-        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self,
+        model: torch.nn.Module,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        params: LimeParams,
     ) -> MethodResult:
         seed = draw_seed(params)
         random_state = np.random.RandomState(seed)
@@ -109,7 +111,7 @@ class Lime(Explainer):
         )
 
 
-def estimated_segments(params: Any, shape: tuple[int, ...]) -> int:
+def estimated_segments(params: LimeParams, shape: tuple[int, ...]) -> int:
     """About how many segments an item of ``shape`` is cut into, without segmenting:
     ``n_segments`` for SLIC, the ids of a given mask, at most one per ``min_size``
     pixels for Felzenszwalb, and for quickshift one per kernel area."""

@@ -10,10 +10,10 @@ means the same). The perturbation itself always acts on the real C-channel tenso
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ def _view(item: torch.Tensor) -> tuple[np.ndarray, bool]:
     return scaled.movedim(0, -1).double().numpy(), rgb
 
 
-def _algorithm(item: torch.Tensor, params: LimeParams, seed: int) -> Any:
+def _algorithm(item: torch.Tensor, params: LimeParams, seed: int) -> np.ndarray:
     from skimage import segmentation as sk
 
     image, rgb = _view(item)
@@ -67,15 +67,16 @@ def _algorithm(item: torch.Tensor, params: LimeParams, seed: int) -> Any:
         compactness = params.compactness
         if compactness is None:
             compactness = 10.0 if rgb else 0.1
-        labels = sk.slic(
+        slic = functools.partial(
+            sk.slic,
             image,
             n_segments=params.n_segments,
             compactness=compactness,
             channel_axis=-1,
             convert2lab=rgb,
             start_label=0,
-            **sigma,
         )
+        labels = slic(**sigma)
         if params.sigma is None and len(np.unique(labels)) < max(2, params.n_segments // 10):
             # on pixel noise SLIC's clusters fragment and its connectivity step merges
             # them all into one segment: smooth first (sigma=1), as users of noisy
@@ -86,15 +87,7 @@ def _algorithm(item: torch.Tensor, params: LimeParams, seed: int) -> Any:
                 len(np.unique(labels)),
                 params.n_segments,
             )
-            labels = sk.slic(
-                image,
-                n_segments=params.n_segments,
-                compactness=compactness,
-                channel_axis=-1,
-                convert2lab=rgb,
-                start_label=0,
-                sigma=1.0,
-            )
+            labels = slic(sigma=1.0)
         return labels
     if kind == "quickshift":
         # scikit-image 0.22 renamed quickshift's random_seed to rng

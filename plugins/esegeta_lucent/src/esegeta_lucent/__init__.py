@@ -8,7 +8,8 @@ Importing this package does not import Lucent: the method imports it when it run
 from __future__ import annotations
 
 from esegeta_core import Explainer, hookimpl
-from esegeta_lucent.method import FeatureVisParams, FeatureVisualization
+from esegeta_lucent.method import FeatureVisualization
+from esegeta_lucent.params import FeatureVisParams
 
 METHODS: list[type[Explainer]] = [FeatureVisualization]
 

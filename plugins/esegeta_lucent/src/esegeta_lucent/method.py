@@ -1,104 +1,22 @@
-"""``lucent.feature_visualization``: its parameters and the :class:`Explainer`."""
+"""``lucent.feature_visualization``: the :class:`Explainer`."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 import torch
-from pydantic import Field, field_validator
 
-from esegeta_core import Explainer, InvalidParamsError, MethodParams, MethodResult
+from esegeta_core import Explainer, InvalidParamsError, MethodResult
 from esegeta_core.explainer import Workload
 from esegeta_core.feature_masks import as_size
 from esegeta_lucent.objectives import Objective, parse_objective, resolve_layers
-from esegeta_lucent.render import Job, default_decorrelate, render_2d, render_nd
+from esegeta_lucent.params import FeatureVisParams
+from esegeta_lucent.render import Job, Rendered, default_decorrelate, render_2d, render_nd
 
 
-class FeatureVisParams(MethodParams):
-    """Parameters of :class:`FeatureVisualization`."""
-
-    objective: str = Field(
-        "logit",
-        description=(
-            "What to maximise: 'logit' (the target class's score: class visualization), "
-            "'logit:CLASS', 'LAYER' (whole layer, mean squared activation: DeepDream), "
-            "'LAYER:CHANNEL' (mean activation of a channel), 'LAYER:CHANNEL@Y,X' "
-            "('@Z,Y,X' in 3D, or '@center') for one neuron, or weighted sums such as "
-            "'features.conv2:3 + 0.5*features.conv2:5 - features.conv1'."
-        ),
-    )
-    steps: int = Field(512, ge=1, description="Optimisation steps (Adam).")
-    image_size: int | tuple[int, ...] | None = Field(
-        None,
-        description=(
-            "Spatial size of the synthesised images: one int or one per dimension; "
-            "default: the input's spatial size."
-        ),
-    )
-    parameterization: Literal["fft", "pixel"] = Field(
-        "fft",
-        description=(
-            "'fft': optimise a 1/f-scaled Fourier spectrum (smoother, Lucid's default); "
-            "'pixel': optimise pixels/voxels directly."
-        ),
-    )
-    decorrelate: bool | None = Field(
-        None,
-        description=(
-            "Optimise in Lucid's decorrelated colour space (3-channel inputs only); "
-            "default: on for 3 channels, off otherwise."
-        ),
-    )
-    lr: float = Field(0.05, gt=0, description="Adam learning rate.")
-    init_std: float = Field(
-        0.01, gt=0, description="Standard deviation of the random initial parameters."
-    )
-    pad: int = Field(
-        12, ge=0, description="Transform: constant (grey) padding before jitter; 0 disables."
-    )
-    jitter: int = Field(
-        8,
-        ge=0,
-        description=(
-            "Transform: random shift of up to jitter-1 pixels/voxels per axis, then one of "
-            "up to jitter//2-1 after scaling and rotation (Lucid: 8); below 2 disables."
-        ),
-    )
-    scale: float = Field(
-        0.1,
-        ge=0,
-        lt=1,
-        description=(
-            "Transform: random rescaling by a factor in [1 - scale, 1 + scale]; 0 disables."
-        ),
-    )
-    rotate: int = Field(
-        10,
-        ge=0,
-        le=180,
-        description=(
-            "Transform: random rotation by up to this many degrees (3D: in a random plane); "
-            "0 disables."
-        ),
-    )
-    normalize: Literal["none", "imagenet"] = Field(
-        "none",
-        description=(
-            "Map the [0, 1] images before the model: 'imagenet' mean/std normalisation "
-            "(torchvision models, 3 channels) or 'none'."
-        ),
-    )
-
-    @field_validator("objective")
-    @classmethod
-    def _parse(cls, value: str) -> str:
-        parse_objective(value)  # ValueError with the grammar if malformed
-        return value
-
-
-class FeatureVisualization(Explainer):
+class FeatureVisualization(Explainer[FeatureVisParams]):
     """Feature visualization: synthesise images that maximise a class, channel, neuron or layer.
 
     Visualizations explain the model, not an input: ``inputs`` only give the batch size
@@ -112,7 +30,6 @@ class FeatureVisualization(Explainer):
 
     name = "lucent.feature_visualization"
     count_params = ("steps",)
-    Params = FeatureVisParams
     family = "visualization"
     output = "image"
     ranks = (2, 3)
@@ -121,19 +38,25 @@ class FeatureVisualization(Explainer):
     paper = "https://distill.pub/2017/feature-visualization/"
     deterministic = False
 
-    renderers: ClassVar = {2: render_2d, 3: render_nd}
+    renderers: ClassVar[dict[int, Callable[[Job], Rendered]]] = {2: render_2d, 3: render_nd}
+    """The optimisation loop per spatial rank."""
+
+    def image_size(self, params: FeatureVisParams, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        """The synthesised images' spatial size: ``image_size``, or the inputs' ``spatial``
+        size."""
+        if params.image_size is None:
+            return spatial
+        return as_size(params.image_size, len(spatial), "image_size", self.name)
 
     def workload(
-        self, params: Any, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
+        self,
+        params: FeatureVisParams,
+        shape: tuple[int, ...],
+        layers: Mapping[str, tuple[int, ...]],
     ) -> Workload:
         """``steps`` passes per image, one image per item; an ``image_size`` larger than
         the inputs counts as that many inputs' worth of activations."""
-        rank = len(shape) - 2
-        size = (
-            shape[2:]
-            if params.image_size is None
-            else as_size(params.image_size, rank, "image_size", self.name)
-        )
+        size = self.image_size(params, tuple(shape[2:]))
         scale = math.ceil(math.prod(size) / max(1, math.prod(shape[2:])))
         return Workload(
             passes=params.steps,
@@ -143,25 +66,26 @@ class FeatureVisualization(Explainer):
         )
 
     def attribute(
-        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self,
+        model: torch.nn.Module,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        params: FeatureVisParams,
     ) -> MethodResult:
-        p: FeatureVisParams = params
         rank = inputs.ndim - 2
         channels = inputs.shape[1]
-        terms = parse_objective(p.objective)
+        terms = parse_objective(params.objective)
         layers = resolve_layers(model, terms, self.name)
-        size = (
-            tuple(inputs.shape[2:])
-            if p.image_size is None
-            else as_size(p.image_size, rank, "image_size", self.name)
+        size = self.image_size(params, tuple(inputs.shape[2:]))
+        decorrelate = (
+            default_decorrelate(channels) if params.decorrelate is None else params.decorrelate
         )
-        decorrelate = default_decorrelate(channels) if p.decorrelate is None else p.decorrelate
         if decorrelate and channels != 3:
             raise InvalidParamsError(
                 f"Method {self.name!r}: decorrelate=True needs 3-channel (RGB) inputs; these "
                 f"have {channels} channel(s). Leave decorrelate unset or pass False."
             )
-        if p.normalize == "imagenet" and channels != 3:
+        if params.normalize == "imagenet" and channels != 3:
             raise InvalidParamsError(
                 f"Method {self.name!r}: normalize='imagenet' needs 3-channel inputs; these "
                 f"have {channels} channel(s). Use normalize='none'."
@@ -171,16 +95,16 @@ class FeatureVisualization(Explainer):
             objective=Objective(terms, target, self.name),
             layers=layers,
             shape=(inputs.shape[0], channels, *size),
-            fft=p.parameterization == "fft",
+            fft=params.parameterization == "fft",
             decorrelate=decorrelate,
-            init_std=p.init_std,
-            lr=p.lr,
-            steps=p.steps,
-            pad=p.pad,
-            jitter=p.jitter,
-            scale=p.scale,
-            rotate=p.rotate,
-            imagenet=p.normalize == "imagenet",
+            init_std=params.init_std,
+            lr=params.lr,
+            steps=params.steps,
+            pad=params.pad,
+            jitter=params.jitter,
+            scale=params.scale,
+            rotate=params.rotate,
+            imagenet=params.normalize == "imagenet",
             device=inputs.device,
         )
         out = self.renderers[rank](job)

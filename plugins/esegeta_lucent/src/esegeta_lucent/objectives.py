@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from esegeta_core import InvalidParamsError, resolve_layer
+from esegeta_core.toolkit import gather_target, recording
 
 LOGIT = "logit"
 
@@ -117,25 +118,21 @@ def resolve_layers(model: nn.Module, terms: tuple[Term, ...], method: str) -> di
 
 
 @contextlib.contextmanager
-def captured(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
-    """Record each module's latest output under its path while the block runs; every
-    hook is removed on exit, also after an error."""
-    store: dict[str, torch.Tensor] = {}
-    handles = []
+def captured(modules: Mapping[str, nn.Module]) -> Iterator[Callable[[], dict[str, object]]]:
+    """Record the outputs of ``modules`` (by path) while the block runs; yields ``take``,
+    which returns each module's latest output since the previous ``take`` and drops the
+    rest, so a long optimisation holds one pass's activations. The hooks are removed on
+    exit, also after an error."""
+    paths = list(modules)
+    with recording(list(modules.values())) as records:
 
-    def recorder(path: str) -> Callable[[nn.Module, object, object], None]:
-        def hook(module: nn.Module, args: object, output: object) -> None:
-            store[path] = output  # type: ignore[assignment]
+        def take() -> dict[str, object]:
+            latest = {path: record[-1] for path, record in zip(paths, records) if record}
+            for record in records:
+                record.clear()
+            return latest
 
-        return hook
-
-    try:
-        for path, module in modules.items():
-            handles.append(module.register_forward_hook(recorder(path)))
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
+        yield take
 
 
 class Objective:
@@ -154,22 +151,20 @@ class Objective:
             text += (f" {sign} " if text else ("-" if sign == "-" else "")) + plain
         return text
 
-    def values(self, scores: torch.Tensor, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+    def values(self, scores: torch.Tensor, acts: Mapping[str, object]) -> torch.Tensor:
         """``(B,)`` objective values from the model's ``scores`` and captured ``acts``."""
         total = torch.zeros(scores.shape[0], device=scores.device, dtype=scores.dtype)
         for term in self.terms:
             total = total + term.weight * self._term(term, scores, acts)
         return total
 
-    def _term(
-        self, term: Term, scores: torch.Tensor, acts: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    def _term(self, term: Term, scores: torch.Tensor, acts: Mapping[str, object]) -> torch.Tensor:
         if term.kind == "logit":
             classes = scores.shape[1]
             if term.channel is not None:
                 self._check_index(term, term.channel, classes, "class")
                 return scores[:, term.channel]
-            return scores.gather(1, self.target.view(-1, 1).to(scores.device)).squeeze(1)
+            return gather_target(scores, self.target)
         act = acts.get(term.layer)
         if not isinstance(act, torch.Tensor):
             got = "no output" if act is None else f"a {type(act).__name__}"

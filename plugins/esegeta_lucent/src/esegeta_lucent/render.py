@@ -119,13 +119,46 @@ def numpy_seeded_from_torch() -> Iterator[None]:
         np.random.set_state(state)
 
 
-def _values(job: Job, forward: Callable[[torch.Tensor], torch.Tensor], acts: dict) -> Callable:
+Activations = Callable[[], dict[str, object]]
+"""``take`` of :func:`~esegeta_lucent.objectives.captured`: the latest layer outputs."""
+
+
+def _values(
+    job: Job, forward: Callable[[torch.Tensor], torch.Tensor], take: Activations
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The objective of images without transforms (before and after optimising)."""
+
     def evaluate(image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             scores = forward(volume.normalize_imagenet(image) if job.imagenet else image)
-            return job.objective.values(scores, acts).detach()
+            return job.objective.values(scores, take()).detach()
 
     return evaluate
+
+
+def _transforms(
+    job: Job,
+    pad: Callable[[int], volume.Transform],
+    jitter: Callable[[int], volume.Transform],
+    scale: Callable[[list[float]], volume.Transform],
+    rotate: Callable[[list[int]], volume.Transform],
+) -> list[volume.Transform]:
+    """Lucid's transform sequence for ``job`` from one library's transforms: pad,
+    jitter, random scale, random rotation, a smaller jitter, then the normalisation."""
+    transforms: list[volume.Transform] = []
+    if job.pad:
+        transforms.append(pad(job.pad))
+    if job.jitter > 1:
+        transforms.append(jitter(job.jitter))
+    if job.scale:
+        transforms.append(scale(job.scales))
+    if job.rotate:
+        transforms.append(rotate(job.angles))
+    if job.jitter // 2 > 1:
+        transforms.append(jitter(job.jitter // 2))
+    if job.imagenet:
+        transforms.append(volume.normalize_imagenet)
+    return transforms
 
 
 def render_2d(job: Job) -> Rendered:
@@ -145,29 +178,23 @@ def render_2d(job: Job) -> Rendered:
         fft=job.fft,
         channels=None if channels == 3 else channels,
     )
-    transforms: list[Callable] = []
-    if job.pad:
-        transforms.append(transform.pad(job.pad, mode="constant", constant_value=0.5))
-    if job.jitter > 1:
-        transforms.append(transform.jitter(job.jitter))
-    if job.scale:
-        transforms.append(transform.random_scale(job.scales))
-    if job.rotate:
-        transforms.append(transform.random_rotate(job.angles))
-    if job.jitter // 2 > 1:
-        transforms.append(transform.jitter(job.jitter // 2))
-    if job.imagenet:
-        transforms.append(volume.normalize_imagenet)
+    transforms = _transforms(
+        job,
+        pad=lambda width: transform.pad(width, mode="constant", constant_value=0.5),
+        jitter=transform.jitter,
+        scale=transform.random_scale,
+        rotate=transform.random_rotate,
+    )
 
     forward = _Forward(job.model, job.device)
     history: list[torch.Tensor] = []
-    with frozen(job.model), captured(job.layers) as acts, numpy_seeded_from_torch():
-        evaluate = _values(job, forward, acts)
+    with frozen(job.model), captured(job.layers) as take, numpy_seeded_from_torch():
+        evaluate = _values(job, forward, take)
         start = evaluate(image_f())
 
         def objective_f(_lucent_hook: object) -> torch.Tensor:
             # render_vis runs the model (setting forward.scores) before the objective
-            values = job.objective.values(forward.scores, acts)  # type: ignore[arg-type]
+            values = job.objective.values(forward.scores, take())  # type: ignore[arg-type]
             history.append(values.detach())
             return -values.sum()
 
@@ -197,30 +224,24 @@ def render_nd(job: Job) -> Rendered:
     params, image_f = volume.image_param(
         job.shape, fft=job.fft, decorrelate=job.decorrelate, sd=job.init_std, device=job.device
     )
-    transforms: list[volume.Transform] = []
-    if job.pad:
-        transforms.append(volume.pad(job.pad))
-    if job.jitter > 1:
-        transforms.append(volume.jitter(job.jitter))
-    if job.scale:
-        transforms.append(volume.random_scale(job.scales))
-    if job.rotate:
-        transforms.append(volume.random_rotate(job.angles))
-    if job.jitter // 2 > 1:
-        transforms.append(volume.jitter(job.jitter // 2))
-    if job.imagenet:
-        transforms.append(volume.normalize_imagenet)
+    transforms = _transforms(
+        job,
+        pad=volume.pad,
+        jitter=volume.jitter,
+        scale=volume.random_scale,
+        rotate=volume.random_rotate,
+    )
     transforms.append(volume.resize(job.size))
     transform_f = volume.compose(transforms)
 
     optimizer = torch.optim.Adam(params, lr=job.lr)
     history: list[torch.Tensor] = []
-    with frozen(job.model), captured(job.layers) as acts:
-        evaluate = _values(job, job.model, acts)
+    with frozen(job.model), captured(job.layers) as take:
+        evaluate = _values(job, job.model, take)
         start = evaluate(image_f())
         for _ in range(job.steps):
             optimizer.zero_grad()
-            values = job.objective.values(job.model(transform_f(image_f())), acts)
+            values = job.objective.values(job.model(transform_f(image_f())), take())
             (-values.sum()).backward()
             optimizer.step()
             history.append(values.detach())

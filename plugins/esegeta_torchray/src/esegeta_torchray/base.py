@@ -15,13 +15,20 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 
 from esegeta_core import Explainer, InvalidParamsError, MethodResult, NotApplicableError
 from esegeta_core.model_state import ModelState
-from esegeta_torchray.common import Call, TorchRayParams, torchray_function
+from esegeta_core.toolkit import Call
+from esegeta_torchray.params import TorchRayParams, torchray_function
+
+if TYPE_CHECKING:
+    from esegeta_core import ModelTrace
+
+P = TypeVar("P", bound=TorchRayParams)
+"""A TorchRay method's parameter model."""
 
 
 @contextlib.contextmanager
@@ -44,8 +51,9 @@ def restored_on_error(model: torch.nn.Module) -> Iterator[None]:
         raise
 
 
-class TorchRayMethod(Explainer):
-    """Base of the TorchRay methods; subclasses name their ``function`` and ``Params``.
+class TorchRayMethod(Explainer[P]):
+    """Base of the TorchRay methods: ``class M(TorchRayMethod[MParams])`` names the
+    parameter model, ``function`` the TorchRay function.
 
     Every TorchRay method returns a one-channel map, at the input's or a layer's
     resolution (or the size given by ``resize``), hence ``output = "layer"``.
@@ -55,12 +63,12 @@ class TorchRayMethod(Explainer):
     """``"module:function"`` inside ``torchray.attribution``."""
     output = "layer"
 
-    def run(self, fn: Callable[..., Any], call: Call, params: Any) -> torch.Tensor | MethodResult:
+    def run(self, fn: Callable[..., Any], call: Call, params: P) -> torch.Tensor | MethodResult:
         """One TorchRay call for the whole batch (``target`` is one class per item)."""
         return fn(call.model, call.inputs, call.target, **params.torchray_kwargs(call))
 
     def attribute(
-        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: P
     ) -> torch.Tensor | MethodResult:
         if not isinstance(params, TorchRayParams):
             raise InvalidParamsError(f"Method {self.name!r}: expected {self.Params.__name__}.")
@@ -94,7 +102,7 @@ RELU_ONLY = (
 )
 
 
-class ReluRuleMethod(TorchRayMethod):
+class ReluRuleMethod(TorchRayMethod[P]):
     """A TorchRay method whose rule is defined for ReLU networks only (deconvnet, guided
     backprop, excitation backprop): a model with any other activation is refused
     before running, naming the activations found, since TorchRay would pass them the
@@ -104,7 +112,7 @@ class ReluRuleMethod(TorchRayMethod):
     requirements = RELU_ONLY
     alternative: ClassVar[str] = "captum.guided_backprop"
 
-    def check_model(self, model: torch.nn.Module, params: Any, trace: Any) -> None:
+    def check_model(self, model: torch.nn.Module, params: P, trace: ModelTrace | None) -> None:
         if trace is None:
             return
         found = trace.activation_functions()

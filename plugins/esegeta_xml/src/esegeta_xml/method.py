@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 
-from esegeta_core import Explainer, MethodParams, MethodResult
+from esegeta_core import Explainer, MethodResult
 from esegeta_core.errors import NotApplicableError
 from esegeta_core.layers import unwrap
 from esegeta_xml.model import ExplainerClassifier
+from esegeta_xml.params import XmlExplainerParams
 from esegeta_xml.unet import PAPER
 
+if TYPE_CHECKING:
+    from esegeta_core import ModelTrace
 
-class XmlExplainerParams(MethodParams):
-    """``xml.explainer`` has no parameters: the trained explainer is the method."""
 
-
-class XmlExplainer(Explainer):
+class XmlExplainer(Explainer[XmlExplainerParams]):
     """xML: the map of an explainer network trained jointly with the classifier (in-model).
 
     Only for an :class:`esegeta_xml.ExplainerClassifier` trained with
@@ -31,20 +31,21 @@ class XmlExplainer(Explainer):
     jointly with the classifier, a learned mask applied to its features.
     """
 
-    name: ClassVar[str] = "xml.explainer"
-    Params: ClassVar[type[XmlExplainerParams]] = XmlExplainerParams
-    family: ClassVar[Any] = "in_model"
-    output: ClassVar[Any] = "layer"
-    ranks: ClassVar[tuple[int, ...]] = (2, 3)
-    cost: ClassVar[Any] = "low"
-    paper: ClassVar[str] = PAPER
-    deterministic: ClassVar[bool] = True
-    requirements: ClassVar[tuple[str, ...]] = (
+    name = "xml.explainer"
+    family = "in_model"
+    output = "layer"
+    ranks = (2, 3)
+    cost = "low"
+    paper = PAPER
+    deterministic = True
+    requirements = (
         "an esegeta_xml.ExplainerClassifier: a classifier trained jointly with its "
         "explainer network",
     )
 
-    def check_model(self, model: torch.nn.Module, params: Any, trace: Any) -> None:
+    def check_model(
+        self, model: torch.nn.Module, params: XmlExplainerParams, trace: ModelTrace | None
+    ) -> None:
         joint = unwrap(model)
         if not isinstance(joint, ExplainerClassifier):
             raise NotApplicableError(
@@ -58,7 +59,11 @@ class XmlExplainer(Explainer):
             )
 
     def attribute(
-        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
+        self,
+        model: torch.nn.Module,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        params: XmlExplainerParams,
     ) -> MethodResult:
         joint = unwrap(model)
         self.check_model(model, params, None)

@@ -23,14 +23,14 @@ block only, so the classifier is back to itself (no hooks) outside it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from esegeta_core.errors import InvalidModelError, LayerNotFoundError, did_you_mean
+from esegeta_core.toolkit import replacing_output
 
 _MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 _POOL_FN = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
@@ -151,19 +151,20 @@ def multiplying(
     multiplied by ``explanation`` average-pooled to their resolution; the forward hooks
     that do it are removed on exit, whatever happens."""
     cache: dict[tuple[int, ...], torch.Tensor] = {}
-    handles = []
-    try:
+    with contextlib.ExitStack() as stack:
         for path in points:
             module = classifier.get_submodule(path)
-            handles.append(module.register_forward_hook(_hook(path, explanation, cache)))
+            stack.enter_context(replacing_output(module, _multiplier(path, explanation, cache)))
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
-def _hook(path: str, explanation: torch.Tensor, cache: dict[tuple[int, ...], torch.Tensor]) -> Any:
-    def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
+def _multiplier(
+    path: str, explanation: torch.Tensor, cache: dict[tuple[int, ...], torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The output of point ``path`` times ``explanation`` pooled to its resolution (one
+    pooling per resolution, shared through ``cache``)."""
+
+    def multiply(output: torch.Tensor) -> torch.Tensor:
         if (
             not isinstance(output, torch.Tensor)
             or output.ndim != explanation.ndim
@@ -181,7 +182,7 @@ def _hook(path: str, explanation: torch.Tensor, cache: dict[tuple[int, ...], tor
             cache[size] = pool_to(explanation, output).to(output.dtype)
         return output * cache[size]
 
-    return hook
+    return multiply
 
 
 def _sample(model: nn.Module, limit: int = 16) -> str:

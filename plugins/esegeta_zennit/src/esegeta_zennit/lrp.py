@@ -25,7 +25,8 @@ traced). zennit's hooks and merges are removed in ``finally`` on success and err
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ from zennit.rules import Epsilon, Norm, Pass
 
 from esegeta_core import InvalidParamsError
 from esegeta_core.preparation import rule_kind
+from esegeta_core.toolkit import recording
 from esegeta_zennit.params import BOX, LRPParams
 from esegeta_zennit.plan import BATCH_NORM, RulePlan
 
@@ -79,7 +81,9 @@ class PassThrough(Pass):
         return grad_output if same else None
 
 
-def _bound(value: Any, inputs: torch.Tensor, which: str, method: str) -> float | torch.Tensor:
+def _bound(
+    value: float | torch.Tensor | None, inputs: torch.Tensor, which: str, method: str
+) -> float | torch.Tensor:
     """The box rule's ``low`` / ``high``: a number as given, a tensor broadcast to the
     batch, or (None) each item's smallest / largest value."""
     if value is None:
@@ -137,7 +141,7 @@ def build_composite(
     return Composite(module_map=module_map, canonizers=[PlannedMergeBatchNorm(plan.merges)])
 
 
-def _initial_relevance(target: torch.Tensor):
+def _initial_relevance(target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The relevance put on the output: the target class's score, zero elsewhere."""
 
     def attr_output(scores: torch.Tensor) -> torch.Tensor:
@@ -180,25 +184,22 @@ def layer_relevance(
     """Relevance at ``read_at``'s output (or first input): zennit passes relevance as the
     gradient, so it is the modified gradient with respect to that tensor."""
     composite = build_composite(params, plan, inputs, method)
-    seen: list[torch.Tensor] = []
-
-    def capture(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        seen.append(args[0] if use_input else output)
-
     x = inputs.detach().clone().requires_grad_(True)
-    handle = read_at.register_forward_hook(capture)
-    try:
-        composite.register(model)
-        with torch.enable_grad():
-            scores = model(x)
-            if not seen:
-                raise InvalidParamsError(
-                    f"Method {method!r}: the layer is not used in the model's forward pass."
+    # recorded before zennit's hooks on the module are registered, so before they run
+    with recording([read_at], inputs=use_input) as (seen,):
+        try:
+            composite.register(model)
+            with torch.enable_grad():
+                scores = model(x)
+                if not seen:
+                    raise InvalidParamsError(
+                        f"Method {method!r}: the layer is not used in the model's forward pass."
+                    )
+                (result,) = torch.autograd.grad(
+                    scores,
+                    cast(torch.Tensor, seen[-1]),
+                    grad_outputs=_initial_relevance(target)(scores),
                 )
-            (result,) = torch.autograd.grad(
-                scores, seen[-1], grad_outputs=_initial_relevance(target)(scores)
-            )
-    finally:
-        handle.remove()
-        composite.remove()
+        finally:
+            composite.remove()
     return result.detach()

@@ -9,7 +9,7 @@ a verdict per module, attention and gating refused; see
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -49,8 +49,13 @@ def has_rule(info: LeafInfo) -> bool:
     return bool(ops) and ops <= {"convex"}
 
 
-class _ZennitLRP(Explainer):
-    """Shared by the zennit methods: preparation, requirements and the model check."""
+P = TypeVar("P", bound=LRPParams)
+"""A zennit method's parameter model."""
+
+
+class _ZennitLRP(Explainer[P]):
+    """Shared by the zennit methods: preparation, requirements, the model check and the
+    run (relevance at the input, or where :meth:`_read_at` says)."""
 
     family = "gradient"
     ranks = (2, 3)
@@ -70,7 +75,7 @@ class _ZennitLRP(Explainer):
         "the batch-norm merges and the input layers"
     )
 
-    def check_model(self, model: nn.Module, params: Any, trace: ModelTrace | None) -> None:
+    def check_model(self, model: nn.Module, params: P, trace: ModelTrace | None) -> None:
         if trace is None:  # pragma: no cover - the core always traces rule-based methods
             return
         missing = sorted(
@@ -88,11 +93,30 @@ class _ZennitLRP(Explainer):
                 "Use a method without layer rules such as 'captum.integrated_gradients'."
             )
 
-    def _plan(self, model: nn.Module, inputs: torch.Tensor, params: LRPParams):
-        return plan_rules(model, inputs, merge=params.merge_batch_norm)
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: P
+    ) -> MethodResult:
+        from esegeta_zennit import lrp  # imports zennit: only when a method runs
+
+        with ensure_prepared(model, inputs, "relevance", method=self.name):
+            read_at = self._read_at(model, params)
+            plan = plan_rules(model, inputs, merge=params.merge_batch_norm)
+            if read_at is None:
+                result = lrp.relevance(model, inputs, target, params, plan, self.name)
+            else:
+                module, use_input = read_at
+                result = lrp.layer_relevance(
+                    model, inputs, target, params, plan, module, use_input, self.name
+                )
+        return MethodResult(result, **plan.summary())
+
+    def _read_at(self, model: nn.Module, params: P) -> tuple[nn.Module, bool] | None:
+        """Where the relevance is read, on the prepared model: a module and whether at
+        its first input (else its output); None: at the model's input."""
+        return None
 
 
-class ZennitLRP(_ZennitLRP):
+class ZennitLRP(_ZennitLRP[LRPParams]):
     """Layer-wise Relevance Propagation with a zennit composite (Bach et al. 2015).
 
     Relevance starts as the target class's score and flows back layer by layer with the
@@ -107,20 +131,9 @@ class ZennitLRP(_ZennitLRP):
     """
 
     name = "zennit.lrp"
-    Params = LRPParams
-
-    def attribute(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
-    ) -> MethodResult:
-        from esegeta_zennit.lrp import relevance
-
-        with ensure_prepared(model, inputs, "relevance", method=self.name):
-            plan = self._plan(model, inputs, params)
-            result = relevance(model, inputs, target, params, plan, self.name)
-        return MethodResult(result, **plan.summary())
 
 
-class ZennitLayerLRP(_ZennitLRP):
+class ZennitLayerLRP(_ZennitLRP[LayerLRPParams]):
     """Layer-wise Relevance Propagation relevance at a layer's output, with a zennit
     composite.
 
@@ -130,32 +143,18 @@ class ZennitLayerLRP(_ZennitLRP):
     """
 
     name = "zennit.layer_lrp"
-    Params = LayerLRPParams
     family = "layer"
     output = "layer"
     needs_layer = True
 
-    def attribute(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
-    ) -> MethodResult:
-        with ensure_prepared(model, inputs, "relevance", method=self.name):
-            return self._layer_relevance(model, inputs, target, params)
-
-    def _layer_relevance(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: Any
-    ) -> MethodResult:
-        from esegeta_zennit.lrp import layer_relevance
-
+    def _read_at(self, model: nn.Module, params: LayerLRPParams) -> tuple[nn.Module, bool]:
+        """The core's tap around the layer when it has one (its input or output copy),
+        else the layer itself."""
         layer = resolve_layer(model, params.layer, method=self.name)
         tap = layer_tap(model, layer)
-        use_input = params.attribute_to_layer_input
-        read_at: nn.Module = layer
-        if tap is not None:
-            read_at = tap.before if use_input else tap.output_module
-            use_input = False
-        plan = self._plan(model, inputs, params)
-        result = layer_relevance(model, inputs, target, params, plan, read_at, use_input, self.name)
-        return MethodResult(result, **plan.summary())
+        if tap is None:
+            return layer, params.attribute_to_layer_input
+        return (tap.before if params.attribute_to_layer_input else tap.output_module), False
 
 
 METHODS: list[type[Explainer]] = [ZennitLRP, ZennitLayerLRP]

@@ -7,13 +7,12 @@ composite is an error, never a value accepted and ignored.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Annotated, Literal
+from typing import Literal
 
-import torch
-from pydantic import Field, WithJsonSchema, model_validator
+from pydantic import Field, model_validator
 
 from esegeta_core import LayerPath, MethodParams
+from esegeta_core.toolkit import TensorParam
 
 CompositeName = Literal[
     "epsilon_plus_flat",
@@ -37,10 +36,8 @@ COMPOSITE_RULES: dict[str, str] = {
 
 BOX = "epsilon_gamma_box"
 
-Tensor = Annotated[torch.Tensor, WithJsonSchema({"type": "object", "title": "torch.Tensor"})]
-"""A tensor parameter; the JSON Schema shows it as an opaque object."""
-
-Bound = float | Tensor | None
+Bound = float | TensorParam | None
+"""A box-rule bound: a number, a tensor broadcastable to the inputs, or None."""
 
 _COMPOSITE_DOC = (
     "LRP composite (which rule each layer gets): "
@@ -106,7 +103,11 @@ class LRPParams(MethodParams):
 
     @model_validator(mode="after")
     def _check_composite(self) -> LRPParams:
-        self._only_with(["gamma", "low", "high"], self.composite == BOX, f"composite={BOX!r}")
+        self.only_with(
+            ["gamma", "low", "high"],
+            self.composite == BOX,
+            f"composite={BOX!r} (composite is {self.composite!r})",
+        )
         if (
             isinstance(self.low, float)
             and isinstance(self.high, float)
@@ -114,15 +115,6 @@ class LRPParams(MethodParams):
         ):
             raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
         return self
-
-    def _only_with(self, fields: Iterable[str], enabled: bool, needs: str) -> None:
-        unused = sorted(f for f in fields if f in self.model_fields_set)
-        if unused and not enabled:
-            raise ValueError(
-                f"{', '.join(unused)} only appl{'y' if len(unused) > 1 else 'ies'} "
-                f"with {needs} (composite is {self.composite!r}); remove "
-                f"{'them' if len(unused) > 1 else 'it'}"
-            )
 
     def zero_params(self) -> list[str] | None:
         """zennit's ``zero_params`` for the chosen ``ignore_bias``."""

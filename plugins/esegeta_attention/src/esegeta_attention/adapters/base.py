@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from esegeta_core.toolkit import replacing_output
+
 _MISSING = object()
 
 
@@ -103,22 +105,52 @@ def forward_pre_hook(
     stack.callback(module.register_forward_pre_hook(hook, **kwargs).remove)
 
 
-def record_output(record: Record) -> Callable[[nn.Module, Any, Any], None]:
-    """A forward hook that records a module's output tensor (the module applied to the
-    probabilities: timm's ``attn_drop``, MONAI's ``drop_weights``)."""
+def read_output(stack: ExitStack, module: nn.Module, record: Record) -> None:
+    """Hand every output of ``module`` (the module applied to the probabilities: timm's
+    ``attn_drop``, MONAI's ``drop_weights``) to ``record`` until ``stack`` closes; the
+    output itself goes on unchanged."""
 
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
+    def keep(output: torch.Tensor) -> torch.Tensor:
         record(output)
+        return output
 
-    return hook
+    stack.enter_context(replacing_output(module, keep))
+
+
+class UnfusedAdapter(AttentionAdapter):
+    """Attention modules with a flag that selects a fused kernel and a sub-module applied
+    to the probabilities on the explicit path: the flag is switched off for the call and
+    the sub-module's output read."""
+
+    classes: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """``(module, qualname)`` of the classes whose explicit path was read."""
+    flag: ClassVar[str] = ""
+    """The instance attribute that selects the fused kernel when True."""
+    reads: ClassVar[str] = ""
+    """The sub-module whose output is the probabilities."""
+    flag_optional: ClassVar[bool] = False
+    """Whether a module may lack ``flag`` (then it is switched only when set)."""
+
+    def matches(self, module: nn.Module) -> bool:
+        return (
+            defined_by(type(module), self.classes)
+            and (self.flag_optional or hasattr(module, self.flag))
+            and isinstance(getattr(module, self.reads, None), nn.Module)
+        )
+
+    def enable(self, module: nn.Module, record: Record, stack: ExitStack) -> None:
+        if not self.flag_optional or getattr(module, self.flag, False):
+            switch_attribute(stack, module, self.flag, False)
+        read_output(stack, getattr(module, self.reads), record)
 
 
 __all__ = [
     "AttentionAdapter",
     "Record",
+    "UnfusedAdapter",
     "defined_by",
     "forward_hook",
     "forward_pre_hook",
-    "record_output",
+    "read_output",
     "switch_attribute",
 ]

@@ -18,24 +18,14 @@ eval mode is the tensor multiplied with ``v``, in the autograd graph.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from typing import ClassVar
 
-from torch import nn
-
-from esegeta_attention.adapters.base import (
-    AttentionAdapter,
-    Record,
-    defined_by,
-    forward_hook,
-    record_output,
-    switch_attribute,
-)
+from esegeta_attention.adapters.base import UnfusedAdapter
 
 CLASSES: tuple[tuple[str, str], ...] = (("monai.networks.blocks.selfattention", "SABlock"),)
 
 
-class MonaiAdapter(AttentionAdapter):
+class MonaiAdapter(UnfusedAdapter):
     """MONAI ``SABlock``: flash attention off for the call, probabilities read at
     ``drop_weights``."""
 
@@ -44,16 +34,10 @@ class MonaiAdapter(AttentionAdapter):
         "use_flash_attention switched off for the call; the probabilities read at "
         "drop_weights (save_attn keeps only a detached copy)"
     )
-
-    def matches(self, module: nn.Module) -> bool:
-        return defined_by(type(module), CLASSES) and isinstance(
-            getattr(module, "drop_weights", None), nn.Module
-        )
-
-    def enable(self, module: nn.Module, record: Record, stack: ExitStack) -> None:
-        if getattr(module, "use_flash_attention", False):
-            switch_attribute(stack, module, "use_flash_attention", False)
-        forward_hook(stack, module.drop_weights, record_output(record))  # type: ignore[arg-type]
+    classes = CLASSES
+    flag = "use_flash_attention"
+    reads = "drop_weights"
+    flag_optional = True  # an SABlock without the flag has no fused path
 
 
 __all__ = ["CLASSES", "MonaiAdapter"]

@@ -19,19 +19,9 @@ its value, or removed when it was not an instance attribute) when the call ends.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from typing import ClassVar
 
-from torch import nn
-
-from esegeta_attention.adapters.base import (
-    AttentionAdapter,
-    Record,
-    defined_by,
-    forward_hook,
-    record_output,
-    switch_attribute,
-)
+from esegeta_attention.adapters.base import UnfusedAdapter
 
 CLASSES: tuple[tuple[str, str], ...] = (
     ("timm.layers.attention", "Attention"),
@@ -43,24 +33,16 @@ CLASSES: tuple[tuple[str, str], ...] = (
 """timm classes whose explicit path was read: softmax, then ``attn_drop``, then ``@ v``."""
 
 
-class TimmAdapter(AttentionAdapter):
+class TimmAdapter(UnfusedAdapter):
     """timm attention modules with a ``fused_attn`` switch and an ``attn_drop`` module."""
 
     family: ClassVar[str] = "timm"
     reached: ClassVar[str] = (
         "fused_attn switched off for the call; the probabilities read at attn_drop"
     )
-
-    def matches(self, module: nn.Module) -> bool:
-        return (
-            defined_by(type(module), CLASSES)
-            and hasattr(module, "fused_attn")
-            and isinstance(getattr(module, "attn_drop", None), nn.Module)
-        )
-
-    def enable(self, module: nn.Module, record: Record, stack: ExitStack) -> None:
-        switch_attribute(stack, module, "fused_attn", False)
-        forward_hook(stack, module.attn_drop, record_output(record))  # type: ignore[arg-type]
+    classes = CLASSES
+    flag = "fused_attn"
+    reads = "attn_drop"
 
 
 __all__ = ["CLASSES", "TimmAdapter"]

@@ -1,10 +1,9 @@
-"""Parameter pieces shared by the Captum methods, and the helpers that turn them into
-Captum arguments.
+"""The pieces the Captum methods' parameter models are assembled from.
 
 Each piece is a :class:`CaptumParams` mixin that contributes keyword arguments to the
 Captum constructor (:meth:`CaptumParams.init_kwargs`) and to ``attribute``
 (:meth:`CaptumParams.call_kwargs`) by cooperative ``super()`` calls, so a method's
-``Params`` is just the list of pieces it needs. Parameters that only matter together
+model is just the list of pieces it needs. Parameters that only matter together
 with another choice (``grid_cell`` with ``feature_mask="grid"``, the ``nt_*`` fields
 with a noise tunnel) are rejected when set without it: nothing is accepted and ignored.
 """
@@ -13,44 +12,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, WithJsonSchema, model_validator
+from pydantic import Field, model_validator
+from torch import nn
 
 from esegeta_captum.masks import build_feature_mask
-from esegeta_core import InvalidParamsError, LayerPath, MethodParams, resolve_layer
-from esegeta_core.baselines import make_baseline
+from esegeta_captum.references import baseline_distribution
+from esegeta_captum.shapes import Size, full_neuron_index, layer_shape
+from esegeta_core import InvalidParamsError, LayerPath, MethodParams
 from esegeta_core.feature_masks import as_size
-
-Tensor = Annotated[torch.Tensor, WithJsonSchema({"type": "object", "title": "torch.Tensor"})]
-"""A tensor parameter; the JSON Schema shows it as an opaque object."""
-
-BaselineChoice = Literal["zeros", "mean", "blurred", "uniform", "gaussian"] | float | Tensor
-"""A named baseline (see :func:`esegeta_core.baselines.make_baseline`), a constant or a
-tensor broadcastable to the inputs."""
-
-Size = int | tuple[int, ...]
-"""A spatial size: one int for every spatial dimension, or one int per dimension."""
+from esegeta_core.toolkit import BaselineChoice, Call, TensorParam, make_baseline
 
 IntegrationMethod = Literal[
     "gausslegendre", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid"
 ]
-
-
-@dataclass(frozen=True)
-class Call:
-    """What one ``attribute`` call works on: the scoring model, inputs and targets."""
-
-    model: torch.nn.Module
-    inputs: torch.Tensor
-    target: torch.Tensor
-    method: str
-
-    @property
-    def rank(self) -> int:
-        return self.inputs.ndim - 2
 
 
 class CaptumParams(MethodParams):
@@ -63,14 +40,6 @@ class CaptumParams(MethodParams):
     def call_kwargs(self, call: Call) -> dict[str, Any]:
         """Keyword arguments for the Captum object's ``attribute``."""
         return {}
-
-    def _only_with(self, fields: Iterable[str], enabled: bool, needs: str) -> None:
-        unused = sorted(f for f in fields if f in self.model_fields_set)
-        if unused and not enabled:
-            raise ValueError(
-                f"{', '.join(unused)} only apply{'' if len(unused) > 1 else 's'} "
-                f"with {needs}; remove {'them' if len(unused) > 1 else 'it'}"
-            )
 
 
 # -- baselines -----------------------------------------------------------------------
@@ -98,7 +67,7 @@ class BaselineParams(CaptumParams):
 
     @model_validator(mode="after")
     def _check_sigma(self) -> BaselineParams:
-        self._only_with(
+        self.only_with(
             ["baseline_sigma"], _uses_sigma([self.baselines]), "baselines='blurred' or 'gaussian'"
         )
         return self
@@ -109,38 +78,6 @@ class BaselineParams(CaptumParams):
             self.baselines, call.inputs, sigma=self.baseline_sigma, method=call.method
         )
         return kwargs
-
-
-def _item_independent(choice: BaselineChoice, ndim: int) -> bool:
-    """Whether a baseline choice gives one reference for the whole batch."""
-    return (
-        (isinstance(choice, str) and choice == "zeros")
-        or isinstance(choice, (int, float))
-        or (isinstance(choice, torch.Tensor) and (choice.ndim < ndim or choice.shape[0] == 1))
-    )
-
-
-def baseline_distribution(
-    choices: Iterable[BaselineChoice], inputs: torch.Tensor, sigma: float, method: str
-) -> torch.Tensor:
-    """The references of every choice stacked along the batch dimension.
-
-    Item-independent choices (zeros, a number, a tensor without a batch dimension) add
-    one reference; item-dependent ones (mean, blurred, uniform, gaussian, a tensor with
-    a batch dimension) add one reference per batch item. Captum's SHAP methods average
-    over the whole set for every item.
-    """
-    parts = []
-    for choice in choices:
-        full = make_baseline(choice, inputs, sigma=sigma, method=method)
-        parts.append(full[:1] if _item_independent(choice, inputs.ndim) else full)
-    return torch.cat(parts)
-
-
-def reference_count(choices: Iterable[BaselineChoice], shape: tuple[int, ...]) -> int:
-    """How many references :func:`baseline_distribution` stacks for inputs of
-    ``shape``, without building them."""
-    return sum(1 if _item_independent(c, len(shape)) else shape[0] for c in choices)
 
 
 class DistributionParams(CaptumParams):
@@ -158,7 +95,7 @@ class DistributionParams(CaptumParams):
 
     @model_validator(mode="after")
     def _check_sigma(self) -> DistributionParams:
-        self._only_with(
+        self.only_with(
             ["baseline_sigma"], _uses_sigma(self.baselines), "a 'blurred' or 'gaussian' baseline"
         )
         return self
@@ -279,7 +216,7 @@ class NoiseTunnelParams(CaptumParams):
 
     @model_validator(mode="after")
     def _check_nt(self) -> NoiseTunnelParams:
-        self._only_with(_NT_FIELDS, self.noise_tunnel is not None, "noise_tunnel set")
+        self.only_with(_NT_FIELDS, self.noise_tunnel is not None, "noise_tunnel set")
         return self
 
     def noise_tunnel_kwargs(self) -> dict[str, Any]:
@@ -303,7 +240,7 @@ _SLIC_FIELDS = ("n_segments", "compactness")
 class FeatureMaskParams(CaptumParams):
     """Which pixels/voxels are perturbed together: grid cells, superpixels or a tensor."""
 
-    feature_mask: Literal["grid", "superpixel"] | Tensor = Field(
+    feature_mask: Literal["grid", "superpixel"] | TensorParam = Field(
         "grid",
         description="'grid' (cells of grid_cell), 'superpixel' (SLIC, 2D and 3D) or a tensor "
         "of integer feature ids shaped like the spatial dimensions (optionally with batch and "
@@ -321,8 +258,8 @@ class FeatureMaskParams(CaptumParams):
     @model_validator(mode="after")
     def _check_mask_fields(self) -> FeatureMaskParams:
         kind = self.feature_mask if isinstance(self.feature_mask, str) else "tensor"
-        self._only_with(_GRID_FIELDS, kind == "grid", "feature_mask='grid'")
-        self._only_with(_SLIC_FIELDS, kind == "superpixel", "feature_mask='superpixel'")
+        self.only_with(_GRID_FIELDS, kind == "grid", "feature_mask='grid'")
+        self.only_with(_SLIC_FIELDS, kind == "superpixel", "feature_mask='superpixel'")
         return self
 
     def feature_count(self, shape: tuple[int, ...], method: str) -> tuple[int, str, str]:
@@ -359,22 +296,30 @@ class FeatureMaskParams(CaptumParams):
 # -- layers and neurons --------------------------------------------------------------
 
 
-class LayerParams(CaptumParams):
-    """The internal layer a layer method explains."""
+class LayerChoiceParams(CaptumParams):
+    """A layer of the model, handed to the Captum constructor (layer and neuron
+    methods)."""
 
     layer: LayerPath = Field(
         "auto",
         description="Dotted path of the layer, such as 'layer4.1.conv2'; 'auto' picks the "
         "last layer with a spatial output (or a transformer's last block).",
     )
+
+    def module(self, call: Call) -> nn.Module:
+        """The layer's module in the call's model."""
+        return call.layer(self.layer)
+
+    def init_kwargs(self, call: Call) -> dict[str, Any]:
+        return {**super().init_kwargs(call), "layer": self.module(call)}
+
+
+class LayerParams(LayerChoiceParams):
+    """The internal layer a layer method explains."""
+
     attribute_to_layer_input: bool = Field(
         False, description="Attribute to the layer's input instead of its output."
     )
-
-    def init_kwargs(self, call: Call) -> dict[str, Any]:
-        kwargs = super().init_kwargs(call)
-        kwargs["layer"] = resolve_layer(call.model, self.layer, method=call.method)
-        return kwargs
 
     def call_kwargs(self, call: Call) -> dict[str, Any]:
         kwargs = super().call_kwargs(call)
@@ -382,51 +327,7 @@ class LayerParams(CaptumParams):
         return kwargs
 
 
-def layer_shape(call: Call, module: torch.nn.Module, use_input: bool) -> tuple[int, ...]:
-    """The shape (without batch) of ``module``'s output (or first input) on ``call``."""
-    seen: list[torch.Size] = []
-
-    def hook(_m: torch.nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        value = args[0] if use_input else out
-        if isinstance(value, (tuple, list)):
-            value = value[0]
-        seen.append(value.shape)
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            call.model(call.inputs[:1])
-    finally:
-        handle.remove()
-    if not seen:
-        raise InvalidParamsError(
-            f"Method {call.method!r}: the layer is not used in the model's forward pass."
-        )
-    return tuple(seen[0][1:])
-
-
-def full_neuron_index(
-    selector: tuple[int, ...], shape: tuple[int, ...], method: str
-) -> tuple[int, ...]:
-    """Complete ``selector`` to an index into ``shape`` (no batch): missing trailing
-    dimensions take their centre, so ``(c,)`` is channel ``c`` at the spatial centre in
-    2D and 3D alike. Negative entries count from the end."""
-    if len(selector) > len(shape):
-        raise InvalidParamsError(
-            f"Method {method!r}: neuron_selector {selector} has {len(selector)} entries but the "
-            f"layer's output (without batch) is shaped {shape}."
-        )
-    for i, (index, size) in enumerate(zip(selector, shape, strict=False)):
-        if not -size <= index < size:
-            raise InvalidParamsError(
-                f"Method {method!r}: neuron_selector {selector}: index {index} is out of range "
-                f"for dimension {i} of size {size} (layer output shaped {shape})."
-            )
-    full = tuple(i % s for i, s in zip(selector, shape, strict=False))
-    return full + tuple(s // 2 for s in shape[len(selector) :])
-
-
-class NeuronParams(CaptumParams):
+class NeuronParams(LayerChoiceParams):
     """The neuron a neuron method explains: a layer and an index into its output."""
 
     layer: LayerPath = Field(
@@ -444,39 +345,9 @@ class NeuronParams(CaptumParams):
         False, description="Attribute to the neuron's value in the layer's input instead."
     )
 
-    def init_kwargs(self, call: Call) -> dict[str, Any]:
-        kwargs = super().init_kwargs(call)
-        kwargs["layer"] = resolve_layer(call.model, self.layer, method=call.method)
-        return kwargs
-
     def call_kwargs(self, call: Call) -> dict[str, Any]:
         kwargs = super().call_kwargs(call)
-        module = resolve_layer(call.model, self.layer, method=call.method)
-        shape = layer_shape(call, module, self.attribute_to_neuron_input)
+        shape = layer_shape(call, self.module(call), self.attribute_to_neuron_input)
         kwargs["neuron_selector"] = full_neuron_index(self.neuron_selector, shape, call.method)
         kwargs["attribute_to_neuron_input"] = self.attribute_to_neuron_input
         return kwargs
-
-
-def window_tuple(value: Size, call: Call, what: str) -> tuple[int, ...]:
-    """A spatial size as Captum's ``(C, *spatial)`` tuple: the channel axis is covered
-    whole, and each size is clipped to the input's extent. A tuple with a channel entry
-    first (Captum's own form, such as ``(1, 15, 15)``) keeps that entry."""
-    return window_sizes(value, tuple(call.inputs.shape), what, call.method)
-
-
-def window_sizes(value: Size, shape: tuple[int, ...], what: str, method: str) -> tuple[int, ...]:
-    """:func:`window_tuple` for inputs of ``shape`` (cost estimates use it before a call)."""
-    channels, rank = shape[1], len(shape) - 2
-    if isinstance(value, tuple) and len(value) == rank + 1:
-        if not 1 <= value[0] <= channels:
-            raise InvalidParamsError(
-                f"Method {method!r}: {what}={value} has {len(value)} entries for a "
-                f"{rank}D input: read as Captum's (channels, *spatial) form, its channel "
-                f"extent {value[0]} must be between 1 and the input's {channels} channels. "
-                f"Give {rank} spatial sizes, or a channel extent that fits."
-            )
-        channels, value = value[0], value[1:]
-    sizes = as_size(value, rank, what, method)
-    spatial = shape[2:]
-    return (channels, *(min(s, n) for s, n in zip(sizes, spatial, strict=True)))

@@ -1,8 +1,9 @@
-"""The score a gradient method differentiates, and the input gradient of it, batched.
+"""The input gradient of the target score, batched.
 
-Each item's own target class is selected (``scores.gather``), so one backward pass
-explains a whole batch with a different class per item: items do not interact
-because the model's scores of item ``i`` depend on input ``i`` only (eval mode).
+Each item's own target class is selected (:func:`~esegeta_core.toolkit.gather_target`),
+so one backward pass explains a whole batch with a different class per item: items do
+not interact because the model's scores of item ``i`` depend on input ``i`` only (eval
+mode).
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def target_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``(B,)``: each item's score for its own target class."""
-    return model(x).gather(1, target.view(-1, 1)).squeeze(1)
+from esegeta_core.toolkit import gather_target
 
 
 def grad_leaf(x: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -33,6 +31,6 @@ def input_gradient(
     """d score[target] / d input for every item of ``x`` in one backward pass."""
     xg = grad_leaf(x, create_graph)
     with torch.enable_grad():
-        score = target_scores(model, xg, target).sum()
+        score = gather_target(model(xg), target).sum()
         (grad,) = torch.autograd.grad(score, xg, create_graph=create_graph)
     return grad
