@@ -105,9 +105,7 @@ def test_duplicate_method_names_name_both_plugins(fake_entry_points):
     assert isinstance(info.value, ValueError)
 
 
-def test_a_duplicate_name_disables_only_that_method_and_is_reported_once(
-    fake_entry_points, caplog
-):
+def test_a_duplicate_name_disables_only_that_method_and_is_reported_once(fake_entry_points, caplog):
     first = _plugin_module("alpha_mod", _method("alpha.m"), _method("alpha.own"))
     second = _plugin_module("alpha2_mod", _method("alpha.m"), _method("alpha.other"))
     fake_entry_points("alpha", "alpha_mod", first)
