@@ -39,72 +39,10 @@ def _entry(library: str, name: str, **extra: Any) -> dict[str, Any]:
     return entry
 
 
-LEGACY: dict[str, Any] = {
-    "model_nature": "Segmentation",
-    "model_name": "UNetMSS",
-    "dataset": "vessels",
-    "test_run": 3,
-    "is_3d": True,
-    "isDepthFirst": False,
-    "batch_dim_present": True,
-    "default": False,
-    "resize": [64, 64, 32],
-    "centre_crop": [48, 48, 24],
-    "mean_vec": [0.5],
-    "std_vec": [0.25],
-    "patch_size": 32,
-    "patch_overlap": 5,
-    "amp_enbled": True,
-    "share_gpu_threads": 2,
-    "timeout_enabled": True,
-    "timeout_time": 600,
-    "log_level": "DEBUG",
-    "methods": [
-        _entry(
-            "captum",
-            "Saliency",
-            sign="positive",
-            keywords={"abs": True, "nt_type": "smoothgrad", "n_samples": 8},
-        ),
-        _entry("Captum", "Integrated Gradients", keywords={"internal_batch_size": 4}),
-        _entry(
-            "captum",
-            "Occlusion",
-            device_id="cuda:1",
-            patch_required=1,
-            keywords={"sliding_window_shapes": [1, 8, 8, 8], "strides": [1, 4, 4, 4]},
-        ),
-        _entry("captum", "GuidedGradCam", keywords={"layer": "model.encoder[2]"}),
-        _entry("captum", "layer_gradcam", keywords={"layer": "encoder.conv2"}),
-        _entry("captum", "GradientShap", keywords={"n_samples": 5, "stdevs": 0.1}),
-        _entry(
-            "captum",
-            "DeepLift",
-            uncertainity_metrics=True,
-            uncertainity_cascading=2,
-            keywords={"warp_factor": 9},
-        ),
-        _entry("captum", "Deconvolution", use=0),
-        _entry("captum", "MagicAttribution"),
-        _entry(
-            "CNN Visualization",
-            "Layer Activation Guided Backprop",
-            keywords={"layer": 3, "filter_pos": 5},
-        ),
-        _entry("cnn_visualization", "DeepDream", keywords={"update_count": 250}),
-        _entry("cnn_visualization", "GradCam++", keywords={"target_layer": "encoder.conv2"}),
-        _entry(
-            "torchray",
-            "contrastive_excitation_backprop",
-            keywords={"layer": "encoder.conv2", "contrast_layer": "encoder.conv1"},
-        ),
-        _entry("TorchRay", "RISE", sign="absolute_value", visualize_method="blended_heat_map"),
-        _entry("lucent", "render_vis", keywords={"objective": "encoder_conv2:3"}),
-    ],
-    "explain_methods": [
-        {"top_labels": 2, "num_samples": 100, "num_features": 5, "depth": 8, "use": 1},
-    ],
-}
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+LEGACY: dict[str, Any] = json.loads((EXAMPLES / "torchesegeta_config.json").read_text())
+"""A TorchEsegeta config in the original's format (examples/torchesegeta_config.json)."""
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ray_processes() -> list[str]:
+def _ray_processes() -> list[str]:
     """Every Ray process on this machine (raylets, GCS, workers), as 'pid name'."""
     import psutil
 
@@ -68,9 +69,9 @@ def ray_processes() -> list[str]:
     return found
 
 
-def actor_processes() -> list[str]:
+def _actor_processes() -> list[str]:
     """The esegeta actors still alive on this machine."""
-    return [p for p in ray_processes() if "SlotActor" in p]
+    return [p for p in _ray_processes() if "SlotActor" in p]
 
 
 @dataclass
@@ -125,8 +126,8 @@ class Cluster:
 def cluster(tmp_path_factory):
     pytest.importorskip("ray", reason="ray is not installed (pip install esegeta-ray)")
     pytest.importorskip("psutil", reason="the Ray tests check processes with psutil")
-    if ray_processes():
-        pytest.skip(f"another Ray is running on this machine: {ray_processes()[:3]}")
+    if _ray_processes():
+        pytest.skip(f"another Ray is running on this machine: {_ray_processes()[:3]}")
     port = _free_port()
     # Ray refuses a temp dir inside a virtualenv, which nox's TMPDIR is; and its sockets
     # live there, so the path must stay short
@@ -171,7 +172,7 @@ def cluster(tmp_path_factory):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def write_inputs(folder: Path, values: list[float | None]) -> None:
+def _write_inputs(folder: Path, values: list[float | None]) -> None:
     """One 3D input per value: a seeded volume whose first voxel is the value (None:
     left as drawn), as ``v{i}.npy``."""
     from esegeta_core.testing import tiny_input
@@ -183,7 +184,7 @@ def write_inputs(folder: Path, values: list[float | None]) -> None:
         np.save(folder / f"v{i}.npy", x)
 
 
-def write_config(folder: Path, name: str, methods: list[str], **overrides) -> Path:
+def _write_config(folder: Path, name: str, methods: list[str], **overrides) -> Path:
     """A 3D config on :mod:`ray_models` (copied next to it, so the factory is a file the
     actors get from the driver), written as YAML; returns its path."""
     shutil.copy(HERE / "ray_models.py", folder / "ray_models.py")
@@ -202,3 +203,31 @@ def write_config(folder: Path, name: str, methods: list[str], **overrides) -> Pa
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+# The helpers as fixtures: test modules never import conftest (one convention for every
+# plugin's tests), they ask for these by name.
+
+
+@pytest.fixture
+def ray_processes() -> Callable[[], list[str]]:
+    """Every Ray process on this machine, as 'pid name' (a function to call)."""
+    return _ray_processes
+
+
+@pytest.fixture
+def actor_processes() -> Callable[[], list[str]]:
+    """The esegeta actors still alive on this machine (a function to call)."""
+    return _actor_processes
+
+
+@pytest.fixture
+def write_inputs() -> Callable[[Path, list[float | None]], None]:
+    """Writes one seeded 3D input per value into a folder (see ``_write_inputs``)."""
+    return _write_inputs
+
+
+@pytest.fixture
+def write_config() -> Callable[..., Path]:
+    """Writes a 3D run config on the Ray test models (see ``_write_config``)."""
+    return _write_config

@@ -14,7 +14,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import actor_processes, ray_processes, write_config, write_inputs
 
 from esegeta_core.config import load_config
 from esegeta_core.runs import run
@@ -74,14 +73,16 @@ def _wait_for_records(run_dir: Path, count: int, proc: subprocess.Popen, timeout
         time.sleep(0.1)
 
 
-def _wait_no_actors(timeout=60) -> None:
+def _wait_no_actors(actor_processes, timeout=60) -> None:
     deadline = time.monotonic() + timeout
     while actor_processes():
         assert time.monotonic() < deadline, f"actors left running: {actor_processes()}"
         time.sleep(0.25)
 
 
-def test_a_3d_run_spreads_over_two_nodes_and_equals_the_local_run(tmp_path, cluster, methods):
+def test_a_3d_run_spreads_over_two_nodes_and_equals_the_local_run(
+    tmp_path, cluster, methods, write_inputs, write_config, actor_processes
+):
     write_inputs(tmp_path, [None] * 5)
     path = write_config(
         tmp_path,
@@ -114,10 +115,14 @@ def test_a_3d_run_spreads_over_two_nodes_and_equals_the_local_run(tmp_path, clus
     again = run(load_config(path), tmp_path)
     assert again.skipped == 40
     assert run(_ray(path, cluster).model_copy(update={"name": "local"}), tmp_path).skipped == 40
-    _wait_no_actors(timeout=30)  # ray.kill is asynchronous: the processes go soon after
+    _wait_no_actors(
+        actor_processes, timeout=30
+    )  # ray.kill is asynchronous: the processes go soon after
 
 
-def test_time_limit_and_a_segfault_fail_only_their_jobs(tmp_path, cluster):
+def test_time_limit_and_a_segfault_fail_only_their_jobs(
+    tmp_path, cluster, write_inputs, write_config, actor_processes
+):
     from ray_models import CRASH, HANG
 
     write_inputs(tmp_path, [None, HANG, CRASH, None, None])
@@ -145,10 +150,14 @@ def test_time_limit_and_a_segfault_fail_only_their_jobs(tmp_path, cluster):
     for record in ok:  # the figure came back as bytes from the actor, written by the driver
         figure = summary.run_dir / record["files"]["figure"]
         assert figure.read_bytes()[:4] == b"\x89PNG"
-    _wait_no_actors(timeout=30)  # ray.kill is asynchronous: the processes go soon after
+    _wait_no_actors(
+        actor_processes, timeout=30
+    )  # ray.kill is asynchronous: the processes go soon after
 
 
-def test_sigterm_then_sigkill_of_the_driver_then_resume(tmp_path, cluster, methods):
+def test_sigterm_then_sigkill_of_the_driver_then_resume(
+    tmp_path, cluster, methods, write_inputs, write_config, actor_processes
+):
     write_inputs(tmp_path, [None] * 3)  # 24 jobs
     path = write_config(
         tmp_path,
@@ -165,12 +174,12 @@ def test_sigterm_then_sigkill_of_the_driver_then_resume(tmp_path, cluster, metho
     assert proc.wait(timeout=60) != 0
     progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["state"] == "interrupted"
-    _wait_no_actors()
+    _wait_no_actors(actor_processes)
     proc = _driver(path, cluster)
     _wait_for_records(run_dir, len(_records(run_dir)) + 3, proc)
     proc.kill()  # SIGKILL: no clean-up at all; Ray kills the actors of a dead driver
     proc.wait(timeout=30)
-    _wait_no_actors()
+    _wait_no_actors(actor_processes)
     finished = {
         job_id: (run_dir / "jobs" / job_id / "record.json").stat().st_mtime_ns
         for job_id, r in _records(run_dir).items()
@@ -185,7 +194,7 @@ def test_sigterm_then_sigkill_of_the_driver_then_resume(tmp_path, cluster, metho
 
 
 def test_killing_the_second_node_mid_run_finishes_every_job_once_on_the_survivor(
-    tmp_path, cluster, methods
+    tmp_path, cluster, methods, write_inputs, write_config
 ):
     write_inputs(tmp_path, [None] * 3)  # 24 jobs
     path = write_config(
@@ -220,7 +229,7 @@ def test_killing_the_second_node_mid_run_finishes_every_job_once_on_the_survivor
     assert "its node died" in log and "is not replaced" in log
 
 
-def test_no_ray_process_is_left_after_ray_stop(cluster):
+def test_no_ray_process_is_left_after_ray_stop(cluster, ray_processes):
     cluster.stop()
     deadline = time.monotonic() + 30
     while ray_processes() and time.monotonic() < deadline:

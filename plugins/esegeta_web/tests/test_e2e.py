@@ -12,7 +12,6 @@ README's screenshots: ``ESEGETA_SCREENSHOTS=docs pytest plugins/esegeta_web/test
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import json
 import os
@@ -529,14 +528,11 @@ def test_stop_and_resume_a_run_from_its_page(live: Live) -> None:
 
 
 def test_import_of_the_original_example_fills_the_form(live: Live) -> None:
-    source = Path(__file__).resolve().parents[3] / "tests" / "test_legacy_config.py"
+    source = Path(__file__).resolve().parents[3] / "examples" / "torchesegeta_config.json"
     if not source.is_file():
-        pytest.skip(f"the TorchEsegeta example of the core's tests is missing ({source})")
-    spec = importlib.util.spec_from_file_location("_legacy_example", source)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    example = json.dumps(copy.deepcopy(module.LEGACY)).encode()
+        pytest.skip(f"the TorchEsegeta example config is missing ({source})")
+    legacy = json.loads(source.read_text())
+    example = json.dumps(legacy).encode()
     page = live.page()
     page.goto(f"{live.base}/runs/new")
     form = page.locator(IMPORT)

@@ -3,8 +3,6 @@ models with errors at their fields, the job plan, Import, Download YAML and Run.
 
 from __future__ import annotations
 
-import copy
-import importlib.util
 import json
 import re
 from html.parser import HTMLParser
@@ -178,17 +176,14 @@ def test_validate_shows_the_job_plan_and_cost(workspace: Path) -> None:
 
 
 def test_import_of_the_original_example_fills_the_form(workspace: Path) -> None:
-    source = REPO / "tests" / "test_legacy_config.py"
+    source = REPO / "examples" / "torchesegeta_config.json"
     if not source.is_file():
-        pytest.skip(f"the TorchEsegeta example of the core's tests is missing ({source})")
-    spec = importlib.util.spec_from_file_location("_legacy_example", source)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+        pytest.skip(f"the TorchEsegeta example config is missing ({source})")
+    legacy = json.loads(source.read_text())
     client = _client(workspace)
     page = client.post(
         "/runs/new/import",
-        files={"file": ("old.json", json.dumps(copy.deepcopy(module.LEGACY)), "application/json")},
+        files={"file": ("old.json", json.dumps(legacy), "application/json")},
         data={"csrf_token": client.cookies[CSRF_COOKIE]},
     )
     assert page.status_code == 200
