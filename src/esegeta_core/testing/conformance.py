@@ -176,19 +176,21 @@ def model_snapshot(model: torch.nn.Module) -> dict[str, Any]:
         "state": {k: v.clone() for k, v in model.state_dict().items()},
         "hooks": count_hooks(model),
         "attributes": [sorted(m.__dict__) for m in model.modules()],
-        "objects": [_tensor_ids(m) for m in model.modules()],
+        "objects": [_tensors(m) for m in model.modules()],
         "children": [list(m._modules) for m in model.modules()],
         "pickled": len(pickle.dumps(model)),
     }
 
 
-def _tensor_ids(module: torch.nn.Module) -> dict[str, int]:
-    """``{name: id}`` of the tensors a module holds: its parameters, buffers and plain
-    tensor attributes (a method that swaps one for an equal copy is caught too)."""
-    ids = {f"param:{k}": id(v) for k, v in module._parameters.items() if v is not None}
-    ids.update({f"buffer:{k}": id(v) for k, v in module._buffers.items() if v is not None})
-    ids.update({k: id(v) for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
-    return ids
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``{name: tensor}`` of the tensors a module holds: its parameters, buffers and plain
+    tensor attributes, compared by identity (a method that swaps one for an equal copy is
+    caught too). The snapshot holds the objects themselves, not their ``id``: a freed
+    tensor's id can be reused by its copy, which would hide the swap."""
+    held = {f"param:{k}": v for k, v in module._parameters.items() if v is not None}
+    held.update({f"buffer:{k}": v for k, v in module._buffers.items() if v is not None})
+    held.update({k: v for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
+    return held
 
 
 def run_conformance(case: Case) -> None:
@@ -242,8 +244,8 @@ def run_conformance(case: Case) -> None:
             f"{case}: module attributes left behind or removed on {type(module).__name__}: "
             f"left {added}, removed {gone}"
         )
-    for module, ids, was in zip(model.modules(), after["objects"], before["objects"]):
-        swapped = sorted(k for k in set(ids) | set(was) if ids.get(k) != was.get(k))
+    for module, now, was in zip(model.modules(), after["objects"], before["objects"]):
+        swapped = sorted(k for k in set(now) | set(was) if now.get(k) is not was.get(k))
         assert not swapped, (
             f"{case}: module {type(module).__name__} holds other tensor objects than before "
             f"for {swapped} (parameters, buffers and tensor attributes must be the same objects)"
