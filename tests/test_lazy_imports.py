@@ -3,18 +3,14 @@ loads the contract, not the metrics, configs, runtime or file I/O (issue 18)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import esegeta_core
+from esegeta_core.testing.environment import modules_loaded_by
 
 
 def _loaded_after(statement: str) -> set[str]:
-    code = f"import sys\n{statement}\nprint(' '.join(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return {m for m in out.stdout.split() if m.startswith("esegeta_core")}
+    return modules_loaded_by(statement, ("esegeta_core",))
 
 
 def test_the_contract_loads_alone():

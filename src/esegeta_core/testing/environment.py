@@ -39,3 +39,22 @@ def find_chromium() -> str | None:
         if found:
             return found
     return None
+
+
+def modules_loaded_by(code: str, prefixes: tuple[str, ...] = ()) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code`` (only those starting
+    with one of ``prefixes``, when given): for tests that a command or an import stays
+    light (no web server, no training code loaded by ``esegeta --help``)."""
+    import subprocess
+    import sys
+
+    listing = "\nimport sys as _sys\nprint(' '.join(sorted(_sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code + listing],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    loaded = set(done.stdout.strip().splitlines()[-1].split())
+    return {m for m in loaded if m.startswith(prefixes)} if prefixes else loaded
