@@ -286,6 +286,30 @@ def test_layer_shapes_are_measured_only_when_read() -> None:
     assert len(calls) == 1
 
 
+def test_layer_shapes_are_measured_once_per_network_as_it_is() -> None:
+    """A second call on the same network reuses the shapes (no probe pass); a module
+    swapped in or a hook registered since (a reshaping tap) measures again."""
+    model, x = tiny_model(), tiny_input()
+    calls: list[int] = []
+    counting = model.register_forward_pre_hook(lambda m, a: calls.append(1))
+
+    class P(ec.MethodParams):
+        layer: ec.LayerPath = "features.conv2"
+
+    def measure() -> tuple[int, ...]:
+        return checks_module.LayerShapes(model, x[:1], P(), "test")["features.conv2"]
+
+    assert measure() == (8, 8, 8) and len(calls) == 1
+    assert measure() == (8, 8, 8) and len(calls) == 1
+    conv = model.features.conv2
+    model.features.conv2 = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3)
+    assert measure() == (8, 6, 6) and len(calls) == 2
+    handle = model.features.conv2.register_forward_hook(lambda m, a, o: o[..., :4, :4])
+    assert measure() == (8, 4, 4) and len(calls) == 3
+    handle.remove()
+    counting.remove()
+
+
 def test_device_free_bytes_reads_the_cpu() -> None:
     free = checks_module.device_free_bytes(torch.device("cpu"))
     assert 0 < free < 2**62

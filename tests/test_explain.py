@@ -164,6 +164,35 @@ def test_multi_class_reduces_every_spatial_dim(demo, rank):
     assert e.attributions.abs().sum() > 0
 
 
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_one_class_score_equals_the_full_reduction_ties_and_nan_included(classes):
+    """``target_scores`` reduces only the asked class per input (no gradients) and
+    gives exactly the full reduction's entries: ties go to the first class, a NaN logit
+    propagates to its own class's score as before."""
+    torch.manual_seed(0)
+    out = torch.randint(-2, 3, (6, classes, 4, 5, 3)).float()  # many ties
+    out[5, classes - 1, 0, 0, 0] = float("nan")
+    full = ec.MultiClassScores()(out)
+    picked = torch.randint(0, classes, (6,))
+    picked[5] = classes - 1
+    one = ec.MultiClassScores().class_scores(out, picked)
+    want = full.gather(1, picked[:, None]).squeeze(1)
+    assert torch.equal(one[:5], want[:5]) and one[5].isnan() and want[5].isnan()
+
+    class Net(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    wrapped = ec.ScoreModel(Net(), ec.MultiClassScores())
+    with torch.no_grad():
+        assert torch.equal(wrapped.target_scores(out[:5], picked[:5]), want[:5])
+        handle = wrapped.register_forward_hook(lambda m, a, o: seen.append(o))
+        seen: list[torch.Tensor] = []
+        wrapped.target_scores(out[:5], picked[:5])
+        assert len(seen) == 1  # a hook on the scores sees them: the full path ran
+        handle.remove()
+
+
 def test_threshold_wrapper_keeps_the_gradient():
     torch.manual_seed(0)
     logits = torch.randn(2, 1, 6, 6, 6, requires_grad=True)

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from esegeta_core.errors import InvalidParamsError, MethodFailedError
 from esegeta_core.explainer import Explainer, MethodParams, Workload
+from esegeta_core.targets import ScoreModel
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +249,19 @@ def device_free_bytes(device: torch.device) -> int:
         return 2**62  # unknown: do not refuse
 
 
+_shapes: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], dict[str, tuple[int, ...]]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Measured layer shapes per network (see :meth:`LayerShapes._key`)."""
+
+
 class LayerShapes(Mapping[str, tuple[int, ...]]):
     """The output shape (without batch) of each layer the parameters name, as the method
     sees it (channels first inside the call), measured in one probe pass of one item the
-    first time a shape is read, so methods that never ask cost nothing."""
+    first time a shape is read, so methods that never ask cost nothing. Measurements are
+    kept per network, its modules and their hooks as they are now (a module swapped in,
+    a reshaping tap registered for this call, change the key), layers and input shape:
+    a perturbation method called again on the same model skips the probe pass."""
 
     def __init__(
         self, model: nn.Module, probe: torch.Tensor, params: MethodParams, method: str
@@ -265,8 +276,29 @@ class LayerShapes(Mapping[str, tuple[int, ...]]):
         self._paths = paths
         self._shapes: dict[str, tuple[int, ...]] | None = None
 
+    def _key(self) -> tuple[nn.Module, tuple[Any, ...]]:
+        """The network (the user's model inside a score wrapper) and the cache key."""
+        model = self._model
+        root = model.model if isinstance(model, ScoreModel) else model
+        probe = self._probe
+        modules = tuple(
+            (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in root.modules()
+        )
+        return root, (
+            tuple(self._paths),
+            modules,
+            tuple(probe.shape[1:]),
+            probe.dtype,
+            probe.device,
+        )
+
     def _measure(self) -> dict[str, tuple[int, ...]]:
         if self._shapes is not None:
+            return self._shapes
+        root, key = self._key()
+        known = _shapes.get(root, {}).get(key)
+        if known is not None:
+            self._shapes = dict(known)
             return self._shapes
         from esegeta_core.layers import resolve_layer
 
@@ -289,6 +321,7 @@ class LayerShapes(Mapping[str, tuple[int, ...]]):
             for handle in handles:
                 handle.remove()
         self._shapes = seen
+        _shapes.setdefault(root, {})[key] = dict(seen)
         return seen
 
     def __getitem__(self, path: str) -> tuple[int, ...]:

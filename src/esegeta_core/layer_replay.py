@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from esegeta_core.prefix_memo import PrefixMemo, PrefixMismatchError
 from esegeta_core.runtime.passes import CLIMB_START, method_passes
 
 log = logging.getLogger(__name__)
@@ -69,15 +70,21 @@ def replaced_scores(
     if not by_item:
         return scores
     first = next(iter(by_item))
-    fast = _fast_is_exact(model, module, inputs, original, target, reference, first)
+    memo: PrefixMemo | None = PrefixMemo(model, module)
+    fast = _fast_is_exact(model, module, inputs, original, target, reference, first, memo)
     if not fast:
         log.info("%s: layer replay falls back to full passes", method or "ablation")
+    # a memo that replayed the first item exactly serves every item (one record each)
+    remember = fast and memo is not None and memo.usable
     size = chunk or (FAST_CHUNK if fast else FULL_CHUNK)
     for item, indices in by_item.items():
         keys = [rows[r][1] for r in indices]
+        if item != first:
+            memo = PrefixMemo(model, module) if remember else None
         run = _item_passes(
-            model, module, inputs[item : item + 1], target[item], keys, build, item, fast
-        )
+            model, module, inputs[item : item + 1], target[item], keys, build, item, fast,
+            memo if remember else None,
+        )  # fmt: skip
         # planned under explain(auto_batch=True): a pass runs the layers after
         # ``module`` on activations like ``original`` (or the whole model per row)
         kind, sample = (("replay", id(module)), original) if fast else ("forward", inputs)
@@ -102,13 +109,23 @@ def _item_passes(
     build: Build,
     item: int,
     fast: bool,
+    memo: PrefixMemo | None,
 ) -> Callable[[int, int, bool], torch.Tensor]:
-    """The pass of rows ``start .. stop - 1`` of one item: their target scores."""
+    """The pass of rows ``start .. stop - 1`` of one item: their target scores (with
+    ``memo``, the layers before ``module`` replayed from its record)."""
 
     def run(start: int, stop: int, _layout: bool) -> torch.Tensor:
         batch = build(item, keys[start:stop])
         many = one if fast else one.expand(stop - start, *one.shape[1:])
-        out = _run(model, module, many, batch)
+        if memo is None or not memo.usable:
+            return _run(model, module, many, batch)[:, int(target)]
+        try:
+            with memo.running():
+                out = _run(model, module, many, batch)
+        except PrefixMismatchError:
+            log.info("layer replay: the recorded layers do not replay; computing them")
+            memo.usable = False
+            out = _run(model, module, many, batch)
         return out[:, int(target)]
 
     return run
@@ -122,17 +139,40 @@ def _fast_is_exact(
     target: torch.Tensor,
     reference: torch.Tensor,
     item: int,
+    memo: PrefixMemo,
 ) -> bool:
-    """Whether expanding at the layer reproduces the plain score (on two copies)."""
+    """Whether expanding at the layer reproduces the plain score (on two copies). The
+    run is recorded in ``memo``, and a replay of it must give the same scores, else the
+    memo is dropped (``memo.usable`` false)."""
     copies = original[item : item + 1].expand(2, *original.shape[1:]).clone()
+
+    def scores() -> torch.Tensor:
+        return _run(model, module, inputs[item : item + 1], copies)
+
     try:
-        out = _run(model, module, inputs[item : item + 1], copies)
+        with memo.running():
+            out = scores()
     except Exception:  # noqa: BLE001 - any failure means: run full passes instead
         return False
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
         return False
     got = out[:, int(target[item])].float()
     want = reference[item].float().expand(2)
+    if not _close(got, want):
+        return False
+    if memo.recorded:
+        try:
+            with memo.running():
+                again = scores()
+            memo.usable = again.shape == out.shape and _close(again.float(), out.float())
+        except Exception:  # noqa: BLE001 - the memo does not apply: compute the layers
+            memo.usable = False
+    else:
+        memo.usable = False
+    return True
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
     return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + float(want.abs().max()))))
 
 

@@ -49,7 +49,10 @@ def checking_scores(
 ) -> Iterator[None]:
     """Check the first scores the method's own forward pass produces (a tensor of
     ``(N, classes)``, the targets in range) instead of spending a forward pass on it.
-    The hook is removed on the way out, before the model's state is restored."""
+    The hook removes itself once it has checked (so later passes may take
+    :meth:`~esegeta_core.targets.ScoreModel.target_scores`' short cut, which a hook on
+    the scores rules out), and in any case on the way out, before the model's state is
+    restored."""
     checked = False
 
     def hook(module: nn.Module, args: object, output: object) -> None:
@@ -57,6 +60,7 @@ def checking_scores(
         if checked:
             return
         checked = True
+        handle.remove()
         scores = check_scores(output, x, task, method, batch=False)
         check_target_range(t, scores.shape[1], method)
 
