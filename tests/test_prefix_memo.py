@@ -186,7 +186,7 @@ def test_an_instance_forward_is_restored_as_it_was() -> None:
     model = InPlace().eval()
     own = model.a.forward
     model.a.forward = own  # an instance attribute, as some wrappers set
-    memo, _ = _replayed(model, model.b, torch.rand(1, 2, 6, 6))
+    _replayed(model, model.b, torch.rand(1, 2, 6, 6))
     assert vars(model.a)["forward"] is own
     assert "forward" not in vars(model.b)
 

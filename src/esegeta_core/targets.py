@@ -149,6 +149,11 @@ class MultiClassScores:
         ties): for two classes one comparison, where the full reduction needs a dozen
         passes over the output (a fifth of a small 3D U-Net's forward pass)."""
         _check_classes(out)
+        if classes.numel() and not 0 <= int(classes.min()) <= int(classes.max()) < out.shape[1]:
+            raise InvalidTargetError(
+                f"Target classes {classes.unique().tolist()} are out of range for a "
+                f"segmentation output of {out.shape[1]} classes."
+            )
         flat = out.flatten(2)
         scores = torch.empty(out.shape[0], dtype=out.dtype, device=out.device)
         for k in classes.unique().tolist():

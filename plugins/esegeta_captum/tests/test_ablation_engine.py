@@ -221,8 +221,18 @@ def test_planned_passes_in_both_layouts_equal_captum(engine_only: Callable[..., 
 
 @pytest.mark.parametrize("rank", [2, 3])
 def test_segmentation_equals_captum_on_the_wrapped_model(
-    rank: int, engine_only: Callable[..., None]
+    rank: int, engine_only: Callable[..., None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Equal maps, and after the first pass (whose scores the job checks in full) the
+    passes reduce only the target's class (``MultiClassScores.class_scores``)."""
+    reduced: list[int] = []
+    one_class = MultiClassScores.class_scores
+
+    def spy(self: MultiClassScores, out: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        reduced.append(out.shape[0])
+        return one_class(self, out, classes)
+
+    monkeypatch.setattr(MultiClassScores, "class_scores", spy)
     model = tiny_model("segmentation", rank)
     x = tiny_input("segmentation", rank)
     wrapped = ScoreModel(model, MultiClassScores())
@@ -247,6 +257,7 @@ def test_segmentation_equals_captum_on_the_wrapped_model(
             model, x, "captum.feature_ablation", 0, task="segmentation", grid_cell=4, **kwargs
         )
         close(ours.attributions, theirs_fa)
+    assert reduced  # the passes after the first took the one-class reduction
 
 
 # -- the buffer ----------------------------------------------------------------------------

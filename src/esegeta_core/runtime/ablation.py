@@ -19,7 +19,9 @@ model's whole output. This engine:
 
 The maps equal Captum 0.9's ``Occlusion`` and ``FeatureAblation`` (same windows, shift
 counts at the edges, averaging, baselines and targets) up to floating-point summation
-order.
+order. The passes (:func:`perturbed_scores`) take any fill of a region, not only a
+baseline: the permutation engine (:mod:`esegeta_core.runtime.permutation`) fills it from
+another item of the batch.
 
 Exact Shapley values (Shapley 1953, :func:`shapley_values`) score every coalition of an
 item's features once (2^n passes) where Captum's ``ShapleyValues`` walks all n!
@@ -69,7 +71,7 @@ def occlusion(
     perturbed inputs per pass (``perturbations_per_eval`` times the batch in Captum's
     terms).
     """
-    x = _check_inputs(inputs)
+    x = check_inputs(inputs, "Ablation")
     dims = tuple(x.shape[1:])
     sizes = _per_dim(window, dims, "window")
     steps = _per_dim(strides, dims, "strides")
@@ -95,7 +97,10 @@ def occlusion(
     b = x.shape[0]
     pairs = [(item, p) for p in range(windows) for item in range(b)]
     regions = _Windows(slices)
-    initial, scores = _run(model, x, target, baselines, regions, pairs, batch_size)
+    fill = baseline_fill(baselines, x, "Ablation")
+    initial, scores = perturbed_scores(
+        model, x, target, regions, pairs, batch_size, fill, who="Ablation"
+    )
     # pair p * B + item: (B, windows), then the window grid with the channel axis first
     diff = (initial.unsqueeze(0) - scores.view(windows, b)).T
     grid = diff.reshape(b, *reversed(counts)).permute(0, *range(len(counts), 0, -1))
@@ -123,18 +128,21 @@ def feature_ablation(
     feature_mask: torch.Tensor,
     baselines: Baseline = None,
     batch_size: int,
+    kind: object = "forward",
 ) -> torch.Tensor:
     """Feature ablation maps ``(B, C, *spatial)`` in the model's output dtype.
 
     ``feature_mask`` holds a feature id per element, broadcastable to the inputs with
     the same number of dimensions (``(B or 1, C or 1, *spatial)``). Each item's features
     are ablated one at a time; every element gets its feature's score drop.
-    ``batch_size``: see :func:`occlusion`.
+    ``batch_size``: see :func:`occlusion`. ``kind`` names what ``model`` computes for
+    the pass planner's cache of plans (``"forward"``: the whole network; a model that
+    stops at a layer names its own).
     """
-    x = _check_inputs(inputs)
+    x = check_inputs(inputs, "Ablation")
     b = x.shape[0]
-    mask = _feature_mask(feature_mask, x, "Feature ablation")
-    regions = _Features(mask)
+    mask = check_feature_mask(feature_mask, x, "Feature ablation")
+    regions = FeatureRegions(mask)
     longest = max(len(row.bounds) for row in regions.rows)
     pairs = [
         (item, f)
@@ -142,13 +150,12 @@ def feature_ablation(
         for item in range(b)
         if f < len(regions.rows[regions.row(item)].bounds)
     ]
-    initial, scores = _run(model, x, target, baselines, regions, pairs, batch_size)
-    items = torch.tensor([i for i, _ in pairs], device=x.device)
-    features = torch.tensor([f for _, f in pairs], device=x.device)
-    drops = torch.zeros((b, longest), dtype=scores.dtype, device=x.device)
-    drops[items, features] = initial[items] - scores
-    out = torch.stack([drops[i][regions.rows[regions.row(i)].inverse] for i in range(b)])
-    return out.view(b, mask.shape[1], *x.shape[2:]).expand(x.shape).clone()
+    fill = baseline_fill(baselines, x, "Ablation")
+    initial, scores = perturbed_scores(
+        model, x, target, regions, pairs, batch_size, fill, who="Ablation", kind=kind
+    )
+    items = torch.tensor([i for i, _ in pairs], device=x.device, dtype=torch.long)
+    return regions.feature_map(x, pairs, initial[items] - scores)
 
 
 # -- regions ---------------------------------------------------------------------------
@@ -176,29 +183,33 @@ class _Windows:
 
 
 @dataclass
-class _Row:
-    """The features of one row of a feature mask: the element positions of feature
-    ``f`` are ``spatial[a:b]`` (and ``channels[a:b]`` when features differ per channel)
-    for ``(a, b) = bounds[f]``; ``inverse`` maps each element to its feature."""
+class FeatureRow:
+    """The features of one row of a feature mask: ``ids`` in increasing order; the
+    element positions of feature ``f`` (the ``f``-th id) are ``spatial[a:b]`` (and
+    ``channels[a:b]`` when features differ per channel) for ``(a, b) = bounds[f]``;
+    ``inverse`` maps each element to its feature."""
 
+    ids: list[int]
     spatial: torch.Tensor
     channels: torch.Tensor | None
     bounds: list[tuple[int, int]]
     inverse: torch.Tensor
 
 
-class _Features:
-    """Feature ablation's regions: element positions per feature and mask row, found
-    once by sorting the mask (the positions of all features together take one long per
-    element of a row)."""
+class FeatureRegions:
+    """The regions of a feature mask ``(B or 1, C or 1, *spatial)``: element positions
+    per feature and mask row, found once by sorting the mask (the positions of all
+    features together take one long per element of a row). A region index is a
+    feature's place in its row's ``ids``."""
 
     def __init__(self, mask: torch.Tensor) -> None:
         self.shared = mask.shape[0] == 1
+        self.channels = mask.shape[1]
         per_channel = mask.shape[1] > 1
         elements = math.prod(mask.shape[2:])
-        self.rows = []
+        self.rows: list[FeatureRow] = []
         for row in mask:
-            _, inverse, counts = torch.unique(
+            ids, inverse, counts = torch.unique(
                 row.reshape(-1), return_inverse=True, return_counts=True
             )
             order = torch.argsort(inverse, stable=True)
@@ -208,9 +219,10 @@ class _Features:
                 spatial, channels = order % elements, order // elements
             else:
                 spatial, channels = order, None
-            self.rows.append(_Row(spatial, channels, bounds, inverse))
+            self.rows.append(FeatureRow(ids.tolist(), spatial, channels, bounds, inverse))
 
     def row(self, item: int) -> int:
+        """The mask row of batch item ``item``."""
         return 0 if self.shared else item
 
     def write(self, slot: torch.Tensor, source: torch.Tensor | float, item: int, r: int) -> None:
@@ -229,8 +241,37 @@ class _Features:
             value = source if isinstance(source, float) else _plane(source)[channels, spatial]
             dst.index_put_((channels, spatial), torch.as_tensor(value, dtype=dst.dtype))
 
+    def feature_map(
+        self, x: torch.Tensor, pairs: Sequence[tuple[int, int]], drops: torch.Tensor
+    ) -> torch.Tensor:
+        """The ``(B, C, *spatial)`` map in which every element of item ``i`` gets the
+        drop of the pair ``(i, its feature)``, zero where no pair names the feature."""
+        b = x.shape[0]
+        longest = max(len(row.bounds) for row in self.rows)
+        table = torch.zeros((b, longest), dtype=drops.dtype, device=x.device)
+        if pairs:
+            items = torch.tensor([i for i, _ in pairs], device=x.device)
+            features = torch.tensor([f for _, f in pairs], device=x.device)
+            table[items, features] = drops
+        out = torch.stack([table[i][self.rows[self.row(i)].inverse] for i in range(b)])
+        return out.view(b, self.channels, *x.shape[2:]).expand(x.shape).clone()
 
-Regions = _Windows | _Features
+
+Regions = _Windows | FeatureRegions
+
+Fill = Callable[[int, int], torch.Tensor | float]
+"""``(item, region) ->`` what region ``region`` of item ``item`` is set to in its
+perturbed input: a number, or a tensor shaped like an item whose region is copied (a
+baseline item, or another item of the batch)."""
+
+
+def baseline_fill(baselines: Baseline, x: torch.Tensor, who: str) -> Fill:
+    """The :data:`Fill` that sets every region to the baseline (ablation, occlusion)."""
+    base = _baseline(baselines, x, who)
+    if isinstance(base, float):
+        return lambda item, region: base
+    per_item = base.shape[0] > 1
+    return lambda item, region: base[item if per_item else 0]
 
 
 # -- the passes ------------------------------------------------------------------------
@@ -245,21 +286,16 @@ class _Buffer:
 
     Slot ``k`` remembers the (item, region) it holds. A new pair goes preferably to a
     slot that holds the same item: only the old region is restored from the original
-    and the new one written with the baseline; other slots get a copy of the item first.
+    and the new one written from its fill; other slots get a copy of the item first.
     The tensor grows when a larger pass is asked for and changes layout when the
     planner asks for channels-last.
     """
 
-    def __init__(self, x: torch.Tensor, base: torch.Tensor | float, regions: Regions) -> None:
-        self.x, self.base, self.regions = x, base, regions
+    def __init__(self, x: torch.Tensor, fill: Fill, regions: Regions) -> None:
+        self.x, self.fill, self.regions = x, fill, regions
         self.data: torch.Tensor | None = None
         self.held: list[tuple[int, int] | None] = []
         self.allocations = 0
-
-    def _baseline(self, item: int) -> torch.Tensor | float:
-        if isinstance(self.base, float):
-            return self.base
-        return self.base[item if self.base.shape[0] > 1 else 0]
 
     def _ready(self, n: int, layout: torch.memory_format) -> torch.Tensor:
         data = self.data
@@ -327,92 +363,113 @@ class _Buffer:
             elif held[1] != UNPERTURBED:
                 self.regions.write(slot, self.x[item], item, held[1])
             if region != UNPERTURBED:
-                self.regions.write(slot, self._baseline(item), item, region)
+                self.regions.write(slot, self.fill(item, region), item, region)
             self.held[k] = (item, region)
         return data[:n], slots
 
 
-def _run(
+def perturbed_scores(
     model: Model,
     x: torch.Tensor,
     target: Target,
-    baselines: Baseline,
     regions: Regions,
     pairs: list[tuple[int, int]],
     batch_size: int,
+    fill: Fill,
+    *,
+    who: str,
+    kind: object = "forward",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target scores of the inputs ``(B,)`` and of every perturbed pair."""
+    """The target scores ``(B,)`` of the inputs ``x`` (contiguous, see
+    :func:`check_inputs`) and ``(len(pairs),)`` of every perturbed ``(item, region)``
+    pair, whose region is set to ``fill(item, region)``.
+
+    The passes are built in one reused buffer (:class:`_Buffer`), the inputs themselves
+    ride in the first one, only the target scores are kept, and the passes run through
+    :func:`~esegeta_core.runtime.passes.method_passes` with ``kind`` (planned under
+    ``explain(auto_batch=True)``, else ``batch_size`` inputs each). ``who`` names the
+    method in errors.
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidParamsError(
-            f"Ablation: batch_size must be an integer >= 1, got {batch_size!r}."
-        )
+        raise InvalidParamsError(f"{who}: batch_size must be an integer >= 1, got {batch_size!r}.")
     b = x.shape[0]
-    targets = _targets(target, b, x.device)
-    base = _baseline(baselines, x)
-    buffer = _Buffer(x, base, regions)
+    targets = _targets(target, b, x.device, who)
+    buffer = _Buffer(x, fill, regions)
 
     def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
         batch, slots = buffer.build(pairs[start:stop], channels_last)
         held = [pair[0] for pair in buffer.held[: len(slots)] if pair is not None]
         items = torch.tensor(held, device=x.device)
         picked = targets[items] if targets is not None else None
-        scores = _select(model(batch), picked, len(slots))
+        scores = _scores(model, batch, picked, len(slots), who)
         return scores[torch.tensor(slots, device=scores.device)]
 
     # the inputs themselves ride in the first pass, as region UNPERTURBED
     pairs = [(item, UNPERTURBED) for item in range(b)] + pairs
     with torch.no_grad():
-        scores = method_passes(len(pairs), chunk, batch_size, x[:1], kind="forward")
+        scores = method_passes(len(pairs), chunk, batch_size, x[:1], kind=kind)
     return scores[:b], scores[b:]
 
 
-def _select(out: object, targets: torch.Tensor | None, n: int) -> torch.Tensor:
+def _scores(
+    model: Model, batch: torch.Tensor, targets: torch.Tensor | None, n: int, who: str
+) -> torch.Tensor:
+    """The ``(n,)`` target scores of a pass: through the model's ``target_scores`` when
+    it has one (esegeta's score wrapper reduces only the targets' classes of a
+    segmentation output), else picked from its whole output."""
+    fast = getattr(model, "target_scores", None)
+    if targets is not None and callable(fast):
+        return _select(fast(batch, targets).unsqueeze(1), None, n, who)
+    return _select(model(batch), targets, n, who)
+
+
+def _select(out: object, targets: torch.Tensor | None, n: int, who: str) -> torch.Tensor:
     """The ``(n,)`` target scores in a model's output."""
     if not isinstance(out, torch.Tensor) or out.shape[:1] != (n,):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InvalidModelError(
-            f"Ablation: the model returned {shape} for {n} inputs; scores shaped (N, "
+            f"{who}: the model returned {shape} for {n} inputs; scores shaped (N, "
             "classes) are needed (or (N,) without a target)."
         )
     if targets is None:
         if out.numel() != n:
             raise InvalidTargetError(
-                f"Ablation: the model returns {tuple(out.shape)} scores; give a target class."
+                f"{who}: the model returns {tuple(out.shape)} scores; give a target class."
             )
         return out.reshape(n)
     if out.ndim != 2:
         raise InvalidModelError(
-            f"Ablation: with a target the model must return (N, classes) scores, got "
+            f"{who}: with a target the model must return (N, classes) scores, got "
             f"{tuple(out.shape)}."
         )
     return out.gather(1, targets.unsqueeze(1)).squeeze(1)
 
 
-def _targets(target: Target, b: int, device: torch.device) -> torch.Tensor | None:
+def _targets(target: Target, b: int, device: torch.device, who: str) -> torch.Tensor | None:
     """``(B,)`` class indices, or ``None``."""
     if target is None:
         return None
     if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)):
         raise InvalidTargetError(
-            f"Ablation: target must be an int, a (B,) tensor of classes or None, got "
+            f"{who}: target must be an int, a (B,) tensor of classes or None, got "
             f"{type(target).__name__}."
         )
     t = torch.as_tensor(target, device=device)
     if t.is_floating_point() or t.is_complex() or not (t.numel() == 1 or t.shape == (b,)):
         raise InvalidTargetError(
-            f"Ablation: target must hold one class or one per item ({b}), got shape "
+            f"{who}: target must hold one class or one per item ({b}), got shape "
             f"{tuple(t.shape)} of {t.dtype}."
         )
     return t.reshape(-1).expand(b).long()
 
 
-def _baseline(baselines: Baseline, x: torch.Tensor) -> torch.Tensor | float:
+def _baseline(baselines: Baseline, x: torch.Tensor, who: str) -> torch.Tensor | float:
     """A number, or the baseline items ``(B or 1, C, *spatial)`` in the inputs' dtype."""
     if baselines is None:
         return 0.0
     if isinstance(baselines, bool) or not isinstance(baselines, (int, float, torch.Tensor)):
         raise InvalidParamsError(
-            f"Ablation: baselines must be a number or a tensor, got {type(baselines).__name__}."
+            f"{who}: baselines must be a number or a tensor, got {type(baselines).__name__}."
         )
     if not isinstance(baselines, torch.Tensor):
         return float(baselines)
@@ -422,17 +479,18 @@ def _baseline(baselines: Baseline, x: torch.Tensor) -> torch.Tensor | float:
         base = torch.broadcast_to(baselines.to(device=x.device, dtype=x.dtype), shape)
     except RuntimeError as exc:
         raise InvalidParamsError(
-            f"Ablation: baselines {tuple(baselines.shape)} do not broadcast to the inputs "
+            f"{who}: baselines {tuple(baselines.shape)} do not broadcast to the inputs "
             f"{tuple(x.shape)}."
         ) from exc
     return base.contiguous()
 
 
-def _check_inputs(inputs: torch.Tensor) -> torch.Tensor:
-    """The inputs ``(B, C, ...)``, contiguous."""
+def check_inputs(inputs: torch.Tensor, who: str) -> torch.Tensor:
+    """The inputs ``(B, C, ...)``, detached and contiguous, or an
+    :class:`InvalidParamsError` naming ``who`` (the method)."""
     if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2 or inputs.shape[0] < 1:
         raise InvalidParamsError(
-            "Ablation: inputs must be one tensor shaped (B, C, *spatial) with B >= 1."
+            f"{who}: inputs must be one tensor shaped (B, C, *spatial) with B >= 1."
         )
     return inputs.detach().contiguous()
 
@@ -486,7 +544,7 @@ def _players(row: torch.Tensor) -> _Players:
     return _Players(inverse, count)
 
 
-def _feature_mask(feature_mask: torch.Tensor, x: torch.Tensor, who: str) -> torch.Tensor:
+def check_feature_mask(feature_mask: torch.Tensor, x: torch.Tensor, who: str) -> torch.Tensor:
     """The feature mask as long ids ``(B or 1, C or 1, *spatial)`` on the inputs' device,
     or an :class:`InvalidParamsError` naming ``who`` (the method)."""
     b, c = x.shape[:2]
@@ -555,12 +613,12 @@ def shapley_values(
     count for nothing, as in Captum. Every element gets its feature's value.
     ``batch_size``: see :func:`occlusion`.
     """
-    x = _check_inputs(inputs)
+    x = check_inputs(inputs, "Shapley values")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidParamsError(
             f"Shapley values: batch_size must be an integer >= 1, got {batch_size!r}."
         )
-    mask = _feature_mask(feature_mask, x, "Shapley values")
+    mask = check_feature_mask(feature_mask, x, "Shapley values")
     b, device = x.shape[0], x.device
     rows = [_players(row) for row in mask]
     counts = [rows[0 if len(rows) == 1 else i].count for i in range(b)]
@@ -574,8 +632,8 @@ def shapley_values(
     offsets = [0]
     for p in passes:
         offsets.append(offsets[-1] + p)
-    targets = _targets(target, b, device)
-    base = _baseline(baselines, x)
+    targets = _targets(target, b, device, "Shapley values")
+    base = _baseline(baselines, x, "Shapley values")
     fill = torch.tensor(base if isinstance(base, float) else 0.0, dtype=x.dtype, device=device)
     owner = torch.repeat_interleave(
         torch.arange(b, device=device), torch.tensor(passes, device=device)
@@ -606,7 +664,7 @@ def shapley_values(
                 torch.where(keep, x[item], other, out=data[pos - start : end - start])
             pos, item = end, item + 1
         picked = targets[owner[start:stop]] if targets is not None else None
-        return _select(model(data[: stop - start]), picked, stop - start)
+        return _select(model(data[: stop - start]), picked, stop - start, "Shapley values")
 
     work = offsets[-1]
     with torch.no_grad():

@@ -128,7 +128,8 @@ def plan_batches(
 
     Unset ``pass_params`` get every input that fits as an input copy (a quarter of the
     memory budget), at most :data:`MAX_PASS_INPUTS`: the planner splits them into passes
-    of at most the cap, the batch whose activations fit (:func:`auto_batch_params`).
+    of at most the cap, the batch whose activations fit (:func:`auto_batch_params`);
+    a method with ``own_passes`` plans its passes within the same cap.
     Other batch parameters get that batch."""
     reads_layer = bool(cls.Params.layer_fields()) and not cls.own_passes
     passes = [p for p in cls.pass_params if p not in params.model_fields_set and not reads_layer]
@@ -136,8 +137,9 @@ def plan_batches(
     if not passes:
         return sized, None
     cap = max(1, int(getattr(sized, passes[0])))
-    if cls.own_passes:  # it builds each pass itself: a pass's worth is enough at once
-        return sized, cap
+    # methods that build their passes themselves get the same held count as the
+    # others: some draw their samples per block of it (RISE's masks), so a block sized
+    # by activation memory would make their maps depend on the machine
     item = max(1, x[:1].numel() * x.element_size())
     budget = available_memory(x.device)
     inputs = max(1, min(MAX_PASS_INPUTS, budget // (4 * item)))

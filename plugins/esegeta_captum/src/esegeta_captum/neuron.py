@@ -9,6 +9,11 @@ measures the neuron's share of the target class's score.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+from torch import nn
+
 from esegeta_captum.base import CaptumMethod, DeepLiftMethod, GuidedMethod, P
 from esegeta_captum.params.neuron import (
     NeuronConductanceParams,
@@ -21,7 +26,12 @@ from esegeta_captum.params.neuron import (
     NeuronGuidedBackpropParams,
     NeuronIntegratedGradientsParams,
 )
-from esegeta_captum.primary import PerturbationMethod
+from esegeta_captum.params.pieces import NeuronParams
+from esegeta_captum.primary import PerturbationMethod, engine_mask
+from esegeta_captum.shapes import full_neuron_index, module_shape
+from esegeta_core.errors import InvalidParamsError
+from esegeta_core.runtime.ablation import feature_ablation
+from esegeta_core.toolkit import Call, layer_output
 
 
 class NeuronMethod(CaptumMethod[P]):
@@ -135,12 +145,95 @@ class NeuronDeconvolution(
     paper = "https://arxiv.org/abs/1311.2901"
 
 
+class _LastCallReachedError(Exception):
+    """Stops a forward pass once the layer has run for the last time."""
+
+
+class NeuronValue:
+    """One neuron's value per input, as Captum's ``NeuronFeatureAblation`` reads it: the
+    layer's output (the first tensor of a tuple) at the layer's last call in the
+    forward pass, indexed by ``selector`` completed to the output's shape
+    (:func:`~esegeta_captum.shapes.full_neuron_index`), with the rest of the forward
+    pass skipped.
+
+    The first batch it gets shows how often the layer runs in one forward pass and the
+    layer's output shape: its first item runs through the whole model, the other items
+    only up to the layer's last call, as every later batch (:func:`layer_output` when
+    the layer runs once, the usual case). No separate probe pass."""
+
+    def __init__(
+        self, model: nn.Module, layer: nn.Module, selector: tuple[int, ...], method: str
+    ) -> None:
+        self.model, self.layer, self.selector, self.method = model, layer, selector, method
+        self.calls: int | None = None
+        """How often the layer runs in one forward pass (None: not seen yet)."""
+        self.index: tuple[int, ...] | None = None
+
+    def _pick(self, output: object) -> torch.Tensor:
+        """The neuron's values ``(N,)`` in a layer output, the index completed from the
+        first output seen."""
+        value = output[0] if isinstance(output, (tuple, list)) and output else output
+        if not isinstance(value, torch.Tensor):
+            raise InvalidParamsError(
+                f"Method {self.method!r}: the layer returns {type(value).__name__}, not a "
+                "tensor; pick a layer that outputs a feature map."
+            )
+        if self.index is None:
+            self.index = full_neuron_index(self.selector, tuple(value.shape[1:]), self.method)
+        return value[(slice(None), *self.index)].clone()
+
+    def _run(self, x: torch.Tensor, stop: int | None) -> torch.Tensor:
+        """The neuron's values at the layer's last call: the forward pass stops after
+        call ``stop``, or runs whole (``None``), counting the calls."""
+        seen: list[torch.Tensor] = []
+
+        def hook(_m: nn.Module, _args: tuple[object, ...], output: object) -> None:
+            seen.append(self._pick(output))
+            if len(seen) == stop:
+                raise _LastCallReachedError
+
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            self.model(x)
+        except _LastCallReachedError:
+            pass
+        finally:
+            handle.remove()
+        if not seen:
+            raise InvalidParamsError(
+                f"Method {self.method!r}: the layer is not used in the model's forward pass."
+            )
+        if stop is None:
+            self.calls = len(seen)
+        return seen[-1]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calls is None:  # the first item shows the calls and the output shape
+            first = self._run(x[:1], None)
+            return first if x.shape[0] == 1 else torch.cat([first, self(x[1:])])
+        if self.calls > 1:
+            return self._run(x, self.calls)
+        output = layer_output(self.model, self.layer, x, method=self.method, first_of_tuple=True)
+        return self._pick(output)
+
+
+def _int_tuple(selector: object) -> bool:
+    """Whether ``selector`` is a non-empty tuple of ints (no slices, no callable)."""
+    return (
+        isinstance(selector, tuple)
+        and len(selector) > 0
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in selector)
+    )
+
+
 class NeuronFeatureAblation(
     NeuronMethod[NeuronFeatureAblationParams], PerturbationMethod[NeuronFeatureAblationParams]
 ):
     """Change of one neuron's value when input features are ablated (target ignored).
 
-    Feature ablation (Zeiler and Fergus 2014) applied to a neuron.
+    Feature ablation (Zeiler and Fergus 2014) applied to a neuron. The core's ablation
+    engine runs it with the neuron's value as the model (:class:`NeuronValue`): each
+    perturbed input runs only up to the layer, not through the whole model.
     """
 
     name = "captum.neuron_feature_ablation"
@@ -148,6 +241,60 @@ class NeuronFeatureAblation(
     family = "neuron"
     cost = "high"
     paper = "https://arxiv.org/abs/1311.2901"
+    own_passes = True
+
+    def call_kwargs(self, call: Call, params: NeuronFeatureAblationParams) -> dict[str, Any]:
+        """The neuron as given: its index is completed where the layer's output is first
+        seen (the engine's first pass, or a probe pass before Captum), not in a probe
+        pass of its own. On the layer's input, as before (Captum's only)."""
+        if params.attribute_to_neuron_input:
+            return super().call_kwargs(call, params)
+        # every argument but the neuron's, from the pieces after NeuronParams
+        kwargs = super(NeuronParams, params).call_kwargs(call)
+        kwargs["neuron_selector"] = params.neuron_selector
+        kwargs["attribute_to_neuron_input"] = False
+        return kwargs
+
+    def run(
+        self,
+        algorithm: Any,
+        inputs: torch.Tensor,
+        kwargs: dict[str, Any],
+        params: NeuronFeatureAblationParams,
+    ) -> Any:
+        """The core's ablation engine on the neuron's value when it reproduces the call
+        (a tuple of ints as selector, on the layer's output, a feature mask and baseline
+        the engine takes), else Captum (a tuple of ints completed first)."""
+        selector = kwargs.get("neuron_selector")
+        on_output = kwargs.get("attribute_to_neuron_input", False) is False
+        layer = getattr(algorithm, "layer", None)
+        found = None
+        if (
+            _int_tuple(selector)
+            and on_output
+            and isinstance(layer, nn.Module)
+            and getattr(algorithm, "device_ids", None) is None
+        ):
+            rest = {k: v for k, v in kwargs.items() if k != "attribute_to_neuron_input"}
+            found = engine_mask(
+                algorithm, inputs, rest, frozenset({"feature_mask", "neuron_selector"})
+            )
+        if found is None:
+            if _int_tuple(selector) and on_output and isinstance(layer, nn.Module):
+                shape = module_shape(algorithm.forward_func, layer, inputs, False, self.name)
+                selector = full_neuron_index(selector, shape, self.name)
+                kwargs = {**kwargs, "neuron_selector": selector}
+            return algorithm.attribute(inputs, **kwargs)
+        batch, mask = found
+        return feature_ablation(
+            NeuronValue(algorithm.forward_func, layer, selector, self.name),
+            inputs,
+            None,
+            feature_mask=mask,
+            baselines=kwargs.get("baselines"),
+            batch_size=batch,
+            kind=("neuron", id(layer)),
+        )
 
 
 NEURON: list[type[CaptumMethod]] = [

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import torch
 
-from esegeta_captum.base import CaptumMethod, DeepLiftMethod, GuidedMethod, LRPMethod
+from esegeta_captum.base import (
+    CaptumMethod,
+    DeepLiftMethod,
+    GuidedMethod,
+    LRPMethod,
+    captum_class,
+)
 from esegeta_captum.params.pieces import BatchParams, FeatureMaskParams
 from esegeta_captum.params.primary import (
     MAX_EXACT_FEATURES,
@@ -33,6 +41,13 @@ from esegeta_captum.params.primary import (
 from esegeta_captum.shapes import window_sizes
 from esegeta_core.explainer import Workload
 from esegeta_core.runtime.ablation import feature_ablation, occlusion, shapley_values
+from esegeta_core.runtime.coalitions import (
+    RandomModelError,
+    coalition_scores,
+    feature_values,
+    shapley_value_sampling,
+)
+from esegeta_core.runtime.permutation import feature_permutation
 
 B = TypeVar("B", bound=BatchParams)
 """The parameter model of a perturbation method (it sets ``perturbations_per_eval``)."""
@@ -301,17 +316,71 @@ class FeatureAblation(PerturbationMethod[FeatureAblationParams]):
         return masked_engine(feature_ablation, algorithm, inputs, kwargs)
 
 
+def engine_mask(
+    algorithm: Any, inputs: Any, kwargs: dict[str, Any], own: frozenset[str]
+) -> tuple[int, torch.Tensor] | None:
+    """Inputs per pass and the feature mask for a core engine that takes a feature mask
+    (:func:`engine_batch` with ``own``, which holds ``"feature_mask"``), when it covers
+    the call: a mask tensor with the inputs' dimensions, broadcastable item-, channel-
+    and element-wise. ``None``: leave the call to Captum."""
+    batch = engine_batch(algorithm, inputs, kwargs, own)
+    mask = kwargs.get("feature_mask")
+    if (
+        batch is None
+        or not isinstance(mask, torch.Tensor)
+        or mask.ndim != inputs.ndim
+        or mask.shape[0] not in (1, inputs.shape[0])
+        or mask.shape[1] not in (1, inputs.shape[1])
+        or any(m not in (1, n) for m, n in zip(mask.shape[2:], inputs.shape[2:], strict=True))
+    ):
+        return None
+    return batch, mask
+
+
 class FeaturePermutation(PerturbationMethod[FeaturePermutationParams]):
     """Permutation importance: score change when a feature is shuffled across the batch.
 
     Breiman 2001 / Fisher et al. 2019; needs a batch of more than one item (with one
-    item every attribution is zero).
+    item every attribution is zero). The core's permutation engine
+    (:mod:`esegeta_core.runtime.permutation`) computes Captum's maps with Captum's own
+    random draws.
     """
 
     name = "captum.feature_permutation"
     captum_class = "FeaturePermutation"
     deterministic = False
     paper = "https://arxiv.org/abs/1801.01489"
+    own_passes = True
+
+    def run(
+        self,
+        algorithm: Any,
+        inputs: torch.Tensor,
+        kwargs: dict[str, Any],
+        params: FeaturePermutationParams,
+    ) -> Any:
+        """The core's permutation engine (the same maps and draws as Captum, without a
+        copy of the batch and two full-size mask blends per feature, and no pass for an
+        item its permutation leaves in place), or Captum for a call the engine does not
+        cover: another ``perm_func``, a batch of one item, a mask or argument the engine
+        does not take."""
+        found = engine_mask(algorithm, inputs, kwargs, frozenset({"feature_mask"}))
+        default = inspect.signature(type(algorithm).__init__).parameters.get("perm_func")
+        if (
+            found is None
+            or inputs.shape[0] < 2
+            or default is None
+            or getattr(algorithm, "perm_func", None) is not default.default
+        ):
+            return algorithm.attribute(inputs, **kwargs)
+        batch, mask = found
+        return feature_permutation(
+            algorithm.forward_func,
+            inputs,
+            kwargs.get("target"),
+            feature_mask=mask,
+            batch_size=batch,
+        )
 
     def core_workload(
         self,
@@ -384,19 +453,245 @@ class Occlusion(PerturbationMethod[OcclusionParams]):
         )
 
 
+SAMPLING_KWARGS = frozenset({"feature_mask", "n_samples"})
+"""The sampling methods' own ``attribute`` arguments the coalition engine takes."""
+
+
+def sampling_batch(algorithm: Any, inputs: Any, kwargs: dict[str, Any], captum: str) -> int | None:
+    """Captum's ``perturbations_per_eval`` for the core's coalition engine
+    (:mod:`esegeta_core.runtime.coalitions`) when it reproduces this call of Captum's
+    ``captum`` class exactly: :func:`engine_batch`'s conditions with ``feature_mask``
+    and ``n_samples``, the class itself (not a subclass or a wrapper), an integer mask
+    tensor with the inputs' dimensions broadcastable item-, channel- and element-wise,
+    ``n_samples >= 1``, a number or an input-shaped tensor (one item or one per item,
+    the inputs' dtype and device) as baseline, a target tensor of at least one dimension
+    on the inputs' device, finite inputs and baselines (Captum's blends turn an infinite
+    value times zero into NaN). ``None``: leave the call to Captum."""
+    if type(algorithm) is not captum_class(captum):
+        return None
+    if engine_batch(algorithm, inputs, kwargs, SAMPLING_KWARGS) is None:
+        return None
+    mask, n = kwargs.get("feature_mask"), kwargs.get("n_samples")
+    if (
+        not isinstance(mask, torch.Tensor)
+        or mask.is_floating_point()
+        or mask.is_complex()
+        or mask.dtype == torch.bool
+        or mask.ndim != inputs.ndim
+        or mask.shape[0] not in (1, inputs.shape[0])
+        or mask.shape[1] not in (1, inputs.shape[1])
+        or any(m not in (1, s) for m, s in zip(mask.shape[2:], inputs.shape[2:], strict=True))
+        or isinstance(n, bool)
+        or not isinstance(n, int)
+        or n < 1
+    ):
+        return None
+    base, target = kwargs.get("baselines"), kwargs.get("target")
+    if isinstance(base, torch.Tensor) and (
+        base.ndim != inputs.ndim
+        or base.shape[0] not in (1, inputs.shape[0])
+        or base.shape[1:] != inputs.shape[1:]
+        or base.dtype != inputs.dtype
+        or base.device != inputs.device
+        or not bool(torch.isfinite(base).all())
+    ):
+        return None
+    if isinstance(base, float) and not math.isfinite(base):
+        return None
+    if isinstance(target, torch.Tensor) and (target.ndim == 0 or target.device != inputs.device):
+        return None
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        return None
+    return int(kwargs.get("perturbations_per_eval", 1))
+
+
+def engine_or_captum(
+    engine: Callable[[], torch.Tensor], algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any]
+) -> Any:
+    """``engine()``, or Captum's ``attribute`` from the same random state when the model
+    turns out to draw random numbers itself (its draws would interleave with the
+    method's differently than in Captum)."""
+    state = torch.get_rng_state()
+    try:
+        return engine()
+    except RandomModelError:
+        torch.set_rng_state(state)
+        return algorithm.attribute(inputs, **kwargs)
+
+
+def item_argument(value: Any, item: int, batch: int) -> Any:
+    """What Captum's Lime hands the surrogate of ``item`` (``_select_example``): a
+    tensor with one row per item is sliced to that item's row, anything else is
+    shared."""
+    if isinstance(value, torch.Tensor) and batch > 1 and len(value) == batch:
+        return value[item : item + 1]
+    return value
+
+
+def surrogate_maps(
+    algorithm: Any,
+    inputs: torch.Tensor,
+    kwargs: dict[str, Any],
+    per_eval: int,
+    extra: Callable[[int], dict[str, Any]],
+) -> torch.Tensor:
+    """Captum's Lime / KernelShap maps with Captum's own random draws, similarity and
+    surrogate, the model's inputs built and scored by the coalition engine.
+
+    As Captum's ``Lime._attribute_kwargs``: the mask's ids shifted to start at 0
+    (``construct_feature_mask``), then item by item (:func:`surrogate_fit`) with the
+    item's row of every per-item argument, and each element gets its feature's
+    coefficient. ``extra``: the sampling arguments the class adds for a feature count
+    (KernelShap's distribution of coalition sizes). Captum's unused forward pass over
+    the whole batch (a shape check when the batch has several items) is not run."""
+    from captum.attr._core.lime import construct_feature_mask
+
+    masks, count = construct_feature_mask(kwargs["feature_mask"], (inputs,))
+    mask, more = masks[0], extra(count)
+    batch = inputs.shape[0]
+    maps = []
+    for i in range(batch):
+        item = inputs if batch == 1 else inputs[i : i + 1]
+        item_mask = item_argument(mask, i, batch)
+        options = {
+            "baselines": item_argument(kwargs.get("baselines", 0), i, batch),
+            "feature_mask": item_mask,
+            "num_interp_features": count,
+            **more,
+        }
+        target = item_argument(kwargs.get("target"), i, batch)
+        coefs = surrogate_fit(algorithm, item, target, options, kwargs["n_samples"], per_eval)
+        maps.append(feature_values(coefs.reshape(1, -1), item_mask, item))
+    return torch.cat(maps)
+
+
+def surrogate_fit(
+    algorithm: Any,
+    item: torch.Tensor,
+    target: Any,
+    options: dict[str, Any],
+    n_samples: int,
+    per_eval: int,
+) -> torch.Tensor:
+    """One item's surrogate coefficients, as Captum's ``LimeBase.attribute``: the
+    algorithm's ``perturb_func`` draws the interpretable samples (a generator function
+    is started once per item), every sample's input is built in the coalition engine's
+    pass buffer and handed to ``similarity_func``, only its target score is kept, and
+    ``interpretable_model`` is fitted to exactly the dataset Captum builds (whose
+    loader draws once from torch's generator, before the next item's samples)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    stream = (
+        algorithm.perturb_func(item, **options)
+        if inspect.isgeneratorfunction(algorithm.perturb_func)
+        else None
+    )
+    samples: list[torch.Tensor] = []
+    for _ in range(n_samples):
+        try:
+            drawn = next(stream) if stream is not None else algorithm.perturb_func(item, **options)
+        except StopIteration:
+            warnings.warn("Generator completed prior to given n_samples iterations!", stacklevel=2)
+            break
+        samples.append(drawn)
+    similarities: list[torch.Tensor] = [torch.empty(0)] * len(samples)
+
+    def built(j: int, perturbed: torch.Tensor) -> None:
+        sim = algorithm.similarity_func(item, perturbed, samples[j], **options)
+        similarities[j] = (
+            sim.flatten()
+            if isinstance(sim, torch.Tensor)
+            else torch.tensor([sim], device=item.device)
+        )
+
+    coalitions = torch.cat(samples)
+    scores = coalition_scores(
+        algorithm.forward_func,
+        item,
+        target,
+        feature_mask=options["feature_mask"],
+        coalitions=coalitions,
+        baselines=options["baselines"],
+        batch_size=per_eval,
+        built=built,
+    )
+    dataset = TensorDataset(coalitions.float(), scores.float(), torch.cat(similarities).float())
+    with torch.no_grad():
+        algorithm.interpretable_model.fit(DataLoader(dataset, batch_size=len(samples)))
+        return algorithm.interpretable_model.representation()
+
+
+def interpretable_default(algorithm: Any) -> bool:
+    """Whether a Lime-family algorithm samples in the interpretable space and builds
+    each input with Captum's ``default_from_interp_rep_transform`` (the blend the
+    coalition engine reproduces)."""
+    from captum.attr._core.lime import default_from_interp_rep_transform
+
+    return bool(algorithm.perturb_interpretable_space) and (
+        algorithm.from_interp_rep_transform is default_from_interp_rep_transform
+    )
+
+
+def kernel_shap_sizes(count: int) -> Any:
+    """KernelShap's distribution of coalition sizes, built as Captum's
+    ``KernelShap.attribute`` builds it (``num_select_distribution``)."""
+    from torch.distributions.categorical import Categorical
+
+    sizes = torch.arange(count, dtype=torch.float)
+    denom = sizes * (count - sizes)
+    probs = torch.tensor(count - 1) / denom
+    probs[0] = 0.0
+    return Categorical(probs)
+
+
 class ShapleyValueSampling(PerturbationMethod[ShapleyValueSamplingParams]):
     """Shapley values estimated from random feature permutations.
 
-    Castro et al. 2009; cost is n_samples x features forward passes (batched).
+    Castro et al. 2009; cost is n_samples x features forward passes (batched). The
+    core's coalition engine (:mod:`esegeta_core.runtime.coalitions`) computes Captum's
+    maps with Captum's own permutations, building each step's input in a reused pass
+    buffer and keeping only the target scores.
     """
 
     name = "captum.shapley_value_sampling"
     captum_class = "ShapleyValueSampling"
     deterministic = False
     paper = "https://doi.org/10.1016/j.cor.2008.04.004"
+    own_passes = True
 
     def per_feature(self, params: ShapleyValueSamplingParams) -> int:
         return params.n_samples
+
+    def run(
+        self,
+        algorithm: Any,
+        inputs: torch.Tensor,
+        kwargs: dict[str, Any],
+        params: ShapleyValueSamplingParams,
+    ) -> Any:
+        """The core's coalition engine (Captum's maps for the same seed, whatever the
+        pass size), or Captum for a call the engine does not cover
+        (:func:`sampling_batch`) or a model that draws random numbers."""
+        from captum.attr._core import shapley_value
+
+        per_eval = sampling_batch(algorithm, inputs, kwargs, "ShapleyValueSampling")
+        generator = getattr(shapley_value, "_perm_generator", None)
+        if per_eval is None or algorithm.permutation_generator is not generator:
+            return algorithm.attribute(inputs, **kwargs)
+        return engine_or_captum(
+            lambda: shapley_value_sampling(
+                algorithm.forward_func,
+                inputs,
+                kwargs.get("target"),
+                feature_mask=kwargs["feature_mask"],
+                n_samples=kwargs["n_samples"],
+                baselines=kwargs.get("baselines"),
+                batch_size=per_eval * inputs.shape[0],
+            ),
+            algorithm,
+            inputs,
+            kwargs,
+        )
 
 
 class ShapleyValues(PerturbationMethod[ShapleyValuesParams]):
@@ -453,6 +748,33 @@ class Lime(PerturbationMethod[LimeParams]):
     captum_class = "Lime"
     deterministic = False
     paper = "https://arxiv.org/abs/1602.04938"
+    own_passes = True
+
+    def run(
+        self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: LimeParams
+    ) -> Any:
+        """Captum's sampling, similarity and surrogate with the model's inputs built and
+        scored by the core's coalition engine (:func:`surrogate_maps`: the same maps for
+        the same seed, whatever the pass size), or Captum for a call the engine does not
+        cover (:func:`sampling_batch`, another sampling or similarity function) or a
+        model that draws random numbers."""
+        from captum.attr._core.lime import default_perturb_func
+
+        per_eval = sampling_batch(algorithm, inputs, kwargs, "Lime")
+        kernel = getattr(algorithm.similarity_func, "__qualname__", "")
+        if (
+            per_eval is None
+            or not interpretable_default(algorithm)
+            or algorithm.perturb_func is not default_perturb_func
+            or kernel != "get_exp_kernel_similarity_function.<locals>.default_exp_kernel"
+        ):
+            return algorithm.attribute(inputs, **kwargs)
+        return engine_or_captum(
+            lambda: surrogate_maps(algorithm, inputs, kwargs, per_eval, lambda count: {}),
+            algorithm,
+            inputs,
+            kwargs,
+        )
 
     def core_workload(
         self, params: LimeParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
@@ -470,6 +792,40 @@ class KernelShap(PerturbationMethod[KernelShapParams]):
     captum_class = "KernelShap"
     deterministic = False
     paper = "https://arxiv.org/abs/1705.07874"
+    own_passes = True
+
+    def run(
+        self,
+        algorithm: Any,
+        inputs: torch.Tensor,
+        kwargs: dict[str, Any],
+        params: KernelShapParams,
+    ) -> Any:
+        """Captum's coalition draws, Shapley kernel and linear surrogate with the
+        model's inputs built and scored by the core's coalition engine
+        (:func:`surrogate_maps`: the same maps for the same seed, whatever the pass
+        size), or Captum for a call the engine does not cover (:func:`sampling_batch`)
+        or a model that draws random numbers."""
+        per_eval = sampling_batch(algorithm, inputs, kwargs, "KernelShap")
+        if (
+            per_eval is None
+            or not interpretable_default(algorithm)
+            or algorithm.perturb_func != algorithm.kernel_shap_perturb_generator
+            or algorithm.similarity_func != algorithm.kernel_shap_similarity_kernel
+        ):
+            return algorithm.attribute(inputs, **kwargs)
+        return engine_or_captum(
+            lambda: surrogate_maps(
+                algorithm,
+                inputs,
+                kwargs,
+                per_eval,
+                lambda count: {"num_select_distribution": kernel_shap_sizes(count)},
+            ),
+            algorithm,
+            inputs,
+            kwargs,
+        )
 
     def core_workload(
         self,

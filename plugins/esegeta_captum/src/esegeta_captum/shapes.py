@@ -41,14 +41,17 @@ def window_sizes(value: Size, shape: tuple[int, ...], what: str, method: str) ->
 def layer_shape(call: Call, module: nn.Module, use_input: bool) -> tuple[int, ...]:
     """The shape (without batch) of ``module``'s output (or first input; the first tensor
     of a tuple) on the call's first item; the rest of the forward pass is skipped."""
+    return module_shape(call.model, module, call.inputs, use_input, call.method)
+
+
+def module_shape(
+    model: nn.Module, module: nn.Module, inputs: torch.Tensor, use_input: bool, method: str
+) -> tuple[int, ...]:
+    """:func:`layer_shape` for ``model`` on ``inputs`` (one pass of the first item, up to
+    ``module``)."""
     with torch.no_grad():
         value = layer_output(
-            call.model,
-            module,
-            call.inputs[:1],
-            method=call.method,
-            inputs=use_input,
-            first_of_tuple=True,
+            model, module, inputs[:1], method=method, inputs=use_input, first_of_tuple=True
         )
     return tuple(value.shape[1:])
 

@@ -2,16 +2,25 @@
 
 Random binary grids of ``cells`` cells per side are up-sampled (bilinear in 2D,
 trilinear in 3D) with one cell of reflection padding and cropped at a random shift
-of less than a cell, as in the paper and TorchRay; masks are made on the model's
-device, ``batch_size`` at a time, from a generator seeded with ``mask_seed`` (or torch's
-default generator, so ``explain(seed=...)`` is reproducible). Each item's saliency is
-``sum_m P(target | x * m) * m / (N * p)``; only the target's score is accumulated.
+of less than a cell, as in the paper and TorchRay. Each item's saliency is
+``sum_m P(target | x * m) * m / (N * p)``.
+
+The masks are drawn ``batch_size`` at a time (a block: its low-resolution grids and
+shifts, from a generator seeded with ``mask_seed``, or torch's default generator so
+``explain(seed=...)`` is reproducible); the masked inputs are never made for a whole
+block. Each forward pass up-samples only its own masks on the model's device and writes
+``x * m`` into one reused buffer (:class:`PassBuffer`), and only the target's score is
+kept. The passes go through the core's pass planner
+(:func:`~esegeta_core.runtime.passes.method_passes`): at most ``batch_size`` per pass,
+or the measured fastest size and layout under ``explain(auto_batch=True)``. Memory
+grows with the pass, not with the block.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +30,71 @@ from esegeta_cnnvis.params import RiseParams
 from esegeta_core import Explainer, InvalidParamsError
 from esegeta_core.explainer import Workload
 from esegeta_core.feature_masks import as_size
+from esegeta_core.runtime.passes import memory_format, method_passes
+from esegeta_core.toolkit import gather_target
+
+MaskRange = Callable[[int, int], torch.Tensor]
+"""``(start, stop) -> (stop - start, 1, *spatial)`` masks ``start .. stop - 1`` of a
+block."""
+
+
+@dataclass(frozen=True)
+class MaskGrids:
+    """A block of RISE masks as drawn: padded low-resolution grids ``(count, *cells + 2)``
+    and, per spatial dimension, each mask's rows of the interpolation matrix
+    ``(count, size, cells + 2)`` (the crop at its random shift). :meth:`masks` up-samples
+    any range of them, so a pass makes only its own masks."""
+
+    padded: torch.Tensor
+    rows: tuple[torch.Tensor, ...]
+
+    def masks(self, start: int, stop: int) -> torch.Tensor:
+        """``(stop - start, 1, *spatial)`` masks in [0, 1]: the separable product of the
+        grids with their rows, one dimension at a time."""
+        masks = self.padded[start:stop]
+        count = masks.shape[0]
+        for d in reversed(range(len(self.rows))):
+            rows = self.rows[d][start:stop]
+            moved = masks.movedim(1 + d, -1)
+            shape = moved.shape
+            flat = torch.bmm(moved.reshape(count, -1, shape[-1]), rows.transpose(1, 2))
+            masks = flat.reshape(*shape[:-1], rows.shape[1]).movedim(-1, 1 + d)
+        return masks.unsqueeze(1).contiguous()
+
+
+def draw_grids(
+    count: int,
+    cells: tuple[int, ...],
+    spatial: tuple[int, ...],
+    p: float,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> MaskGrids:
+    """Draw ``count`` masks: the binary grids (a cell is on with probability ``p``),
+    then one random shift per mask and dimension, in this order from ``generator``.
+
+    The (bi/tri)linear up-sampling of each padded grid, cropped at its shift, is a
+    product with the rows of each dimension's interpolation matrix (PyTorch's own
+    weights, read off an identity): the same masks as ``F.interpolate`` then a crop,
+    without up-sampling the margins that the crop drops (7x faster for 256 masks at
+    48^3)."""
+    rank = len(spatial)
+    cell = [math.ceil(s / c) for s, c in zip(spatial, cells, strict=True)]
+    grid = (torch.rand((count, 1, *cells), generator=generator, device=device) < p).to(dtype)
+    mode = "reflect" if min(cells) > 1 else "replicate"
+    padded = F.pad(grid, [1, 1] * rank, mode=mode)[:, 0]
+    rows = []
+    for n, c, k in zip(spatial, cell, cells, strict=True):
+        # (c * (k + 2), k + 2): output position -> weights of the padded cells
+        eye = torch.eye(k + 2, device=device, dtype=dtype).unsqueeze(1)
+        weights = F.interpolate(eye, size=c * (k + 2), mode="linear", align_corners=False)
+        # crop at one padding cell plus a random shift in [0, cell) per dimension
+        shift = torch.randint(0, c, (count,), generator=generator, device=device)
+        positions = c + shift.view(-1, 1) + torch.arange(n, device=device)
+        rows.append(weights[:, 0].T[positions])  # (count, n, k + 2)
+    return MaskGrids(padded, tuple(rows))
 
 
 def rise_masks(
@@ -33,42 +107,19 @@ def rise_masks(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """``(count, 1, *spatial)`` smooth random masks in [0, 1]; a cell is on with
-    probability ``p``.
-
-    The (bi/tri)linear up-sampling of each padded grid, cropped at its random shift, is
-    computed one dimension at a time as a product with the rows of that dimension's
-    interpolation matrix (PyTorch's own weights, read off an identity): the same masks
-    as ``F.interpolate`` then a crop, without up-sampling the margins that the crop
-    drops (7x faster for 256 masks at 48^3)."""
-    rank = len(spatial)
-    cell = [math.ceil(s / c) for s, c in zip(spatial, cells, strict=True)]
-    grid = (torch.rand((count, 1, *cells), generator=generator, device=device) < p).to(dtype)
-    mode = "reflect" if min(cells) > 1 else "replicate"
-    masks = F.pad(grid, [1, 1] * rank, mode=mode)[:, 0]
-    rows = []
-    for n, c, k in zip(spatial, cell, cells, strict=True):
-        # (c * (k + 2), k + 2): output position -> weights of the padded cells
-        eye = torch.eye(k + 2, device=device, dtype=dtype).unsqueeze(1)
-        weights = F.interpolate(eye, size=c * (k + 2), mode="linear", align_corners=False)
-        # crop at one padding cell plus a random shift in [0, cell) per dimension
-        shift = torch.randint(0, c, (count,), generator=generator, device=device)
-        positions = c + shift.view(-1, 1) + torch.arange(n, device=device)
-        rows.append(weights[:, 0].T[positions])  # (count, n, k + 2)
-    for d in reversed(range(rank)):
-        moved = masks.movedim(1 + d, -1)
-        shape = moved.shape
-        flat = torch.bmm(moved.reshape(count, -1, shape[-1]), rows[d].transpose(1, 2))
-        masks = flat.reshape(*shape[:-1], rows[d].shape[1]).movedim(-1, 1 + d)
-    return masks.unsqueeze(1).contiguous()
+    """``(count, 1, *spatial)`` smooth random masks in [0, 1] (see :func:`draw_grids`):
+    a whole block of them at once."""
+    grids = draw_grids(count, cells, spatial, p, generator=generator, device=device, dtype=dtype)
+    return grids.masks(0, count)
 
 
-def _score(out: torch.Tensor, target: int, how: str) -> torch.Tensor:
+def _score(out: torch.Tensor, targets: torch.Tensor, how: str) -> torch.Tensor:
+    """The ``(n,)`` float32 scores of each row's target (a copy, never a view of the
+    model's input)."""
     if how == "softmax":
-        return out.float().softmax(1)[:, target]
-    if how == "sigmoid":
-        return out[:, target].float().sigmoid()
-    return out[:, target].float()
+        return gather_target(out.float().softmax(1), targets)
+    picked = gather_target(out, targets).float()
+    return picked.sigmoid() if how == "sigmoid" else picked
 
 
 def _user_masks(masks: torch.Tensor, inputs: torch.Tensor, method: str) -> torch.Tensor:
@@ -80,6 +131,73 @@ def _user_masks(masks: torch.Tensor, inputs: torch.Tensor, method: str) -> torch
             f"got {tuple(masks.shape)}."
         )
     return m.to(device=inputs.device, dtype=inputs.dtype)
+
+
+def _slices(block: torch.Tensor) -> MaskRange:
+    """Ranges of a block of given masks."""
+    return lambda start, stop: block[start:stop]
+
+
+class PassBuffer:
+    """The inputs of one forward pass, in one tensor reused by every pass: it grows to
+    the largest pass asked for and is laid out channels-last when the planner asks."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.like = like
+        self.data: torch.Tensor | None = None
+
+    def take(self, n: int, channels_last: bool) -> torch.Tensor:
+        """The first ``n`` slots (their contents are whatever the last pass left)."""
+        layout = memory_format(channels_last, self.like.ndim)
+        data = self.data
+        if data is None or data.shape[0] < n or not data.is_contiguous(memory_format=layout):
+            size = n if data is None else max(n, data.shape[0])
+            self.data = data = None  # freed before the new one is made
+            data = torch.empty(
+                (size, *self.like.shape[1:]),
+                dtype=self.like.dtype,
+                device=self.like.device,
+                memory_format=layout,
+            )
+            self.data = data
+        return data[:n]
+
+
+def rise_block(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    masks: MaskRange,
+    count: int,
+    how: str,
+    buffer: PassBuffer,
+) -> tuple[torch.Tensor, int]:
+    """The ``(B, count)`` target scores of every item under each mask of a block, and
+    the most masks one pass held.
+
+    Input ``(item, mask)`` pairs are taken item by item, the block's masks in order, so
+    a pass of ``count`` is one item under all of them. A pass up-samples only its own
+    masks and writes the masked inputs into ``buffer``."""
+    b = inputs.shape[0]
+    most = 1
+
+    def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
+        nonlocal most
+        batch = buffer.take(stop - start, channels_last)
+        most = max(most, stop - start)
+        pair = start
+        while pair < stop:
+            item, first = divmod(pair, count)
+            last = min(count, first + stop - pair)
+            slots = batch[pair - start : pair - start + last - first]
+            torch.mul(inputs[item], masks(first, last), out=slots)
+            pair += last - first
+        items = torch.arange(start, stop, device=inputs.device) // count
+        return _score(model(batch), targets[items], how)
+
+    # at most one item's block per pass, as the block's single pass per item was
+    scores = method_passes(b * count, chunk, count, inputs[:1], kind="forward")
+    return scores.view(b, count), min(most, count)
 
 
 class Rise(Explainer[RiseParams]):
@@ -94,20 +212,21 @@ class Rise(Explainer[RiseParams]):
     paper = "https://arxiv.org/abs/1806.07421"
     deterministic = False
     batch_params = ("batch_size",)
-    # masked copies are scored without gradients: the core's pass planner runs them
+    # the masked inputs are made per pass, in a reused buffer (method_passes)
     pass_params = ("batch_size",)
+    own_passes = True
 
     def workload(
         self, params: RiseParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
-        """One pass per mask and item, ``batch_size`` masked copies of one item per pass
-        (the masks of a pass are made at the input's size, a few copies each)."""
+        """One pass per mask and item, at most ``batch_size`` masked inputs per pass; the
+        masks of a pass are made at the input's size, and once more to accumulate."""
         total = params.num_masks if params.masks is None else int(params.masks.shape[0])
         together = min(params.batch_size, total)
         return Workload(
             passes=total,
             inputs=together,
-            extra=4 * together * math.prod(shape[2:]) * 4,
+            extra=2 * together * math.prod(shape[2:]) * 4,
             counts=("num_masks",) if params.masks is None else ("masks",),
             fix="" if params.masks is None else "give fewer masks",
             batch=("batch_size",),
@@ -124,12 +243,14 @@ class Rise(Explainer[RiseParams]):
         if given is None and params.mask_seed is not None:
             generator = torch.Generator(device=inputs.device).manual_seed(params.mask_seed)
         saliency = torch.zeros(inputs.shape[0], math.prod(spatial), device=inputs.device)
-        targets = target.tolist()
+        targets = target.to(inputs.device).long()
+        buffer = PassBuffer(inputs)
         with torch.no_grad():
             for start in range(0, total, params.batch_size):
                 count = min(params.batch_size, total - start)
+                masks: MaskRange
                 if given is None:
-                    masks = rise_masks(
+                    masks = draw_grids(
                         count,
                         cells,
                         spatial,
@@ -137,13 +258,19 @@ class Rise(Explainer[RiseParams]):
                         generator=generator,
                         device=inputs.device,
                         dtype=inputs.dtype,
-                    )
+                    ).masks
                 else:
-                    masks = given[start : start + count]
-                flat = masks.reshape(count, -1).float()
-                for i, t in enumerate(targets):
-                    weights = _score(model(inputs[i : i + 1] * masks), t, params.scores)
-                    saliency[i] += weights @ flat
+                    masks = _slices(given[start : start + count])
+                scores, most = rise_block(
+                    model, inputs, targets, masks, count, params.scores, buffer
+                )
+                # the weighted sum, a pass's worth of masks at a time (the whole block
+                # when a pass held it)
+                for first in range(0, count, most):
+                    last = min(count, first + most)
+                    flat = masks(first, last).reshape(last - first, -1).float()
+                    for i in range(inputs.shape[0]):
+                        saliency[i] += scores[i, first:last] @ flat
         saliency /= total * params.p
         shape = (inputs.shape[0], 1, *spatial)
         return saliency.view(shape).to(inputs.dtype).expand(inputs.shape).contiguous()

@@ -1,7 +1,7 @@
 """``lime.lime``: LIME over superpixels (2D) and supervoxels (3D).
 
 One code path for both ranks: segment each item, sample LIME's on/off neighbourhood
-over the segments, score the perturbed copies in batches on the model's device, fit
+over the segments, score the perturbed copies pass by pass on the model's device, fit
 LIME's weighted linear surrogate (:mod:`esegeta_lime.surrogate`). The attribution is
 each pixel's/voxel's segment weight for the target class.
 """
@@ -52,8 +52,9 @@ class Lime(Explainer[LimeParams]):
     paper = "https://arxiv.org/abs/1602.04938"
     deterministic = False
     batch_params = ("batch_size",)
-    # perturbed samples are scored without gradients: the core's pass planner runs them
+    # the perturbed samples are made per pass, in a reused buffer (method_passes)
     pass_params = ("batch_size",)
+    own_passes = True
 
     def workload(
         self, params: LimeParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]

@@ -3,9 +3,15 @@
 This reproduces ``lime.lime_image.LimeImageExplainer`` step by step, but over segment
 ids of any spatial rank and with the perturbations made as tensors on the model's
 device: a random 0/1 matrix (first row all ones) switches segments on and off,
-switched-off segments take the "hidden" image's values, ``batch_size`` samples go
-through the model per forward pass, and ``lime.lime_base.LimeBase`` (LIME's own kernel,
-feature selection and weighted ridge fit) turns scores into segment weights.
+switched-off segments take the "hidden" image's values, and ``lime.lime_base.LimeBase``
+(LIME's own kernel, feature selection and weighted ridge fit) turns scores into segment
+weights.
+
+The perturbed samples are never made all at once: each forward pass writes its own
+samples into one reused buffer (:class:`PassBuffer`) and keeps only the target's score
+(the surrogate reads no other class). The passes go through the core's pass planner
+(:func:`~esegeta_core.runtime.passes.method_passes`): ``batch_size`` samples per pass,
+or the measured fastest size and layout under ``explain(auto_batch=True)``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from esegeta_core.runtime.passes import memory_format, method_passes
+from esegeta_core.toolkit import gather_target
 from esegeta_lime.params import LimeParams
 
 
@@ -47,26 +55,59 @@ def hidden_image(
     return (sums / counts)[:, ids].reshape(item.shape).to(item.dtype)
 
 
+class PassBuffer:
+    """The inputs of one forward pass, in one tensor reused by every pass: it grows to
+    the largest pass asked for and is laid out channels-last when the planner asks."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.like = like
+        self.data: torch.Tensor | None = None
+
+    def take(self, n: int, channels_last: bool) -> torch.Tensor:
+        """The first ``n`` slots (their contents are whatever the last pass left)."""
+        layout = memory_format(channels_last, self.like.ndim + 1)
+        data = self.data
+        if data is None or data.shape[0] < n or not data.is_contiguous(memory_format=layout):
+            size = n if data is None else max(n, data.shape[0])
+            self.data = data = None  # freed before the new one is made
+            data = torch.empty(
+                (size, *self.like.shape),
+                dtype=self.like.dtype,
+                device=self.like.device,
+                memory_format=layout,
+            )
+            self.data = data
+        return data[:n]
+
+
 def sample_scores(
     model: Callable[[torch.Tensor], torch.Tensor],
     item: torch.Tensor,
     hidden: torch.Tensor,
     segments: torch.Tensor,
     data: np.ndarray,
+    label: int,
     params: LimeParams,
 ) -> np.ndarray:
-    """Model scores (probabilities with ``use_softmax``) for every on/off row of
-    ``data``, ``batch_size`` perturbed copies of ``item`` per forward pass."""
+    """The ``(num_samples,)`` float64 scores of class ``label`` (its softmax probability
+    with ``use_softmax``) for every on/off row of ``data``, each pass's perturbed copies
+    of ``item`` written into one reused buffer."""
     rows = torch.as_tensor(data, device=item.device).bool()
-    out = []
+    buffer = PassBuffer(item)
+
+    def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
+        batch = buffer.take(stop - start, channels_last)
+        keep = rows[start:stop][:, segments].unsqueeze(1)
+        torch.where(keep, item, hidden, out=batch)
+        scores = model(batch)
+        if params.use_softmax:
+            scores = torch.softmax(scores, dim=1)
+        labels = torch.full((stop - start,), label, device=scores.device)
+        return gather_target(scores, labels)  # a copy, never a view of the buffer
+
     with torch.no_grad():
-        for start in range(0, rows.shape[0], params.batch_size):
-            keep = rows[start : start + params.batch_size][:, segments].unsqueeze(1)
-            scores = model(torch.where(keep, item, hidden))
-            if params.use_softmax:
-                scores = torch.softmax(scores, dim=1)
-            out.append(scores.detach().to(device="cpu", dtype=torch.float64))  # AMP-safe
-    return torch.cat(out).numpy()
+        scores = method_passes(rows.shape[0], chunk, params.batch_size, item[None])
+    return scores.detach().to(device="cpu", dtype=torch.float64).numpy()  # AMP-safe
 
 
 def fit_item(
@@ -86,7 +127,8 @@ def fit_item(
     data = random_state.randint(0, 2, params.num_samples * n).reshape((params.num_samples, n))
     data[0, :] = 1
     hidden = hidden_image(item, segments, params.hide_color)
-    labels = sample_scores(model, item, hidden, segments, data, params)
+    # LimeBase reads only the explained class's column of the labels
+    labels = sample_scores(model, item, hidden, segments, data, label, params)[:, None]
     distances = pairwise_distances(
         data, data[0].reshape(1, -1), metric=params.distance_metric
     ).ravel()
@@ -100,7 +142,7 @@ def fit_item(
         data,
         labels,
         distances,
-        label,
+        0,
         params.num_features,
         feature_selection=params.feature_selection,
     )

@@ -1,0 +1,209 @@
+"""captum.neuron_feature_ablation runs on the core's ablation engine with the neuron's
+value as the model (esegeta_captum.neuron.NeuronValue): each perturbed input runs only
+up to the layer. Its maps equal Captum's NeuronFeatureAblation called directly, in 2D
+and 3D, batch 1 and 3, on tiny CNNs and a ResNet-18 (inside a residual block, at a stage
+output, at a ReLU the block calls twice), at any pass size and under auto_batch; calls
+the engine does not cover go to Captum unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from captum.attr import NeuronFeatureAblation
+from esegeta_captum.neuron import NeuronFeatureAblation as Method
+from esegeta_captum.neuron import NeuronValue
+from esegeta_captum.shapes import full_neuron_index, module_shape
+from torch import nn
+
+from esegeta_core import explain
+from esegeta_core.errors import InvalidParamsError
+from esegeta_core.feature_masks import grid_mask
+from esegeta_core.testing import tiny_input, tiny_model
+
+NAME = "captum.neuron_feature_ablation"
+
+
+def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """Equal within 1e-5 relative / 1e-6 absolute, same dtype, and not all zero."""
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert theirs.abs().max() > 0
+
+
+def module(model: nn.Module, path: str) -> nn.Module:
+    return dict(model.named_modules())[path]
+
+
+def direct(
+    model: nn.Module,
+    x: torch.Tensor,
+    path: str,
+    selector: tuple[int, ...],
+    cell: int,
+    baselines: Any = 0.0,
+    per_eval: int = 1,
+) -> torch.Tensor:
+    """Captum's map for the neuron esegeta's selector names (trailing entries at the
+    centre)."""
+    layer = module(model, path)
+    full = full_neuron_index(selector, module_shape(model, layer, x, False, NAME), NAME)
+    return NeuronFeatureAblation(model, layer).attribute(
+        x,
+        neuron_selector=full,
+        feature_mask=grid_mask(x, cell),
+        baselines=baselines,
+        perturbations_per_eval=per_eval,
+    )
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_explain_equals_captum_at_any_pass_size(
+    rank: int, batch: int, engine_only: Callable[..., None]
+) -> None:
+    model = tiny_model("classification", rank)
+    x = tiny_input("classification", rank, batch=batch, size=16 if rank == 2 else 8)
+    cell = 4 if rank == 2 else 2
+    cases = [("features.conv2", (1,)), ("features.bn1", (-2, 3))]
+    expected = [direct(model, x, path, sel, cell) for path, sel in cases]
+    engine_only(NeuronFeatureAblation)
+    runs = [{"auto_batch": True}] + [{"perturbations_per_eval": n} for n in (1, 5, 32)]
+    for (path, selector), theirs in zip(cases, expected, strict=True):
+        for kwargs in runs:
+            ours = explain(
+                model, x, NAME, layer=path, neuron_selector=selector, grid_cell=cell, **kwargs
+            )
+            close(ours.attributions, theirs)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_resnet18_equals_captum(batch: int, engine_only: Callable[..., None]) -> None:
+    """Inside a residual block, at a stage output, and at the block's ReLU, which runs
+    twice per block (Captum reads its last call, after the skip connection)."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = tv.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.rand(batch, 3, 48, 48)
+    base = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+    cases = [("layer1.0.conv2", (3, 5, 7)), ("layer2", (7,)), ("layer1.0.relu", (2, 4, 4))]
+    expected = [direct(model, x, path, sel, 12, baselines=base) for path, sel in cases]
+    engine_only(NeuronFeatureAblation)
+    for (path, selector), theirs in zip(cases, expected, strict=True):
+        for kwargs in ({"auto_batch": True}, {"perturbations_per_eval": 4}):
+            ours = explain(
+                model, x, NAME, layer=path, neuron_selector=selector, grid_cell=12,
+                baselines=base, **kwargs,
+            )  # fmt: skip
+            close(ours.attributions, theirs)
+
+
+class Counted(nn.Module):
+    """A tiny CNN noting the items that reach its head, and one call per forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        self.calls: list[int] = []
+        self.heads: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        h = self.act(self.body(x))
+        self.heads.append(x.shape[0])
+        return self.head(h)
+
+
+def test_no_probe_pass_and_only_the_first_item_runs_whole() -> None:
+    model = Counted().eval()
+    x = torch.rand(3, 3, 8, 8)
+    mask = grid_mask(x, 4)  # 4 features: 3 + 12 inputs
+    kwargs = {"neuron_selector": (1,), "feature_mask": mask, "baselines": 0.0}
+    theirs = direct(model, x, "act", (1,), 4)
+    model.calls.clear()
+    model.heads.clear()
+    algorithm = NeuronFeatureAblation(model, model.act)
+    ours = Method().run(algorithm, x, {**kwargs, "perturbations_per_eval": 2}, None)
+    close(ours, theirs)
+    assert model.heads == [1]  # the first item, to see how often the layer runs
+    assert model.calls == [1, 5, 6, 3]  # passes of 6, the first split as 1 + 5
+
+
+def test_a_layer_that_runs_twice_is_read_at_its_last_call() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(torch.tanh(self.conv(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Twice().eval()
+    x = torch.rand(2, 3, 8, 8)
+    value = NeuronValue(model, model.conv, (1,), NAME)
+    got = value(x)
+    assert value.calls == 2 and value.index == (1, 4, 4)
+    assert torch.allclose(got, model.conv(torch.tanh(model.conv(x)))[:, 1, 4, 4])
+    assert torch.allclose(value(x), got)
+    theirs = direct(model, x, "conv", (1,), 4)
+    kwargs = {"neuron_selector": (1,), "feature_mask": grid_mask(x, 4), "baselines": 0.0}
+    close(Method().run(NeuronFeatureAblation(model, model.conv), x, kwargs, None), theirs)
+
+
+def test_calls_the_engine_does_not_cover_go_to_captum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A callable selector, slices, the neuron's input, a mask in a tuple (its tuple of
+    ints completed first): Captum's own result."""
+    import esegeta_captum.neuron as neuron
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the engine ran")
+
+    monkeypatch.setattr(neuron, "feature_ablation", refuse)
+    model = tiny_model("classification", 2)
+    x = tiny_input("classification", 2, batch=2, size=8)
+    layer = model.features.conv2
+    mask = grid_mask(x, 4)
+    plain = {"feature_mask": mask, "baselines": 0.0, "perturbations_per_eval": 3}
+    algorithm = NeuronFeatureAblation(model, layer)
+    cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        ({"neuron_selector": lambda out: out[:, 1].sum((1, 2))}, {}),
+        ({"neuron_selector": (1, slice(0, 2), 2)}, {}),
+        ({"neuron_selector": (1, 2, 2), "attribute_to_neuron_input": True}, {}),
+        ({"neuron_selector": (1,), "feature_mask": (mask,)}, {"neuron_selector": (1, 2, 2)}),
+    ]
+    for call, captum_call in cases:
+        kwargs = {**plain, **call}
+        ours = Method().run(algorithm, x, kwargs, None)
+        theirs = algorithm.attribute(x, **{**kwargs, **captum_call})
+        assert torch.equal(ours, theirs)
+
+
+def test_explain_on_the_neuron_input_is_captums() -> None:
+    model = tiny_model("classification", 2)
+    x = tiny_input("classification", 2, batch=2, size=16)
+    layer = model.features.bn1
+    theirs = NeuronFeatureAblation(model, layer).attribute(
+        x, neuron_selector=(1, 8, 8), feature_mask=grid_mask(x, 4), baselines=0.0,
+        attribute_to_neuron_input=True, perturbations_per_eval=32,
+    )  # fmt: skip
+    ours = explain(
+        model, x, NAME, layer="features.bn1", neuron_selector=(1,), grid_cell=4,
+        attribute_to_neuron_input=True,
+    )  # fmt: skip
+    close(ours.attributions, theirs)
+
+
+def test_refusals() -> None:
+    model = tiny_model("classification", 2)
+    x = tiny_input("classification", 2, batch=2, size=16)
+    with pytest.raises(InvalidParamsError, match="out of range"):
+        explain(model, x, NAME, layer="features.conv2", neuron_selector=(9,), grid_cell=8)
+    unused = NeuronValue(model, nn.ReLU(), (0,), NAME)
+    with pytest.raises(InvalidParamsError, match="not used"):
+        unused(x)
