@@ -127,16 +127,14 @@ def engine_batch(
     return per_eval * inputs.shape[0]
 
 
-def masked_engine(
-    engine: Callable[..., torch.Tensor],
-    algorithm: Any,
-    inputs: Any,
-    kwargs: dict[str, Any],
-) -> Any:
-    """``engine`` (the core's feature ablation or exact Shapley values) on a Captum call
-    with a feature mask, when the engine covers the call (:func:`engine_batch`, a mask
-    broadcastable item- and channel-wise); else Captum's own ``attribute``."""
-    batch = engine_batch(algorithm, inputs, kwargs, frozenset({"feature_mask"}))
+def engine_mask(
+    algorithm: Any, inputs: Any, kwargs: dict[str, Any], own: frozenset[str]
+) -> tuple[int, torch.Tensor] | None:
+    """Inputs per pass and the feature mask for a core engine that takes a feature mask
+    (:func:`engine_batch` with ``own``, which holds ``"feature_mask"``), when it covers
+    the call: a mask tensor with the inputs' dimensions, broadcastable item-, channel-
+    and element-wise. ``None``: leave the call to Captum."""
+    batch = engine_batch(algorithm, inputs, kwargs, own)
     mask = kwargs.get("feature_mask")
     if (
         batch is None
@@ -146,7 +144,23 @@ def masked_engine(
         or mask.shape[1] not in (1, inputs.shape[1])
         or any(m not in (1, n) for m, n in zip(mask.shape[2:], inputs.shape[2:], strict=True))
     ):
+        return None
+    return batch, mask
+
+
+def masked_engine(
+    engine: Callable[..., torch.Tensor],
+    algorithm: Any,
+    inputs: Any,
+    kwargs: dict[str, Any],
+) -> Any:
+    """``engine`` (the core's feature ablation or exact Shapley values) on a Captum call
+    with a feature mask, when the engine covers the call (:func:`engine_mask`); else
+    Captum's own ``attribute``."""
+    found = engine_mask(algorithm, inputs, kwargs, frozenset({"feature_mask"}))
+    if found is None:
         return algorithm.attribute(inputs, **kwargs)
+    batch, mask = found
     return engine(
         algorithm.forward_func,
         inputs,
@@ -314,27 +328,6 @@ class FeatureAblation(PerturbationMethod[FeatureAblationParams]):
         """The core's ablation engine (the same maps as Captum, without a masked copy of
         the input per perturbation), or Captum for a call the engine does not cover."""
         return masked_engine(feature_ablation, algorithm, inputs, kwargs)
-
-
-def engine_mask(
-    algorithm: Any, inputs: Any, kwargs: dict[str, Any], own: frozenset[str]
-) -> tuple[int, torch.Tensor] | None:
-    """Inputs per pass and the feature mask for a core engine that takes a feature mask
-    (:func:`engine_batch` with ``own``, which holds ``"feature_mask"``), when it covers
-    the call: a mask tensor with the inputs' dimensions, broadcastable item-, channel-
-    and element-wise. ``None``: leave the call to Captum."""
-    batch = engine_batch(algorithm, inputs, kwargs, own)
-    mask = kwargs.get("feature_mask")
-    if (
-        batch is None
-        or not isinstance(mask, torch.Tensor)
-        or mask.ndim != inputs.ndim
-        or mask.shape[0] not in (1, inputs.shape[0])
-        or mask.shape[1] not in (1, inputs.shape[1])
-        or any(m not in (1, n) for m, n in zip(mask.shape[2:], inputs.shape[2:], strict=True))
-    ):
-        return None
-    return batch, mask
 
 
 class FeaturePermutation(PerturbationMethod[FeaturePermutationParams]):
