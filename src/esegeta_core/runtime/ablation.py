@@ -38,18 +38,20 @@ from dataclasses import dataclass
 
 import torch
 
-from esegeta_core.errors import InvalidModelError, InvalidParamsError, InvalidTargetError
-from esegeta_core.runtime.passes import memory_format, method_passes
-
-Model = Callable[[torch.Tensor], torch.Tensor]
-"""A model returning ``(N, classes)`` scores, or ``(N,)`` scores when no target is
-given."""
-Baseline = int | float | torch.Tensor | None
-"""A number, or a tensor broadcastable to the inputs (``(B, ...)`` per item, ``(1, ...)``
-or fewer dimensions for all items); ``None`` is zero."""
-Target = int | torch.Tensor | None
-"""One class for every item, a ``(B,)`` tensor of classes, or ``None`` for a model
-that already returns one score per input."""
+from esegeta_core.errors import InvalidParamsError
+from esegeta_core.runtime.pass_buffer import PassBuffer
+from esegeta_core.runtime.passes import method_passes
+from esegeta_core.runtime.perturb_args import (
+    Baseline,
+    Model,
+    Target,
+    baseline_value,
+    check_feature_mask,
+    check_inputs,
+    pass_scores,
+    positive,
+    target_rows,
+)
 
 
 def occlusion(
@@ -267,7 +269,7 @@ baseline item, or another item of the batch)."""
 
 def baseline_fill(baselines: Baseline, x: torch.Tensor, who: str) -> Fill:
     """The :data:`Fill` that sets every region to the baseline (ablation, occlusion)."""
-    base = _baseline(baselines, x, who)
+    base = baseline_value(baselines, x, who)
     if isinstance(base, float):
         return lambda item, region: base
     per_item = base.shape[0] > 1
@@ -293,25 +295,13 @@ class _Buffer:
 
     def __init__(self, x: torch.Tensor, fill: Fill, regions: Regions) -> None:
         self.x, self.fill, self.regions = x, fill, regions
-        self.data: torch.Tensor | None = None
+        self.buffer = PassBuffer(x[0])
         self.held: list[tuple[int, int] | None] = []
-        self.allocations = 0
 
-    def _ready(self, n: int, layout: torch.memory_format) -> torch.Tensor:
-        data = self.data
-        if data is None or data.shape[0] < n:
-            grown = torch.empty(
-                (n, *self.x.shape[1:]), dtype=self.x.dtype, device=self.x.device
-            ).contiguous(memory_format=layout)
-            if data is not None:
-                grown[: data.shape[0]] = data
-            self.held += [None] * (n - len(self.held))
-            self.allocations += 1
-            data = grown
-        elif not data.is_contiguous(memory_format=layout):
-            data = data.contiguous(memory_format=layout)
-        self.data = data
-        return data
+    @property
+    def allocations(self) -> int:
+        """How many tensors the buffer has made."""
+        return self.buffer.allocations
 
     def _assign(self, pairs: Sequence[tuple[int, int]]) -> list[int]:
         """A slot below ``len(pairs)`` for every pair: the same pair if a slot holds
@@ -351,7 +341,8 @@ class _Buffer:
     ) -> tuple[torch.Tensor, list[int]]:
         """The pass's inputs (the first ``len(pairs)`` slots) and each pair's slot."""
         n = len(pairs)
-        data = self._ready(n, memory_format(channels_last, self.x.ndim))
+        data = self.buffer.take(n, channels_last, keep=True)
+        self.held += [None] * (n - len(self.held))
         slots = self._assign(pairs)
         for (item, region), k in zip(pairs, slots, strict=True):
             held = self.held[k]
@@ -365,7 +356,7 @@ class _Buffer:
             if region != UNPERTURBED:
                 self.regions.write(slot, self.fill(item, region), item, region)
             self.held[k] = (item, region)
-        return data[:n], slots
+        return data, slots
 
 
 def perturbed_scores(
@@ -390,10 +381,9 @@ def perturbed_scores(
     ``explain(auto_batch=True)``, else ``batch_size`` inputs each). ``who`` names the
     method in errors.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidParamsError(f"{who}: batch_size must be an integer >= 1, got {batch_size!r}.")
+    positive(batch_size, "batch_size", who)
     b = x.shape[0]
-    targets = _targets(target, b, x.device, who)
+    targets = target_rows(target, b, x.device, who)
     buffer = _Buffer(x, fill, regions)
 
     def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
@@ -401,7 +391,7 @@ def perturbed_scores(
         held = [pair[0] for pair in buffer.held[: len(slots)] if pair is not None]
         items = torch.tensor(held, device=x.device)
         picked = targets[items] if targets is not None else None
-        scores = _scores(model, batch, picked, len(slots), who)
+        scores = pass_scores(model, batch, picked, who)
         return scores[torch.tensor(slots, device=scores.device)]
 
     # the inputs themselves ride in the first pass, as region UNPERTURBED
@@ -409,90 +399,6 @@ def perturbed_scores(
     with torch.no_grad():
         scores = method_passes(len(pairs), chunk, batch_size, x[:1], kind=kind)
     return scores[:b], scores[b:]
-
-
-def _scores(
-    model: Model, batch: torch.Tensor, targets: torch.Tensor | None, n: int, who: str
-) -> torch.Tensor:
-    """The ``(n,)`` target scores of a pass: through the model's ``target_scores`` when
-    it has one (esegeta's score wrapper reduces only the targets' classes of a
-    segmentation output), else picked from its whole output."""
-    fast = getattr(model, "target_scores", None)
-    if targets is not None and callable(fast):
-        return _select(fast(batch, targets).unsqueeze(1), None, n, who)
-    return _select(model(batch), targets, n, who)
-
-
-def _select(out: object, targets: torch.Tensor | None, n: int, who: str) -> torch.Tensor:
-    """The ``(n,)`` target scores in a model's output."""
-    if not isinstance(out, torch.Tensor) or out.shape[:1] != (n,):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidModelError(
-            f"{who}: the model returned {shape} for {n} inputs; scores shaped (N, "
-            "classes) are needed (or (N,) without a target)."
-        )
-    if targets is None:
-        if out.numel() != n:
-            raise InvalidTargetError(
-                f"{who}: the model returns {tuple(out.shape)} scores; give a target class."
-            )
-        return out.reshape(n)
-    if out.ndim != 2:
-        raise InvalidModelError(
-            f"{who}: with a target the model must return (N, classes) scores, got "
-            f"{tuple(out.shape)}."
-        )
-    return out.gather(1, targets.unsqueeze(1)).squeeze(1)
-
-
-def _targets(target: Target, b: int, device: torch.device, who: str) -> torch.Tensor | None:
-    """``(B,)`` class indices, or ``None``."""
-    if target is None:
-        return None
-    if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)):
-        raise InvalidTargetError(
-            f"{who}: target must be an int, a (B,) tensor of classes or None, got "
-            f"{type(target).__name__}."
-        )
-    t = torch.as_tensor(target, device=device)
-    if t.is_floating_point() or t.is_complex() or not (t.numel() == 1 or t.shape == (b,)):
-        raise InvalidTargetError(
-            f"{who}: target must hold one class or one per item ({b}), got shape "
-            f"{tuple(t.shape)} of {t.dtype}."
-        )
-    return t.reshape(-1).expand(b).long()
-
-
-def _baseline(baselines: Baseline, x: torch.Tensor, who: str) -> torch.Tensor | float:
-    """A number, or the baseline items ``(B or 1, C, *spatial)`` in the inputs' dtype."""
-    if baselines is None:
-        return 0.0
-    if isinstance(baselines, bool) or not isinstance(baselines, (int, float, torch.Tensor)):
-        raise InvalidParamsError(
-            f"{who}: baselines must be a number or a tensor, got {type(baselines).__name__}."
-        )
-    if not isinstance(baselines, torch.Tensor):
-        return float(baselines)
-    per_item = baselines.ndim == x.ndim and baselines.shape[0] == x.shape[0] > 1
-    shape = tuple(x.shape) if per_item else (1, *x.shape[1:])
-    try:
-        base = torch.broadcast_to(baselines.to(device=x.device, dtype=x.dtype), shape)
-    except RuntimeError as exc:
-        raise InvalidParamsError(
-            f"{who}: baselines {tuple(baselines.shape)} do not broadcast to the inputs "
-            f"{tuple(x.shape)}."
-        ) from exc
-    return base.contiguous()
-
-
-def check_inputs(inputs: torch.Tensor, who: str) -> torch.Tensor:
-    """The inputs ``(B, C, ...)``, detached and contiguous, or an
-    :class:`InvalidParamsError` naming ``who`` (the method)."""
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2 or inputs.shape[0] < 1:
-        raise InvalidParamsError(
-            f"{who}: inputs must be one tensor shaped (B, C, *spatial) with B >= 1."
-        )
-    return inputs.detach().contiguous()
 
 
 def _per_dim(value: int | Sequence[int], dims: tuple[int, ...], what: str) -> tuple[int, ...]:
@@ -544,35 +450,6 @@ def _players(row: torch.Tensor) -> _Players:
     return _Players(inverse, count)
 
 
-def check_feature_mask(feature_mask: torch.Tensor, x: torch.Tensor, who: str) -> torch.Tensor:
-    """The feature mask as long ids ``(B or 1, C or 1, *spatial)`` on the inputs' device,
-    or an :class:`InvalidParamsError` naming ``who`` (the method)."""
-    b, c = x.shape[:2]
-    if not isinstance(feature_mask, torch.Tensor) or (
-        feature_mask.ndim != x.ndim
-        or feature_mask.shape[0] not in (1, b)
-        or feature_mask.shape[1] not in (1, c)
-    ):
-        shape = tuple(feature_mask.shape) if isinstance(feature_mask, torch.Tensor) else None
-        raise InvalidParamsError(
-            f"{who}: the feature mask {shape} must be a tensor with the inputs' "
-            f"{x.ndim} dimensions, a batch of 1 or {b} and a channel axis of 1 or {c}, for "
-            f"inputs {tuple(x.shape)}."
-        )
-    if feature_mask.is_complex() or (
-        feature_mask.is_floating_point() and not bool((feature_mask == feature_mask.round()).all())
-    ):
-        raise InvalidParamsError(f"{who}: the feature mask must hold integer ids.")
-    try:
-        mask = feature_mask.to(x.device).expand(*feature_mask.shape[:2], *x.shape[2:])
-    except RuntimeError as exc:
-        raise InvalidParamsError(
-            f"{who}: the feature mask {tuple(feature_mask.shape)} does not broadcast "
-            f"to the inputs {tuple(x.shape)}."
-        ) from exc
-    return mask.long()
-
-
 def _shapley_weights(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The ``(n, 2^n)`` Shapley coefficients: row ``j`` weighs coalition ``c``'s score
     by ``w(|c| - 1)`` when ``c`` holds player ``j`` and by ``-w(|c|)`` when not, with
@@ -614,10 +491,7 @@ def shapley_values(
     ``batch_size``: see :func:`occlusion`.
     """
     x = check_inputs(inputs, "Shapley values")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidParamsError(
-            f"Shapley values: batch_size must be an integer >= 1, got {batch_size!r}."
-        )
+    positive(batch_size, "batch_size", "Shapley values")
     mask = check_feature_mask(feature_mask, x, "Shapley values")
     b, device = x.shape[0], x.device
     rows = [_players(row) for row in mask]
@@ -632,24 +506,16 @@ def shapley_values(
     offsets = [0]
     for p in passes:
         offsets.append(offsets[-1] + p)
-    targets = _targets(target, b, device, "Shapley values")
-    base = _baseline(baselines, x, "Shapley values")
+    targets = target_rows(target, b, device, "Shapley values")
+    base = baseline_value(baselines, x, "Shapley values")
     fill = torch.tensor(base if isinstance(base, float) else 0.0, dtype=x.dtype, device=device)
     owner = torch.repeat_interleave(
         torch.arange(b, device=device), torch.tensor(passes, device=device)
     )
-    held: list[torch.Tensor] = []  # the pass buffer, grown or re-laid out on demand
-
-    def ready(n: int, channels_last: bool) -> torch.Tensor:
-        layout = memory_format(channels_last, x.ndim)
-        if not held or held[0].shape[0] < n:
-            held[:] = [torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=device)]
-        if not held[0].is_contiguous(memory_format=layout):  # rewritten whole: no copy
-            held[0] = torch.empty_like(held[0], memory_format=layout)
-        return held[0]
+    buffer = PassBuffer(x[0])
 
     def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
-        data = ready(stop - start, channels_last)
+        data = buffer.take(stop - start, channels_last)
         item = bisect.bisect_right(offsets, start) - 1
         pos = start
         while pos < stop:
@@ -664,7 +530,7 @@ def shapley_values(
                 torch.where(keep, x[item], other, out=data[pos - start : end - start])
             pos, item = end, item + 1
         picked = targets[owner[start:stop]] if targets is not None else None
-        return _select(model(data[: stop - start]), picked, stop - start, "Shapley values")
+        return pass_scores(model, data, picked, "Shapley values")
 
     work = offsets[-1]
     with torch.no_grad():

@@ -38,9 +38,20 @@ from dataclasses import dataclass
 
 import torch
 
-from esegeta_core.errors import InvalidModelError, InvalidParamsError, InvalidTargetError
-from esegeta_core.runtime.ablation import Baseline, Model, Target
-from esegeta_core.runtime.passes import memory_format, method_passes
+from esegeta_core.errors import InvalidModelError, InvalidParamsError
+from esegeta_core.runtime.pass_buffer import PassBuffer
+from esegeta_core.runtime.passes import method_passes
+from esegeta_core.runtime.perturb_args import (
+    Baseline,
+    Model,
+    Target,
+    baseline_items,
+    check_feature_mask,
+    check_inputs,
+    pass_scores,
+    positive,
+    target_rows,
+)
 
 Built = Callable[[int, torch.Tensor], None]
 """``(coalition index, its input (1, C, *spatial))``: called for every input
@@ -76,113 +87,6 @@ class _RandomGuard:
 
 
 # -- arguments -------------------------------------------------------------------------
-
-
-def _checked_inputs(inputs: torch.Tensor, who: str) -> torch.Tensor:
-    """The inputs ``(B, C, *spatial)``, detached and contiguous."""
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2 or inputs.shape[0] < 1:
-        raise InvalidParamsError(
-            f"{who}: inputs must be one tensor shaped (B, C, *spatial) with B >= 1."
-        )
-    return inputs.detach().contiguous()
-
-
-def _positive(value: object, name: str, who: str) -> int:
-    """``value`` as an integer >= 1, or an :class:`InvalidParamsError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidParamsError(f"{who}: {name} must be an integer >= 1, got {value!r}.")
-    return value
-
-
-def _target_rows(target: Target, b: int, device: torch.device, who: str) -> torch.Tensor | None:
-    """``(B,)`` class indices, or ``None`` for a model with one score per input."""
-    if target is None:
-        return None
-    if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)):
-        raise InvalidTargetError(
-            f"{who}: target must be an int, a (B,) tensor of classes or None, got "
-            f"{type(target).__name__}."
-        )
-    t = torch.as_tensor(target, device=device)
-    if t.is_floating_point() or t.is_complex() or not (t.numel() == 1 or t.shape == (b,)):
-        raise InvalidTargetError(
-            f"{who}: target must hold one class or one per item ({b}), got shape "
-            f"{tuple(t.shape)} of {t.dtype}."
-        )
-    return t.reshape(-1).expand(b).long()
-
-
-def _target_scores(out: object, targets: torch.Tensor | None, n: int, who: str) -> torch.Tensor:
-    """The ``(n,)`` target scores in a model's output for ``n`` inputs."""
-    if not isinstance(out, torch.Tensor) or out.shape[:1] != (n,):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidModelError(
-            f"{who}: the model returned {shape} for {n} inputs; scores shaped (N, classes) "
-            "are needed (or (N,) without a target)."
-        )
-    if targets is None:
-        if out.numel() != n:
-            raise InvalidTargetError(
-                f"{who}: the model returns {tuple(out.shape)} scores; give a target class."
-            )
-        return out.reshape(n)
-    if out.ndim != 2:
-        raise InvalidModelError(
-            f"{who}: with a target the model must return (N, classes) scores, got "
-            f"{tuple(out.shape)}."
-        )
-    return out.gather(1, targets.unsqueeze(1)).squeeze(1)
-
-
-def _baseline_items(baselines: Baseline, x: torch.Tensor, who: str) -> torch.Tensor:
-    """The baseline as ``(B or 1, C, *spatial)`` items in the inputs' dtype (a number
-    becomes one item of that value)."""
-    if baselines is None:
-        baselines = 0.0
-    if isinstance(baselines, bool) or not isinstance(baselines, (int, float, torch.Tensor)):
-        raise InvalidParamsError(
-            f"{who}: baselines must be a number or a tensor, got {type(baselines).__name__}."
-        )
-    if not isinstance(baselines, torch.Tensor):
-        return torch.full((1, *x.shape[1:]), float(baselines), dtype=x.dtype, device=x.device)
-    per_item = baselines.ndim == x.ndim and baselines.shape[0] == x.shape[0] > 1
-    shape = tuple(x.shape) if per_item else (1, *x.shape[1:])
-    try:
-        base = torch.broadcast_to(baselines.to(device=x.device, dtype=x.dtype), shape)
-    except RuntimeError as exc:
-        raise InvalidParamsError(
-            f"{who}: baselines {tuple(baselines.shape)} do not broadcast to the inputs "
-            f"{tuple(x.shape)}."
-        ) from exc
-    return base.contiguous()
-
-
-def _id_mask(feature_mask: torch.Tensor, x: torch.Tensor, who: str) -> torch.Tensor:
-    """The feature ids as longs ``(B or 1, C or 1, *spatial)`` on the inputs' device."""
-    b, c = x.shape[:2]
-    if not isinstance(feature_mask, torch.Tensor) or (
-        feature_mask.ndim != x.ndim
-        or feature_mask.shape[0] not in (1, b)
-        or feature_mask.shape[1] not in (1, c)
-    ):
-        shape = tuple(feature_mask.shape) if isinstance(feature_mask, torch.Tensor) else None
-        raise InvalidParamsError(
-            f"{who}: the feature mask {shape} must be a tensor with the inputs' {x.ndim} "
-            f"dimensions, a batch of 1 or {b} and a channel axis of 1 or {c}, for inputs "
-            f"{tuple(x.shape)}."
-        )
-    if feature_mask.is_complex() or (
-        feature_mask.is_floating_point() and not bool((feature_mask == feature_mask.round()).all())
-    ):
-        raise InvalidParamsError(f"{who}: the feature mask must hold integer ids.")
-    try:
-        mask = feature_mask.to(x.device).expand(*feature_mask.shape[:2], *x.shape[2:])
-    except RuntimeError as exc:
-        raise InvalidParamsError(
-            f"{who}: the feature mask {tuple(feature_mask.shape)} does not broadcast to the "
-            f"inputs {tuple(x.shape)}."
-        ) from exc
-    return mask.long()
 
 
 def _row(mask: torch.Tensor, item: int) -> int:
@@ -257,29 +161,15 @@ class _Orders:
             if chain:
                 rank[c, torch.tensor(chain)] = torch.arange(len(chain))
         self.rank = rank.to(x.device)  # a feature's step in each order; never: count + 1
-        self.data: torch.Tensor | None = None
+        self.buffer = PassBuffer(x[0])
         self.held: list[tuple[int, int] | None] = []
         self.elements = math.prod(mask.shape[1:])
-
-    def _ready(self, n: int, layout: torch.memory_format) -> torch.Tensor:
-        data = self.data
-        if data is None or data.shape[0] < n:
-            grown = torch.empty(
-                (n, *self.x.shape[1:]), dtype=self.x.dtype, device=self.x.device
-            ).contiguous(memory_format=layout)
-            if data is not None:
-                grown[: data.shape[0]] = data
-            self.held += [None] * (n - len(self.held))
-            data = grown
-        elif not data.is_contiguous(memory_format=layout):
-            data = data.contiguous(memory_format=layout)  # the slots keep what they hold
-        self.data = data
-        return data
 
     def build(self, entries: Sequence[tuple[int, int]], channels_last: bool) -> torch.Tensor:
         """The pass's inputs: entry ``j`` (order, step) in slot ``j``."""
         n = len(entries)
-        data = self._ready(n, memory_format(channels_last, self.x.ndim))
+        data = self.buffer.take(n, channels_last, keep=True)  # slots keep what they hold
+        self.held += [None] * (n - len(self.held))
         added: list[tuple[int, int, int, int]] = []  # (slot, order, first, last step)
         fresh: list[int] = []
         for j, (c, k) in enumerate(entries):
@@ -385,13 +275,13 @@ def shapley_value_sampling(
     random numbers from torch's CPU generator (:class:`RandomModelError`).
     """
     who = "Shapley value sampling"
-    x = _checked_inputs(inputs, who)
-    batch_size = _positive(batch_size, "batch_size", who)
-    n_samples = _positive(n_samples, "n_samples", who)
-    mask = _id_mask(feature_mask, x, who)
+    x = check_inputs(inputs, who)
+    batch_size = positive(batch_size, "batch_size", who)
+    n_samples = positive(n_samples, "n_samples", who)
+    mask = check_feature_mask(feature_mask, x, who)
     b, device = x.shape[0], x.device
-    targets = _target_rows(target, b, device, who)
-    base = _baseline_items(baselines, x, who)
+    targets = target_rows(target, b, device, who)
+    base = baseline_items(baselines, x, who)
     count = int(feature_mask.max()) + 1 if feature_mask.numel() else 0
     count = max(count, 0)
     rows = [_features(row, count) for row in mask]
@@ -415,7 +305,7 @@ def shapley_value_sampling(
     def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
         batch = buffer.build(entries[start:stop], channels_last)
         picked = targets[entry_items[start:stop]] if targets is not None else None
-        scores = _target_scores(model(batch), picked, stop - start, who)
+        scores = pass_scores(model, batch, picked, who)
         guard.check()
         return scores
 
@@ -472,9 +362,9 @@ def coalition_scores(
     no random numbers from torch's CPU generator (:class:`RandomModelError`).
     """
     who = "Coalition scores"
-    x = _checked_inputs(inputs, who)
-    batch_size = _positive(batch_size, "batch_size", who)
-    mask = _id_mask(feature_mask, x, who)
+    x = check_inputs(inputs, who)
+    batch_size = positive(batch_size, "batch_size", who)
+    mask = check_feature_mask(feature_mask, x, who)
     b, device = x.shape[0], x.device
     if not isinstance(coalitions, torch.Tensor) or coalitions.ndim != 2:
         raise InvalidParamsError(f"{who}: coalitions must be an (n, features) tensor.")
@@ -489,24 +379,16 @@ def coalition_scores(
         raise InvalidParamsError(
             f"{who}: items must name an item (0 .. {b - 1}) for each of the {n} coalitions."
         )
-    targets = _target_rows(target, b, device, who)
-    base = _baseline_items(baselines, x, who)
+    targets = target_rows(target, b, device, who)
+    base = baseline_items(baselines, x, who)
     keep_all = coalitions.to(device) != 0
     flat = mask.reshape(mask.shape[0], -1)
     owner_tensor = torch.tensor(owners, device=device, dtype=torch.long)
     guard = _RandomGuard(who)
-    held: list[torch.Tensor] = []
-
-    def ready(size: int, channels_last: bool) -> torch.Tensor:
-        layout = memory_format(channels_last, x.ndim)
-        if not held or held[0].shape[0] < size:
-            held[:] = [torch.empty((size, *x.shape[1:]), dtype=x.dtype, device=device)]
-        if not held[0].is_contiguous(memory_format=layout):  # rebuilt whole: no copy
-            held[0] = torch.empty_like(held[0], memory_format=layout)
-        return held[0]
+    buffer = PassBuffer(x[0])
 
     def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
-        data = ready(stop - start, channels_last)
+        data = buffer.take(stop - start, channels_last)
         a = start
         while a < stop:  # one where per run of one item's coalitions
             item = owners[a]
@@ -521,7 +403,7 @@ def coalition_scores(
             for j in range(start, stop):
                 built(j, data[j - start : j - start + 1])
         picked = targets[owner_tensor[start:stop]] if targets is not None else None
-        scores = _target_scores(model(data[: stop - start]), picked, stop - start, who)
+        scores = pass_scores(model, data[: stop - start], picked, who)
         guard.check()
         return scores
 
@@ -542,8 +424,8 @@ def feature_values(
     including its NaN where a value is not finite.
     """
     who = "Feature values"
-    x = _checked_inputs(inputs, who)
-    mask = _id_mask(feature_mask, x, who)
+    x = check_inputs(inputs, who)
+    mask = check_feature_mask(feature_mask, x, who)
     b = x.shape[0]
     if values.ndim != 2 or values.shape[0] != b:
         raise InvalidParamsError(

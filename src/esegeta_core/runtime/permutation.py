@@ -25,14 +25,8 @@ from __future__ import annotations
 import torch
 
 from esegeta_core.errors import InvalidParamsError
-from esegeta_core.runtime.ablation import (
-    FeatureRegions,
-    Model,
-    Target,
-    check_feature_mask,
-    check_inputs,
-    perturbed_scores,
-)
+from esegeta_core.runtime.ablation import FeatureRegions, perturbed_scores
+from esegeta_core.runtime.perturb_args import Model, Target, check_feature_mask, check_inputs
 
 WHO = "Feature permutation"
 

@@ -9,7 +9,7 @@ The masks are drawn ``batch_size`` at a time (a block: its low-resolution grids 
 shifts, from a generator seeded with ``mask_seed``, or torch's default generator so
 ``explain(seed=...)`` is reproducible); the masked inputs are never made for a whole
 block. Each forward pass up-samples only its own masks on the model's device and writes
-``x * m`` into one reused buffer (:class:`PassBuffer`), and only the target's score is
+``x * m`` into one reused buffer (the core's ``PassBuffer``), and only the target's score is
 kept. The passes go through the core's pass planner
 (:func:`~esegeta_core.runtime.passes.method_passes`): at most ``batch_size`` per pass,
 or the measured fastest size and layout under ``explain(auto_batch=True)``. Memory
@@ -30,7 +30,8 @@ from esegeta_cnnvis.params import RiseParams
 from esegeta_core import Explainer, InvalidParamsError
 from esegeta_core.explainer import Workload
 from esegeta_core.feature_masks import as_size
-from esegeta_core.runtime.passes import memory_format, method_passes
+from esegeta_core.runtime.pass_buffer import PassBuffer
+from esegeta_core.runtime.passes import method_passes
 from esegeta_core.toolkit import gather_target
 
 MaskRange = Callable[[int, int], torch.Tensor]
@@ -138,31 +139,6 @@ def _slices(block: torch.Tensor) -> MaskRange:
     return lambda start, stop: block[start:stop]
 
 
-class PassBuffer:
-    """The inputs of one forward pass, in one tensor reused by every pass: it grows to
-    the largest pass asked for and is laid out channels-last when the planner asks."""
-
-    def __init__(self, like: torch.Tensor) -> None:
-        self.like = like
-        self.data: torch.Tensor | None = None
-
-    def take(self, n: int, channels_last: bool) -> torch.Tensor:
-        """The first ``n`` slots (their contents are whatever the last pass left)."""
-        layout = memory_format(channels_last, self.like.ndim)
-        data = self.data
-        if data is None or data.shape[0] < n or not data.is_contiguous(memory_format=layout):
-            size = n if data is None else max(n, data.shape[0])
-            self.data = data = None  # freed before the new one is made
-            data = torch.empty(
-                (size, *self.like.shape[1:]),
-                dtype=self.like.dtype,
-                device=self.like.device,
-                memory_format=layout,
-            )
-            self.data = data
-        return data[:n]
-
-
 def rise_block(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -244,7 +220,7 @@ class Rise(Explainer[RiseParams]):
             generator = torch.Generator(device=inputs.device).manual_seed(params.mask_seed)
         saliency = torch.zeros(inputs.shape[0], math.prod(spatial), device=inputs.device)
         targets = target.to(inputs.device).long()
-        buffer = PassBuffer(inputs)
+        buffer = PassBuffer(inputs[0])
         with torch.no_grad():
             for start in range(0, total, params.batch_size):
                 count = min(params.batch_size, total - start)

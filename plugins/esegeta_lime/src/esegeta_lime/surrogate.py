@@ -8,7 +8,7 @@ switched-off segments take the "hidden" image's values, and ``lime.lime_base.Lim
 weights.
 
 The perturbed samples are never made all at once: each forward pass writes its own
-samples into one reused buffer (:class:`PassBuffer`) and keeps only the target's score
+samples into one reused buffer (the core's ``PassBuffer``) and keeps only the target's score
 (the surrogate reads no other class). The passes go through the core's pass planner
 (:func:`~esegeta_core.runtime.passes.method_passes`): ``batch_size`` samples per pass,
 or the measured fastest size and layout under ``explain(auto_batch=True)``.
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from esegeta_core.runtime.passes import memory_format, method_passes
+from esegeta_core.runtime.pass_buffer import PassBuffer
+from esegeta_core.runtime.passes import method_passes
 from esegeta_core.toolkit import gather_target
 from esegeta_lime.params import LimeParams
 
@@ -53,31 +54,6 @@ def hidden_image(
     sums = torch.zeros(channels, n, dtype=flat.dtype, device=item.device).index_add_(1, ids, flat)
     counts = torch.bincount(ids, minlength=n).clamp_min(1)
     return (sums / counts)[:, ids].reshape(item.shape).to(item.dtype)
-
-
-class PassBuffer:
-    """The inputs of one forward pass, in one tensor reused by every pass: it grows to
-    the largest pass asked for and is laid out channels-last when the planner asks."""
-
-    def __init__(self, like: torch.Tensor) -> None:
-        self.like = like
-        self.data: torch.Tensor | None = None
-
-    def take(self, n: int, channels_last: bool) -> torch.Tensor:
-        """The first ``n`` slots (their contents are whatever the last pass left)."""
-        layout = memory_format(channels_last, self.like.ndim + 1)
-        data = self.data
-        if data is None or data.shape[0] < n or not data.is_contiguous(memory_format=layout):
-            size = n if data is None else max(n, data.shape[0])
-            self.data = data = None  # freed before the new one is made
-            data = torch.empty(
-                (size, *self.like.shape),
-                dtype=self.like.dtype,
-                device=self.like.device,
-                memory_format=layout,
-            )
-            self.data = data
-        return data[:n]
 
 
 def sample_scores(
