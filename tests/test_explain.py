@@ -193,6 +193,48 @@ def test_one_class_score_equals_the_full_reduction_ties_and_nan_included(classes
         handle.remove()
 
 
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_class_sums_without_gradients_equal_the_full_reduction(classes):
+    """Without gradients the wrapper sums each class's winning logits class by class
+    (at most FEW_CLASSES classes) instead of building per-pixel scores: the same
+    scores, ties and NaN included; a hook on the per-pixel sum, or gradients, take the
+    full path."""
+    torch.manual_seed(0)
+    out = torch.randint(-2, 3, (6, classes, 4, 5, 3)).float()
+    out[5, classes - 1, 0, 0, 0] = float("nan")
+    full = ec.MultiClassScores()(out)
+    sums = ec.MultiClassScores().class_sums(out)
+    assert (sums is None) == (classes > 3)
+
+    class Net(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    wrapped = ec.ScoreModel(Net(), ec.MultiClassScores())
+    calls: list[int] = []
+    original = ec.MultiClassScores.pixel_scores
+
+    def spy(self, o):
+        calls.append(1)
+        return original(self, o)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ec.MultiClassScores, "pixel_scores", spy)
+        with torch.no_grad():
+            got = wrapped(out)
+        assert len(calls) == (0 if classes <= 3 else 1)
+        assert torch.equal(got.nan_to_num(7.0), full.nan_to_num(7.0))
+        assert got[5, classes - 1].isnan()
+        handle = wrapped.total.register_forward_hook(lambda m, a, o: None)
+        with torch.no_grad():
+            assert torch.equal(wrapped(out).nan_to_num(7.0), full.nan_to_num(7.0))
+        handle.remove()
+        assert len(calls) == (1 if classes <= 3 else 2)  # the hooked sum ran
+        leaf = out.clone().requires_grad_(True)
+        assert torch.equal(wrapped(leaf).detach().nan_to_num(7.0), full.nan_to_num(7.0))
+        assert len(calls) == (2 if classes <= 3 else 3)  # with gradients: the full path
+
+
 def test_threshold_wrapper_keeps_the_gradient():
     torch.manual_seed(0)
     logits = torch.randn(2, 1, 6, 6, 6, requires_grad=True)

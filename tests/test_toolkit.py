@@ -20,6 +20,7 @@ from esegeta_core.toolkit import (
     layer_output,
     recording,
     replacing_output,
+    target_pass_scores,
 )
 
 
@@ -41,6 +42,39 @@ def test_gather_target_picks_each_items_class():
     target = torch.tensor([3, 0, 2])
     assert gather_target(scores, target).tolist() == [3.0, 4.0, 10.0]
     assert gather_target(scores, target.view(3, 1)).shape == (3,)
+
+
+def test_target_pass_scores_reduce_only_the_targets_classes_without_gradients():
+    import esegeta_core as ec
+
+    class Seg(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, -x, 0.5 * x], 1)  # 3 classes per voxel
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 5, 6, 7)
+    wrapped = ec.ScoreModel(Seg(), ec.MultiClassScores())
+    target = torch.tensor([0, 1, 2, 1])
+    want = gather_target(wrapped(x), target)
+    seen: list[torch.Tensor] = []
+    original = ec.MultiClassScores.class_scores
+
+    def spy(self, out, classes):
+        seen.append(classes)
+        return original(self, out, classes)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ec.MultiClassScores, "class_scores", spy)
+        with torch.no_grad():
+            got = target_pass_scores(wrapped, x, target)
+        assert len(seen) == 1 and torch.equal(got, want)  # the one-class path
+        assert torch.equal(target_pass_scores(wrapped, x, target).detach(), want.detach())
+        assert len(seen) == 1  # with gradients: the whole output, as gather_target
+    plain = _net()
+    y = torch.rand(3, 3, 6, 6)
+    t = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        assert torch.equal(target_pass_scores(plain, y, t), gather_target(plain(y), t))
 
 
 def _net() -> nn.Sequential:

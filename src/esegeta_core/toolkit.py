@@ -4,7 +4,8 @@
   (``"linear"``, ``"bilinear"``, ``"trilinear"``), for up-sampling maps or masks in 1D,
   2D and 3D alike;
 - :func:`gather_target`: the ``(B,)`` scores of each item's target class in ``(B,
-  classes)`` scores;
+  classes)`` scores; :func:`target_pass_scores`: the same straight from a perturbation
+  pass, reducing only the targets' classes of a segmentation output;
 - :class:`Call`: what one ``attribute`` call works on (model, inputs, targets, method);
 - layer capture: :func:`recording` (every output or input of some modules within a
   block), :func:`layer_output` (one layer's output, the rest of the forward pass
@@ -43,6 +44,7 @@ __all__ = [
     "make_baseline",
     "recording",
     "replacing_output",
+    "target_pass_scores",
 ]
 
 INTERPOLATION_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -74,6 +76,21 @@ def gather_target(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``scores[i, target[i]]`` for every item: ``(B,)`` from ``(B, classes)`` scores and
     a ``(B,)`` long tensor of classes (moved to the scores' device)."""
     return scores.gather(1, target.reshape(-1, 1).to(scores.device)).squeeze(1)
+
+
+def target_pass_scores(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """``gather_target(model(x), target)``: each input's target score, a new tensor.
+
+    Without gradients, through the model's ``target_scores`` when it has one: the core's
+    segmentation wrapper then reduces only the targets' classes of the output, with the
+    same result (a pass of a small 3D U-Net otherwise spends a sixth of its time
+    reducing every class). Perturbation passes keep one score per input."""
+    fast = getattr(model, "target_scores", None)
+    if callable(fast) and not torch.is_grad_enabled():
+        return fast(x, target.reshape(-1).to(x.device))
+    return gather_target(model(x), target)
 
 
 @dataclass(frozen=True)

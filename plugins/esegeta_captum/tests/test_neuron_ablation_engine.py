@@ -118,7 +118,7 @@ class Counted(nn.Module):
         return self.head(h)
 
 
-def test_no_probe_pass_and_only_the_first_item_runs_whole() -> None:
+def test_no_probe_pass_and_only_the_first_pass_runs_whole() -> None:
     model = Counted().eval()
     x = torch.rand(3, 3, 8, 8)
     mask = grid_mask(x, 4)  # 4 features: 3 + 12 inputs
@@ -129,8 +129,8 @@ def test_no_probe_pass_and_only_the_first_item_runs_whole() -> None:
     algorithm = NeuronFeatureAblation(model, model.act)
     ours = Method().run(algorithm, x, {**kwargs, "perturbations_per_eval": 2}, None)
     close(ours, theirs)
-    assert model.heads == [1]  # the first item, to see how often the layer runs
-    assert model.calls == [1, 5, 6, 3]  # passes of 6, the first split as 1 + 5
+    assert model.heads == [6]  # the first pass, to see how often the layer runs
+    assert model.calls == [6, 6, 3]  # passes of 6, the later ones stop at the layer
 
 
 def test_a_layer_that_runs_twice_is_read_at_its_last_call() -> None:

@@ -156,10 +156,11 @@ class NeuronValue:
     (:func:`~esegeta_captum.shapes.full_neuron_index`), with the rest of the forward
     pass skipped.
 
-    The first batch it gets shows how often the layer runs in one forward pass and the
-    layer's output shape: its first item runs through the whole model, the other items
-    only up to the layer's last call, as every later batch (:func:`layer_output` when
-    the layer runs once, the usual case). No separate probe pass."""
+    The first batch it gets runs through the whole model, which shows how often the
+    layer runs in one forward pass and the layer's output shape; every later batch runs
+    only up to the layer's last call (:func:`layer_output` when the layer runs once, the
+    usual case). No separate probe pass, and short work (one batch) costs exactly its
+    forward passes."""
 
     def __init__(
         self, model: nn.Module, layer: nn.Module, selector: tuple[int, ...], method: str
@@ -208,9 +209,8 @@ class NeuronValue:
         return seen[-1]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.calls is None:  # the first item shows the calls and the output shape
-            first = self._run(x[:1], None)
-            return first if x.shape[0] == 1 else torch.cat([first, self(x[1:])])
+        if self.calls is None:  # the first batch shows the calls and the output shape
+            return self._run(x, None)
         if self.calls > 1:
             return self._run(x, self.calls)
         output = layer_output(self.model, self.layer, x, method=self.method, first_of_tuple=True)

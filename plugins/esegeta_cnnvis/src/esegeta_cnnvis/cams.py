@@ -48,7 +48,7 @@ from esegeta_core import (
 from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import replaced_scores
 from esegeta_core.runtime.passes import memory_format, method_passes
-from esegeta_core.toolkit import gather_target, interpolation_mode
+from esegeta_core.toolkit import gather_target, interpolation_mode, target_pass_scores
 
 C = TypeVar("C", bound=LayersParams | CamParams)
 """A CAM's parameter model: what the template reads (``layer``, ``relu``, ``upsample``)
@@ -321,7 +321,7 @@ class ScoreCam(WeightedCam[ScoreCamParams]):
             masked = x[items] * ((masks - low) / (high - low + 1e-8)).to(x.dtype)
             if channels_last:
                 masked = masked.contiguous(memory_format=memory_format(True, masked.ndim))
-            return gather_target(ctx.model(masked), ctx.target[items])
+            return target_pass_scores(ctx.model, masked, ctx.target[items])
 
         # passes planned under explain(auto_batch=True), else batch_size per pass
         scores[live] = method_passes(len(live), run, ctx.params.batch_size, x[:1]).to(scores.dtype)

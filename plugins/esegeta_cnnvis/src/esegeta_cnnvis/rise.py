@@ -32,7 +32,7 @@ from esegeta_core.explainer import Workload
 from esegeta_core.feature_masks import as_size
 from esegeta_core.runtime.pass_buffer import PassBuffer
 from esegeta_core.runtime.passes import method_passes
-from esegeta_core.toolkit import gather_target
+from esegeta_core.toolkit import gather_target, target_pass_scores
 
 MaskRange = Callable[[int, int], torch.Tensor]
 """``(start, stop) -> (stop - start, 1, *spatial)`` masks ``start .. stop - 1`` of a
@@ -169,7 +169,10 @@ def rise_block(
             torch.mul(inputs[item], masks(first, last), out=slots)
             pair += last - first
         items = torch.arange(start, stop, device=inputs.device) // count
-        return _score(model(batch), targets[items], how)
+        if how == "softmax":  # every class's score is needed
+            return _score(model(batch), targets[items], how)
+        picked = target_pass_scores(model, batch, targets[items]).float()
+        return picked.sigmoid() if how == "sigmoid" else picked
 
     # at most one item's block per pass, as the block's single pass per item was
     scores = method_passes(b * count, chunk, count, inputs[:1], kind="forward")

@@ -24,7 +24,7 @@ import torch
 
 from esegeta_core.runtime.pass_buffer import PassBuffer
 from esegeta_core.runtime.passes import method_passes
-from esegeta_core.toolkit import gather_target
+from esegeta_core.toolkit import gather_target, target_pass_scores
 from esegeta_lime.params import LimeParams
 
 
@@ -75,11 +75,10 @@ def sample_scores(
         batch = buffer.take(stop - start, channels_last)
         keep = rows[start:stop][:, segments].unsqueeze(1)
         torch.where(keep, item, hidden, out=batch)
-        scores = model(batch)
-        if params.use_softmax:
-            scores = torch.softmax(scores, dim=1)
-        labels = torch.full((stop - start,), label, device=scores.device)
-        return gather_target(scores, labels)  # a copy, never a view of the buffer
+        labels = torch.full((stop - start,), label, device=batch.device)
+        if not params.use_softmax:  # a copy, never a view of the buffer
+            return target_pass_scores(model, batch, labels)
+        return gather_target(torch.softmax(model(batch), dim=1), labels)
 
     with torch.no_grad():
         scores = method_passes(rows.shape[0], chunk, params.batch_size, item[None])
