@@ -19,6 +19,7 @@ from esegeta_core import Explainer, InvalidParamsError, explain, hookimpl
 from esegeta_core import checks as checks_module
 from esegeta_core.model_state import ModelState
 from esegeta_core.testing import Case, run_conformance, tiny_input, tiny_model
+from esegeta_core.testing.environment import require_method
 
 GiB = 2**30
 
@@ -308,6 +309,27 @@ def test_layer_shapes_are_measured_once_per_network_as_it_is() -> None:
     assert measure() == (8, 4, 4) and len(calls) == 3
     handle.remove()
     counting.remove()
+
+
+def test_layer_shapes_survive_the_taps_each_call_puts_in() -> None:
+    """explain() taps the layer a method reads with fresh site modules on every call:
+    a second Ablation-CAM call on the same network probes no layer shape again."""
+    method = require_method("cnnvis.ablation_cam")
+    model, x = tiny_model(), tiny_input()
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    probes: list[int] = []
+    original = checks_module.LayerShapes._measure
+
+    def spy(self: checks_module.LayerShapes) -> dict[str, tuple[int, ...]]:
+        probes.append(int(self._key()[1] not in checks_module._shapes.get(model, {})))
+        return original(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checks_module.LayerShapes, "_measure", spy)
+        for _ in range(2):
+            ec.explain(model, x, method, 0, layer="features.conv2", progress=False)
+    assert probes and probes[0] == 1 and set(probes[1:]) == {0}  # measured once
 
 
 def test_device_free_bytes_reads_the_cpu() -> None:

@@ -52,8 +52,8 @@ def test_the_climb_goes_up_while_faster_and_keeps_the_best():
     cost = {16: 2e-3, 32: 1e-3, 64: 4e-4, 128: 6e-4}
     calls: list = []
     runner = _Runner(2000, _chunk(cost, calls), torch.device("cpu"))
-    plan, ended = _climb(runner, reshapes=False, cap=256)
-    assert ended and plan == PassPlan(64)
+    plan, search = _climb(runner, reshapes=False, cap=256)
+    assert search is None and plan == PassPlan(64)
     assert [size for size, _ in calls] == [16, 16, 32, 64, 128]  # set-up, then the climb
     scores = runner.finish(plan)
     assert torch.equal(scores, torch.arange(2000, dtype=torch.float32))  # every input once
@@ -63,9 +63,32 @@ def test_the_climb_goes_down_when_bigger_is_slower_and_respects_the_cap():
     cost = {16: 1e-3, 32: 2e-3, 8: 5e-4, 4: 8e-4}
     calls: list = []
     runner = _Runner(500, _chunk(cost, calls), torch.device("cpu"))
-    plan, ended = _climb(runner, reshapes=False, cap=16)  # 32 is over the cap
-    assert ended and plan == PassPlan(8)
+    plan, search = _climb(runner, reshapes=False, cap=16)  # 32 is over the cap
+    assert search is None and plan == PassPlan(8)
     assert [size for size, _ in calls] == [16, 16, 8, 4]
+
+
+def test_short_work_resumes_the_search_where_it_stopped():
+    # seconds per input: best in passes of 32; each work is only 40 inputs
+    cost = {16: 2e-3, 32: 1e-3, 64: 4e-4}
+    calls: list = []
+    runner = _Runner(40, _chunk(cost, calls), torch.device("cpu"), stretch=256)
+    plan, search = _climb(runner, reshapes=False, cap=256)
+    assert plan == PassPlan(16) and search is not None and search.step == 32
+    runner.finish(plan)
+    assert [size for size, _ in calls] == [16, 16, 8]  # set-up, timed, the rest
+    calls.clear()
+    runner = _Runner(40, _chunk(cost, calls), torch.device("cpu"), stretch=256)
+    plan, search = _climb(runner, reshapes=False, cap=256, search=search)
+    assert plan == PassPlan(32) and search is not None and search.step == 64
+    assert torch.equal(runner.finish(plan), torch.arange(40, dtype=torch.float32))
+    assert [size for size, _ in calls] == [32, 8]  # no set-up again: 32 timed at once
+    calls.clear()
+    runner = _Runner(40, _chunk(cost, calls), torch.device("cpu"), stretch=256)
+    plan, search = _climb(runner, reshapes=False, cap=256, search=search)
+    assert plan == PassPlan(32) and search is not None  # 64 does not fit in the work
+    runner.finish(plan)
+    assert [size for size, _ in calls] == [32, 8]
 
 
 def test_short_work_climbs_as_far_as_it_goes_and_is_not_cached():
@@ -290,7 +313,8 @@ def test_short_work_repeated_continues_its_search_where_it_stopped():
     cost = {16: 2e-3, 32: 1e-3, 64: 5e-4}  # bigger passes are faster per input
 
     def slow_chunk(start, stop, channels_last):
-        time.sleep(cost.get(stop - start, 5e-4) * (stop - start))
+        n = stop - start  # a stretched pass (a short rest taken in) costs as its size
+        time.sleep(cost[max([k for k in cost if k <= n], default=16)] * n)
         return chunk(start, stop, channels_last)
 
     with torch.no_grad(), passes.planning(model, cap=64):
@@ -301,4 +325,5 @@ def test_short_work_repeated_continues_its_search_where_it_stopped():
     torch.testing.assert_close(again, first)
     assert sizes_first[:2] == [16, 16]  # the search starts small
     assert model.sizes[0] > 16  # and the next call where the last one had got to
-    assert model not in passes._plans  # never finished: nothing final cached
+    # the first call ran out at 32; the second timed 64 (the cap) and ended: cached
+    assert list(passes._plans[model].values()) == [PassPlan(64)]

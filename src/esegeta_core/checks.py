@@ -28,6 +28,7 @@ from torch import nn
 
 from esegeta_core.errors import InvalidParamsError, MethodFailedError
 from esegeta_core.explainer import Explainer, MethodParams, Workload
+from esegeta_core.sites import LayoutView, Probe, Tap
 from esegeta_core.targets import ScoreModel
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,17 @@ _shapes: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], dict[str, tu
 """Measured layer shapes per network (see :meth:`LayerShapes._key`)."""
 
 
+def _module_key(module: nn.Module) -> tuple[Any, ...]:
+    """What a module contributes to the layer-shape cache key: its identity and its
+    hooks' handles; for the sites the core puts in for one call (a fresh object each
+    call), its kind and layout and its hooks' functions, so the next call hits."""
+    if isinstance(module, (Tap, Probe, LayoutView)):
+        hooks = (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
+        names = tuple(getattr(h, "__qualname__", type(h).__name__) for h in hooks)
+        return type(module).__name__, module.extra_repr(), names
+    return id(module), tuple(module._forward_hooks), tuple(module._forward_pre_hooks)
+
+
 class LayerShapes(Mapping[str, tuple[int, ...]]):
     """The output shape (without batch) of each layer the parameters name, as the method
     sees it (channels first inside the call), measured in one probe pass of one item the
@@ -281,9 +293,7 @@ class LayerShapes(Mapping[str, tuple[int, ...]]):
         model = self._model
         root = model.model if isinstance(model, ScoreModel) else model
         probe = self._probe
-        modules = tuple(
-            (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in root.modules()
-        )
+        modules = tuple(_module_key(m) for m in root.modules())
         return root, (
             tuple(self._paths),
             modules,

@@ -22,6 +22,8 @@ The strategy measures on the work's own passes, which all count towards the resu
 first pass pays the set-up of a new shape, the two layouts are compared on one pass when
 the model accepts channels-last and its outputs agree, then the pass size doubles while
 the time per input improves by 5% (else halves), within the cap that fits in memory.
+Work too short to finish the search keeps it: the next work of the same kind goes on
+from the last size timed, so repeated short jobs converge.
 A CUDA out-of-memory error in any pass splits it in two and retries. An integer
 ``batch_size`` outside these contexts runs exactly that many inputs per pass,
 contiguous: no tuning, predictable memory.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -62,11 +65,11 @@ Chunk = Callable[[int, int, bool], torch.Tensor]
 _plans: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], PassPlan]] = (
     weakref.WeakKeyDictionary()
 )
-_unfinished: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], PassPlan]] = (
+_unfinished: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], Search]] = (
     weakref.WeakKeyDictionary()
 )
-"""The best plan of a search the work ran out on: the next search starts there (short
-work repeated, as a run's jobs, converges instead of starting over)."""
+"""Searches the work ran out on: the next work of the same key resumes them where they
+stopped (short work repeated, as a run's jobs, converges instead of starting over)."""
 
 
 def clear_plans() -> None:
@@ -81,6 +84,19 @@ class PassPlan:
 
     batch_size: int
     channels_last: bool = False
+
+
+@dataclass
+class Search:
+    """Where a search for the fastest pass size stands: the best plan so far, its
+    seconds per input (``inf`` before one was timed), the next size to time and
+    whether the search is doubling (else halving) from the size it started at."""
+
+    plan: PassPlan
+    best: float
+    step: int
+    up: bool
+    origin: int
 
 
 def check_batch_size(metric: str, batch_size: object) -> BatchSize:
@@ -197,41 +213,47 @@ class _Runner:
 
 
 def _climb(
-    runner: _Runner, reshapes: bool, cap: int, start: int = CLIMB_START
-) -> tuple[PassPlan, bool]:
+    runner: _Runner,
+    reshapes: bool,
+    cap: int,
+    start: int = CLIMB_START,
+    search: Search | None = None,
+) -> tuple[PassPlan, Search | None]:
     """The fastest plan found on the runner's own inputs (all of them count): a pass at
     :data:`CLIMB_START` to set up, the layouts compared there when the input allows,
     then doubling while the time per input improves by 5%, else halving. Every pass
-    counts towards the result, so short work climbs too (as far as it goes; its plan is
-    not cached). Returns the plan and whether the search ended (false: the work ran out
-    first)."""
-    size = max(1, min(start, cap))
-    runner.run(size, False)  # the first pass of a shape pays its set-up
-    if runner.left < size:
-        return PassPlan(size), False
-    channels_last = False
-    # the layout trial computes one pass twice: only where that is a small share
-    if reshapes and runner.left >= 16 * size and runner.layout_agrees(size):
-        best = runner.run(size, False, timed=True)
-        seconds = runner.run(size, True, timed=True)
-        if seconds < best:
-            best, channels_last = seconds, True
-    else:
-        best = runner.run(size, False, timed=True)
-    plan = PassPlan(size, channels_last)
-    for up in (True, False):
-        step = size * 2 if up else size // 2
-        while 1 <= step <= cap:
+    counts towards the result, so short work climbs too, as far as it goes, and returns
+    its :class:`Search` (``None`` once the search has ended): given back with the next
+    work of the same kind, the search goes on from there instead of starting over."""
+    if search is None or search.best == math.inf:
+        size = max(1, min(search.plan.batch_size if search else start, cap))
+        runner.run(size, False)  # the first pass of a shape pays its set-up
+        if runner.left < size:
+            return PassPlan(size), Search(PassPlan(size), math.inf, size * 2, True, size)
+        channels_last = False
+        # the layout trial computes one pass twice: only where that is a small share
+        if reshapes and runner.left >= 16 * size and runner.layout_agrees(size):
+            best = runner.run(size, False, timed=True)
+            seconds = runner.run(size, True, timed=True)
+            if seconds < best:
+                best, channels_last = seconds, True
+        else:
+            best = runner.run(size, False, timed=True)
+        search = Search(PassPlan(size, channels_last), best, size * 2, True, size)
+    while True:
+        step, plan = search.step, search.plan
+        if 1 <= step <= cap:
             if runner.left < step:
-                return plan, False
-            seconds = runner.run(step, channels_last, timed=True)
-            if seconds > 0.95 * best:
-                break
-            best, plan = seconds, PassPlan(step, channels_last)
-            step = step * 2 if up else step // 2
-        if plan.batch_size != size:  # going up helped: no need to go down
-            break
-    return plan, True
+                return plan, search  # the work ran out: the next work goes on from here
+            seconds = runner.run(step, plan.channels_last, timed=True)
+            if seconds <= 0.95 * search.best:
+                search.best, search.plan = seconds, PassPlan(step, plan.channels_last)
+                search.step = step * 2 if search.up else step // 2
+                continue
+        if search.up and search.plan.batch_size == search.origin:
+            search.up, search.step = False, search.origin // 2  # going up did not help
+            continue
+        return search.plan, None
 
 
 @dataclass
@@ -264,17 +286,18 @@ class Planning:
         key = _key(kind, sample)
         plan = _plans.get(network, {}).get(key)
         if plan is None or plan.batch_size > cap:
-            hint = _unfinished.get(network, {}).get(key)
-            if hint is not None and hint.batch_size <= cap:
-                start = hint.batch_size
-            plan, ended = _climb(runner, layouts and _layouts_differ(sample), cap, start)
-            if ended:
+            search = _unfinished.get(network, {}).get(key)
+            if search is not None and search.plan.batch_size > cap:
+                search = None
+            reshapes = layouts and _layouts_differ(sample)
+            plan, search = _climb(runner, reshapes, cap, start, search)
+            if search is None:
                 _plans.setdefault(network, {})[key] = plan
                 _unfinished.get(network, {}).pop(key, None)
                 self.tuned = True
                 log.debug("passes of %s (%s): %s", type(network).__name__, kind, plan)
             else:
-                _unfinished.setdefault(network, {})[key] = plan
+                _unfinished.setdefault(network, {})[key] = search
         self.plan = plan
         return runner.finish(plan)
 
