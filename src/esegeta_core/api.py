@@ -11,6 +11,7 @@ patch and restores the model exactly as it was found), and return its result as 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import operator
 from collections.abc import Mapping
@@ -312,7 +313,7 @@ _CAST = {
 
 def _model_dtype(model: nn.Module) -> torch.dtype | None:
     """The dtype of the model's first floating-point parameter (or buffer); None if none."""
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return tensor.dtype
     return None

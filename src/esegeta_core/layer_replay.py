@@ -27,6 +27,7 @@ from torch import nn
 
 from esegeta_core.prefix_memo import PrefixMemo, PrefixMismatchError
 from esegeta_core.runtime.passes import CLIMB_START, method_passes
+from esegeta_core.sites import Tap
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +186,20 @@ def _run(
     def hook(_m: nn.Module, _args: Any, _out: Any) -> torch.Tensor:
         return replacements
 
-    handle = module.register_forward_hook(hook)
+    handle = _site(model, module).register_forward_hook(hook)
     try:
         with torch.no_grad():
             return model(x)
     finally:
         handle.remove()
+
+
+def _site(model: nn.Module, module: nn.Module) -> nn.Module:
+    """Where ``module``'s output is replaced: the core's tap around it when the call
+    tapped the layer (its output is the layer's, copied so that in-place code downstream
+    cannot touch what a method recorded; the replacements are made per pass, so copying
+    them again would only cost a pass's worth of memory traffic), else ``module``."""
+    for candidate in model.modules():
+        if isinstance(candidate, Tap) and candidate.inner is module and candidate.view is None:
+            return candidate
+    return module

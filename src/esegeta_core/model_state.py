@@ -103,7 +103,8 @@ class ModelState:
                     table.clear()
                     table.update(saved)
         for module, training in self.modes:
-            module.training = training
+            if module.training != training:
+                module.training = training
         for p, requires_grad, grad in self.params:
             if p.requires_grad != requires_grad:
                 p.requires_grad_(requires_grad)

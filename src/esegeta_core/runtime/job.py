@@ -121,7 +121,8 @@ class Job:
         state = ModelState.capture(self.spec.model)
         x = inputs
         try:
-            self.spec.model.eval()
+            if any(m.training for m in self.spec.model.modules()):
+                self.spec.model.eval()
             x = _on_device(inputs, self.spec.device)
             result, t, params, seconds = self._execute(x, target, params)
         except EsegetaError:

@@ -36,6 +36,7 @@ from esegeta_captum.params.layer import (
 from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import replaced_scores
 from esegeta_core.preparation import layer_tap
+from esegeta_core.runtime.pass_buffer import PassBuffer
 from esegeta_core.toolkit import Call, gather_target, recording
 
 
@@ -161,34 +162,46 @@ def group_ablation(
     layer: torch.nn.Module,
     inputs: torch.Tensor,
     target: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None,
     baseline: float,
     chunk: int | None,
     method: str,
 ) -> torch.Tensor:
-    """Captum's ``LayerFeatureAblation`` result for group masks, with the layers before
-    ``layer`` run once per item (:func:`esegeta_core.layer_replay.replaced_scores`):
-    each unit gets the score drop when its group is set to ``baseline``."""
+    """Captum's ``LayerFeatureAblation`` result for group masks (``None``: each channel
+    of the layer's output), with the layers before ``layer`` run once per item
+    (:func:`esegeta_core.layer_replay.replaced_scores`): each unit gets the score drop
+    when its group is set to ``baseline``."""
     with torch.no_grad(), recording([layer]) as seen:
         scores = model(inputs)
     original = cast(torch.Tensor, seen[0][0])
     reference = gather_target(scores, target)
+    if mask is None:  # every channel a group of its own
+        channels = torch.arange(original.shape[1], device=original.device)
+        mask = channels.view(1, -1, *([1] * (original.ndim - 2)))
     groups = torch.broadcast_to(mask.to(original.device), original.shape).long()
-    rows = [(b, int(g)) for b in range(len(inputs)) for g in groups[b].unique()]
+    ids = [groups[b].unique() for b in range(len(inputs))]  # sorted, per item
+    rows = [(b, g) for b in range(len(inputs)) for g in ids[b].tolist()]
+
+    buffer = PassBuffer(original[0])  # each pass's replacements, in one reused tensor
+    fill = torch.as_tensor(baseline, dtype=original.dtype, device=original.device)
 
     def build(item: int, ids: list[int]) -> torch.Tensor:
         chosen = groups[item].unsqueeze(0) == torch.as_tensor(ids, device=groups.device).view(
             -1, *([1] * (original.ndim - 1))
         )
-        return torch.where(chosen, torch.as_tensor(baseline, dtype=original.dtype), original[item])
+        return torch.where(chosen, fill, original[item], out=buffer.take(len(ids), False))
 
     ablated = replaced_scores(
         model, layer, inputs, original, target, reference, rows, build, chunk=chunk,
         method=method,
     )  # fmt: skip
-    out = torch.zeros_like(original)
-    for (item, group), score in zip(rows, ablated):
-        out[item][groups[item] == group] = (reference[item] - score).to(out.dtype)
+    # each unit takes its group's drop: the rows are each item's sorted ids in turn
+    out = torch.empty_like(original)
+    start = 0
+    for item, found in enumerate(ids):
+        drops = (reference[item] - ablated[start : start + len(found)]).to(out.dtype)
+        out[item] = drops[torch.searchsorted(found, groups[item])]
+        start += len(found)
     return out
 
 
@@ -214,9 +227,11 @@ class LayerFeatureAblation(LayerMethod[LayerFeatureAblationParams]):
                 if "perturbations_per_eval" in params.model_fields_set
                 else None
             )
+            mask = kwargs["layer_mask"]
             return group_ablation(
                 algorithm.forward_func, algorithm.layer, inputs, kwargs["target"],
-                kwargs["layer_mask"], kwargs["layer_baselines"], chunk, self.name,
+                None if isinstance(mask, str) else mask, kwargs["layer_baselines"], chunk,
+                self.name,
             )  # fmt: skip
         # Captum (0.9) does not expand per-item targets when perturbations_per_eval > 1
         # ("Tensor target dimension ... is not valid"): run item by item in that case.

@@ -47,6 +47,7 @@ from esegeta_core import (
 )
 from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import replaced_scores
+from esegeta_core.runtime.pass_buffer import PassBuffer
 from esegeta_core.runtime.passes import memory_format, method_passes
 from esegeta_core.toolkit import gather_target, interpolation_mode, target_pass_scores
 
@@ -368,8 +369,11 @@ class AblationCam(WeightedCam[AblationCamParams]):
         rows = _rows_where(~same)
         pairs = [(int(r) // channels, int(r) % channels) for r in rows]
 
+        buffer = PassBuffer(a[0])  # each pass's ablated copies, in one reused tensor
+
         def build(item: int, chans: list[int]) -> torch.Tensor:
-            copy = a[item].unsqueeze(0).repeat(len(chans), *([1] * (a.ndim - 1)))
+            copy = buffer.take(len(chans), False)
+            copy.copy_(a[item].expand(len(chans), *a.shape[1:]))
             copy[torch.arange(len(chans), device=a.device), torch.as_tensor(chans)] = value
             return copy
 

@@ -88,6 +88,10 @@ class LayerFeatureAblationParams(LayerParams, BatchParams):
         kwargs["layer_baselines"] = self.layer_baseline
         if isinstance(self.layer_mask, torch.Tensor):
             kwargs["layer_mask"] = self.layer_mask.to(call.inputs.device).long()
+        elif self.layer_mask == "channel" and not self.attribute_to_layer_input:
+            # the layer-replay path groups the channels of the output it records: no
+            # probe pass for the layer's shape (see LayerFeatureAblation.run)
+            kwargs["layer_mask"] = "channel"
         elif self.layer_mask == "channel":
             shape = layer_shape(call, self.module(call), self.attribute_to_layer_input)
             ids = torch.arange(shape[0], device=call.inputs.device)
