@@ -136,10 +136,10 @@ class Case:
 
 @dataclass
 class Floor:
-    """The bare passes of a method: ``whole`` inputs through the model (copies of one
-    item), or with ``tail`` one whole pass of the batch (``whole`` = its items) plus
-    ``tail_passes`` inputs through the layers after the explained one (copies of the
-    layer's activations ``acts``)."""
+    """The bare passes of a method: ``whole`` inputs through the model (the batch's
+    items in turn), or with ``tail`` one whole pass of the batch (``whole`` = its items)
+    plus ``tail_passes`` inputs through the layers after the explained one (copies of
+    the layer's activations ``acts``)."""
 
     whole: int
     tail: nn.Module | None = None
@@ -193,7 +193,7 @@ FULL = Scale(
     px=64, side3d=48, side_unet=48, window2d=8, cell2d=8, coarse2d=16, window3d=8,
     cell3d=12, window_unet=8, samples2d=200, samples3d=128, masks2d={1: 256, 4: 128}, masks3d=128,
     masks_unet=256, segments2d=32, segments3d=32, sizes2d=[1, 8, 16, 32, 64],
-    sizes3d=[1, 4, 8, 16, 32], tail_sizes=[8, 32, 128, 512], repeats=3,
+    sizes3d=[1, 4, 8, 16, 32], tail_sizes=[8, 32, 64, 128, 256, 512], repeats=5,
 )  # fmt: skip
 SMOKE = Scale(
     px=32, side3d=32, side_unet=16, window2d=8, cell2d=8, coarse2d=16, window3d=16,
@@ -567,11 +567,13 @@ def _floor_run(
     """The floor's passes at ``size`` inputs per pass, after one untimed pass of each
     shape it uses (the set-up of a new shape is not part of the floor)."""
     if floor.tail is not None and floor.acts is not None:
-        net, one, count = floor.tail, floor.acts, floor.tail_passes
-    else:
-        net, one, count = case.model, x[:1], floor.whole
-    fmt = passes.memory_format(channels_last, one.ndim)
-    batch = one.expand(min(size, count), *one.shape[1:]).contiguous(memory_format=fmt)
+        net, items, count = floor.tail, floor.acts, floor.tail_passes
+    else:  # the batch's items in turn, as the method's passes perturb each of them
+        net, items, count = case.model, x, floor.whole
+    fmt = passes.memory_format(channels_last, items.ndim)
+    n = min(size, count)
+    cycled = items.repeat(-(-n // items.shape[0]), *([1] * (items.ndim - 1)))[:n]
+    batch = cycled.contiguous(memory_format=fmt)
     whole = x.contiguous(memory_format=passes.memory_format(channels_last, x.ndim))
 
     def run() -> None:
