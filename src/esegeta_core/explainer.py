@@ -247,6 +247,11 @@ class Explainer(ABC, Generic[P]):
       ``force=True`` (override :meth:`passes` when the count is more involved, and
       :meth:`workload` when the method also holds many inputs or buffers at once).
     - ``model_rules``: see :data:`ModelRules`.
+    - ``forward_only``: the method runs the model forward only, without gradients,
+      and reads nothing inside it but through the core's layer taps (which hand on
+      copies): the core then leaves in-place activations as they are (turning them off
+      copies every activation, ~5% of each forward pass of a ResNet-50). Leave it
+      False when any path hooks a layer without a tap (Captum's neuron methods).
     - ``needs_trace``: the core records what the model computes in one probe pass
       (:func:`esegeta_core.tracing.trace_model`) and hands it to :meth:`check_model`,
       without preparing the model (rule-based methods always get it).
@@ -275,6 +280,7 @@ class Explainer(ABC, Generic[P]):
     count_params: ClassVar[tuple[str, ...]] = ()
     model_rules: ClassVar[ModelRules] = "none"
     needs_trace: ClassVar[bool] = False
+    forward_only: ClassVar[bool] = False
     requirements: ClassVar[tuple[str, ...]] = ()
     cost_note: ClassVar[str] = ""
     layout_param: ClassVar[str | None] = None

@@ -82,7 +82,8 @@ def prepare_model(
     inplace_off = 0
     layouts: dict[str, dict[str, Any]] = {}
     if not isinstance(model, torch.jit.ScriptModule):
-        inplace_off = stack.enter_context(no_inplace(model))
+        if not cls.forward_only:  # in-place code cannot reach what it reads
+            inplace_off = stack.enter_context(no_inplace(model))
         layers = _layer_modules(params, model, cls.name)
         found = layer_layouts(plain, unwrap(model), probe, layers, reshape=reshape, method=cls.name)
         layouts = {p: found[id(m)].record() for p, m in layers if not _plain(found, m)}

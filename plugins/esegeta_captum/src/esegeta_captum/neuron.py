@@ -237,6 +237,7 @@ class NeuronFeatureAblation(
     """
 
     name = "captum.neuron_feature_ablation"
+    forward_only = False  # Captum's own path hooks the layer without a tap
     captum_class = "NeuronFeatureAblation"
     family = "neuron"
     cost = "high"

@@ -59,6 +59,7 @@ class PerturbationMethod(CaptumMethod[B]):
 
     family = "perturbation"
     cost = "high"
+    forward_only = True  # forward passes on perturbed inputs, scores only
 
     def per_feature(self, params: B) -> int:
         """Evaluations per feature and item."""

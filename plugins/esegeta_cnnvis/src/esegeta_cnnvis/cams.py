@@ -278,6 +278,7 @@ class ScoreCam(WeightedCam[ScoreCamParams]):
     name = "cnnvis.score_cam"
     paper = "https://arxiv.org/abs/1910.01279"
     uses_gradients = False
+    forward_only = True  # the layer is read through its tap
     batch_params = ("batch_size",)
     pass_params = ("batch_size",)
     own_passes = True  # masks built per pass (method_passes)
@@ -340,6 +341,7 @@ class AblationCam(WeightedCam[AblationCamParams]):
         "_paper.pdf"
     )
     uses_gradients = False
+    forward_only = True  # the layer is read and replaced through its tap
     batch_params = ("batch_size",)
     pass_params = ("batch_size",)
     own_passes = True  # layer replay builds its passes (method_passes)

@@ -184,6 +184,7 @@ class Rise(Explainer[RiseParams]):
 
     name = "cnnvis.rise"
     count_params = ("num_masks",)
+    forward_only = True
     family = "perturbation"
     output = "input"
     ranks = (2, 3)

@@ -45,6 +45,7 @@ class Lime(Explainer[LimeParams]):
 
     name = "lime.lime"
     count_params = ("num_samples",)
+    forward_only = True
     family = "perturbation"
     output = "input"
     ranks = (2, 3)

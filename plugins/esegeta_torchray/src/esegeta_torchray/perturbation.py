@@ -53,6 +53,7 @@ class Rise(PerturbationMethod[RiseParams]):
 
     name = "torchray.rise"
     count_params = ("num_masks",)
+    forward_only = True
     function = "rise:rise"
     paper = "https://arxiv.org/abs/1806.07421"
     batch_params = ("batch_size",)
