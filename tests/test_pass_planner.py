@@ -92,6 +92,31 @@ def test_short_work_resumes_the_search_where_it_stopped():
     assert [size for size, _ in calls] == [32, 8]
 
 
+def test_a_size_that_seems_to_lose_on_short_work_is_timed_again_next_time():
+    # the first pass of a new size pays its set-up (here 3x): one timing would reject 32
+    cost = {16: 2e-3, 32: 1e-3}
+    seen: set[int] = set()
+    calls: list = []
+
+    def chunk(start, stop, channels_last):
+        n = stop - start
+        size = max([k for k in cost if k <= n], default=16)
+        time.sleep(cost[size] * n * (1 if size in seen else 3))
+        seen.add(size)
+        calls.append(n)
+        return torch.arange(start, stop, dtype=torch.float32)
+
+    search = None
+    plans = []
+    for _ in range(3):
+        runner = _Runner(40, chunk, torch.device("cpu"), stretch=256)
+        plan, search = _climb(runner, reshapes=False, cap=256, search=search)
+        assert torch.equal(runner.finish(plan), torch.arange(40, dtype=torch.float32))
+        plans.append(plan.batch_size)
+    assert search is not None and search.pending is None
+    assert plans == [16, 16, 32]  # 32 timed twice (set-up, then for real) before winning
+
+
 def test_short_work_climbs_as_far_as_it_goes_and_is_not_cached():
     model = Counting(nn.Linear(4, 2))
     splitter = PassSplitter(model, network=model, cap=64)

@@ -97,6 +97,9 @@ class Search:
     step: int
     up: bool
     origin: int
+    pending: float | None = None
+    """The first timing of ``step`` when it seemed to lose and the work ran out before
+    a second one."""
 
 
 def check_batch_size(metric: str, batch_size: object) -> BatchSize:
@@ -223,7 +226,8 @@ def _climb(
     :data:`CLIMB_START` to set up, the layouts compared there when the input allows,
     then doubling while the time per input improves by 5%, else halving (the starting
     size is timed twice, and a size that seems to lose is timed again before the search
-    turns, while the work lasts: a single timing on a busy machine misleads). Every pass
+    turns, by the next work if this one ends first: a new size's first pass pays its
+    set-up, and a single timing on a busy machine misleads). Every pass
     counts towards the result, so short work climbs too, as far as it goes, and returns
     its :class:`Search` (``None`` once the search has ended): given back with the next
     work of the same kind, the search goes on from there instead of starting over."""
@@ -250,8 +254,15 @@ def _climb(
             if runner.left < step:
                 return plan, search  # the work ran out: the next work goes on from here
             seconds = runner.run(step, plan.channels_last, timed=True)
-            if seconds > 0.95 * search.best and runner.left >= step:  # confirm a loss
-                seconds = min(seconds, runner.run(step, plan.channels_last, timed=True))
+            if seconds > 0.95 * search.best:  # confirm a loss: the first pass of a
+                if runner.left >= step:  # new size pays its set-up, or noise
+                    seconds = min(seconds, runner.run(step, plan.channels_last, timed=True))
+                elif search.pending is None:  # the next work times it again
+                    search.pending = seconds
+                    return plan, search
+                else:
+                    seconds = min(seconds, search.pending)
+            search.pending = None
             if seconds <= 0.95 * search.best:
                 search.best, search.plan = seconds, PassPlan(step, plan.channels_last)
                 search.step = step * 2 if search.up else step // 2
