@@ -89,3 +89,40 @@ def test_torchvision_resnet_maps_equal_those_with_inplace_off(method: str) -> No
         plain = ec.explain(off, x, name, 0, progress=False, **params)
     torch.testing.assert_close(kept.attributions, plain.attributions, rtol=1e-4, atol=1e-6)
     assert model.relu.inplace
+
+
+class ChannelsLast(nn.Module):
+    """A layer whose output is channels-last ``(B, H, W, C)``, followed at once by an
+    in-place activation: a module, or ``F.relu(..., inplace=True)`` in the forward."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.lin = nn.Linear(6, 6)
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(self.conv(x).permute(0, 2, 3, 1))
+        y = torch.relu_(y) if self.functional else self.act(y)
+        return self.head(y.mean((1, 2)))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+@pytest.mark.parametrize("method", ["cnnvis.score_cam", "cnnvis.ablation_cam", "cnnvis.grad_cam"])
+def test_a_channels_last_layer_before_in_place_code_is_read_intact(method, functional):
+    """The tap's channels-first view of a channels-last layer must not share storage
+    with what the rest of the model gets: in-place code after the layer (a module kept
+    in place for a forward-only method, or in-place code in the forward) would change
+    the activations a method recorded."""
+    name = require_method(method)
+    torch.manual_seed(0)
+    model = ChannelsLast(functional).eval()
+    x = torch.rand(2, 1, 8, 8)
+    got = ec.explain(model, x, name, 1, layer="lin", reshape="channels_last", progress=False)
+    safe = copy.deepcopy(model)
+    safe.functional = False
+    with no_inplace(safe):
+        want = ec.explain(safe, x, name, 1, layer="lin", reshape="channels_last", progress=False)
+    torch.testing.assert_close(got.attributions, want.attributions, rtol=1e-5, atol=1e-6)

@@ -60,8 +60,9 @@ class Layout:
         ``view`` of ``y``; extra tokens come from ``y``. Always a new tensor."""
         if self.kind == "channels_first":
             return view.clone()
-        if self.kind == "channels_last":
-            return view.movedim(1, -1).contiguous()
+        if self.kind == "channels_last":  # a copy even where the strides already fit:
+            # the view of ``y`` a method recorded must not share in-place code's storage
+            return view.movedim(1, -1).clone(memory_format=torch.contiguous_format)
         grid_tokens = view.flatten(2).transpose(1, 2)
         if self.extra:
             extra = y[:, : self.extra]
