@@ -126,3 +126,18 @@ def test_a_channels_last_layer_before_in_place_code_is_read_intact(method, funct
     with no_inplace(safe):
         want = ec.explain(safe, x, name, 1, layer="lin", reshape="channels_last", progress=False)
     torch.testing.assert_close(got.attributions, want.attributions, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "shape"),
+    [("tokens", 0, (2, 16, 6)), ("tokens", 1, (2, 17, 6)), ("channels_last", 0, (2, 4, 4, 6))],
+)
+def test_a_restored_layout_never_shares_the_recorded_views_storage(kind, extra, shape):
+    from esegeta_core.layouts import Layout
+
+    layout = Layout(kind, (4, 4), extra)
+    y = torch.rand(shape)
+    view = layout.to_channels_first(y)
+    out = layout.restore(view, y)
+    assert torch.equal(out, y)
+    assert out.untyped_storage().data_ptr() != view.untyped_storage().data_ptr()

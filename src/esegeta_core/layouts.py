@@ -69,7 +69,7 @@ class Layout:
             if extra.shape[0] != grid_tokens.shape[0]:  # one item, several replacements
                 extra = extra.expand(grid_tokens.shape[0], *extra.shape[1:])
             return torch.cat([extra, grid_tokens], dim=1)
-        return grid_tokens.contiguous()
+        return grid_tokens.clone(memory_format=torch.contiguous_format)  # as above
 
     @property
     def spec(self) -> str:
