@@ -275,3 +275,33 @@ def test_results_already_sent_are_delivered_on_an_interrupt(caplog):
     assert "on_result failed for job a" in caplog.text
     for conn in (waiting, sent, dead, busy, working):
         conn.close()
+
+
+def test_a_sigterm_python_drops_in_a_callback_still_stops_the_in_process_run():
+    """A signal handled while Python runs a ``__del__`` or a weakref callback (a cache
+    entry of a collected module) raises there and Python drops the exception: the
+    in-process loop raises it again before the next job instead of running to the end."""
+    from esegeta_core.runtime.executor import Submission, _run_in_process
+    from esegeta_core.runtime.scheduler import JobResult
+
+    class Dropper:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled inside __del__: dropped
+            sum(range(1000))  # bytecode, so the handler runs here
+
+    ran: list[str] = []
+    results: list[JobResult] = []
+
+    def worker(job: str, device: str) -> str:
+        ran.append(job)
+        if job == "b":
+            Dropper()  # collected at once
+        return job
+
+    submission = Submission(
+        jobs=[(j, j) for j in "abcd"], worker=worker, config=None,  # type: ignore[arg-type]
+        slots=None, on_result=results.append, on_start=lambda *a: None, progress=False,
+    )  # fmt: skip
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        _run_in_process(submission)
+    assert ran == ["a", "b"] and [r.job_id for r in results] == ["a", "b"]

@@ -28,6 +28,10 @@ FACTORY = "esegeta_core.testing.models:tiny_model"
 MODELS = {"tiny": DeclaredModel("tiny", {"factory": FACTORY, "kwargs": {}})}
 
 
+JOBS = 60
+"""Jobs of the live run the stop/resume tests launch."""
+
+
 def _method() -> str:
     """A cheap gradient method that CI installs (skip without one)."""
     return require_method("cnnvis.vanilla_backprop", "captum.saliency")
@@ -168,7 +172,9 @@ def _wait(client: TestClient, run: str, until: Any, seconds: float = 90) -> dict
 def test_launch_follow_stop_and_resume_a_real_run(tmp_path: Path) -> None:
     method = _method()
     (tmp_path / "data").mkdir()
-    for i in range(8):
+    # 20 inputs x 3 targets: enough jobs that the stop lands while the run still runs
+    # (of 24 tiny jobs, 10 finished here before the stop landed: thin on a slow machine)
+    for i in range(JOBS // 3):
         np.save(tmp_path / "data" / f"x{i}.npy", tiny_input("classification", 2, batch=1).numpy())
     config = {
         "name": "live",
@@ -202,14 +208,14 @@ def _launch_follow_stop_resume(client: TestClient, config: dict[str, Any]) -> No
             if line.startswith("data:") and json.loads(line[5:]).get("ok", 0) >= 1:
                 first = json.loads(line[5:])
                 break
-    assert first["state"] == "running" and first["planned"] == 24
+    assert first["state"] == "running" and first["planned"] == JOBS
     stop = client.post(f"/runs/{run}/stop", headers={"X-CSRF-Token": token})
     assert stop.status_code in (200, 303)
     stopped = _wait(client, run, lambda s: s["state"] != "running")
-    assert stopped["state"] == "stopped" and 1 <= stopped["ok"] < 24, stopped
+    assert stopped["state"] == "stopped" and 1 <= stopped["ok"] < JOBS, stopped
     client.post(f"/runs/{run}/resume", headers={"X-CSRF-Token": token})
     done = _wait(client, run, lambda s: s["state"] == "finished")
-    assert (done["ok"], done["failed"], done["pending"]) == (24, 0, 0)
+    assert (done["ok"], done["failed"], done["pending"]) == (JOBS, 0, 0)
     # the finished run's events end at once; its page shows viewers and downloads
     with client.stream("GET", f"/runs/{run}/events") as events:
         text = "".join(events.iter_text())

@@ -161,6 +161,7 @@ def _run_in_process(submission: Submission) -> None:
     with Interrupts() as interrupts:
         try:
             for job_id, job in submission.jobs:
+                interrupts.raise_swallowed()
                 if submission.cancelled.is_set():
                     raise KeyboardInterrupt("run cancelled")
                 submission.on_start(job_id, "cpu")

@@ -329,6 +329,8 @@ class Interrupts:
     def __init__(self) -> None:
         self.previous: dict[int, Any] = {}
         self.pending: int | None = None
+        self.received: int | None = None
+        """The last signal handled, whether or not its ``KeyboardInterrupt`` got out."""
         self.depth = 0
         self.closing = False
 
@@ -348,6 +350,7 @@ class Interrupts:
             self.raise_pending()
 
     def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
         if self.depth or self.closing:
             if self.pending is None:
                 self.pending = signum
@@ -369,6 +372,15 @@ class Interrupts:
         """Raise ``KeyboardInterrupt`` now if a signal is waiting."""
         if self.pending is not None:
             signum, self.pending = self.pending, None
+            raise _interrupt(signum)
+
+    def raise_swallowed(self) -> None:
+        """Where an interrupt raised earlier must have stopped the caller (the top of a
+        job loop): raise it again. A signal handled while Python runs a weakref
+        callback or a ``__del__`` (a cache entry of a collected module) raises there,
+        and Python prints and drops that exception: the run would go on to the end."""
+        if self.received is not None:
+            signum, self.received = self.received, None
             raise _interrupt(signum)
 
     def defer_all(self) -> None:
