@@ -3,6 +3,8 @@ that is exact, whole passes otherwise, and the scores are the same either way.""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -39,14 +41,26 @@ def _ablate_every_channel(model: nn.Module, x: torch.Tensor, t: torch.Tensor) ->
     reference = scores.gather(1, t[:, None]).squeeze(1)
     rows = [(b, c) for b in range(len(x)) for c in range(original.shape[1])]
 
-    def build(item: int, chans: list[int]) -> torch.Tensor:
-        out = original[item].unsqueeze(0).repeat(len(chans), 1, 1, 1)
+    def build(item: int, chans: list[int], out: torch.Tensor) -> None:
+        out.copy_(original[item].expand(len(chans), -1, -1, -1))
         out[torch.arange(len(chans)), torch.tensor(chans)] = 0
-        return out
 
     return replaced_scores(
         model, model.layer, x, original, t, reference, rows, build, chunk=3, method="test"
     )
+
+
+def _spy_on_checks(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The results of layer replay's checks of the unmodified row, in order."""
+    checked: list[bool] = []
+    original = replay._replay_agrees
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        checked.append(original(*args, **kwargs))
+        return checked[-1]
+
+    monkeypatch.setattr(replay, "_replay_agrees", spy)
+    return checked
 
 
 def _plain(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -67,21 +81,18 @@ def _plain(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("concat", [False, True])
-def test_replayed_scores_equal_whole_passes(concat: bool, monkeypatch) -> None:
+def test_replayed_scores_equal_whole_passes(concat: bool, monkeypatch, caplog) -> None:
     torch.manual_seed(0)
     model = Skip(concat).eval()
     x = torch.rand(2, 2, 6, 6)
     t = torch.tensor([0, 2])
-    checked: list[bool] = []
-    original = replay._fast_is_exact
-
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        checked.append(original(*args, **kwargs))
-        return checked[-1]
-
-    monkeypatch.setattr(replay, "_fast_is_exact", spy)
-    got = _ablate_every_channel(model, x, t)
-    assert checked == [not concat]  # a concatenation falls back to whole passes
+    checked = _spy_on_checks(monkeypatch)
+    with caplog.at_level("INFO", logger="esegeta_core.layer_replay"):
+        got = _ablate_every_channel(model, x, t)
+    # a concatenation fails on the first pass (whole passes follow); else the first
+    # two passes of each item are checked (computed, then replayed)
+    assert checked == ([] if concat else [True] * 4)
+    assert ("falls back to full passes (RuntimeError" in caplog.text) == concat
     assert torch.allclose(got, _plain(model, x, t), atol=1e-6)
 
 
@@ -99,17 +110,127 @@ def test_ablation_methods_agree_with_and_without_the_fast_path(monkeypatch) -> N
     model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=5).eval()
     x = torch.rand(2, 3, 40, 40)
     t = [1, 3]  # one class per item: a score read for the wrong item's class differs
-    checked: list[bool] = []
-    original = replay._fast_is_exact
-
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        checked.append(original(*args, **kwargs))
-        return checked[-1]
-
-    monkeypatch.setattr(replay, "_fast_is_exact", spy)
-    fast = explain(model, x, "cnnvis.ablation_cam", t, layer="layer4").attributions
-    assert checked == [True]  # the fast path really ran: the comparison is not vacuous
-    monkeypatch.setattr(replay, "_fast_is_exact", lambda *a, **k: False)
+    checked = _spy_on_checks(monkeypatch)
+    fast = explain(model, x, "cnnvis.ablation_cam", t, layer="layer4", batch_size=128).attributions
+    assert checked == [True] * 4  # the fast path really ran: the comparison is not vacuous
+    monkeypatch.setattr(replay, "_replay_agrees", lambda *a, **k: False)
     full = explain(model, x, "cnnvis.ablation_cam", t, layer="layer4").attributions
     assert fast.shape == (2, 1, 40, 40) and bool(fast.abs().amax() > 0)
     assert torch.allclose(fast, full, rtol=1e-4, atol=1e-6)
+
+
+class Sliced(nn.Module):
+    """A tail that pairs the layer's rows with the stem's by the stem's batch size
+    (``b[: len(a)]``): right for any batch of inputs, but with the stem run on one
+    item it silently keeps one row of the expanded batch, without any error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, padding=1)
+        self.layer = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.stem(x))
+        b = self.layer(a)
+        return self.head((a + b[: a.shape[0]]).mean((2, 3)))
+
+
+def test_a_tail_sliced_by_the_inputs_batch_falls_back_to_whole_passes(monkeypatch, caplog) -> None:
+    torch.manual_seed(0)
+    model = Sliced().eval()
+    x = torch.rand(2, 2, 6, 6)
+    t = torch.tensor([1, 0])
+    checked = _spy_on_checks(monkeypatch)
+    with caplog.at_level("INFO", logger="esegeta_core.layer_replay"):
+        got = _ablate_every_channel(model, x, t)
+    assert checked == [False]  # the unmodified row's score gave it away, on the first pass
+    assert "the unmodified row's score differs" in caplog.text
+    assert torch.allclose(got, _plain(model, x, t), atol=1e-6)
+
+
+def test_replayed_passes_in_either_layout_equal_fixed_passes(monkeypatch) -> None:
+    """The planner may lay the replaced rows out channels-last: builds write into
+    either layout and the scores do not change."""
+    from esegeta_core.runtime import passes
+
+    torch.manual_seed(0)
+    model = Skip(False).eval()
+    x = torch.rand(1, 2, 6, 6)
+    t = torch.tensor([2])
+    seen = []
+    handle = model.layer.register_forward_hook(lambda m, a, o: seen.append(o))
+    with torch.no_grad():
+        reference = model(x)[:, 2]
+    handle.remove()
+    original = seen[0]
+    rows = [(0, c % 4) for c in range(200)]
+    layouts: set[bool] = set()
+
+    def build(item: int, chans: list[int], out: torch.Tensor) -> None:
+        layouts.add(out.is_contiguous(memory_format=torch.channels_last) and out.shape[0] > 1)
+        out.copy_(original[item].expand(len(chans), -1, -1, -1))
+        out[torch.arange(len(chans)), torch.tensor(chans)] = 0
+
+    args = (model, model.layer, x, original, t, reference, rows, build)
+    fixed = replaced_scores(*args, chunk=7)
+    monkeypatch.setattr(replay, "FAST_CHUNK", 16)  # a search start of 4 rows
+    passes.clear_plans()
+    with passes.planning(model, cap=64):
+        planned = replaced_scores(*args, chunk=None)
+    assert layouts == {False, True}
+    torch.testing.assert_close(planned, fixed, rtol=1e-5, atol=1e-6)
+
+
+class CountingConv(nn.Conv2d):
+    """Counts the passes that really compute it (a replay returns its record)."""
+
+    computed = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).computed += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "where"),
+    [
+        ("cnnvis.ablation_cam", {"batch_size": 2}, "esegeta_cnnvis.cams"),
+        (
+            "captum.layer_feature_ablation",
+            {"layer_mask": "channel", "perturbations_per_eval": 2},
+            "esegeta_captum.layer",
+        ),
+    ],
+)
+def test_the_capture_pass_records_the_layers_before_for_the_replay(
+    method, params, where, monkeypatch
+) -> None:
+    """On one item the plain pass the method makes anyway records the layers before
+    the replaced one, and the first replayed pass (checked) replays them: one pass
+    computes them less than without the record, with the same map."""
+    plugin = pytest.importorskip(where)
+    from esegeta_core import explain
+
+    torch.manual_seed(0)
+    model = Skip(False).eval()
+    model.stem = CountingConv(2, 4, 3, padding=1)
+    x = torch.rand(1, 2, 6, 6)
+
+    def computed() -> tuple[int, torch.Tensor]:
+        CountingConv.computed = 0
+        out = explain(model, x, method, 1, layer="layer", **params).attributions
+        return CountingConv.computed, out
+
+    computed()  # the first call probes the layer's shape once (cached per network)
+    recorded, fast = computed()
+
+    @contextlib.contextmanager
+    def nothing(*args, **kwargs):
+        yield None
+
+    monkeypatch.setattr(plugin, "recording_prefix", nothing)
+    unrecorded, slow = computed()
+    assert unrecorded == recorded + 1
+    torch.testing.assert_close(fast, slow)
+    assert fast.abs().amax() > 0

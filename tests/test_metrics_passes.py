@@ -172,14 +172,17 @@ def test_tuning_runs_on_the_work_and_is_cached():
     model, sample = nn.Identity(), torch.rand(4, 3, 8, 8)
     chunk, calls = recorder()
     run_passes(128 * 8, chunk, "auto", model, sample)
-    # a set-up pass, one pass computed both ways (channels-last first), one timed in each
-    start = CLIMB_START
-    assert calls[:5] == [
+    # a set-up pass, a few inputs computed both ways (channels-last first), then each
+    # layout timed twice, interleaved
+    start, few = CLIMB_START, passes.AGREE_INPUTS
+    assert calls[:7] == [
+        (start, False),
+        (few, True),
+        (few, False),
+        (start, True),
         (start, False),
         (start, True),
         (start, False),
-        (start, False),
-        (start, True),
     ]
     (plan,) = passes._plans[model].values()
     calls.clear()

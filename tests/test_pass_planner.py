@@ -293,10 +293,9 @@ def test_layer_replay_under_the_planner_equals_fixed_chunks():
     original = seen[0]
     rows = [(b, c) for b in range(2) for c in range(32) for _ in range(40)]  # 2,560 rows
 
-    def build(item, chans):
-        copy = original[item].unsqueeze(0).repeat(len(chans), 1, 1, 1)
-        copy[torch.arange(len(chans)), torch.as_tensor(chans)] = 0.0
-        return copy
+    def build(item, chans, out):
+        out.copy_(original[item].expand(len(chans), -1, -1, -1))
+        out[torch.arange(len(chans)), torch.as_tensor(chans)] = 0.0
 
     args = (model, model[1], x, original, target, reference, rows, build)
     fixed = replaced_scores(*args, chunk=7)
@@ -354,3 +353,50 @@ def test_short_work_repeated_continues_its_search_where_it_stopped():
     # the first call ran out before 32; the second timed 32 and ran out before 64
     ((_, search),) = passes._unfinished[model].items()
     assert search.plan == PassPlan(32) and search.step == 64 and model not in passes._plans
+
+
+def _layout_chunk(per_input: dict[bool, float], calls: list):
+    """Sleeps ``per_input[channels_last]`` seconds per input (2 ms at 16 or more per
+    pass the climb sees as no better)."""
+
+    def chunk(start, stop, channels_last):
+        calls.append((stop - start, channels_last))
+        time.sleep(per_input[channels_last] * (stop - start))
+        return torch.arange(start, stop, dtype=torch.float32)
+
+    return chunk
+
+
+@pytest.mark.parametrize(
+    ("cl", "chosen", "cl_passes"),
+    [(1e-3, True, 2), (1.98e-3, False, 2), (6e-3, False, 1)],
+)
+def test_the_layout_trial_times_both_layouts_on_the_work(cl, chosen, cl_passes):
+    """Channels-last is checked on a few inputs, then each layout is timed twice at the
+    starting size; it is chosen when clearly faster (not at 1% faster) and a first
+    timing 1.5x slower is not repeated."""
+    calls: list = []
+    runner = _Runner(400, _layout_chunk({False: 2e-3, True: cl}, calls), torch.device("cpu"))
+    plan, _search = _climb(runner, reshapes=True, cap=16)
+    assert plan == PassPlan(16, chosen)
+    few = passes.AGREE_INPUTS
+    assert calls[:3] == [(16, False), (few, True), (few, False)]
+    trial = calls[3 : 3 + 2 + cl_passes]
+    assert sorted(trial) == sorted([(16, False)] * 2 + [(16, True)] * cl_passes)
+    assert torch.equal(runner.finish(plan), torch.arange(400, dtype=torch.float32))
+
+
+def test_a_layout_trial_cut_short_by_the_work_goes_on_with_the_next_work():
+    calls: list = []
+    chunk = _layout_chunk({False: 2e-3, True: 1e-3}, calls)
+    search = None
+    plans = []
+    for _ in range(3):  # works of 40 inputs: set-up + check + one timed pass each
+        runner = _Runner(40, chunk, torch.device("cpu"), stretch=256)
+        plan, search = _climb(runner, reshapes=True, cap=16, search=search)
+        assert torch.equal(runner.finish(plan), torch.arange(40, dtype=torch.float32))
+        plans.append(plan)
+    # the first work times channels-last once, the second times contiguous, and the
+    # second channels-last timing decides; no work set up or checked the layout again
+    assert plans[-1] == PassPlan(16, True)
+    assert sum(1 for n, cl in calls if n == passes.AGREE_INPUTS and cl) == 1

@@ -144,8 +144,9 @@ def test_replaced_scores_do_not_trust_a_memo_that_does_not_replay(switch_at) -> 
         original = model.layer(h)
         reference = model.head(original + h).gather(1, t[:, None]).squeeze(1)
 
-    def build(item: int, keys: list[int]) -> torch.Tensor:
-        rows = original[item].repeat(len(keys), 1)
+    def build(item: int, keys: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
+        rows = original[item].repeat(len(keys), 1) if out is None else out
+        rows.copy_(original[item].expand(len(keys), -1))
         rows[torch.arange(len(keys)), torch.tensor(keys)] = 0
         return rows
 

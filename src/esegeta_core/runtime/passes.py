@@ -19,8 +19,9 @@ plans per network, kind of pass, input shape, dtype, device and autocast dtype:
   the :func:`planning` context, else in passes of their fixed size.
 
 The strategy measures on the work's own passes, which all count towards the result: a
-first pass pays the set-up of a new shape, the two layouts are compared on one pass when
-the model accepts channels-last and its outputs agree, then the pass size doubles while
+first pass pays the set-up of a new shape; where the model accepts channels-last and its
+outputs agree (checked on a few inputs computed both ways), both layouts are timed
+twice and channels-last kept only when clearly faster; then the pass size doubles while
 the time per input improves by 5% (else halves), within the cap that fits in memory.
 Work too short to finish the search keeps it: the next work of the same kind goes on
 from the last size timed, so repeated short jobs converge.
@@ -38,7 +39,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -100,6 +101,10 @@ class Search:
     pending: float | None = None
     """The first timing of ``step`` when it seemed to lose and the work ran out before
     a second one."""
+    trials: list[bool] = field(default_factory=list)
+    """Layouts (channels-last or not) still to time at ``origin`` before the climb."""
+    timings: dict[bool, float] = field(default_factory=dict)
+    """The best seconds per input at ``origin`` of each layout timed there."""
 
 
 def check_batch_size(metric: str, batch_size: object) -> BatchSize:
@@ -188,8 +193,8 @@ class _Runner:
         return seconds if timed else 0.0
 
     def layout_agrees(self, size: int) -> bool:
-        """One pass computed both ways: whether channels-last is accepted and agrees
-        (the contiguous outputs are kept)."""
+        """The next ``size`` inputs computed both ways: whether channels-last is
+        accepted and agrees (the contiguous outputs are kept)."""
         stop = min(self.work, self.done + size)
         try:
             got = self.chunk(self.done, stop, True).float()
@@ -215,6 +220,17 @@ class _Runner:
         return torch.cat(self.outputs) if self.outputs else torch.empty(0)
 
 
+AGREE_INPUTS = 4
+"""Inputs the layout trial computes both ways: channels-last must be accepted and give
+the same outputs (a model that depends on the layout does so on any input)."""
+CHANNELS_LAST_GAIN = 0.97
+"""Channels-last is chosen only when it takes at most this share of the contiguous
+time per input (it also rounds differently: a tie keeps the layout the user gave)."""
+CHANNELS_LAST_HOPELESS = 1.5
+"""A first channels-last timing this many times slower than contiguous is not
+repeated."""
+
+
 def _climb(
     runner: _Runner,
     reshapes: bool,
@@ -223,31 +239,25 @@ def _climb(
     search: Search | None = None,
 ) -> tuple[PassPlan, Search | None]:
     """The fastest plan found on the runner's own inputs (all of them count): a pass at
-    :data:`CLIMB_START` to set up, the layouts compared there when the input allows,
+    :data:`CLIMB_START` to set up; where the input allows, channels-last checked on a
+    few inputs computed both ways and, when it agrees, both layouts timed twice there;
     then doubling while the time per input improves by 5%, else halving (the starting
     size is timed twice, and a size that seems to lose is timed again before the search
     turns, by the next work if this one ends first: a new size's first pass pays its
-    set-up, and a single timing on a busy machine misleads). Every pass
-    counts towards the result, so short work climbs too, as far as it goes, and returns
-    its :class:`Search` (``None`` once the search has ended): given back with the next
-    work of the same kind, the search goes on from there instead of starting over."""
-    if search is None or search.best == math.inf:
-        size = max(1, min(search.plan.batch_size if search else start, cap))
+    set-up, and a single timing on a busy machine misleads). Every pass counts towards
+    the result, so short work climbs too, as far as it goes, and returns its
+    :class:`Search` (``None`` once the search has ended): given back with the next work
+    of the same kind, the search goes on from there instead of starting over."""
+    if search is None or not search.timings:
+        size = max(1, min(search.origin if search else start, cap))
         runner.run(size, False)  # the first pass of a shape pays its set-up
-        if runner.left < size:
-            return PassPlan(size), Search(PassPlan(size), math.inf, size * 2, True, size)
-        channels_last = False
-        # the layout trial computes one pass twice: only where that is a small share
-        if reshapes and runner.left >= 16 * size and runner.layout_agrees(size):
-            best = runner.run(size, False, timed=True)
-            seconds = runner.run(size, True, timed=True)
-            if seconds < best:
-                best, channels_last = seconds, True
-        else:
-            best = runner.run(size, False, timed=True)
-        if runner.left >= size:  # one timing is at the mercy of the machine's noise
-            best = min(best, runner.run(size, channels_last, timed=True))
-        search = Search(PassPlan(size, channels_last), best, size * 2, True, size)
+        if search is None:
+            search = Search(PassPlan(size), math.inf, size * 2, True, size, trials=[False, False])
+            # the check computes a few inputs twice; the trial's passes all count
+            if reshapes and runner.left > 0 and runner.layout_agrees(min(size, AGREE_INPUTS)):
+                search.trials = [True, False, True, False]
+    if search.trials and not _time_layouts(runner, search):
+        return search.plan, search  # the work ran out: the next work goes on from here
     while True:
         step, plan = search.step, search.plan
         if 1 <= step <= cap:
@@ -271,6 +281,31 @@ def _climb(
             search.up, search.step = False, search.origin // 2  # going up did not help
             continue
         return search.plan, None
+
+
+def _time_layouts(runner: _Runner, search: Search) -> bool:
+    """Time ``search.trials`` at the starting size (each layout's best kept, the first
+    pass of channels-last paying its set-up); then choose the layout. False when the
+    work ran out before a channels-last trial (the next work times it)."""
+    size, timings = search.origin, search.timings
+    while search.trials:
+        if runner.left < size:
+            # short work: a second contiguous timing is not worth waiting for, but a
+            # channels-last one is (its first pass paid the layout's set-up)
+            if False in timings:
+                search.trials = [t for t in search.trials if t]
+            if search.trials:
+                return False
+            break
+        layout = search.trials.pop(0)
+        seconds = runner.run(size, layout, timed=True)
+        timings[layout] = min(timings.get(layout, math.inf), seconds)
+        if timings.get(True, 0.0) > CHANNELS_LAST_HOPELESS * timings.get(False, math.inf):
+            search.trials = [t for t in search.trials if not t]
+    channels_last = timings.get(True, math.inf) <= CHANNELS_LAST_GAIN * timings[False]
+    search.plan = PassPlan(size, channels_last)
+    search.best = timings[channels_last]
+    return True
 
 
 @dataclass

@@ -34,9 +34,8 @@ from esegeta_captum.params.layer import (
     LayerLRPParams,
 )
 from esegeta_core.explainer import Workload
-from esegeta_core.layer_replay import replaced_scores
+from esegeta_core.layer_replay import recording_prefix, replaced_scores
 from esegeta_core.preparation import layer_tap
-from esegeta_core.runtime.pass_buffer import PassBuffer
 from esegeta_core.toolkit import Call, gather_target, recording
 
 
@@ -171,7 +170,11 @@ def group_ablation(
     of the layer's output), with the layers before ``layer`` run once per item
     (:func:`esegeta_core.layer_replay.replaced_scores`): each unit gets the score drop
     when its group is set to ``baseline``."""
-    with torch.no_grad(), recording([layer]) as seen:
+    with (
+        torch.no_grad(),
+        recording([layer]) as seen,
+        recording_prefix(model, layer, inputs) as prefix,
+    ):
         scores = model(inputs)
     original = cast(torch.Tensor, seen[0][0])
     reference = gather_target(scores, target)
@@ -182,25 +185,24 @@ def group_ablation(
     ids = [groups[b].unique() for b in range(len(inputs))]  # sorted, per item
     rows = [(b, g) for b in range(len(inputs)) for g in ids[b].tolist()]
 
-    buffer = PassBuffer(original[0])  # each pass's replacements, in one reused tensor
     fill = torch.as_tensor(baseline, dtype=original.dtype, device=original.device)
 
-    def build(item: int, ids: list[int]) -> torch.Tensor:
+    def build(item: int, ids: list[int], out: torch.Tensor) -> None:
         chosen = groups[item].unsqueeze(0) == torch.as_tensor(ids, device=groups.device).view(
             -1, *([1] * (original.ndim - 1))
         )
-        return torch.where(chosen, fill, original[item], out=buffer.take(len(ids), False))
+        torch.where(chosen, fill, original[item], out=out)
 
     ablated = replaced_scores(
         model, layer, inputs, original, target, reference, rows, build, chunk=chunk,
-        method=method,
+        method=method, prefix=prefix,
     )  # fmt: skip
     # each unit takes its group's drop: the rows are each item's sorted ids in turn
     out = torch.empty_like(original)
     start = 0
     for item, found in enumerate(ids):
         drops = (reference[item] - ablated[start : start + len(found)]).to(out.dtype)
-        out[item] = drops[torch.searchsorted(found, groups[item])]
+        out[item] = drops[torch.searchsorted(found, groups[item].contiguous())]
         start += len(found)
     return out
 

@@ -17,6 +17,7 @@ input's (``upsample=True``) or the layer's.
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,8 +47,8 @@ from esegeta_core import (
     unwrap,
 )
 from esegeta_core.explainer import Workload
-from esegeta_core.layer_replay import replaced_scores
-from esegeta_core.runtime.pass_buffer import PassBuffer
+from esegeta_core.layer_replay import recording_prefix, replaced_scores
+from esegeta_core.prefix_memo import PrefixMemo
 from esegeta_core.runtime.passes import memory_format, method_passes
 from esegeta_core.toolkit import gather_target, interpolation_mode, target_pass_scores
 
@@ -72,6 +73,9 @@ class LayerContext(Generic[C]):
     gradients: torch.Tensor | None
     params: C
     method: str
+    prefix: PrefixMemo | None = None
+    """The layers before ``module`` recorded on the capture pass (single-item inputs of a
+    CAM that replays the layer, :attr:`CamMethod.replays_layer`), else ``None``."""
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -106,6 +110,10 @@ class CamMethod(Explainer[C]):
     needs_layer = True
     uses_gradients: ClassVar[bool] = True
     """Whether :meth:`layer_map` needs the gradients of the target score."""
+    replays_layer: ClassVar[bool] = False
+    """Whether :meth:`layer_map` scores the model with the layer's output replaced
+    (:func:`~esegeta_core.layer_replay.replaced_scores`): the capture pass then records
+    the layers before it for the replay (one layer, one item)."""
 
     @abstractmethod
     def layer_map(self, ctx: LayerContext[C]) -> torch.Tensor:
@@ -118,16 +126,20 @@ class CamMethod(Explainer[C]):
         paths = layer_paths(params.layer)
         modules = [resolve_layer(model, p, method=self.name) for p in paths]
         create_graph = bool(getattr(params, "create_graph", False))
-        captured = capture(
-            model,
-            inputs,
-            target,
-            modules,
-            paths,
-            method=self.name,
-            gradients=self.uses_gradients,
-            create_graph=create_graph,
-        )
+        record = self.replays_layer and len(modules) == 1
+        with (
+            recording_prefix(model, modules[0], inputs) if record else contextlib.nullcontext()
+        ) as prefix:
+            captured = capture(
+                model,
+                inputs,
+                target,
+                modules,
+                paths,
+                method=self.name,
+                gradients=self.uses_gradients,
+                create_graph=create_graph,
+            )
         size = tuple(inputs.shape[2:])
         maps = []
         with torch.set_grad_enabled(create_graph):
@@ -143,6 +155,7 @@ class CamMethod(Explainer[C]):
                     gradients=None if captured.gradients is None else captured.gradients[i],
                     params=params,
                     method=self.name,
+                    prefix=prefix,
                 )
                 m = self.layer_map(ctx).unsqueeze(1)
                 if params.relu:
@@ -342,6 +355,7 @@ class AblationCam(WeightedCam[AblationCamParams]):
     )
     uses_gradients = False
     forward_only = True  # the layer is read and replaced through its tap
+    replays_layer = True
     batch_params = ("batch_size",)
     pass_params = ("batch_size",)
     own_passes = True  # layer replay builds its passes (method_passes)
@@ -371,18 +385,14 @@ class AblationCam(WeightedCam[AblationCamParams]):
         rows = _rows_where(~same)
         pairs = [(int(r) // channels, int(r) % channels) for r in rows]
 
-        buffer = PassBuffer(a[0])  # each pass's ablated copies, in one reused tensor
-
-        def build(item: int, chans: list[int]) -> torch.Tensor:
-            copy = buffer.take(len(chans), False)
-            copy.copy_(a[item].expand(len(chans), *a.shape[1:]))
-            copy[torch.arange(len(chans), device=a.device), torch.as_tensor(chans)] = value
-            return copy
+        def build(item: int, chans: list[int], out: torch.Tensor) -> None:
+            out.copy_(a[item].expand(len(chans), *a.shape[1:]))
+            out[torch.arange(len(chans), device=a.device), torch.as_tensor(chans)] = value
 
         if pairs:
             ablated[rows] = replaced_scores(
                 ctx.model, ctx.module, ctx.inputs, a, ctx.target, original, pairs, build,
-                chunk=ctx.params.batch_size, method=self.name,
+                chunk=ctx.params.batch_size, method=self.name, prefix=ctx.prefix,
             ).to(ablated.dtype)  # fmt: skip
         # the paper divides the drop by the score; a score of zero (a segmentation class
         # that wins no pixel) would give NaN: use the plain drop there
