@@ -39,6 +39,7 @@ from esegeta_captum.params.primary import (
     ShapleyValuesParams,
 )
 from esegeta_captum.shapes import window_sizes
+from esegeta_captum.similarity import EXP_KERNEL, sample_weights
 from esegeta_core.explainer import Workload
 from esegeta_core.runtime.ablation import feature_ablation, occlusion, shapley_values
 from esegeta_core.runtime.coalitions import (
@@ -570,7 +571,9 @@ def surrogate_fit(
     """One item's surrogate coefficients, as Captum's ``LimeBase.attribute``: the
     algorithm's ``perturb_func`` draws the interpretable samples (a generator function
     is started once per item), every sample's input is built in the coalition engine's
-    pass buffer and handed to ``similarity_func``, only its target score is kept, and
+    pass buffer and handed to ``similarity_func`` (Captum's default kernels are computed
+    for all samples at once instead, :mod:`esegeta_captum.similarity`), only its target
+    score is kept, and
     ``interpretable_model`` is fitted to exactly the dataset Captum builds (whose
     loader draws once from torch's generator, before the next item's samples)."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -599,6 +602,8 @@ def surrogate_fit(
         )
 
     coalitions = torch.cat(samples)
+    # Captum's default kernels, for every sample at once (no host read per sample)
+    weights = sample_weights(algorithm, item, coalitions, options)
     scores = coalition_scores(
         algorithm.forward_func,
         item,
@@ -607,9 +612,11 @@ def surrogate_fit(
         coalitions=coalitions,
         baselines=options["baselines"],
         batch_size=per_eval,
-        built=built,
+        built=built if weights is None else None,
     )
-    dataset = TensorDataset(coalitions.float(), scores.float(), torch.cat(similarities).float())
+    if weights is None:
+        weights = torch.cat(similarities)
+    dataset = TensorDataset(coalitions.float(), scores.float(), weights.float())
     with torch.no_grad():
         algorithm.interpretable_model.fit(DataLoader(dataset, batch_size=len(samples)))
         return algorithm.interpretable_model.representation()
@@ -760,7 +767,7 @@ class Lime(PerturbationMethod[LimeParams]):
             per_eval is None
             or not interpretable_default(algorithm)
             or algorithm.perturb_func is not default_perturb_func
-            or kernel != "get_exp_kernel_similarity_function.<locals>.default_exp_kernel"
+            or kernel != EXP_KERNEL
         ):
             return algorithm.attribute(inputs, **kwargs)
         return engine_or_captum(
