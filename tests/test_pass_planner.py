@@ -299,9 +299,12 @@ def test_layer_replay_under_the_planner_equals_fixed_chunks():
 
     args = (model, model[1], x, original, target, reference, rows, build)
     fixed = replaced_scores(*args, chunk=7)
-    with passes.planning(model, cap=64) as state:  # replay may go up to its own 512
-        planned = replaced_scores(*args, chunk=None)
-    torch.testing.assert_close(planned, fixed, rtol=1e-5, atol=1e-6)
+    for _ in range(6):  # the search, then its deferred layout trial, over a few calls
+        with passes.planning(model, cap=64) as state:  # replay may go up to its own 512
+            planned = replaced_scores(*args, chunk=None)
+        torch.testing.assert_close(planned, fixed, rtol=1e-5, atol=1e-6)
+        if state.tuned:
+            break
     assert state.tuned and state.plan is not None
     ((key, _plan),) = passes._plans[model].items()
     assert key[0] == ("replay", id(model[1]))  # the tail's own plan
@@ -386,17 +389,23 @@ def test_the_layout_trial_times_both_layouts_on_the_work(cl, chosen, cl_passes):
     assert torch.equal(runner.finish(plan), torch.arange(400, dtype=torch.float32))
 
 
-def test_a_layout_trial_cut_short_by_the_work_goes_on_with_the_next_work():
+def test_short_work_leaves_the_layout_trial_to_the_next_works():
+    """A one-off short call pays no channels-last set-up: the trial waits until the
+    pass size is found, then later works of the kind check and time channels-last
+    (resumed across works when they are too short for it)."""
     calls: list = []
     chunk = _layout_chunk({False: 2e-3, True: 1e-3}, calls)
-    search = None
-    plans = []
-    for _ in range(3):  # works of 40 inputs: set-up + check + one timed pass each
+    search, plans, works = None, [], 0
+    while works < 12:  # works of 40 inputs
         runner = _Runner(40, chunk, torch.device("cpu"), stretch=256)
         plan, search = _climb(runner, reshapes=True, cap=16, search=search)
         assert torch.equal(runner.finish(plan), torch.arange(40, dtype=torch.float32))
         plans.append(plan)
-    # the first work times channels-last once, the second times contiguous, and the
-    # second channels-last timing decides; no work set up or checked the layout again
-    assert plans[-1] == PassPlan(16, True)
-    assert sum(1 for n, cl in calls if n == passes.AGREE_INPUTS and cl) == 1
+        works += 1
+        if works == 1:
+            assert not any(cl for _, cl in calls)  # the first call: contiguous only
+        if search is None:
+            break
+    assert search is None and plans[-1] == PassPlan(16, True)
+    assert not plans[0].channels_last
+    assert sum(1 for n, cl in calls if n == passes.AGREE_INPUTS and cl) == 1  # checked once

@@ -102,9 +102,14 @@ class Search:
     """The first timing of ``step`` when it seemed to lose and the work ran out before
     a second one."""
     trials: list[bool] = field(default_factory=list)
-    """Layouts (channels-last or not) still to time at ``origin`` before the climb."""
+    """Layouts (channels-last or not) still to time at the plan's size."""
     timings: dict[bool, float] = field(default_factory=dict)
-    """The best seconds per input at ``origin`` of each layout timed there."""
+    """The best seconds per input of each layout timed at the plan's size."""
+    layout: str = "checked"
+    """``"deferred"`` while channels-last waits to be checked (after the climb, on
+    short work), else ``"checked"``."""
+    climbed: bool = False
+    """Whether the pass size is found (only the deferred layout trial is left)."""
 
 
 def check_batch_size(metric: str, batch_size: object) -> BatchSize:
@@ -231,6 +236,12 @@ CHANNELS_LAST_HOPELESS = 1.5
 repeated."""
 
 
+LAYOUT_WORK = 16
+"""Passes of the starting size a work must still hold for the layout trial to run in
+it; shorter work (a one-off call) leaves the trial to the next work of its kind, once
+the pass size is found, so that a single call never pays channels-last's set-up."""
+
+
 def _climb(
     runner: _Runner,
     reshapes: bool,
@@ -239,25 +250,38 @@ def _climb(
     search: Search | None = None,
 ) -> tuple[PassPlan, Search | None]:
     """The fastest plan found on the runner's own inputs (all of them count): a pass at
-    :data:`CLIMB_START` to set up; where the input allows, channels-last checked on a
-    few inputs computed both ways and, when it agrees, both layouts timed twice there;
-    then doubling while the time per input improves by 5%, else halving (the starting
-    size is timed twice, and a size that seems to lose is timed again before the search
-    turns, by the next work if this one ends first: a new size's first pass pays its
-    set-up, and a single timing on a busy machine misleads). Every pass counts towards
-    the result, so short work climbs too, as far as it goes, and returns its
-    :class:`Search` (``None`` once the search has ended): given back with the next work
-    of the same kind, the search goes on from there instead of starting over."""
-    if search is None or not search.timings:
-        size = max(1, min(search.origin if search else start, cap))
+    :data:`CLIMB_START` to set up, the starting size timed twice, then doubling while
+    the time per input improves by 5%, else halving (a size that seems to lose is timed
+    again before the search turns, by the next work if this one ends first: a new
+    size's first pass pays its set-up, and a single timing on a busy machine misleads).
+    Where the input allows, channels-last is checked on a few inputs computed both ways
+    and, when it agrees, both layouts are timed twice: at the starting size when the
+    work is long (:data:`LAYOUT_WORK`), else at the size found, by the next works.
+    Every pass counts towards the result, so short work climbs too, as far as it goes,
+    and returns its :class:`Search` (``None`` once the search has ended): given back
+    with the next work of the same kind, the search goes on from there instead of
+    starting over."""
+    if search is None:
+        size = max(1, min(start, cap))
         runner.run(size, False)  # the first pass of a shape pays its set-up
-        if search is None:
-            search = Search(PassPlan(size), math.inf, size * 2, True, size, trials=[False, False])
-            # the check computes a few inputs twice; the trial's passes all count
-            if reshapes and runner.left > 0 and runner.layout_agrees(min(size, AGREE_INPUTS)):
-                search.trials = [True, False, True, False]
-    if search.trials and not _time_layouts(runner, search):
+        search = Search(PassPlan(size), math.inf, size * 2, True, size, trials=[False, False])
+        search.layout = "deferred" if reshapes else "checked"
+        if reshapes and runner.left >= LAYOUT_WORK * size:
+            _check_layout(runner, search)
+    deferred = search.climbed and search.layout == "deferred"
+    if (search.trials or deferred) and not _time_layouts(runner, search):
         return search.plan, search  # the work ran out: the next work goes on from here
+    if search.climbed:  # only the layout trial was left
+        return search.plan, None
+    plan, search_left = _climb_sizes(runner, search, cap)
+    if search_left is None and search.layout == "deferred":
+        search.climbed = True  # the next work checks and times channels-last
+        return plan, search
+    return plan, search_left
+
+
+def _climb_sizes(runner: _Runner, search: Search, cap: int) -> tuple[PassPlan, Search | None]:
+    """The pass-size part of :func:`_climb`."""
     while True:
         step, plan = search.step, search.plan
         if 1 <= step <= cap:
@@ -283,11 +307,25 @@ def _climb(
         return search.plan, None
 
 
+def _check_layout(runner: _Runner, search: Search) -> None:
+    """Whether channels-last is accepted and agrees, on a few inputs computed both ways
+    (a model that depends on the layout does so on any input); if so, both layouts are
+    to be timed twice at the plan's size (``search.trials``)."""
+    search.layout = "checked"
+    if runner.left > 0 and runner.layout_agrees(min(search.plan.batch_size, AGREE_INPUTS)):
+        search.trials = [True, False, True, False]
+        search.timings = {}
+
+
 def _time_layouts(runner: _Runner, search: Search) -> bool:
-    """Time ``search.trials`` at the starting size (each layout's best kept, the first
+    """Time ``search.trials`` at the plan's size (each layout's best kept, the first
     pass of channels-last paying its set-up); then choose the layout. False when the
     work ran out before a channels-last trial (the next work times it)."""
-    size, timings = search.origin, search.timings
+    if search.layout == "deferred" and search.climbed:
+        _check_layout(runner, search)  # the layout trial left to this work
+        if not search.trials:
+            return True
+    size, timings = search.plan.batch_size, search.timings
     while search.trials:
         if runner.left < size:
             # short work: a second contiguous timing is not worth waiting for, but a
