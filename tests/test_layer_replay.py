@@ -234,3 +234,35 @@ def test_the_capture_pass_records_the_layers_before_for_the_replay(
     assert unrecorded == recorded + 1
     torch.testing.assert_close(fast, slow)
     assert fast.abs().amax() > 0
+
+
+@pytest.mark.parametrize("method", ["cnnvis.ablation_cam", "captum.layer_feature_ablation"])
+def test_channels_last_replay_passes_give_the_same_maps_on_a_densenet(method, monkeypatch):
+    """A torchvision DenseNet (concatenating blocks after the ablated transition, where
+    the planner found channels-last fastest): every replayed pass laid out
+    channels-last gives the maps of contiguous fixed passes."""
+    tv = pytest.importorskip("torchvision")
+    pytest.importorskip(method.split(".")[0].replace("cnnvis", "esegeta_cnnvis"))
+    from esegeta_core import explain
+    from esegeta_core.runtime import passes
+
+    torch.manual_seed(0)
+    model = tv.models.densenet121(weights=None).eval()
+    x = torch.rand(1, 3, 48, 48)
+    extra = {"layer_mask": "channel"} if method.startswith("captum") else {}
+    fixed = explain(model, x, method, 1, layer="features.transition2", **extra).attributions
+    passes.clear_plans()
+    # the search skipped: every pass at once in the plan a finished search would leave
+    monkeypatch.setattr(
+        passes,
+        "_climb",
+        lambda runner, reshapes, cap, start, search: (passes.PassPlan(64, reshapes), None),
+    )
+    auto = explain(model, x, method, 1, layer="features.transition2", auto_batch=True, **extra)
+    replay = [plan for key, plan in passes._plans[model].items() if key[0][0] == "replay"]
+    assert replay == [passes.PassPlan(64, True)]  # the replayed tail ran channels-last
+    torch.testing.assert_close(
+        auto.attributions, fixed, rtol=1e-4, atol=1e-5 * float(fixed.abs().max())
+    )
+    assert fixed.abs().amax() > 0
+    passes.clear_plans()
