@@ -194,6 +194,22 @@ def test_one_class_score_equals_the_full_reduction_ties_and_nan_included(classes
 
 
 @pytest.mark.parametrize("classes", [2, 3, 5])
+def test_class_scores_without_host_reads_equal_the_per_class_path(classes):
+    """The path class_scores takes for targets on a GPU (every class's sum, then each
+    item's; more classes: the classes read once) gives the per-class path's scores,
+    ties and NaN included."""
+    torch.manual_seed(1)
+    out = torch.randint(-2, 3, (7, classes, 4, 5, 3)).float()
+    out[6, classes - 1, 0, 0, 0] = float("nan")
+    picked = torch.randint(0, classes, (7,))
+    picked[6] = classes - 1
+    reduce = ec.MultiClassScores()
+    want = reduce.class_scores(out, picked)
+    got = reduce.gathered_class_sums(out, picked)
+    assert torch.equal(got[:6], want[:6]) and got[6].isnan() and want[6].isnan()
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
 def test_class_sums_without_gradients_equal_the_full_reduction(classes):
     """Without gradients the wrapper sums each class's winning logits class by class
     (at most FEW_CLASSES classes) instead of building per-pixel scores: the same

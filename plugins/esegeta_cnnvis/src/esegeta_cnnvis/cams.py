@@ -383,7 +383,7 @@ class AblationCam(WeightedCam[AblationCamParams]):
         same = (a.flatten(2) == value).all(2)
         ablated = original.unsqueeze(1).expand(batch, channels).flatten().clone()
         rows = _rows_where(~same)
-        pairs = [(int(r) // channels, int(r) % channels) for r in rows]
+        pairs = [divmod(r, channels) for r in rows.tolist()]  # one host read, not one per row
 
         def build(item: int, chans: list[int], out: torch.Tensor) -> None:
             out.copy_(a[item].expand(len(chans), *a.shape[1:]))
