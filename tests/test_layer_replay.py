@@ -266,3 +266,56 @@ def test_channels_last_replay_passes_give_the_same_maps_on_a_densenet(method, mo
     )
     assert fixed.abs().amax() > 0
     passes.clear_plans()
+
+
+class ViewTail(nn.Module):
+    """A head that flattens with ``.view``: channels-last rows are rejected there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = CountingConv(2, 4, 3, padding=1)
+        self.layer = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.layer(torch.relu(self.stem(x)))
+        return self.head(b.view(b.shape[0], -1))
+
+
+def test_a_tail_that_rejects_channels_last_keeps_the_fast_replay(monkeypatch, caplog) -> None:
+    """The planner's layout trial on replayed passes: channels-last fails in the tail;
+    the layout is ruled out, the replay stays on its fast path with its record (the
+    layers before the layer computed once per call) and the scores equal fixed passes."""
+    from esegeta_core.runtime import passes
+
+    torch.manual_seed(0)
+    model = ViewTail().eval()
+    x = torch.rand(1, 2, 6, 6)
+    t = torch.tensor([2])
+    seen: list[torch.Tensor] = []
+    handle = model.layer.register_forward_hook(lambda m, a, o: seen.append(o))
+    with torch.no_grad():
+        reference = model(x)[:, 2]
+    handle.remove()
+    original = seen[0]
+    rows = [(0, c % 4) for c in range(100)]
+
+    def build(item: int, chans: list[int], out: torch.Tensor) -> None:
+        out.copy_(original[item].expand(len(chans), -1, -1, -1))
+        out[torch.arange(len(chans)), torch.tensor(chans)] = 0
+
+    args = (model, model.layer, x, original, t, reference, rows, build)
+    fixed = replaced_scores(*args, chunk=7)
+    monkeypatch.setattr(replay, "FAST_CHUNK", 16)  # a search start of 4 rows
+    passes.clear_plans()
+    with caplog.at_level("INFO", logger="esegeta_core.layer_replay"):
+        for _ in range(8):  # the climb, then the deferred layout trial
+            CountingConv.computed = 0
+            with passes.planning(model, cap=64):
+                planned = replaced_scores(*args, chunk=None)
+            torch.testing.assert_close(planned, fixed, rtol=1e-5, atol=1e-6)
+            assert CountingConv.computed == 1  # recorded once, replayed after
+    assert "falls back" not in caplog.text and "computing" not in caplog.text
+    (plan,) = passes._plans[model].values()
+    assert plan.channels_last is False
+    passes.clear_plans()

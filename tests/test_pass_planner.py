@@ -395,8 +395,9 @@ def test_short_work_leaves_the_layout_trial_to_the_next_works():
     (resumed across works when they are too short for it)."""
     calls: list = []
     chunk = _layout_chunk({False: 2e-3, True: 1e-3}, calls)
-    search, plans, works = None, [], 0
+    search, plans, works, firsts = None, [], 0, []
     while works < 12:  # works of 40 inputs
+        firsts.append(len(calls))
         runner = _Runner(40, chunk, torch.device("cpu"), stretch=256)
         plan, search = _climb(runner, reshapes=True, cap=16, search=search)
         assert torch.equal(runner.finish(plan), torch.arange(40, dtype=torch.float32))
@@ -408,4 +409,6 @@ def test_short_work_leaves_the_layout_trial_to_the_next_works():
             break
     assert search is None and plans[-1] == PassPlan(16, True)
     assert not plans[0].channels_last
+    # every work's first pass is contiguous (it may carry the work's own set-up)
+    assert all(calls[i][1] is False for i in firsts)
     assert sum(1 for n, cl in calls if n == passes.AGREE_INPUTS and cl) == 1  # checked once

@@ -167,7 +167,7 @@ class _ItemReplay:
             batch[0] = self.original
         self.build(self.item, self.keys[start:stop], batch[int(check) :])
         if replay and memo is not None:
-            out = self._replayed(memo, batch, check)
+            out = self._replayed(memo, batch, check, channels_last)
             if out is not None:
                 return out[int(check) :, self.target]
         if first:  # computes everything, and records it when the memo holds nothing
@@ -184,10 +184,15 @@ class _ItemReplay:
         out = _run(self.model, self.module, self.one, batch)
         return out[int(check) :, self.target]
 
-    def _replayed(self, memo: PrefixMemo, batch: torch.Tensor, check: bool) -> torch.Tensor | None:
+    def _replayed(
+        self, memo: PrefixMemo, batch: torch.Tensor, check: bool, channels_last: bool
+    ) -> torch.Tensor | None:
         """The pass with the layers before ``module`` replayed; ``None`` (and the memo
         dropped) when the replay does not apply: its calls differ from the record, or,
-        on a checked pass, it fails or changes the unmodified row."""
+        on a checked pass, it fails or changes the unmodified row. A checked pass laid
+        out channels-last that fails raises instead and keeps the memo: the layout, not
+        the record, may be at fault (the planner's trial then rules channels-last out,
+        and the next contiguous pass is checked)."""
         try:
             with memo.running():
                 out = _run(self.model, self.module, self.one, batch)
@@ -196,14 +201,17 @@ class _ItemReplay:
                     raise PrefixMismatchError("the replayed pass changes the unmodified row")
                 self.replay_checked = True
             return out
-        except PrefixMismatchError as exc:
-            log.info("layer replay: the layers before do not replay (%s); computing them", exc)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:
-            if not check:
+            if check and channels_last:
+                raise RuntimeError(f"layer replay: a channels-last pass failed ({exc})") from exc
+            if isinstance(exc, PrefixMismatchError):
+                log.info("layer replay: the layers before do not replay (%s); computing them", exc)
+            elif not check:
                 raise
-            log.info("layer replay: replaying failed (%s); computing the layers", exc)
+            else:
+                log.info("layer replay: replaying failed (%s); computing the layers", exc)
         memo.usable = False
         return None
 

@@ -307,25 +307,35 @@ def _climb_sizes(runner: _Runner, search: Search, cap: int) -> tuple[PassPlan, S
         return search.plan, None
 
 
-def _check_layout(runner: _Runner, search: Search) -> None:
+def _check_layout(runner: _Runner, search: Search) -> bool:
     """Whether channels-last is accepted and agrees, on a few inputs computed both ways
     (a model that depends on the layout does so on any input); if so, both layouts are
-    to be timed twice at the plan's size (``search.trials``)."""
+    to be timed twice at the plan's size (``search.trials``). False when no input was
+    left to check on (the check waits for the next work)."""
+    if runner.left <= 0:
+        return False
     search.layout = "checked"
-    if runner.left > 0 and runner.layout_agrees(min(search.plan.batch_size, AGREE_INPUTS)):
+    if runner.layout_agrees(min(search.plan.batch_size, AGREE_INPUTS)):
         search.trials = [True, False, True, False]
-        search.timings = {}
+        search.timings.clear()
+    return True
 
 
 def _time_layouts(runner: _Runner, search: Search) -> bool:
     """Time ``search.trials`` at the plan's size (each layout's best kept, the first
     pass of channels-last paying its set-up); then choose the layout. False when the
     work ran out before a channels-last trial (the next work times it)."""
-    if search.layout == "deferred" and search.climbed:
-        _check_layout(runner, search)  # the layout trial left to this work
+    size, timings = search.plan.batch_size, search.timings
+    deferred = search.layout == "deferred" and search.climbed
+    if runner.done == 0 and (deferred or search.trials[:1] == [True]):
+        # a work's first pass stays contiguous: it may carry the work's own set-up
+        # (layer replay checks it), which a rejected layout must not take with it
+        runner.run(size, False)
+    if deferred:  # the layout trial left to this work
+        if not _check_layout(runner, search):
+            return False
         if not search.trials:
             return True
-    size, timings = search.plan.batch_size, search.timings
     while search.trials:
         if runner.left < size:
             # short work: a second contiguous timing is not worth waiting for, but a
