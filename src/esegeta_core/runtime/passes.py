@@ -110,6 +110,8 @@ class Search:
     short work), else ``"checked"``."""
     climbed: bool = False
     """Whether the pass size is found (only the deferred layout trial is left)."""
+    trial_size: int = 0
+    """Inputs per pass of the layout trial's timings (0: the plan's size)."""
 
 
 def check_batch_size(metric: str, batch_size: object) -> BatchSize:
@@ -310,7 +312,7 @@ def _climb_sizes(runner: _Runner, search: Search, cap: int) -> tuple[PassPlan, S
 def _check_layout(runner: _Runner, search: Search) -> bool:
     """Whether channels-last is accepted and agrees, on a few inputs computed both ways
     (a model that depends on the layout does so on any input); if so, both layouts are
-    to be timed twice at the plan's size (``search.trials``). False when no input was
+    to be timed twice (``search.trials``, at ``search.trial_size``). False when no input was
     left to check on (the check waits for the next work)."""
     if runner.left <= 0:
         return False
@@ -318,24 +320,29 @@ def _check_layout(runner: _Runner, search: Search) -> bool:
     if runner.layout_agrees(min(search.plan.batch_size, AGREE_INPUTS)):
         search.trials = [True, False, True, False]
         search.timings.clear()
+        # both layouts at one size; where the work is one pass of the plan (layer
+        # replay's), at half of what it has left, so that both fit in a work
+        search.trial_size = min(search.plan.batch_size, max(1, runner.left // 2))
     return True
 
 
 def _time_layouts(runner: _Runner, search: Search) -> bool:
-    """Time ``search.trials`` at the plan's size (each layout's best kept, the first
-    pass of channels-last paying its set-up); then choose the layout. False when the
-    work ran out before a channels-last trial (the next work times it)."""
-    size, timings = search.plan.batch_size, search.timings
+    """Time ``search.trials`` at one size (the plan's, or ``trial_size``; each layout's
+    best kept, the first pass of channels-last paying its set-up); then choose the
+    layout. False when the work ran out before a channels-last trial (the next work
+    times it)."""
+    timings = search.timings
     deferred = search.layout == "deferred" and search.climbed
     if runner.done == 0 and (deferred or search.trials[:1] == [True]):
         # a work's first pass stays contiguous: it may carry the work's own set-up
         # (layer replay checks it), which a rejected layout must not take with it
-        runner.run(size, False)
+        runner.run(min(search.plan.batch_size, AGREE_INPUTS), False)
     if deferred:  # the layout trial left to this work
         if not _check_layout(runner, search):
             return False
         if not search.trials:
             return True
+    size = search.trial_size or search.plan.batch_size
     while search.trials:
         if runner.left < size:
             # short work: a second contiguous timing is not worth waiting for, but a
@@ -351,7 +358,8 @@ def _time_layouts(runner: _Runner, search: Search) -> bool:
         if timings.get(True, 0.0) > CHANNELS_LAST_HOPELESS * timings.get(False, math.inf):
             search.trials = [t for t in search.trials if not t]
     channels_last = timings.get(True, math.inf) <= CHANNELS_LAST_GAIN * timings[False]
-    search.plan = PassPlan(size, channels_last)
+    # after the climb only the layout changes; before it, the trial sized the start
+    search.plan = PassPlan(search.plan.batch_size if search.climbed else size, channels_last)
     search.best = timings[channels_last]
     return True
 
