@@ -149,6 +149,29 @@ def test_a_tail_sliced_by_the_inputs_batch_falls_back_to_whole_passes(monkeypatc
     assert torch.allclose(got, _plain(model, x, t), atol=1e-6)
 
 
+def _one_item_rows(
+    model: nn.Module, x: torch.Tensor, target: int, count: int, layouts: set[bool] | None = None
+) -> tuple:
+    """``replaced_scores``' arguments for ``count`` rows of one item, each zeroing one of
+    ``model.layer``'s 4 channels in turn (``layouts`` collects whether each pass of more
+    than one row was built channels-last)."""
+    seen: list[torch.Tensor] = []
+    handle = model.layer.register_forward_hook(lambda m, a, o: seen.append(o))
+    with torch.no_grad():
+        reference = model(x)[:, target]
+    handle.remove()
+    original = seen[0]
+
+    def build(item: int, chans: list[int], out: torch.Tensor) -> None:
+        if layouts is not None:
+            layouts.add(out.is_contiguous(memory_format=torch.channels_last) and out.shape[0] > 1)
+        out.copy_(original[item].expand(len(chans), -1, -1, -1))
+        out[torch.arange(len(chans)), torch.tensor(chans)] = 0
+
+    rows = [(0, c % 4) for c in range(count)]
+    return (model, model.layer, x, original, torch.tensor([target]), reference, rows, build)
+
+
 def test_replayed_passes_in_either_layout_equal_fixed_passes(monkeypatch) -> None:
     """The planner may lay the replaced rows out channels-last: builds write into
     either layout and the scores do not change."""
@@ -157,22 +180,8 @@ def test_replayed_passes_in_either_layout_equal_fixed_passes(monkeypatch) -> Non
     torch.manual_seed(0)
     model = Skip(False).eval()
     x = torch.rand(1, 2, 6, 6)
-    t = torch.tensor([2])
-    seen = []
-    handle = model.layer.register_forward_hook(lambda m, a, o: seen.append(o))
-    with torch.no_grad():
-        reference = model(x)[:, 2]
-    handle.remove()
-    original = seen[0]
-    rows = [(0, c % 4) for c in range(200)]
     layouts: set[bool] = set()
-
-    def build(item: int, chans: list[int], out: torch.Tensor) -> None:
-        layouts.add(out.is_contiguous(memory_format=torch.channels_last) and out.shape[0] > 1)
-        out.copy_(original[item].expand(len(chans), -1, -1, -1))
-        out[torch.arange(len(chans)), torch.tensor(chans)] = 0
-
-    args = (model, model.layer, x, original, t, reference, rows, build)
+    args = _one_item_rows(model, x, 2, 200, layouts)
     fixed = replaced_scores(*args, chunk=7)
     monkeypatch.setattr(replay, "FAST_CHUNK", 16)  # a search start of 4 rows
     passes.clear_plans()
@@ -291,20 +300,7 @@ def test_a_tail_that_rejects_channels_last_keeps_the_fast_replay(monkeypatch, ca
     torch.manual_seed(0)
     model = ViewTail().eval()
     x = torch.rand(1, 2, 6, 6)
-    t = torch.tensor([2])
-    seen: list[torch.Tensor] = []
-    handle = model.layer.register_forward_hook(lambda m, a, o: seen.append(o))
-    with torch.no_grad():
-        reference = model(x)[:, 2]
-    handle.remove()
-    original = seen[0]
-    rows = [(0, c % 4) for c in range(100)]
-
-    def build(item: int, chans: list[int], out: torch.Tensor) -> None:
-        out.copy_(original[item].expand(len(chans), -1, -1, -1))
-        out[torch.arange(len(chans)), torch.tensor(chans)] = 0
-
-    args = (model, model.layer, x, original, t, reference, rows, build)
+    args = _one_item_rows(model, x, 2, 100)
     fixed = replaced_scores(*args, chunk=7)
     monkeypatch.setattr(replay, "FAST_CHUNK", 16)  # a search start of 4 rows
     passes.clear_plans()
