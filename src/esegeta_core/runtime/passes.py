@@ -102,9 +102,9 @@ class Search:
     """The first timing of ``step`` when it seemed to lose and the work ran out before
     a second one."""
     trials: list[bool] = field(default_factory=list)
-    """Layouts (channels-last or not) still to time at the plan's size."""
+    """Layouts (channels-last or not) still to time at ``trial_size``."""
     timings: dict[bool, float] = field(default_factory=dict)
-    """The best seconds per input of each layout timed at the plan's size."""
+    """The best seconds per input of each layout timed at ``trial_size``."""
     layout: str = "checked"
     """``"deferred"`` while channels-last waits to be checked (after the climb, on
     short work), else ``"checked"``."""
