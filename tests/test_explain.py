@@ -209,6 +209,31 @@ def test_class_scores_without_host_reads_equal_the_per_class_path(classes):
     assert torch.equal(got[:6], want[:6]) and got[6].isnan() and want[6].isnan()
 
 
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("items", [1, 3, 1000])
+def test_reductions_in_cache_blocks_equal_the_full_reduction(classes, items, monkeypatch):
+    """The CPU sums take the items a cache block at a time, with the winners marked by
+    comparisons written as 1.0 and 0.0: the same scores as the full reduction whatever
+    the block (one item, a few, all), ties, NaN and infinite logits included."""
+    from esegeta_core import targets
+
+    monkeypatch.setattr(targets, "CACHE_BLOCK", items * classes * 60)  # items per block
+    torch.manual_seed(2)
+    out = torch.randint(-2, 3, (7, classes, 4, 5, 3)).float()
+    out[5, classes - 1, 0, 0, 0] = float("nan")
+    out[6, 0, 1, 1, 1] = float("inf")
+    out[6, 1, 2, 2, 2] = -float("inf")
+    reduce = ec.MultiClassScores()
+    full = reduce(out)
+    assert len(targets._cache_blocks(out.flatten(2))) == -(-7 // items)
+    torch.testing.assert_close(reduce.class_sums(out), full, rtol=0, atol=0, equal_nan=True)
+    picked = torch.tensor([0, 1, classes - 1, 0, 1, classes - 1, 1])
+    want = full.gather(1, picked[:, None]).squeeze(1)
+    got = reduce.class_scores(out, picked)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert got[5].isnan() and not got[:5].isnan().any()
+
+
 @pytest.mark.parametrize("classes", [2, 3, 5])
 def test_class_sums_without_gradients_equal_the_full_reduction(classes):
     """Without gradients the wrapper sums each class's winning logits class by class

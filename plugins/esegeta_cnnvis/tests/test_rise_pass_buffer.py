@@ -5,6 +5,7 @@ more inputs per pass than the plan allows."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -107,7 +108,8 @@ def test_rise_map_does_not_depend_on_the_pass_size(name, build, shape, target, c
 
 @pytest.mark.parametrize("rank", [2, 3])
 def test_rise_blocks_of_masks_equal_the_fixed_computation(rank: int) -> None:
-    """Several blocks (60 masks, 7 per block): each block's masks drawn as before."""
+    """Several blocks (60 masks, 7 per block): each block's masks drawn as before (the
+    sum weighs them from their grids: the same products, added in another order)."""
     model = tiny_model("classification", rank)
     x = tiny_input("classification", rank, batch=3)
     target = [2, 0, 1]
@@ -115,7 +117,7 @@ def test_rise_blocks_of_masks_equal_the_fixed_computation(rank: int) -> None:
         model, x, "cnnvis.rise", target, num_masks=60, mask_seed=5, cells=3, batch_size=7
     ).attributions
     expected = reference(model, x, target, num_masks=60, block=7, cells=3, seed=5)
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the same passes, exactly
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 512])
@@ -177,3 +179,26 @@ def test_rise_masks_of_a_range_equal_the_block_s(spatial, cells) -> None:
         torch.testing.assert_close(
             grids.masks(start, stop), whole[start:stop], rtol=1e-6, atol=1e-7
         )
+
+
+@pytest.mark.parametrize(
+    ("spatial", "cells"),
+    [((16, 16), (4, 4)), ((8, 9, 10), (3, 3, 3)), ((3, 16), (6, 3)), ((2, 5, 6), (4, 2, 3))],
+)
+def test_rise_weighted_sum_from_the_grids_equals_the_masks_weighted(spatial, cells) -> None:
+    """The saliency's sum is made from the grids (the first dimension's up-sampling and
+    the sum over masks in one product): equal to the masks weighted one by one, in
+    pieces that hold no more numbers than the masks where a dimension has fewer voxels
+    than padded cells (the last two cases)."""
+    grids = draw_grids(30, cells, spatial, 0.5, generator=torch.Generator().manual_seed(6))
+    masks = grids.masks(0, 30).reshape(30, -1)
+    weights = torch.rand(3, 30, generator=torch.Generator().manual_seed(7))
+    pieces = grids.pieces()
+    assert pieces[0][0] == 0 and pieces[-1][1] == 30
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+    k0, n0 = cells[0] + 2, spatial[0]
+    assert len(pieces) == (1 if k0 <= n0 else -(-30 // (30 * n0 // k0)))
+    total = sum(grids.weighted_sum(weights[:, a:b], a, b) for a, b in pieces)
+    torch.testing.assert_close(total, weights @ masks, rtol=1e-5, atol=1e-6)
+    part = grids.weighted_sum(weights[:, 4:9], 4, 9)
+    torch.testing.assert_close(part, weights[:, 4:9] @ masks[4:9])

@@ -10,7 +10,8 @@ shifts, from a generator seeded with ``mask_seed``, or torch's default generator
 ``explain(seed=...)`` is reproducible); the masked inputs are never made for a whole
 block. Each forward pass up-samples only its own masks on the model's device and writes
 ``x * m`` into one reused buffer (the core's ``PassBuffer``), and only the target's score is
-kept. The passes go through the core's pass planner
+kept. The saliency's weighted sum is made from the grids (:meth:`MaskGrids.weighted_sum`),
+so no mask is up-sampled twice. The passes go through the core's pass planner
 (:func:`~esegeta_core.runtime.passes.method_passes`): at most ``batch_size`` per pass,
 or the measured fastest size and layout under ``explain(auto_batch=True)``. Memory
 grows with the pass, not with the block.
@@ -51,16 +52,48 @@ class MaskGrids:
 
     def masks(self, start: int, stop: int) -> torch.Tensor:
         """``(stop - start, 1, *spatial)`` masks in [0, 1]: the separable product of the
-        grids with their rows, one dimension at a time."""
+        grids with their rows, one dimension at a time, the first dimension last and
+        from the left, so the masks come out contiguous (no copy of a pass's masks)."""
+        lead = self._lead(start, stop)
+        masks = torch.bmm(self.rows[0][start:stop], lead)
+        return masks.view(masks.shape[0], 1, *(rows.shape[1] for rows in self.rows))
+
+    def weighted_sum(self, weights: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """``(items, prod(spatial))`` float32: ``weights @ masks(start, stop)`` flattened,
+        for ``(items, stop - start)`` weights, without up-sampling the masks' first
+        dimension one mask at a time: the last step is one product over every
+        (mask, grid cell) pair. RISE's saliency adds up its masks weighted by their
+        scores; made this way the masks of a pass are made once, not once more to
+        accumulate them."""
+        lead = self._lead(start, stop).float()  # (count, K0, rest)
+        rows = self.rows[0][start:stop].float()  # (count, n0, K0)
+        count, n0, k0 = rows.shape
+        items = weights.shape[0]
+        left = (weights.float().view(items, count, 1, 1) * rows).permute(0, 2, 1, 3)
+        total = left.reshape(items * n0, count * k0) @ lead.reshape(count * k0, -1)
+        return total.view(items, -1)
+
+    def pieces(self) -> list[tuple[int, int]]:
+        """Ranges of the block whose :meth:`weighted_sum` holds no more numbers than
+        the block's masks (its grids up-sampled along all but the first dimension: more
+        than the masks only where a dimension has fewer voxels than padded cells)."""
+        count, k0 = self.padded.shape[:2]
+        n0 = self.rows[0].shape[1]
+        step = count if k0 <= n0 else max(1, count * n0 // k0)
+        return [(i, min(count, i + step)) for i in range(0, count, step)]
+
+    def _lead(self, start: int, stop: int) -> torch.Tensor:
+        """``(stop - start, K0, prod(spatial[1:]))``: the padded grids up-sampled along
+        every dimension but the first (``K0`` its padded cells)."""
         masks = self.padded[start:stop]
         count = masks.shape[0]
-        for d in reversed(range(len(self.rows))):
+        for d in reversed(range(1, len(self.rows))):
             rows = self.rows[d][start:stop]
             moved = masks.movedim(1 + d, -1)
             shape = moved.shape
             flat = torch.bmm(moved.reshape(count, -1, shape[-1]), rows.transpose(1, 2))
             masks = flat.reshape(*shape[:-1], rows.shape[1]).movedim(-1, 1 + d)
-        return masks.unsqueeze(1).contiguous()
+        return masks.reshape(count, masks.shape[1], -1)
 
 
 def draw_grids(
@@ -200,7 +233,8 @@ class Rise(Explainer[RiseParams]):
         self, params: RiseParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         """One pass per mask and item, at most ``batch_size`` masked inputs per pass; the
-        masks of a pass are made at the input's size, and once more to accumulate."""
+        masks of a pass are made at the input's size, and the block's grids up-sampled
+        along all but the first dimension (no larger) to accumulate."""
         total = params.num_masks if params.masks is None else int(params.masks.shape[0])
         together = min(params.batch_size, total)
         return Workload(
@@ -228,9 +262,9 @@ class Rise(Explainer[RiseParams]):
         with torch.no_grad():
             for start in range(0, total, params.batch_size):
                 count = min(params.batch_size, total - start)
-                masks: MaskRange
+                grids: MaskGrids | None = None
                 if given is None:
-                    masks = draw_grids(
+                    grids = draw_grids(
                         count,
                         cells,
                         spatial,
@@ -238,19 +272,23 @@ class Rise(Explainer[RiseParams]):
                         generator=generator,
                         device=inputs.device,
                         dtype=inputs.dtype,
-                    ).masks
+                    )
+                    masks: MaskRange = grids.masks
                 else:
                     masks = _slices(given[start : start + count])
                 scores, most = rise_block(
                     model, inputs, targets, masks, count, params.scores, buffer
                 )
-                # the weighted sum, a pass's worth of masks at a time (the whole block
-                # when a pass held it)
+                if grids is not None:  # the weighted sum from the grids, in pieces
+                    for first, last in grids.pieces():
+                        saliency += grids.weighted_sum(scores[:, first:last], first, last)
+                    continue
+                # given masks: a pass's worth at a time (the whole block when a pass
+                # held it)
                 for first in range(0, count, most):
                     last = min(count, first + most)
                     flat = masks(first, last).reshape(last - first, -1).float()
-                    for i in range(inputs.shape[0]):
-                        saliency[i] += scores[i, first:last] @ flat
+                    saliency += scores[:, first:last] @ flat
         saliency /= total * params.p
         shape = (inputs.shape[0], 1, *spatial)
         return saliency.view(shape).to(inputs.dtype).expand(inputs.shape).contiguous()
