@@ -67,6 +67,7 @@ def _reason_kind(method: str, reason: str) -> str:
         ("no nn.Linear or 1x1 convolution", "no global-average-pooling + linear head"),
         ("ExplainerClassifier", "needs an esegeta_xml.ExplainerClassifier"),
         ("supports 2D inputs only", "2D only"),
+        ("models only, not segmentation", "classifiers only (squashes every score)"),
         ("has no LRP rule for", "layers without an LRP rule"),
         ("plain gradient", "no activation to apply the rule at"),
         ("has no attention module", "no self-attention (not a transformer)"),

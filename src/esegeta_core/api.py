@@ -26,6 +26,7 @@ from esegeta_core.devices import model_device
 from esegeta_core.errors import (
     InvalidInputError,
     InvalidParamsError,
+    NotApplicableError,
     UnsupportedRankError,
 )
 from esegeta_core.explainer import Explainer, MethodParams
@@ -37,7 +38,7 @@ from esegeta_core.plugin.manager import Registry, get_registry
 from esegeta_core.runtime.job import Job, JobSpec
 from esegeta_core.runtime.patches import PatchSpec
 from esegeta_core.runtime.precision import Precision, check_precision
-from esegeta_core.targets import ScoreFn, TargetLike, Task
+from esegeta_core.targets import TASKS, ScoreFn, TargetLike, Task
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def explain(
             parameters take ``"auto"`` (the default where a layer is required).
     """
     call = _check_call(model, inputs, method, params, reshape, patches, seed, amp)
+    _check_task(task, call.cls, get_registry())
     spec = JobSpec(
         call.cls,
         call.plugin,
@@ -387,6 +389,29 @@ def _check_inputs(inputs: object, cls: type[Explainer], registry: Registry) -> t
             f"Methods that handle {rank}D: {', '.join(able[:8]) or 'none installed'}."
         )
     return x
+
+
+def _check_task(task: object, cls: type[Explainer], registry: Registry) -> None:
+    """Refuse a task the method does not explain (:attr:`Explainer.tasks`), listing the
+    installed methods that do, those of the same name in another plugin first, then
+    the same family's (an unknown task is refused with the model's wrapper, which
+    names the tasks)."""
+    if task not in TASKS or task in cls.tasks:
+        return
+    short = cls.name.rsplit(".", 1)[-1]
+    able = sorted(
+        (n for n, c in registry.methods.items() if task in c.tasks),
+        key=lambda n: (
+            n.rsplit(".", 1)[-1] != short,
+            registry.methods[n].family != cls.family,
+            n,
+        ),
+    )
+    raise NotApplicableError(
+        f"Method {cls.name!r} (plugin {registry.plugin_of[cls.name]!r}) explains "
+        f"{' and '.join(cls.tasks)} models only, not {task}. Methods that do: "
+        f"{', '.join(able[:8]) or 'none installed'}."
+    )
 
 
 def _ranks(ranks: tuple[int, ...]) -> str:

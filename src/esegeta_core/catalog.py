@@ -28,6 +28,7 @@ class MethodInfo:
     requirements: tuple[str, ...] = ()
     cost_note: str = ""
     model_rules: str = "none"
+    tasks: tuple[str, ...] = ("classification", "segmentation")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +51,7 @@ def method_info(cls: type[Explainer], plugin: str) -> MethodInfo:
         requirements=tuple(cls.requirements),
         cost_note=cls.cost_note,
         model_rules=cls.model_rules,
+        tasks=tuple(cls.tasks),
     )
 
 

@@ -95,6 +95,7 @@ def format_method(info: MethodInfo) -> str:
         f"{info.name}  (plugin {info.plugin})",
         info.description,
         f"family: {info.family}   output: {info.output}   ranks: {_ranks(info.ranks)}   "
+        f"tasks: {', '.join(info.tasks)}   "
         f"needs layer: {'yes' if info.needs_layer else 'no'}   cost: {info.cost}   "
         f"deterministic: {'yes' if info.deterministic else 'no'}",
     ]

@@ -258,6 +258,10 @@ class Explainer(ABC, Generic[P]):
     - ``requirements``: what the model must have for the method to apply, in words
       (shown by ``esegeta methods NAME``); :meth:`check_model` raises
       :class:`~esegeta_core.NotApplicableError` citing one when it is missing.
+    - ``tasks``: the model tasks the method explains (``explain(task=...)``); another
+      is refused before the model runs, naming the methods that explain it (TorchRay's
+      ``rise`` squashes every score with a sigmoid, which a segmentation's summed class
+      scores saturate).
     - ``cost_note``: how the cost grows with the model or the parameters, in words.
     - ``layout_param``: for methods that read tokens without a layer parameter
       (attention maps), the parameter that takes the token layout as ``"EXTRA:GRID"``;
@@ -270,6 +274,7 @@ class Explainer(ABC, Generic[P]):
     family: ClassVar[Family] = "gradient"
     output: ClassVar[Output] = "input"
     ranks: ClassVar[tuple[int, ...]] = (2, 3)
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "segmentation")
     needs_layer: ClassVar[bool] = False
     cost: ClassVar[Cost] = "low"
     paper: ClassVar[str] = ""

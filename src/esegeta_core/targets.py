@@ -118,6 +118,16 @@ class ScoreModel(nn.Module):
         )
 
 
+def summed_scores(model: nn.Module) -> bool:
+    """Whether ``model`` is the core's segmentation wrapper with a built-in reduction
+    (``multi_class``, ``threshold``, a :class:`Region`): its class scores are sums over
+    every pixel or voxel, thousands of logits, which a softmax or a sigmoid squashes to
+    0 or 1 whatever the input. A method that squashes its scores (RISE, LIME) takes the
+    raw sums there, as the metrics' curves do; squashed, its map comes out empty or
+    flat."""
+    return isinstance(model, ScoreModel) and model.total is not None
+
+
 FEW_CLASSES = 3
 """Most classes :meth:`MultiClassScores.class_sums` reduces class by class."""
 

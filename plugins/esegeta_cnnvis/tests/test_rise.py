@@ -6,7 +6,7 @@ import pytest
 import torch
 from esegeta_cnnvis.rise import rise_masks
 
-from esegeta_core import InvalidParamsError, explain
+from esegeta_core import InvalidParamsError, MultiClassScores, ScoreModel, explain
 from esegeta_core.testing import tiny_input, tiny_model
 
 
@@ -136,3 +136,37 @@ def test_masks_are_the_interpolated_grids_cropped_at_their_shift(spatial, cells)
             for c, s, n in zip(cell, shifts, spatial, strict=True)
         )
         torch.testing.assert_close(masks[m, 0], up[m][box], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_segmentation_is_scored_raw_by_default(rank: int) -> None:
+    """A segmentation's class scores sum logits over every pixel: a softmax of them is
+    0 or 1 whatever the mask (an empty map). scores='auto' takes the raw sums there,
+    the softmax for a classifier, and says which in the extras."""
+    model, x = tiny_model("segmentation", rank), tiny_input("segmentation", rank)
+    with torch.no_grad():
+        sums = ScoreModel(model, MultiClassScores())(x)
+    assert float(sums.softmax(1).amax(1).min()) > 0.999  # squashed: one class takes all
+    target = sums.argmax(1)
+    kw = {"task": "segmentation", "num_masks": 16, "mask_seed": 0, "progress": False}
+    auto = explain(model, x, "cnnvis.rise", target=target, **kw)
+    raw = explain(model, x, "cnnvis.rise", target=target, scores="raw", **kw)
+    assert auto.extras["scores"] == "raw" and auto.params.scores == "auto"
+    torch.testing.assert_close(auto.attributions, raw.attributions, rtol=0, atol=0)
+    assert bool((auto.attributions.flatten(1).std(1) > 0).all())  # neither empty nor flat
+    classifier, image = tiny_model("classification", rank), tiny_input("classification", rank)
+    kw = {"num_masks": 16, "mask_seed": 0, "progress": False}
+    plain = explain(classifier, image, "cnnvis.rise", target=[0, 1], **kw)
+    soft = explain(classifier, image, "cnnvis.rise", target=[0, 1], scores="softmax", **kw)
+    assert plain.extras["scores"] == "softmax"
+    torch.testing.assert_close(plain.attributions, soft.attributions, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scores", ["softmax", "sigmoid"])
+def test_squashed_scores_of_a_segmentation_are_refused(scores: str) -> None:
+    model, x = tiny_model("segmentation", 2), tiny_input("segmentation", 2)
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(InvalidParamsError, match=r"cnnvis.*scores='raw'"):
+        explain(model, x, "cnnvis.rise", target=0, task="segmentation", scores=scores)
+    assert len(calls) <= 1  # refused after the probe, before any masked pass

@@ -228,6 +228,26 @@ def test_segmentation_model_with_raw_scores(fast: Mapping[str, Any]) -> None:
     _check_outputs(e, x)
 
 
+def test_segmentation_is_fit_on_raw_scores_by_default(fast: Mapping[str, Any]) -> None:
+    """A segmentation's class scores sum logits over every pixel (their softmax is 0
+    or 1): use_softmax=None fits the raw sums there, the softmax for a classifier, and
+    says which in the extras; use_softmax=True is refused on a segmentation."""
+    model = tiny_model("segmentation", 2)
+    x = _blobs(2, 1, 16)
+    kw = {"task": "segmentation", "target": 1, "seed": 0, **fast}
+    auto = explain(model, x, "lime.lime", **kw)
+    raw = explain(model, x, "lime.lime", use_softmax=False, **kw)
+    assert auto.extras["use_softmax"] is False and auto.params.use_softmax is None
+    torch.testing.assert_close(auto.attributions, raw.attributions, rtol=0, atol=0)
+    with pytest.raises(InvalidParamsError, match=r"lime.*use_softmax=False"):
+        explain(model, x, "lime.lime", use_softmax=True, **kw)
+    classifier, image = tiny_model("classification", 2), tiny_input("classification", 2)
+    plain = explain(classifier, image, "lime.lime", target=1, seed=0, **fast)
+    soft = explain(classifier, image, "lime.lime", target=1, seed=0, use_softmax=True, **fast)
+    assert plain.extras["use_softmax"] is True
+    torch.testing.assert_close(plain.attributions, soft.attributions, rtol=0, atol=0)
+
+
 def test_import_is_light() -> None:
     code = (
         "import sys, esegeta_lime; "

@@ -49,3 +49,26 @@ def test_a_declared_rank_rules_out_methods_of_other_ranks(tmp_path: Path) -> Non
     client = TestClient(create_app(tmp_path, models=models))
     unfit = client.get("/runs/new/fits", params={"model": "vol"}).json()["unfit"]
     assert "explains 2D inputs; the model takes 3D inputs" in unfit[two_d[0]]
+
+
+def test_a_declared_task_rules_out_methods_of_other_tasks(tmp_path: Path) -> None:
+    from esegeta_core.plugin.manager import get_registry
+
+    methods = get_registry().methods
+    one_task = [n for n, c in methods.items() if tuple(c.tasks) == ("classification",)]
+    if not one_task:
+        import pytest
+
+        pytest.skip("no installed method explains classifiers only")
+    models = {
+        "seg": DeclaredModel(
+            "seg",
+            {"factory": FACTORY, "kwargs": {"task": "segmentation"}},
+            {"task": "segmentation"},
+        ),
+        "cls": DeclaredModel("cls", {"factory": FACTORY, "kwargs": {}}, {"task": "classification"}),
+    }
+    client = TestClient(create_app(tmp_path, models=models))
+    unfit = client.get("/runs/new/fits", params={"model": "seg"}).json()["unfit"]
+    assert "explains classification models; the model is a segmentation model" in unfit[one_task[0]]
+    assert one_task[0] not in client.get("/runs/new/fits", params={"model": "cls"}).json()["unfit"]

@@ -36,6 +36,7 @@ from esegeta_core.errors import (
 )
 from esegeta_core.explainer import RESERVED, Explainer, MethodParams
 from esegeta_core.plugin import PROJECT, spec
+from esegeta_core.targets import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,8 @@ def _check_contract(plugin: str, cls: Any) -> None:
         )
     if not cls.ranks or any(r not in (2, 3) for r in cls.ranks):
         raise PluginConflictError(f"{where}: ranks must be a subset of (2, 3), got {cls.ranks}.")
+    if not cls.tasks or any(t not in TASKS for t in cls.tasks):
+        raise PluginConflictError(f"{where}: tasks must be a subset of {TASKS}, got {cls.tasks}.")
 
 
 def _disabled() -> list[str]:

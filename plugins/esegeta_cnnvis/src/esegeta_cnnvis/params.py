@@ -371,11 +371,14 @@ class RiseParams(MethodParams):
         0.5, gt=0.0, le=1.0, description="Probability that a grid cell is kept (not masked)."
     )
     batch_size: int = Field(64, ge=1, description="Masked inputs per forward pass.")
-    scores: Literal["softmax", "sigmoid", "raw"] = Field(
-        "softmax",
+    scores: Literal["auto", "softmax", "sigmoid", "raw"] = Field(
+        "auto",
         description=(
             "How a masked input is scored: the softmax probability of the target (paper), "
-            "the sigmoid of its logit (multi-label models; TorchRay's choice) or the raw score."
+            "the sigmoid of its logit (multi-label models; TorchRay's choice) or the raw "
+            "score. 'auto': softmax for a classifier, raw for a segmentation model (its "
+            "class scores sum logits over every pixel: squashed, they are 0 or 1 whatever "
+            "the mask, and the map comes out empty)."
         ),
     )
     mask_seed: int | None = Field(

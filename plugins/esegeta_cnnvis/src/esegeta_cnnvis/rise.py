@@ -3,7 +3,9 @@
 Random binary grids of ``cells`` cells per side are up-sampled (bilinear in 2D,
 trilinear in 3D) with one cell of reflection padding and cropped at a random shift
 of less than a cell, as in the paper and TorchRay. Each item's saliency is
-``sum_m P(target | x * m) * m / (N * p)``.
+``sum_m P(target | x * m) * m / (N * p)``, ``P`` the target's softmax probability for a
+classifier and, by default, its raw score for a segmentation model (``scores``: a
+softmax of class scores summed over every pixel is 0 or 1 whatever the mask).
 
 The masks are drawn ``batch_size`` at a time (a block: its low-resolution grids and
 shifts, from a generator seeded with ``mask_seed``, or torch's default generator so
@@ -28,12 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from esegeta_cnnvis.params import RiseParams
-from esegeta_core import Explainer, InvalidParamsError
+from esegeta_core import Explainer, InvalidParamsError, MethodResult
 from esegeta_core.explainer import Workload
 from esegeta_core.feature_masks import as_size
 from esegeta_core.runtime.pass_buffer import PassBuffer
 from esegeta_core.runtime.passes import method_passes
+from esegeta_core.targets import summed_scores
 from esegeta_core.toolkit import gather_target, target_pass_scores
+from esegeta_core.tracing import ModelTrace
 
 MaskRange = Callable[[int, int], torch.Tensor]
 """``(start, stop) -> (stop - start, 1, *spatial)`` masks ``start .. stop - 1`` of a
@@ -246,9 +250,26 @@ class Rise(Explainer[RiseParams]):
             batch=("batch_size",),
         )
 
+    def check_model(self, model: nn.Module, params: RiseParams, trace: ModelTrace | None) -> None:
+        """Refuse a squashed score of a segmentation's summed class scores (see
+        :func:`~esegeta_core.targets.summed_scores`): every masked input would score 0
+        or 1, and the map come out empty or flat."""
+        if params.scores in ("softmax", "sigmoid") and summed_scores(model):
+            raise InvalidParamsError(
+                f"Method {self.name!r} (plugin 'cnnvis'): scores={params.scores!r} squashes "
+                "a segmentation model's class scores, sums of logits over every pixel, to "
+                "0 or 1 whatever the mask, so the map would come out empty or flat. Use "
+                "scores='raw' (what the default scores='auto' takes for segmentation)."
+            )
+
     def attribute(
         self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: RiseParams
-    ) -> torch.Tensor:
+    ) -> MethodResult:
+        """The saliency, with ``extras["scores"]``: how the masked inputs were scored
+        (what ``scores='auto'`` chose)."""
+        how = params.scores
+        if how == "auto":
+            how = "raw" if summed_scores(model) else "softmax"
         spatial = tuple(inputs.shape[2:])
         given = None if params.masks is None else _user_masks(params.masks, inputs, self.name)
         total = params.num_masks if given is None else given.shape[0]
@@ -276,9 +297,7 @@ class Rise(Explainer[RiseParams]):
                     masks: MaskRange = grids.masks
                 else:
                     masks = _slices(given[start : start + count])
-                scores, most = rise_block(
-                    model, inputs, targets, masks, count, params.scores, buffer
-                )
+                scores, most = rise_block(model, inputs, targets, masks, count, how, buffer)
                 if grids is not None:  # the weighted sum from the grids, in pieces
                     for first, last in grids.pieces():
                         saliency += grids.weighted_sum(scores[:, first:last], first, last)
@@ -291,7 +310,8 @@ class Rise(Explainer[RiseParams]):
                     saliency += scores[:, first:last] @ flat
         saliency /= total * params.p
         shape = (inputs.shape[0], 1, *spatial)
-        return saliency.view(shape).to(inputs.dtype).expand(inputs.shape).contiguous()
+        saliency_map = saliency.view(shape).to(inputs.dtype).expand(inputs.shape).contiguous()
+        return MethodResult(saliency_map, scores=how)
 
 
 RISE_METHODS: list[type[Explainer]] = [Rise]

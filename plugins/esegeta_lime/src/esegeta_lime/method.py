@@ -14,8 +14,10 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from esegeta_core import Explainer, MethodResult
+from esegeta_core import Explainer, InvalidParamsError, MethodResult
 from esegeta_core.explainer import Workload
+from esegeta_core.targets import summed_scores
+from esegeta_core.tracing import ModelTrace
 from esegeta_lime.params import LimeParams
 from esegeta_lime.segmentation import segment
 from esegeta_lime.surrogate import fit_item, top_segments
@@ -40,7 +42,8 @@ class Lime(Explainer[LimeParams]):
     channel. Extras: ``positive_mask`` / ``negative_mask`` ((B, 1, *spatial) bool, the
     top ``num_features`` segments of each sign), ``segments`` ((B, 1, *spatial) ids),
     ``segment_weights`` (one (n_segments,) tensor per item), ``intercept``, ``score``
-    (weighted R^2 of the surrogate) and ``local_pred`` ((B,) each).
+    (weighted R^2 of the surrogate) and ``local_pred`` ((B,) each), ``use_softmax``
+    (what the default None chose: softmax for a classifier, raw for a segmentation).
     """
 
     name = "lime.lime"
@@ -76,6 +79,21 @@ class Lime(Explainer[LimeParams]):
             batch=("batch_size",),
         )
 
+    def check_model(
+        self, model: torch.nn.Module, params: LimeParams, trace: ModelTrace | None
+    ) -> None:
+        """Refuse the softmax of a segmentation's summed class scores (see
+        :func:`~esegeta_core.targets.summed_scores`): every sample would score 0 or 1
+        and the surrogate fit a step or a constant."""
+        if params.use_softmax and summed_scores(model):
+            raise InvalidParamsError(
+                f"Method {self.name!r} (plugin 'lime'): use_softmax=True squashes a "
+                "segmentation model's class scores, sums of logits over every pixel, to 0 "
+                "or 1 whatever the sample, so the surrogate would fit a step or a "
+                "constant. Use use_softmax=False (what the default None takes for "
+                "segmentation)."
+            )
+
     def attribute(
         self,
         model: torch.nn.Module,
@@ -83,6 +101,8 @@ class Lime(Explainer[LimeParams]):
         target: torch.Tensor,
         params: LimeParams,
     ) -> MethodResult:
+        if params.use_softmax is None:
+            params = params.model_copy(update={"use_softmax": not summed_scores(model)})
         seed = draw_seed(params)
         random_state = np.random.RandomState(seed)
         segments = segment(inputs, params, seed, self.name)
@@ -110,6 +130,7 @@ class Lime(Explainer[LimeParams]):
             score=torch.tensor(score, dtype=torch.float64),
             local_pred=torch.tensor(local_pred, dtype=torch.float64),
             random_seed=seed,
+            use_softmax=params.use_softmax,
         )
 
 

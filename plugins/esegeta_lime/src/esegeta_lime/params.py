@@ -110,11 +110,13 @@ class LimeParams(MethodParams):
         ),
     )
     batch_size: int = Field(64, ge=1, description="Perturbed samples per model forward pass.")
-    use_softmax: bool = Field(
-        True,
+    use_softmax: bool | None = Field(
+        None,
         description=(
             "Fit the surrogate on softmax probabilities (as LIME expects) rather than raw "
-            "scores. For segmentation models the scores are the wrapper's per-class sums."
+            "scores. None: softmax for a classifier, raw for a segmentation model, whose "
+            "class scores sum logits over every pixel (their softmax is 0 or 1 whatever "
+            "the sample, so True is refused there)."
         ),
     )
     positive_only: bool = Field(

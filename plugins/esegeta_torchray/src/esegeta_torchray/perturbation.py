@@ -52,6 +52,10 @@ class Rise(PerturbationMethod[RiseParams]):
     scored)."""
 
     name = "torchray.rise"
+    # TorchRay's rise takes the sigmoid of every score: a segmentation's class scores,
+    # sums of logits over every pixel, would all be 0 or 1 and the map flat or empty
+    # (cnnvis.rise scores segmentation models by the raw sums)
+    tasks = ("classification",)
     count_params = ("num_masks",)
     forward_only = True
     function = "rise:rise"

@@ -5,6 +5,8 @@ What is checked, per method, without running it:
 
 - its ``ranks`` against the model's declared ``rank`` (its ``kwargs.rank``), when the
   models file declares one;
+- its ``tasks`` against the model's declared ``task`` (TorchRay's RISE explains
+  classifiers only);
 - the method's own pre-run check, :meth:`~esegeta_core.explainer.Explainer.check_model`,
   on the model built once on the CPU by its allowlisted factory (no checkpoint: the
   check looks at the structure) with the method's default parameters and no probe
@@ -52,6 +54,13 @@ def _rank_reason(cls: Any, rank: Any) -> str:
     return f"{cls.name} explains {shown} inputs; the model takes {rank}D inputs."
 
 
+def _task_reason(cls: Any, task: Any) -> str:
+    tasks = tuple(getattr(cls, "tasks", ("classification", "segmentation")))
+    if task is None or task in tasks:
+        return ""
+    return f"{cls.name} explains {' and '.join(tasks)} models; the model is a {task} model."
+
+
 def unfit_methods(model: DeclaredModel) -> dict[str, str]:
     """Method name -> why it does not fit ``model`` (see the module doc for what is
     checked). A model that cannot be built leaves only the rank check."""
@@ -69,7 +78,7 @@ def unfit_methods(model: DeclaredModel) -> dict[str, str]:
         log.warning("model %s not built for the method checks: %s", model.name, exc)
     out: dict[str, str] = {}
     for name, cls in sorted(registry.methods.items()):
-        reason = _rank_reason(cls, rank)
+        reason = _rank_reason(cls, rank) or _task_reason(cls, model.run_defaults.get("task"))
         if not reason and built is not None:
             try:
                 cls().check_model(built, cls.Params(), None)
