@@ -18,7 +18,7 @@ from esegeta_captum.neuron import NeuronValue
 from esegeta_captum.shapes import full_neuron_index, module_shape
 from torch import nn
 
-from esegeta_core import explain
+from esegeta_core import explain, layer_calls
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.feature_masks import grid_mask
 from esegeta_core.testing import tiny_input, tiny_model
@@ -131,6 +131,30 @@ def test_no_probe_pass_and_only_the_first_pass_runs_whole() -> None:
     close(ours, theirs)
     assert model.heads == [6]  # the first pass, to see how often the layer runs
     assert model.calls == [6, 6, 3]  # passes of 6, the later ones stop at the layer
+
+
+def test_the_prediction_pass_counts_the_layer_so_no_method_pass_runs_whole() -> None:
+    """With target=None the job runs the whole model once to find the predicted class;
+    that pass counts the layer's calls (esegeta_core.layer_calls), so every pass of the
+    method stops at the layer. A given target has no such pass: the first pass runs
+    whole, as before. The maps are the same either way, and equal Captum's."""
+    model = Counted().eval()
+    x = torch.rand(3, 3, 8, 8)
+    theirs = direct(model, x, "act", (1,), 4)
+    args = {"layer": "act", "neuron_selector": (1,), "grid_cell": 4, "perturbations_per_eval": 2}
+    model.calls.clear()
+    model.heads.clear()
+    found = explain(model, x, NAME, **args)
+    close(found.attributions, theirs)
+    # one-item probes of a new model (cached per model), the prediction pass of 3, then
+    # the method's passes of 6, every one stopped at the layer
+    assert model.heads == [1, 1, 3] and model.calls == [1, 1, 3, 6, 6, 3]
+    model.calls.clear()
+    model.heads.clear()
+    given = explain(model, x, NAME, target=found.target, **args)
+    assert torch.equal(given.attributions, found.attributions)
+    assert model.heads[-1] == 6 and model.calls[-3:] == [6, 6, 3]  # its first pass whole
+    assert layer_calls.calls(model.act) is None  # the count lived in its job only
 
 
 def test_a_layer_that_runs_twice_is_read_at_its_last_call() -> None:

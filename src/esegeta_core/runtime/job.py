@@ -23,10 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from esegeta_core import layer_calls
 from esegeta_core.checks import check_cost, check_map
 from esegeta_core.devices import seeded
 from esegeta_core.errors import EsegetaError, InvalidParamsError, MethodFailedError
 from esegeta_core.explainer import Explainer, MethodParams, MethodResult
+from esegeta_core.layers import resolve_layer
 from esegeta_core.layouts import ReshapeSpec
 from esegeta_core.model_state import ModelState
 from esegeta_core.outputs import OutputSelector, selector_label
@@ -149,6 +151,7 @@ class Job:
             self.extras["layer_auto"] = chosen
         explainer = spec.cls()
         with contextlib.ExitStack() as stack:
+            stack.enter_context(layer_calls.scope())
             self._prepare(stack, explainer, plain, probe, x, target, params)
             start = time.perf_counter()
             if patches is not None:
@@ -207,7 +210,7 @@ class Job:
     ) -> tuple[Attributions, torch.Tensor, MethodParams]:
         """The method on the whole batch at once (auto-batched when asked)."""
         scored = self.scored(target)
-        t = self._targets(scored, x, target)
+        t = self._targets(scored, x, target, params)
         scored, params, plans = self._plan_passes(stack, scored, x, params)
         result, params = self._attribute(explainer, scored, x, t, params, check=target is not None)
         if plans is not None and plans.plan is not None:
@@ -218,15 +221,31 @@ class Job:
             }
         return result, t, params
 
-    def _targets(self, scored: nn.Module, x: torch.Tensor, target: TargetLike) -> torch.Tensor:
-        """The classes explained: ``None`` costs one forward pass (the predicted class);
-        a given target is checked on the method's own first forward pass."""
+    def _targets(
+        self, scored: nn.Module, x: torch.Tensor, target: TargetLike, params: MethodParams
+    ) -> torch.Tensor:
+        """The classes explained: ``None`` costs one forward pass (the predicted class),
+        which also counts how often the method's layers run (:mod:`~esegeta_core.
+        layer_calls`); a given target is checked on the method's own first forward
+        pass."""
         if target is None:
-            with torch.no_grad():
+            with torch.no_grad(), layer_calls.counting(self._layers(params)):
                 scores = scored(x)
             check_scores(scores, x, self.spec.task, self.spec.cls.name)
             return normalise_target(target, scores)
         return target_classes(target, x.shape[0], x.device)
+
+    def _layers(self, params: MethodParams) -> list[nn.Module]:
+        """The modules the method's layer parameters name (resolved already; one that
+        does not resolve is left to the method, which says so)."""
+        modules = []
+        for name in self.spec.cls.Params.layer_fields():
+            value = getattr(params, name, None)
+            for path in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(path, str) and path != "auto":
+                    with contextlib.suppress(EsegetaError):
+                        modules.append(resolve_layer(self.spec.model, path))
+        return modules
 
     def _plan_passes(
         self,

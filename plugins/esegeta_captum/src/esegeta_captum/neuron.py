@@ -29,6 +29,7 @@ from esegeta_captum.params.neuron import (
 from esegeta_captum.params.pieces import NeuronParams
 from esegeta_captum.primary import PerturbationMethod, engine_mask
 from esegeta_captum.shapes import full_neuron_index, module_shape
+from esegeta_core import layer_calls
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.runtime.ablation import feature_ablation
 from esegeta_core.toolkit import Call, layer_output
@@ -156,18 +157,19 @@ class NeuronValue:
     (:func:`~esegeta_captum.shapes.full_neuron_index`), with the rest of the forward
     pass skipped.
 
-    The first batch it gets runs through the whole model, which shows how often the
-    layer runs in one forward pass and the layer's output shape; every later batch runs
-    only up to the layer's last call (:func:`layer_output` when the layer runs once, the
-    usual case). No separate probe pass, and short work (one batch) costs exactly its
-    forward passes."""
+    Every batch runs only up to the layer's last call (:func:`layer_output` when the
+    layer runs once, the usual case) once it is known how often the layer runs in one
+    forward pass: from the job's prediction pass (``target=None``, see
+    :mod:`esegeta_core.layer_calls`), else from the first batch, which then runs
+    through the whole model. No separate probe pass."""
 
     def __init__(
         self, model: nn.Module, layer: nn.Module, selector: tuple[int, ...], method: str
     ) -> None:
         self.model, self.layer, self.selector, self.method = model, layer, selector, method
-        self.calls: int | None = None
-        """How often the layer runs in one forward pass (None: not seen yet)."""
+        self.calls: int | None = layer_calls.calls(layer)
+        """How often the layer runs in one forward pass (None: not seen yet; the job's
+        prediction pass counts it when it runs one)."""
         self.index: tuple[int, ...] | None = None
 
     def _pick(self, output: object) -> torch.Tensor:
