@@ -388,6 +388,19 @@ def _check_inputs(inputs: object, cls: type[Explainer], registry: Registry) -> t
             f"{_ranks(cls.ranks)} inputs only, got a {rank}D input {tuple(x.shape)}. "
             f"Methods that handle {rank}D: {', '.join(able[:8]) or 'none installed'}."
         )
+    if x.shape[0] < cls.min_batch:
+        alone = sorted(
+            n
+            for n, c in registry.methods.items()
+            if c.family == cls.family and c.min_batch <= x.shape[0] and rank in c.ranks
+        )
+        raise InvalidInputError(
+            f"Method {cls.name!r} (plugin {registry.plugin_of[cls.name]!r}) needs a batch of "
+            f"at least {cls.min_batch} items, got {x.shape[0]}: it compares the items of "
+            "the batch with each other, and with fewer its map would be all zero. Explain "
+            f"several inputs in one call, or use a method that explains {x.shape[0]} alone: "
+            f"{', '.join(alone[:8]) or 'none installed'}."
+        )
     return x
 
 

@@ -262,6 +262,9 @@ class Explainer(ABC, Generic[P]):
       is refused before the model runs, naming the methods that explain it (TorchRay's
       ``rise`` squashes every score with a sigmoid, which a segmentation's summed class
       scores saturate).
+    - ``min_batch``: the fewest items a call needs (permutation importance shuffles a
+      feature across the batch: one item gives an all-zero map); a smaller batch is
+      refused before the model runs.
     - ``cost_note``: how the cost grows with the model or the parameters, in words.
     - ``layout_param``: for methods that read tokens without a layer parameter
       (attention maps), the parameter that takes the token layout as ``"EXTRA:GRID"``;
@@ -275,6 +278,7 @@ class Explainer(ABC, Generic[P]):
     output: ClassVar[Output] = "input"
     ranks: ClassVar[tuple[int, ...]] = (2, 3)
     tasks: ClassVar[tuple[str, ...]] = ("classification", "segmentation")
+    min_batch: ClassVar[int] = 1
     needs_layer: ClassVar[bool] = False
     cost: ClassVar[Cost] = "low"
     paper: ClassVar[str] = ""

@@ -150,3 +150,17 @@ def test_the_engine_covers_captums_default_call() -> None:
     close(ours, theirs)
     # passes of at most 2 x 3 inputs, the 3 inputs themselves in the first one
     assert max(engine_passes) <= 6 and sum(engine_passes) <= 3 + 3 * 4
+
+
+def test_a_single_item_is_refused_before_the_model_runs() -> None:
+    """A feature shuffled across a batch of one item stays in place: every attribution
+    would be zero (Captum skips the feature and returns zeros). Refused before any
+    pass, naming the ablation methods that explain one item."""
+    from esegeta_core import InvalidInputError
+
+    model, x = tiny_model("classification", 2), tiny_input("classification", 2)
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(InvalidInputError, match=r"at least 2 items, got 1.*captum\.occlusion"):
+        explain(model, x[:1], "captum.feature_permutation", target=0)
+    assert calls == []

@@ -300,6 +300,8 @@ def _check_contract(plugin: str, cls: Any) -> None:
         )
     if not cls.ranks or any(r not in (2, 3) for r in cls.ranks):
         raise PluginConflictError(f"{where}: ranks must be a subset of (2, 3), got {cls.ranks}.")
+    if not isinstance(cls.min_batch, int) or cls.min_batch < 1:
+        raise PluginConflictError(f"{where}: min_batch must be an int >= 1, got {cls.min_batch!r}.")
     if not cls.tasks or any(t not in TASKS for t in cls.tasks):
         raise PluginConflictError(f"{where}: tasks must be a subset of {TASKS}, got {cls.tasks}.")
 

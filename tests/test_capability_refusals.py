@@ -1,5 +1,6 @@
-"""The ``tasks`` capability: a method that explains one task refuses the other before
-the model runs, names the methods that explain it, and is tested on its claim only."""
+"""Capabilities checked before the model runs: ``tasks`` (a method that explains one task
+refuses the other, names the methods that explain it, and is tested on its claim only)
+and ``min_batch`` (a method that compares the items of a batch refuses fewer)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ class ClassifiersOnly(Explainer):
         return inputs * score
 
 
+class Pairs(Explainer):
+    name = "tasky.pairs"
+    family = "perturbation"
+    min_batch = 2
+
+    def attribute(self, model: Any, inputs: Any, target: Any, params: Any) -> torch.Tensor:
+        return inputs - inputs.flip(0)
+
+
 class Detection(Explainer):
     name = "tasky.detection"
     tasks = ("detection",)
@@ -46,7 +56,7 @@ class TaskyPlugin:
 
 @pytest.fixture
 def tasky() -> Iterator[None]:
-    ec.register_plugin(TaskyPlugin([ClassifiersOnly]), "tasky")
+    ec.register_plugin(TaskyPlugin([ClassifiersOnly, Pairs]), "tasky")
     try:
         yield
     finally:
@@ -78,18 +88,40 @@ def test_a_task_the_method_does_not_claim_is_refused_before_the_model_runs(tasky
 def test_the_claim_is_in_the_catalogue_and_the_conformance_cases(tasky) -> None:
     assert ec.describe_method("tasky.classifiers_only").tasks == ("classification",)
     assert ec.describe_method("captum.saliency").tasks == ("classification", "segmentation")
-    cases = [str(c) for c in conformance_cases("tasky")]
+    cases = [str(c) for c in conformance_cases("tasky") if "classifiers_only" in str(c)]
     assert cases == [
         "tasky.classifiers_only-2d-classification",
         "tasky.classifiers_only-3d-classification",
     ]
 
 
-def test_a_plugin_claiming_an_unknown_task_is_refused() -> None:
-    ec.register_plugin(TaskyPlugin([Detection]), "tasky")
+def test_a_batch_smaller_than_min_batch_is_refused_before_the_model_runs(tasky) -> None:
+    model, x = tiny_model("classification", 2), tiny_input("classification", 2)
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(ec.InvalidInputError) as info:
+        ec.explain(model, x[:1], "tasky.pairs", target=0)
+    message = str(info.value)
+    assert "'tasky.pairs' (plugin 'tasky') needs a batch of at least 2 items, got 1" in message
+    assert "explains 1 alone: " in message and "tasky.pairs" not in message.split("alone: ")[1]
+    assert calls == []
+    assert ec.explain(model, x, "tasky.pairs", target=0).attributions.abs().sum() > 0
+
+
+class NoBatch(Pairs):
+    name = "tasky.no_batch"
+    min_batch = 0
+
+
+@pytest.mark.parametrize(
+    ("method", "words"),
+    [(Detection, ["tasks must be a subset", "detection"]), (NoBatch, ["min_batch", ">= 1"])],
+)
+def test_a_plugin_claiming_an_impossible_capability_is_refused(method, words) -> None:
+    ec.register_plugin(TaskyPlugin([method]), "tasky")
     try:
         failure = ec.get_registry().failures["tasky"]
-        assert "tasks must be a subset" in failure.error and "detection" in failure.error
-        assert "tasky.detection" not in ec.get_registry().methods
+        assert all(w in failure.error for w in words)
+        assert method.name not in ec.get_registry().methods
     finally:
         ec.unregister_plugin("tasky")
