@@ -445,3 +445,27 @@ def test_a_layer_map_method_on_a_linear_layer_is_refused_before_running(
     assert "'fc'" in text and "(1, 4)" in text and "no 2D spatial layout" in text
     assert "layer='auto'" in text and "convolutional layer" in text
     assert not never_runs
+
+
+def test_the_memory_check_probes_a_network_once() -> None:
+    """The memory check's probe pass of one item (activation bytes per input) is kept
+    per network: a perturbation method called again on the same model without
+    auto_batch runs no probe pass (before: one whole pass of one item per call)."""
+    from esegeta_core.runtime import batching
+
+    require_method("captum.occlusion")
+    model, x = tiny_model(), tiny_input()
+    probes: list[int] = []
+    original = batching.bytes_per_sample
+
+    def spy(model_: Any, x_: Any, network: Any = None) -> int:
+        probes.append(int(network is None or not batching._measured.get(network)))
+        return original(model_, x_, network)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batching, "bytes_per_sample", spy)
+        mp.setattr(checks_module, "device_free_bytes", lambda device: 1, raising=False)
+        for _ in range(2):
+            with pytest.raises(ec.EsegetaError):  # 1 byte free: refused, after the probe
+                explain(model, x, "captum.occlusion", target=0, window=4, strides=4)
+    assert probes == [1, 0]

@@ -181,7 +181,10 @@ def _check_memory(
         return
     from esegeta_core.runtime.batching import bytes_per_sample
 
-    per_sample = bytes_per_sample(model, probe) if inputs else 0
+    # kept per network and input shape: a perturbation method called again on the same
+    # model skips the probe pass (a whole forward pass of one item per call before)
+    network = model.model if isinstance(model, ScoreModel) else model
+    per_sample = bytes_per_sample(model, probe, network) if inputs else 0
     need = per_sample * inputs + work.extra
     if need <= free:
         return

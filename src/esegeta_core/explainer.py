@@ -308,6 +308,18 @@ class Explainer(ABC, Generic[P]):
                 f"Explainer[{typed.__qualname__}]; give one parameter model"
             )
 
+    def prediction_pass(
+        self, model: torch.nn.Module, inputs: torch.Tensor, params: P
+    ) -> torch.Tensor | None:
+        """Optionally run the core's prediction pass (``target=None``, no gradients, no
+        mixed precision) as the method's own first pass: return ``model(inputs)``'s
+        ``(B, classes)`` scores, keeping what the method reads from that pass (layer
+        activations, a record for layer replay) for its :meth:`attribute` call on the
+        same ``inputs``. A method whose first step is such a plain pass then runs the
+        network once less per call (a whole pass of a 3D DenseNet at 48^3: 67 ms on
+        2 CPU threads). The default returns None: the core runs the pass itself."""
+        return None
+
     def check_model(self, model: torch.nn.Module, params: P, trace: ModelTrace | None) -> None:
         """Refuse before running if the method cannot apply to ``model``.
 

@@ -210,7 +210,7 @@ class Job:
     ) -> tuple[Attributions, torch.Tensor, MethodParams]:
         """The method on the whole batch at once (auto-batched when asked)."""
         scored = self.scored(target)
-        t = self._targets(scored, x, target, params)
+        t = self._targets(scored, x, target, params, explainer)
         scored, params, plans = self._plan_passes(stack, scored, x, params)
         result, params = self._attribute(explainer, scored, x, t, params, check=target is not None)
         if plans is not None and plans.plan is not None:
@@ -222,15 +222,25 @@ class Job:
         return result, t, params
 
     def _targets(
-        self, scored: nn.Module, x: torch.Tensor, target: TargetLike, params: MethodParams
+        self,
+        scored: nn.Module,
+        x: torch.Tensor,
+        target: TargetLike,
+        params: MethodParams,
+        explainer: Explainer,
     ) -> torch.Tensor:
         """The classes explained: ``None`` costs one forward pass (the predicted class),
         which also counts how often the method's layers run (:mod:`~esegeta_core.
-        layer_calls`); a given target is checked on the method's own first forward
-        pass."""
+        layer_calls`) and, without mixed precision, is the method's own first pass
+        where it takes it (:meth:`~esegeta_core.Explainer.prediction_pass`); a given
+        target is checked on the method's own first forward pass."""
         if target is None:
             with torch.no_grad(), layer_calls.counting(self._layers(params)):
-                scores = scored(x)
+                scores = None
+                if self.spec.amp is None:
+                    scores = explainer.prediction_pass(scored, x, params)
+                if scores is None:
+                    scores = scored(x)
             check_scores(scores, x, self.spec.task, self.spec.cls.name)
             return normalise_target(target, scores)
         return target_classes(target, x.shape[0], x.device)

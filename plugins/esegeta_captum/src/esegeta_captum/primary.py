@@ -336,9 +336,9 @@ class FeaturePermutation(PerturbationMethod[FeaturePermutationParams]):
     """Permutation importance: score change when a feature is shuffled across the batch.
 
     Breiman 2001 / Fisher et al. 2019; needs a batch of more than one item (with one
-    item every attribution is zero: ``min_batch`` refuses it before the model runs). The core's permutation engine
-    (:mod:`esegeta_core.runtime.permutation`) computes Captum's maps with Captum's own
-    random draws.
+    item every attribution is zero: ``min_batch`` refuses it before the model runs).
+    The core's permutation engine (:mod:`esegeta_core.runtime.permutation`) computes
+    Captum's maps with Captum's own random draws.
     """
 
     name = "captum.feature_permutation"

@@ -54,7 +54,7 @@ def _single_output(
 def capture(
     model: nn.Module,
     inputs: torch.Tensor,
-    target: torch.Tensor,
+    target: torch.Tensor | None,
     modules: Sequence[nn.Module],
     paths: Sequence[str],
     *,
@@ -65,7 +65,8 @@ def capture(
     """Run ``model`` once on ``inputs`` and record ``modules``' outputs.
 
     With ``gradients``, also the gradient of the summed target scores w.r.t. each
-    output (items are independent, so each item gets its own target's gradient).
+    output (items are independent, so each item gets its own target's gradient);
+    ``target`` is read only then.
     With ``create_graph`` the activations and gradients stay on the autograd graph so
     that what is computed from them can be differentiated again; otherwise they are
     detached.
@@ -77,6 +78,8 @@ def capture(
     acts = [_single_output(r, p, inputs, method) for r, p in zip(records, paths)]
     grads: list[torch.Tensor] | None = None
     if gradients:
+        if target is None:
+            raise TypeError("capture(gradients=True) needs the target")
         for act, path in zip(acts, paths):
             if not act.requires_grad:
                 raise MethodFailedError(

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esegeta_cnnvis.activations import capture
+from esegeta_cnnvis.activations import Captured, capture
 from esegeta_cnnvis.input_gradients import input_gradient
 from esegeta_cnnvis.params import (
     AblationCamParams,
@@ -97,6 +97,24 @@ def upsample_to(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode=interpolation_mode(len(size)), align_corners=False)
 
 
+@dataclass(frozen=True)
+class _PlainPass:
+    """The capture a CAM made as the core's prediction pass, for its next call."""
+
+    inputs: torch.Tensor
+    modules: list[nn.Module]
+    captured: Captured
+    prefix: PrefixMemo | None
+
+    def serves(self, inputs: torch.Tensor, modules: list[nn.Module]) -> bool:
+        """Whether it was made on these inputs (the same tensor) and layers."""
+        return (
+            inputs is self.inputs
+            and len(modules) == len(self.modules)
+            and all(a is b for a, b in zip(modules, self.modules, strict=True))
+        )
+
+
 def layer_paths(layer: str | list[str]) -> list[str]:
     """A layer parameter (one path or several) as a list."""
     return [layer] if isinstance(layer, str) else list(layer)
@@ -115,17 +133,39 @@ class CamMethod(Explainer[C]):
     (:func:`~esegeta_core.layer_replay.replaced_scores`): the capture pass then records
     the layers before it for the replay (one layer, one item)."""
 
+    _plain: _PlainPass | None = None
+
     @abstractmethod
     def layer_map(self, ctx: LayerContext[C]) -> torch.Tensor:
         """The ``(B, *spatial)`` map of one layer, before ReLU and up-sampling."""
 
-    def maps(
-        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: C
-    ) -> torch.Tensor:
-        """The ``(B, n_layers, *spatial)`` maps for ``params.layer``."""
+    def prediction_pass(
+        self, model: nn.Module, inputs: torch.Tensor, params: C
+    ) -> torch.Tensor | None:
+        """A CAM without gradients (Score-CAM, Ablation-CAM) starts with a plain pass
+        that records its layers (and, for layer replay, the layers before the layer):
+        with ``target=None`` that pass is also the core's prediction pass, kept for
+        :meth:`maps` on the same inputs."""
+        if self.uses_gradients or getattr(params, "create_graph", False):
+            return None
         paths = layer_paths(params.layer)
         modules = [resolve_layer(model, p, method=self.name) for p in paths]
-        create_graph = bool(getattr(params, "create_graph", False))
+        self._plain = _PlainPass(
+            inputs, modules, *self._capture(model, inputs, None, modules, paths, params)
+        )
+        return self._plain.captured.scores
+
+    def _capture(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: torch.Tensor | None,
+        modules: list[nn.Module],
+        paths: list[str],
+        params: C,
+    ) -> tuple[Captured, PrefixMemo | None]:
+        """The capture pass (with the replay's record of the layers before the layer
+        when the method replays one layer)."""
         record = self.replays_layer and len(modules) == 1
         with (
             recording_prefix(model, modules[0], inputs) if record else contextlib.nullcontext()
@@ -138,8 +178,22 @@ class CamMethod(Explainer[C]):
                 paths,
                 method=self.name,
                 gradients=self.uses_gradients,
-                create_graph=create_graph,
+                create_graph=bool(getattr(params, "create_graph", False)),
             )
+        return captured, prefix
+
+    def maps(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: C
+    ) -> torch.Tensor:
+        """The ``(B, n_layers, *spatial)`` maps for ``params.layer``."""
+        paths = layer_paths(params.layer)
+        modules = [resolve_layer(model, p, method=self.name) for p in paths]
+        create_graph = bool(getattr(params, "create_graph", False))
+        plain, self._plain = self._plain, None  # a prediction pass serves one call
+        if plain is not None and plain.serves(inputs, modules):
+            captured, prefix = plain.captured, plain.prefix
+        else:
+            captured, prefix = self._capture(model, inputs, target, modules, paths, params)
         size = tuple(inputs.shape[2:])
         maps = []
         with torch.set_grad_enabled(create_graph):
