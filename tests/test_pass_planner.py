@@ -414,3 +414,30 @@ def test_short_work_leaves_the_layout_trial_to_the_next_works():
     few = passes.AGREE_INPUTS  # the check: a few inputs channels-last, then contiguous
     checks = [i for i in range(len(calls) - 1) if calls[i : i + 2] == [(few, True), (few, False)]]
     assert len(checks) == 1
+
+
+def test_a_size_beyond_the_work_lets_the_layout_trial_run():
+    """Works of 40 inputs climb to 32; 64 is more than such a work holds, so the size
+    search cannot go on there: rather than waiting for ever (the deferred layout trial
+    never running, as a 3D Ablation-CAM whose 256 replayed rows are one pass of 256
+    did), the next works check and time channels-last and the search ends."""
+    calls: list = []
+    per_input = {False: 2e-3, True: 1e-3}
+
+    def chunk(start, stop, channels_last):
+        n = stop - start
+        calls.append((n, channels_last))
+        bigger = 0.5 if n >= 32 else 1.0  # passes of 32 are faster per input
+        time.sleep(per_input[channels_last] * n * bigger)
+        return torch.arange(start, stop, dtype=torch.float32)
+
+    search, plans = None, []
+    for _ in range(12):
+        runner = _Runner(40, chunk, torch.device("cpu"), stretch=256)
+        plan, search = _climb(runner, reshapes=True, cap=256, search=search)
+        assert torch.equal(runner.finish(plan), torch.arange(40, dtype=torch.float32))
+        plans.append(plan)
+        if search is None:
+            break
+    assert search is None and plans[-1] == PassPlan(32, True)
+    assert any(cl for _, cl in calls)

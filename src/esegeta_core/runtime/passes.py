@@ -262,7 +262,9 @@ def _climb(
     Every pass counts towards the result, so short work climbs too, as far as it goes,
     and returns its :class:`Search` (``None`` once the search has ended): given back
     with the next work of the same kind, the search goes on from there instead of
-    starting over."""
+    starting over. Where the next size up is more than the work holds, a deferred
+    layout trial goes on with the size found (and ends the search), rather than
+    waiting for a longer work."""
     if search is None:
         size = max(1, min(start, cap))
         runner.run(size, False)  # the first pass of a shape pays its set-up
@@ -276,8 +278,13 @@ def _climb(
     if search.climbed:  # only the layout trial was left
         return search.plan, None
     plan, search_left = _climb_sizes(runner, search, cap)
-    if search_left is None and search.layout == "deferred":
-        search.climbed = True  # the next work checks and times channels-last
+    if search.layout == "deferred" and (
+        search_left is None or (search.up and search.step > runner.work)
+    ):
+        # the size is found, or the next size up is more than works like this one hold
+        # (they could never time it, and the layout trial would wait for ever): the
+        # next work checks and times channels-last, and the search ends with it
+        search.climbed = True
         return plan, search
     return plan, search_left
 
