@@ -28,13 +28,17 @@ from esegeta_core.checks import check_cost, check_map
 from esegeta_core.devices import seeded
 from esegeta_core.errors import EsegetaError, InvalidParamsError, MethodFailedError
 from esegeta_core.explainer import Explainer, MethodParams, MethodResult
-from esegeta_core.layers import resolve_layer
 from esegeta_core.layouts import ReshapeSpec
 from esegeta_core.model_state import ModelState
 from esegeta_core.outputs import OutputSelector, selector_label
 from esegeta_core.progress import progress_bar
 from esegeta_core.runtime.batching import auto_batch_params, plan_batches, run_with_oom_retry
-from esegeta_core.runtime.layer_setup import prepare_model, resolve_layers, token_hint
+from esegeta_core.runtime.layer_setup import (
+    layer_modules,
+    prepare_model,
+    resolve_layers,
+    token_hint,
+)
 from esegeta_core.runtime.model_checks import blame_input, check_scores, checking_scores, is_oom
 from esegeta_core.runtime.passes import PassSplitter, Planning, planning
 from esegeta_core.runtime.patches import (
@@ -246,16 +250,10 @@ class Job:
         return target_classes(target, x.shape[0], x.device)
 
     def _layers(self, params: MethodParams) -> list[nn.Module]:
-        """The modules the method's layer parameters name (resolved already; one that
-        does not resolve is left to the method, which says so)."""
-        modules = []
-        for name in self.spec.cls.Params.layer_fields():
-            value = getattr(params, name, None)
-            for path in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(path, str) and path != "auto":
-                    with contextlib.suppress(EsegetaError):
-                        modules.append(resolve_layer(self.spec.model, path))
-        return modules
+        """The modules the method's layer parameters name (resolved and checked by
+        :func:`resolve_layers` already)."""
+        found = layer_modules(params, self.spec.model, self.spec.cls.name, maps_only=False)
+        return [module for _, module in found]
 
     def _plan_passes(
         self,

@@ -84,7 +84,7 @@ def prepare_model(
     if not isinstance(model, torch.jit.ScriptModule):
         if not cls.forward_only:  # in-place code cannot reach what it reads
             inplace_off = stack.enter_context(no_inplace(model))
-        layers = _layer_modules(params, model, cls.name)
+        layers = layer_modules(params, model, cls.name)
         found = layer_layouts(plain, unwrap(model), probe, layers, reshape=reshape, method=cls.name)
         layouts = {p: found[id(m)].record() for p, m in layers if not _plain(found, m)}
         stack.enter_context(tapped(model, [m for _, m in layers], found))
@@ -112,12 +112,13 @@ def token_hint(layouts: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def _layer_modules(
-    params: MethodParams, model: nn.Module, method: str
+def layer_modules(
+    params: MethodParams, model: nn.Module, method: str, *, maps_only: bool = True
 ) -> list[tuple[str, nn.Module]]:
-    """``(path, module)`` of every layer whose output the parameters read as a map."""
+    """``(path, module)`` of every layer whose output the parameters read as a map
+    (``maps_only=False``: every layer they name)."""
     modules = []
-    for name in params.layer_fields(maps_only=True):
+    for name in params.layer_fields(maps_only=maps_only):
         value = getattr(params, name)
         for path in value if isinstance(value, (list, tuple)) else [value]:
             if path is not None:
