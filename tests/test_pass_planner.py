@@ -441,3 +441,33 @@ def test_a_size_beyond_the_work_lets_the_layout_trial_run():
             break
     assert search is None and plans[-1] == PassPlan(32, True)
     assert any(cl for _, cl in calls)
+
+
+def test_the_layout_trial_on_short_works_times_each_layout_twice(monkeypatch):
+    """Works too short for the whole layout trial leave the rest to the next works,
+    each layout timed twice: the best of two channels-last timings against a single
+    contiguous one favoured channels-last (chosen where it was 20% slower)."""
+    timed: list[bool] = []
+    original = _Runner.run
+
+    def run(self, size, channels_last, **kw):
+        seconds = original(self, size, channels_last, **kw)
+        if kw.get("timed"):
+            timed.append(channels_last)
+        return seconds
+
+    monkeypatch.setattr(_Runner, "run", run)
+    calls: list = []
+    chunk = _layout_chunk({False: 2e-3, True: 2.4e-3}, calls)
+    search = None
+    for _ in range(12):  # works of 40: the climb ends at the cap, then the trial
+        runner = _Runner(40, chunk, torch.device("cpu"), stretch=256)
+        plan, search = _climb(runner, reshapes=True, cap=16, search=search)
+        runner.finish(plan)
+        if search is None:
+            break
+    assert search is None and plan == PassPlan(16, False)
+    checked = [i for i in range(len(calls) - 1) if calls[i][1] and not calls[i + 1][1]]
+    assert checked  # the agreement check ran, then the trial
+    trial = timed[timed.index(True) :]  # the timings from the first channels-last on
+    assert sorted(trial) == [False, False, True, True]
