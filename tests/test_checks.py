@@ -45,6 +45,12 @@ class Bad(Explainer):
             return inputs[..., :-1]
         if params.kind == "batch":
             return inputs[:1]
+        if params.kind == "ones":
+            return torch.ones_like(inputs)
+        if params.kind == "zero_first":  # the first item's (or patch's) map only
+            out = torch.ones_like(inputs)
+            out[0] = 0
+            return out
         return torch.zeros_like(inputs)
 
 
@@ -144,6 +150,29 @@ def test_an_all_zero_map_comes_back_with_a_warning(bad: None, caplog) -> None:  
         e = explain(tiny_model(), tiny_input(), "bad.map", 0, kind="zeros")
     assert "zero everywhere" in e.extras["warnings"][0]
     assert any("zero everywhere" in r.getMessage() for r in caplog.records)
+
+
+def test_one_item_with_an_all_zero_map_comes_back_with_a_warning(bad: None) -> None:
+    """An item's empty map beside the others' maps: the whole batch is not zero, and
+    the warning names the item."""
+    x = torch.rand(3, 1, 16, 16)
+    e = explain(tiny_model(), x, "bad.map", 0, kind="zero_first", progress=False)
+    (warning,) = e.extras["warnings"]
+    assert "1 of 3 items (item 0) are zero everywhere" in warning
+    plain = explain(tiny_model(), x, "bad.map", 0, kind="ones", progress=False)
+    assert "warnings" not in plain.extras or not plain.extras["warnings"]
+
+
+def test_patches_are_checked_for_zero_maps_once_stitched(bad: None) -> None:
+    """A patch's map may well be zero (background): the stitched item's map is checked,
+    not each patch batch (whose first patch is zero here)."""
+    model, x = tiny_model("segmentation", 2), tiny_input("segmentation", 2, size=16)
+    kw = {"task": "segmentation", "patches": {"size": 8, "batch_size": 2}, "progress": False}
+    e = explain(model, x, "bad.map", 1, kind="zero_first", **kw)
+    assert not e.extras.get("warnings")
+    assert bool((e.attributions == 0).any())  # some patches' maps were zero
+    zero = explain(model, x, "bad.map", 1, kind="zeros", **kw)
+    assert "the map is zero everywhere" in zero.extras["warnings"][0]
 
 
 def test_huge_counts_are_refused_with_an_estimate_unless_forced(bad: None) -> None:

@@ -37,9 +37,17 @@ MAX_PASSES = 200_000
 """Forward-pass equivalents one call may run without ``force=True``."""
 
 
-def check_map(result: torch.Tensor, x: torch.Tensor, cls: type[Explainer], plugin: str) -> str:
+def check_map(
+    result: torch.Tensor,
+    x: torch.Tensor,
+    cls: type[Explainer],
+    plugin: str,
+    *,
+    zeros: bool = True,
+) -> str:
     """Raise for an empty, non-finite or wrongly shaped map; return a warning for the
-    caller to log (or "")."""
+    caller to log (or ""): with ``zeros``, when some items' maps are zero everywhere
+    (:func:`zero_maps`; a patch's map may well be, so patches are checked stitched)."""
     who = f"Method {cls.name!r} (plugin {plugin!r})"
     shape = tuple(result.shape)
     if result.numel() == 0:
@@ -71,13 +79,29 @@ def check_map(result: torch.Tensor, x: torch.Tensor, cls: type[Explainer], plugi
             "a spatial map (B, C, *spatial), or layer='auto'."
         )
     _finite(result, who, shape)
-    if not bool((result != 0).any()):
-        return (
-            f"{cls.name}: the map is zero everywhere; the target's score may not depend on "
-            "what this method looks at (a layer after the decision, a ReLU that removed "
-            "all evidence, a class the model never scores)."
-        )
-    return ""
+    return zero_maps(result, cls.name) if zeros else ""
+
+
+ZERO_CAUSES = (
+    "the target's score may not depend on what this method looks at (a layer after the "
+    "decision, a ReLU that removed all evidence, a class the model never scores)."
+)
+
+
+def zero_maps(result: torch.Tensor, method: str) -> str:
+    """A warning when the whole map, or some items' maps, are zero everywhere: an item's
+    empty map beside the others' looks like "no evidence", not like a problem."""
+    nonzero = (result != 0).flatten(1).any(1)
+    if bool(nonzero.all()):
+        return ""
+    if not bool(nonzero.any()):
+        return f"{method}: the map is zero everywhere; {ZERO_CAUSES}"
+    items = (~nonzero).nonzero().flatten().tolist()
+    listed = ", ".join(map(str, items[:10])) + (", ..." if len(items) > 10 else "")
+    return (
+        f"{method}: the maps of {len(items)} of {result.shape[0]} items (item "
+        f"{listed}) are zero everywhere; for those items {ZERO_CAUSES}"
+    )
 
 
 def _finite(result: torch.Tensor, who: str, shape: tuple[int, ...]) -> None:

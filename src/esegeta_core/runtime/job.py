@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from esegeta_core import layer_calls
-from esegeta_core.checks import check_cost, check_map
+from esegeta_core.checks import check_cost, check_map, zero_maps
 from esegeta_core.devices import seeded
 from esegeta_core.errors import EsegetaError, InvalidParamsError, MethodFailedError
 from esegeta_core.explainer import Explainer, MethodParams, MethodResult
@@ -284,10 +284,12 @@ class Job:
         params: MethodParams,
         *,
         check: bool = True,
+        zeros: bool = True,
     ) -> tuple[Attributions, MethodParams]:
         """One call of the method, under precision, OOM retry and the seed; ``check``:
         validate the scores and ``t`` on the method's first forward pass (False when a
-        probe pass already did)."""
+        probe pass already did); ``zeros``: warn about items whose map is zero (not for
+        a patch: the stitched maps are checked)."""
         spec = self.spec
 
         def call(p: MethodParams) -> Attributions:
@@ -303,10 +305,10 @@ class Job:
             return run_with_precision(partial(call, p), spec.amp, spec.device, spec.cls.name)
 
         result, used = run_with_oom_retry(spec.cls, params, once, spec.device)
-        self._check_map(result, x)
+        self._check_map(result, x, zeros=zeros)
         return result, used
 
-    def _check_map(self, result: Attributions, x: torch.Tensor) -> None:
+    def _check_map(self, result: Attributions, x: torch.Tensor, *, zeros: bool = True) -> None:
         """Refuse a result that is not a map; log a map's warning once per call."""
         spec = self.spec
         tensor = result.attributions if isinstance(result, MethodResult) else result
@@ -315,7 +317,10 @@ class Job:
                 f"Method {spec.cls.name!r} (plugin {spec.plugin!r}) returned "
                 f"{type(tensor).__name__}, not a tensor: this is a bug in the plugin."
             )
-        warning = check_map(tensor, x, spec.cls, spec.plugin)
+        self._warn(check_map(tensor, x, spec.cls, spec.plugin, zeros=zeros))
+
+    def _warn(self, warning: str) -> None:
+        """Log a map's warning (with the call's hint for zero maps) once per call."""
         if warning and self.zero_hint and "zero everywhere" in warning:
             warning = f"{warning} {self.zero_hint}"
         if warning and warning not in self.warnings:  # once per call, not per patch
@@ -337,6 +342,7 @@ class Job:
         if self.spec.auto_batch:
             params = auto_batch_params(self.spec.cls, params, self.scored(None), probe)
         result, params = self._stitch(explainer, x, t, target, params, patches)
+        self._warn(zero_maps(result, self.spec.cls.name))
         return result, t, params
 
     def _patch_targets(
@@ -416,7 +422,9 @@ class Job:
             if not bool(mask.any()):
                 return torch.zeros_like(patches), params
             scored = self.scored(Region(int(label), mask))
-        result, params = self._attribute(explainer, scored, patches, tt, params, check=True)
+        result, params = self._attribute(
+            explainer, scored, patches, tt, params, check=True, zeros=False
+        )
         return (result.attributions if isinstance(result, MethodResult) else result), params
 
     def _failure(self, exc: Exception, x: torch.Tensor) -> MethodFailedError:
