@@ -42,6 +42,7 @@ from esegeta_core import (
     Explainer,
     InvalidParamsError,
     MethodFailedError,
+    MethodResult,
     NotApplicableError,
     resolve_layer,
     unwrap,
@@ -50,7 +51,9 @@ from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import recording_prefix, replaced_scores
 from esegeta_core.prefix_memo import PrefixMemo
 from esegeta_core.runtime.passes import memory_format, method_passes
+from esegeta_core.targets import summed_scores
 from esegeta_core.toolkit import gather_target, interpolation_mode, target_pass_scores
+from esegeta_core.tracing import ModelTrace
 
 C = TypeVar("C", bound=LayersParams | CamParams)
 """A CAM's parameter model: what the template reads (``layer``, ``relu``, ``upsample``)
@@ -339,8 +342,9 @@ def _rows_where(mask: torch.Tensor) -> torch.Tensor:
 
 
 class ScoreCam(WeightedCam[ScoreCamParams]):
-    """Score-CAM: channels weighted by the softmax of the target score of the input
-    masked by each (up-sampled, min-max scaled) channel; (item, channel) pairs batched."""
+    """Score-CAM: channels weighted by the target score of the input masked by each
+    (up-sampled, min-max scaled) channel, softmaxed over the channels (or its increase
+    over the all-zero input's: segmentation's default); (item, channel) pairs batched."""
 
     name = "cnnvis.score_cam"
     paper = "https://arxiv.org/abs/1910.01279"
@@ -361,18 +365,52 @@ class ScoreCam(WeightedCam[ScoreCamParams]):
     ) -> Workload:
         return channel_workload(params, shape, layers, inputs=True)
 
+    def check_model(
+        self, model: nn.Module, params: ScoreCamParams, trace: ModelTrace | None
+    ) -> None:
+        """Refuse the softmax over channels of a segmentation's summed class scores (see
+        :func:`~esegeta_core.targets.summed_scores`): sums of logits over every pixel
+        differ by hundreds between channels, so the softmax is one-hot and the map one
+        channel's activation, whatever the others show."""
+        if params.weighting == "softmax" and summed_scores(model):
+            raise InvalidParamsError(
+                f"Method {self.name!r} (plugin 'cnnvis'): weighting='softmax' over the "
+                "channels of a segmentation model's class scores, sums of logits over "
+                "every pixel, is one-hot: the map would be a single channel's activation. "
+                "Use weighting='increase' (what the default weighting='auto' takes for "
+                "segmentation)."
+            )
+
+    @staticmethod
+    def weighting(model: nn.Module, params: ScoreCamParams) -> str:
+        """The weighting used: ``params.weighting``, with ``"auto"`` resolved."""
+        if params.weighting != "auto":
+            return params.weighting
+        return "increase" if summed_scores(model) else "softmax"
+
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: ScoreCamParams
+    ) -> MethodResult:
+        """The maps, with ``extras["weighting"]``: what ``weighting='auto'`` chose."""
+        maps = self.maps(model, inputs, target, params)
+        return MethodResult(maps, weighting=self.weighting(model, params))
+
     def weights(self, ctx: LayerContext[ScoreCamParams]) -> torch.Tensor:
         a, x = ctx.activations, ctx.inputs
         batch, channels = a.shape[:2]
         size = tuple(x.shape[2:])
         view = (-1, 1) + (1,) * len(size)
         scores = a.new_empty(batch * channels)
-        # an all-zero channel masks the input to exactly 0: one forward serves them all
+        increase = self.weighting(ctx.model, ctx.params) == "increase"
+        # an all-zero channel masks the input to exactly 0, the baseline of 'increase':
+        # one forward serves them all
         dead = a.flatten(2).abs().amax(2) == 0
-        if bool(dead.any()):
+        zero = None
+        if increase or bool(dead.any()):
+            zero = ctx.model(torch.zeros_like(x[:1]))[0].to(scores.dtype)
+        if bool(dead.any()) and zero is not None:
             rows = _rows_where(dead)
-            zero = ctx.model(torch.zeros_like(x[:1]))
-            scores[rows] = zero[0, ctx.target[rows // channels]].to(scores.dtype)
+            scores[rows] = zero[ctx.target[rows // channels]]
         live = _rows_where(~dead)
 
         def run(start: int, stop: int, channels_last: bool) -> torch.Tensor:
@@ -394,6 +432,8 @@ class ScoreCam(WeightedCam[ScoreCamParams]):
 
         # passes planned under explain(auto_batch=True), else batch_size per pass
         scores[live] = method_passes(len(live), run, ctx.params.batch_size, x[:1]).to(scores.dtype)
+        if increase and zero is not None:
+            return scores.view(batch, channels) - zero[ctx.target].view(batch, 1)
         return torch.softmax(scores.view(batch, channels), dim=1)
 
 

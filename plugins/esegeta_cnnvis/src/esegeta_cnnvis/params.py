@@ -240,6 +240,17 @@ class ScoreCamParams(LayersParams):
     batch_size: int = Field(
         32, ge=1, description="Masked inputs (item x channel) per forward pass."
     )
+    weighting: Literal["auto", "softmax", "increase"] = Field(
+        "auto",
+        description=(
+            "How the target scores of the masked inputs become channel weights: their "
+            "softmax over the channels (pytorch-grad-cam's), or 'increase': each score's "
+            "increase over the all-zero input's, as weights (the paper's channel-wise "
+            "increase of confidence). 'auto': softmax for a classifier, increase for a "
+            "segmentation model (its class scores sum logits over every pixel: their "
+            "softmax over channels is one-hot, and the map one channel's activation)."
+        ),
+    )
 
 
 class AblationCamParams(LayersParams):
