@@ -439,7 +439,8 @@ class ScoreCam(WeightedCam[ScoreCamParams]):
 
 class AblationCam(WeightedCam[AblationCamParams]):
     """Ablation-CAM: channels weighted by the relative drop of the target score when
-    each channel is ablated; (item, channel) ablations batched."""
+    each channel is ablated (relative to the score's magnitude, so that a negative
+    score does not invert the map); (item, channel) ablations batched."""
 
     name = "cnnvis.ablation_cam"
     paper = (
@@ -488,9 +489,14 @@ class AblationCam(WeightedCam[AblationCamParams]):
                 ctx.model, ctx.module, ctx.inputs, a, ctx.target, original, pairs, build,
                 chunk=ctx.params.batch_size, method=self.name, prefix=ctx.prefix,
             ).to(ablated.dtype)  # fmt: skip
-        # the paper divides the drop by the score; a score of zero (a segmentation class
-        # that wins no pixel) would give NaN: use the plain drop there
-        scale = torch.where(original.abs() > 1e-12, original, torch.ones_like(original))
+        # the paper divides the drop by the score, which it takes to be positive; by a
+        # negative score (a class that is not predicted, a segmentation class winning
+        # with negative logits) the division flipped every weight's sign, and the map
+        # showed the evidence against the class: divide by its magnitude (the same where
+        # the score is positive, pytorch-grad-cam's and the paper's case). A score of
+        # zero (a segmentation class that wins no pixel) would give NaN: the plain drop
+        magnitude = original.abs()
+        scale = torch.where(magnitude > 1e-12, magnitude, torch.ones_like(magnitude))
         return (original.unsqueeze(1) - ablated.view(batch, channels)) / scale.unsqueeze(1)
 
 
