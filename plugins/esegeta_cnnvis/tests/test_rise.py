@@ -24,6 +24,7 @@ def test_equals_torchray_given_the_same_masks() -> None:
         p=0.5,
         scores="sigmoid",
         batch_size=16,
+        centred=False,  # TorchRay's sum, the paper's
     ).attributions
     theirs = rise_mod.rise(model, x, num_masks=40, filter_masks=masks, batch_size=16)
     # TorchRay normalises by N, the paper (and esegeta) by N * p
@@ -34,10 +35,14 @@ def test_equals_torchray_given_the_same_masks() -> None:
 def test_softmax_score_with_full_masks() -> None:
     model, x = tiny_model("classification", 2), tiny_input("classification", 2)
     ones = torch.ones(6, 1, 16, 16)
-    got = explain(model, x, "cnnvis.rise", target=[0, 2], masks=ones, p=0.25).attributions
+    kw = {"target": [0, 2], "masks": ones, "p": 0.25}
+    got = explain(model, x, "cnnvis.rise", centred=False, **kw).attributions
     with torch.no_grad():
         prob = model(x).softmax(1)[torch.arange(2), torch.tensor([0, 2])]
     torch.testing.assert_close(got, (prob / 0.25).view(2, 1, 1, 1).expand_as(got))
+    # centred: every mask scores the mean, so the map is the mean (p does not enter)
+    centred = explain(model, x, "cnnvis.rise", **kw).attributions
+    torch.testing.assert_close(centred, prob.view(2, 1, 1, 1).expand_as(got))
     raw = explain(model, x, "cnnvis.rise", target=[0, 2], masks=ones, scores="raw", p=1.0)
     with torch.no_grad():
         logit = model(x)[torch.arange(2), torch.tensor([0, 2])]
@@ -170,3 +175,53 @@ def test_squashed_scores_of_a_segmentation_are_refused(scores: str) -> None:
     with pytest.raises(InvalidParamsError, match=r"cnnvis.*scores='raw'"):
         explain(model, x, "cnnvis.rise", target=0, task="segmentation", scores=scores)
     assert len(calls) <= 1  # refused after the probe, before any masked pass
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_centred_is_the_paper_s_sum_without_the_coverage_term(rank: int) -> None:
+    """By hand, with given masks: the paper's sum ``s @ m / (N p)``; centred, ``(s -
+    mean) @ m / (N p) + mean``, which differs from it by ``mean * (coverage / (N p) -
+    1)`` only (the same expected map)."""
+    model, x = tiny_model("classification", rank), tiny_input("classification", rank)
+    spatial = tuple(x.shape[2:])
+    gen = torch.Generator().manual_seed(3)
+    masks = rise_masks(30, (3,) * rank, spatial, 0.4, generator=gen)
+    target = torch.tensor([1, 3])
+    flat = masks.flatten(1)
+    with torch.no_grad():
+        s = torch.stack([model(x[i : i + 1] * masks).softmax(1)[:, target[i]] for i in range(2)])
+    paper = s @ flat / (30 * 0.4)
+    mean = s.mean(1, keepdim=True)
+    centred = (s - mean) @ flat / (30 * 0.4) + mean
+    torch.testing.assert_close(centred, paper - mean * (flat.sum(0) / (30 * 0.4) - 1))
+    kw = {"target": target, "masks": masks, "p": 0.4, "batch_size": 7}
+    got = explain(model, x, "cnnvis.rise", **kw).attributions
+    assert got.shape == x.shape
+    torch.testing.assert_close(got[:, 0].flatten(1), centred, rtol=1e-5, atol=1e-6)
+    plain = explain(model, x, "cnnvis.rise", centred=False, **kw).attributions
+    torch.testing.assert_close(plain[:, 0].flatten(1), paper, rtol=1e-5, atol=1e-6)
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+
+def test_a_unet_s_summed_scores_need_the_centred_sum() -> None:
+    """A real architecture: a MONAI U-Net's summed class scores are large against their
+    spread, and the paper's sum of a few hundred masks is the masks' coverage, not the
+    model; the centred sum of the same masks is close to the map of many masks."""
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    model = nets.UNet(2, 1, 2, channels=(8, 16, 32), strides=(2, 2)).eval()
+    x = torch.randn(1, 1, 32, 32)
+    kw = {"task": "segmentation", "progress": False}
+    many = explain(model, x, "cnnvis.rise", 1, num_masks=3000, mask_seed=1, cells=6, **kw)
+    masks = rise_masks(300, (6, 6), (32, 32), 0.5, generator=torch.Generator().manual_seed(2))
+    centred = explain(model, x, "cnnvis.rise", 1, masks=masks, **kw).attributions
+    paper = explain(model, x, "cnnvis.rise", 1, masks=masks, centred=False, **kw).attributions
+    coverage = masks.sum(0)[0]
+    assert _corr(paper[0, 0], coverage) > 0.99  # the paper's sum: the coverage
+    assert _corr(centred[0, 0], coverage) < 0.5
+    truth = many.attributions[0, 0]
+    assert _corr(centred[0, 0], truth) > 0.6
+    assert _corr(centred[0, 0], truth) > _corr(paper[0, 0], truth) + 0.3

@@ -6,7 +6,6 @@ more inputs per pass than the plan allows."""
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterator
 
 import pytest
@@ -60,19 +59,27 @@ def reference(
     p: float = 0.5,
 ) -> torch.Tensor:
     """RISE as it was computed before the pass buffer: each block of masks made at
-    once, every item's masked copies in one pass, the softmax of the target."""
+    once, every item's masked copies in one pass, the softmax of the target; the
+    centred sum (the default) from all the scores at the end."""
     spatial = tuple(x.shape[2:])
     gen = torch.Generator().manual_seed(seed)
-    saliency = torch.zeros(x.shape[0], math.prod(spatial))
+    scores, flats = [], []
     with torch.no_grad():
         for start in range(0, num_masks, block):
             count = min(block, num_masks - start)
             masks = rise_masks(count, (cells,) * len(spatial), spatial, p, generator=gen)
-            flat = masks.reshape(count, -1)
-            for i, t in enumerate(target):
-                weights = model(x[i : i + 1] * masks).float().softmax(1)[:, t]
-                saliency[i] += weights @ flat
-    saliency /= num_masks * p
+            flats.append(masks.reshape(count, -1))
+            scores.append(
+                torch.stack(
+                    [
+                        model(x[i : i + 1] * masks).float().softmax(1)[:, t]
+                        for i, t in enumerate(target)
+                    ]
+                )
+            )
+    s, flat = torch.cat(scores, 1), torch.cat(flats)
+    mean = s.mean(1, keepdim=True)
+    saliency = (s - mean) @ flat / (num_masks * p) + mean
     return saliency.view(x.shape[0], 1, *spatial).expand(x.shape)
 
 
