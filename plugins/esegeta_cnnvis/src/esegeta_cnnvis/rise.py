@@ -228,7 +228,9 @@ def rise_block(
 
 
 class Rise(Explainer[RiseParams]):
-    """RISE: saliency as the average of random masks weighted by the target's score."""
+    """RISE: saliency as the average of random masks weighted by the target's score,
+    centred on the item's mean score (the paper's expected map, without the noise of the
+    masks' coverage)."""
 
     name = "cnnvis.rise"
     count_params = ("num_masks",)

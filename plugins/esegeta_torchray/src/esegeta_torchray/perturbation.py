@@ -48,8 +48,9 @@ class TargetColumns(torch.nn.Module):
 
 
 class Rise(PerturbationMethod[RiseParams]):
-    """RISE: score-weighted average of random masks (TorchRay, only the requested targets
-    scored)."""
+    """RISE: score-weighted average of random masks (TorchRay's, the paper's sum; only the
+    requested targets scored). ``cnnvis.rise`` centres the sum: the same expected map
+    without the noise of the masks' coverage."""
 
     name = "torchray.rise"
     # TorchRay's rise takes the sigmoid of every score: a segmentation's class scores,
