@@ -228,7 +228,9 @@ def test_the_capture_pass_records_the_layers_before_for_the_replay(
 
     def computed() -> tuple[int, torch.Tensor]:
         CountingConv.computed = 0
-        out = explain(model, x, method, 1, layer="layer", **params).attributions
+        # class 0 scores positive here (class 1 negative: Ablation-CAM's map of it is
+        # rightly empty after the ReLU, as Grad-CAM's is mostly negative)
+        out = explain(model, x, method, 0, layer="layer", **params).attributions
         return CountingConv.computed, out
 
     computed()  # the first call probes the layer's shape once (cached per network)
@@ -259,7 +261,9 @@ def test_channels_last_replay_passes_give_the_same_maps_on_a_densenet(method, mo
     model = tv.models.densenet121(weights=None).eval()
     x = torch.rand(1, 3, 48, 48)
     extra = {"layer_mask": "channel"} if method.startswith("captum") else {}
-    fixed = explain(model, x, method, 1, layer="features.transition2", **extra).attributions
+    with torch.no_grad():  # the predicted class: its score is positive (Ablation-CAM's
+        t = int(model(x).argmax())  # map of a negative one may rightly be empty)
+    fixed = explain(model, x, method, t, layer="features.transition2", **extra).attributions
     passes.clear_plans()
     # the search skipped: every pass at once in the plan a finished search would leave
     monkeypatch.setattr(
@@ -267,7 +271,7 @@ def test_channels_last_replay_passes_give_the_same_maps_on_a_densenet(method, mo
         "_climb",
         lambda runner, reshapes, cap, start, search: (passes.PassPlan(64, reshapes), None),
     )
-    auto = explain(model, x, method, 1, layer="features.transition2", auto_batch=True, **extra)
+    auto = explain(model, x, method, t, layer="features.transition2", auto_batch=True, **extra)
     replay = [plan for key, plan in passes._plans[model].items() if key[0][0] == "replay"]
     assert replay == [passes.PassPlan(64, True)]  # the replayed tail ran channels-last
     torch.testing.assert_close(
