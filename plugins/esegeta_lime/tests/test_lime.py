@@ -267,9 +267,28 @@ def test_slic_on_pixel_noise_smooths_instead_of_one_segment(caplog) -> None:
     assert int(e.extras["segments"][0].max()) + 1 >= 10
     assert "retrying with sigma=1" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="esegeta_lime.segmentation"):
-        e = explain(model, x, "lime.lime", n_segments=30, num_samples=16, seed=0, sigma=0.0)
-    assert int(e.extras["segments"][0].max()) + 1 < 3 and "retrying" not in caplog.text
+    # an explicit sigma is not retried: one segment, refused (a constant map)
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with (
+        caplog.at_level("WARNING", logger="esegeta_lime.segmentation"),
+        pytest.raises(InvalidParamsError, match=r"item\(s\) \[0\] in one segment.*now 30"),
+    ):
+        explain(model, x, "lime.lime", n_segments=30, num_samples=16, seed=0, sigma=0.0)
+    assert "retrying" not in caplog.text
+    assert len(calls) <= 1  # refused before the samples' passes (the probe aside)
+
+
+def test_an_item_in_one_given_segment_is_refused() -> None:
+    """Segment ids given with a single segment for an item: the map would be constant."""
+    model, x = tiny_model("classification", 2), tiny_input("classification", 2, size=16)
+    ids = torch.zeros(2, 1, 16, 16, dtype=torch.long)
+    ids[0, :, :, 8:] = 1  # item 0 in two segments, item 1 in one
+    with pytest.raises(InvalidParamsError, match=r"item\(s\) \[1\] in one segment.*at least two"):
+        explain(model, x, "lime.lime", 0, segmentation=ids, num_samples=16)
+    ids[1, :, 8:] = 3
+    e = explain(model, x, "lime.lime", 0, segmentation=ids, num_samples=16, progress=False)
+    assert e.attributions.shape[0] == 2
 
 
 def test_auto_batch_runs_the_samples_through_the_pass_planner_with_the_same_map() -> None:
