@@ -47,6 +47,8 @@ class Bad(Explainer):
             return inputs[:1]
         if params.kind == "ones":
             return torch.ones_like(inputs)
+        if params.kind == "input":
+            return inputs * 1.0
         if params.kind == "zero_first":  # the first item's (or patch's) map only
             out = torch.ones_like(inputs)
             out[0] = 0
@@ -159,8 +161,16 @@ def test_one_item_with_an_all_zero_map_comes_back_with_a_warning(bad: None) -> N
     e = explain(tiny_model(), x, "bad.map", 0, kind="zero_first", progress=False)
     (warning,) = e.extras["warnings"]
     assert "1 of 3 items (item 0) are zero everywhere" in warning
-    plain = explain(tiny_model(), x, "bad.map", 0, kind="ones", progress=False)
+    plain = explain(tiny_model(), x, "bad.map", 0, kind="input", progress=False)
     assert "warnings" not in plain.extras or not plain.extras["warnings"]
+
+
+def test_an_item_s_constant_map_comes_back_with_a_warning(bad: None) -> None:
+    """A map of one value everywhere says nothing about where the evidence is."""
+    x = torch.rand(3, 1, 16, 16)
+    e = explain(tiny_model(), x, "bad.map", 0, kind="ones", progress=False)
+    (warning,) = e.extras["warnings"]
+    assert "3 of 3 items (item 0, 1, 2) hold one value everywhere" in warning
 
 
 def test_patches_are_checked_for_zero_maps_once_stitched(bad: None) -> None:

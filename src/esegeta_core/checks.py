@@ -47,7 +47,8 @@ def check_map(
 ) -> str:
     """Raise for an empty, non-finite or wrongly shaped map; return a warning for the
     caller to log (or ""): with ``zeros``, when some items' maps are zero everywhere
-    (:func:`zero_maps`; a patch's map may well be, so patches are checked stitched)."""
+    or one value everywhere (:func:`blank_maps`; a patch's map may well be, so patches
+    are checked stitched)."""
     who = f"Method {cls.name!r} (plugin {plugin!r})"
     shape = tuple(result.shape)
     if result.numel() == 0:
@@ -79,13 +80,45 @@ def check_map(
             "a spatial map (B, C, *spatial), or layer='auto'."
         )
     _finite(result, who, shape)
-    return zero_maps(result, cls.name) if zeros else ""
+    return blank_maps(result, cls.name) if zeros else ""
 
 
 ZERO_CAUSES = (
     "the target's score may not depend on what this method looks at (a layer after the "
     "decision, a ReLU that removed all evidence, a class the model never scores)."
 )
+
+
+def blank_maps(result: torch.Tensor, method: str) -> str:
+    """A warning when some items' maps are zero everywhere (:func:`zero_maps`), else
+    when some are one value everywhere (:func:`constant_maps`); "" when none is."""
+    return zero_maps(result, method) or constant_maps(result, method)
+
+
+def _items(mask: torch.Tensor) -> str:
+    """The items where ``mask`` holds, the first ten."""
+    items = mask.nonzero().flatten().tolist()
+    return ", ".join(map(str, items[:10])) + (", ..." if len(items) > 10 else "")
+
+
+def constant_maps(result: torch.Tensor, method: str) -> str:
+    """A warning when some items' maps hold one non-zero value everywhere: a map that
+    does not vary says nothing about where the evidence is (a segmentation or feature
+    mask of one region, masks that cover everything). Maps of one position per
+    channel (a layer after global pooling) are left alone."""
+    if result.shape[0] == 0 or result[0, 0].numel() <= 1:
+        return ""
+    flat = result.flatten(1)
+    constant = flat.amax(1) == flat.amin(1)
+    if not bool(constant.any()):
+        return ""
+    count = int(constant.sum())
+    return (
+        f"{method}: the maps of {count} of {result.shape[0]} items (item "
+        f"{_items(constant)}) hold one value everywhere: they say nothing about where the "
+        "evidence is (a segmentation or feature mask of one region, perturbations that "
+        "cover the whole input)."
+    )
 
 
 def zero_maps(result: torch.Tensor, method: str) -> str:
@@ -96,11 +129,9 @@ def zero_maps(result: torch.Tensor, method: str) -> str:
         return ""
     if not bool(nonzero.any()):
         return f"{method}: the map is zero everywhere; {ZERO_CAUSES}"
-    items = (~nonzero).nonzero().flatten().tolist()
-    listed = ", ".join(map(str, items[:10])) + (", ..." if len(items) > 10 else "")
     return (
-        f"{method}: the maps of {len(items)} of {result.shape[0]} items (item "
-        f"{listed}) are zero everywhere; for those items {ZERO_CAUSES}"
+        f"{method}: the maps of {int((~nonzero).sum())} of {result.shape[0]} items (item "
+        f"{_items(~nonzero)}) are zero everywhere; for those items {ZERO_CAUSES}"
     )
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from esegeta_core import layer_calls
-from esegeta_core.checks import check_cost, check_map, zero_maps
+from esegeta_core.checks import blank_maps, check_cost, check_map
 from esegeta_core.devices import seeded
 from esegeta_core.errors import EsegetaError, InvalidParamsError, MethodFailedError
 from esegeta_core.explainer import Explainer, MethodParams, MethodResult
@@ -342,7 +342,7 @@ class Job:
         if self.spec.auto_batch:
             params = auto_batch_params(self.spec.cls, params, self.scored(None), probe)
         result, params = self._stitch(explainer, x, t, target, params, patches)
-        self._warn(zero_maps(result, self.spec.cls.name))
+        self._warn(blank_maps(result, self.spec.cls.name))
         return result, t, params
 
     def _patch_targets(
