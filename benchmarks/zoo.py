@@ -32,18 +32,19 @@ def markdown(calls: list[dict]) -> str:
         )
         row[c["status"]] += 1
     lines = [
-        "| model | ok | not applicable | refused | failed | seconds |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | ok | of which warned | not applicable | refused | failed | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, row in models.items():
         seconds = sum(c["seconds"] for c in calls if c["model"] == name)
+        warned = sum(1 for c in calls if c["model"] == name and c.get("warning"))
         lines.append(
-            f"| {name} | {row['ok']} | {row['not_applicable']} | {row['refused']} | "
+            f"| {name} | {row['ok']} | {warned} | {row['not_applicable']} | {row['refused']} | "
             f"{row['failed']} | {seconds:.0f} |"
         )
     summary = summarize([ZooResult(**c) for c in calls])
     lines.append(
-        f"| **all {len(models)} models** | **{summary.ok}** | "
+        f"| **all {len(models)} models** | **{summary.ok}** | **{summary.warned}** | "
         f"**{summary.by_status.get('not_applicable', 0)}** | "
         f"**{summary.by_status.get('refused', 0)}** | **{summary.by_status.get('failed', 0)}** | "
         f"{sum(c['seconds'] for c in calls):.0f} |"
@@ -53,10 +54,25 @@ def markdown(calls: list[dict]) -> str:
         if c["status"] != "ok":
             key = (c["status"], _reason_kind(c["method"], c["reason"]))
             groups.setdefault(key, []).append(f"{c['model']}")
+    for c in calls:
+        if c["status"] == "ok" and c.get("warning"):
+            key = ("ok, warned", f"`{c['method']}`: {_warning_kind(c['warning'])}")
+            groups.setdefault(key, []).append(f"{c['model']}")
     lines += ["", "| status | method: reason | models |", "| --- | --- | --- |"]
     for (status, reason), names in sorted(groups.items()):
         lines.append(f"| {status} | {reason} | {', '.join(sorted(set(names)))} |")
     return "\n".join(lines)
+
+
+def _warning_kind(warning: str) -> str:
+    """A short form of a map's warning."""
+    if "the map is zero everywhere" in warning:
+        return "the map is zero everywhere"
+    if "are zero everywhere" in warning:
+        return "some items' maps are zero everywhere"
+    if "one value everywhere" in warning:
+        return "some items' maps hold one value everywhere"
+    return warning[:80]
 
 
 def _reason_kind(method: str, reason: str) -> str:
@@ -101,6 +117,7 @@ def main() -> int:
 
     def show(result) -> None:
         mark = {"ok": ".", "not_applicable": "n", "refused": "R", "failed": "F"}[result.status]
+        mark = "w" if result.warning else mark
         print(mark, end="", flush=True)
         if result.status in ("refused", "failed"):
             print(f"\n{result.status}: {result.model} {result.method}: {result.reason}")
@@ -111,7 +128,8 @@ def main() -> int:
     print(
         f"{summary.calls} calls on {len(summary.models)} models: {summary.by_status}; "
         f"{summary.ok} of {summary.applicable} applicable ok "
-        f"({100 * summary.success_rate:.1f}%) in {time.perf_counter() - start:.0f} s"
+        f"({100 * summary.success_rate:.1f}%; {summary.warned} of them warned about their "
+        f"maps) in {time.perf_counter() - start:.0f} s"
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 
 from esegeta_core.testing.zoo import ZOO, ZooResult, run_zoo, summarize
 
@@ -35,3 +36,35 @@ def test_the_subset_succeeds_on_95_percent_of_applicable_calls() -> None:
     summary = summarize([r for rs in _RESULTS.values() for r in rs])
     assert summary.success_rate >= 0.95, summary
     assert summary.applicable >= 0.8 * summary.calls
+
+
+def test_a_call_whose_maps_came_back_with_a_warning_is_counted() -> None:
+    """An ok call keeps its map's warnings (an item's map zero or one value everywhere),
+    so a zoo run shows how many maps say nothing, not only how many calls ran."""
+    from torch import nn
+
+    from esegeta_core.testing.zoo import ZooModel, run_zoo_case
+
+    class Constant(nn.Module):
+        """Scores that do not depend on the input: every gradient is zero."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+            self.bias = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.conv(x).mean((2, 3)).sum(1, keepdim=True) * 0 + self.bias
+
+    spec = ZooModel("constant", "torchvision", "classification", (2, 3, 16, 16), Constant)
+    model = Constant().eval()
+    result = run_zoo_case(spec, "captum.saliency", model, spec.input())
+    assert result.status == "ok" and "zero everywhere" in result.warning
+    from esegeta_core.testing import tiny_input, tiny_model
+
+    x = tiny_input()
+    real = ZooModel("tiny", "torchvision", "classification", tuple(x.shape), tiny_model)
+    plain = run_zoo_case(real, "captum.saliency", tiny_model(), x)
+    assert plain.status == "ok" and plain.warning == ""
+    summary = summarize([result, plain])
+    assert summary.ok == 2 and summary.warned == 1

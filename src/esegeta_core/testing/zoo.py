@@ -258,6 +258,9 @@ class ZooResult:
     seconds: float = 0.0
     error: str = ""
     """The exception's type for refusals and failures."""
+    warning: str = ""
+    """For an ok call: the warnings the call returned with its map (an item's map zero
+    everywhere, or one value everywhere), else ""."""
 
 
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
@@ -342,7 +345,8 @@ def run_zoo_case(
     problem = _bad_map(a, x, e.output)
     if problem:
         return ZooResult(spec.name, method, "failed", problem, seconds, "BadMap")
-    return ZooResult(spec.name, method, "ok", "", seconds)
+    warning = " ".join(e.extras.get("warnings", []))
+    return ZooResult(spec.name, method, "ok", "", seconds, warning=_line(warning))
 
 
 def _bad_map(a: torch.Tensor, x: torch.Tensor, output: str) -> str:
@@ -400,6 +404,8 @@ class ZooSummary:
     ok: int
     success_rate: float
     models: list[str]
+    warned: int = 0
+    """Ok calls whose map came back with a warning (zero or one value everywhere)."""
     refusals: list[dict[str, str]] = field(default_factory=list)
     not_applicable: list[dict[str, str]] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
@@ -425,6 +431,7 @@ def summarize(results: Sequence[ZooResult]) -> ZooSummary:
         ok=ok,
         success_rate=round(ok / applicable, 4) if applicable else 1.0,
         models=sorted({r.model for r in results}),
+        warned=sum(1 for r in results if r.status == "ok" and r.warning),
         refusals=rows("refused"),
         not_applicable=rows("not_applicable"),
         failures=rows("failed"),
