@@ -83,7 +83,7 @@ def check_map(
     return blank_maps(result, cls.name) if zeros else ""
 
 
-ZERO_CAUSES = (
+_ZERO_CAUSES = (
     "the target's score may not depend on what this method looks at (a layer after the "
     "decision, a ReLU that removed all evidence, a class the model never scores)."
 )
@@ -128,10 +128,10 @@ def zero_maps(result: torch.Tensor, method: str) -> str:
     if bool(nonzero.all()):
         return ""
     if not bool(nonzero.any()):
-        return f"{method}: the map is zero everywhere; {ZERO_CAUSES}"
+        return f"{method}: the map is zero everywhere; {_ZERO_CAUSES}"
     return (
         f"{method}: the maps of {int((~nonzero).sum())} of {result.shape[0]} items (item "
-        f"{_items(~nonzero)}) are zero everywhere; for those items {ZERO_CAUSES}"
+        f"{_items(~nonzero)}) are zero everywhere; for those items {_ZERO_CAUSES}"
     )
 
 
