@@ -47,6 +47,22 @@ def _chunk(cost: dict[int, float], calls: list):
     return chunk
 
 
+def _repeated_works(
+    chunk, work: int, *, reshapes: bool, limit: int
+) -> tuple[list[PassPlan], passes.Search | None]:
+    """Works of ``work`` inputs, each going on with the search the last one left, until
+    it ends (at most ``limit``); every work returns each of its inputs once."""
+    search, plans = None, []
+    for _ in range(limit):
+        runner = _Runner(work, chunk, torch.device("cpu"), stretch=256)
+        plan, search = _climb(runner, reshapes=reshapes, cap=256, search=search)
+        assert torch.equal(runner.finish(plan), torch.arange(work, dtype=torch.float32))
+        plans.append(plan)
+        if search is None:
+            break
+    return plans, search
+
+
 def test_the_climb_goes_up_while_faster_and_keeps_the_best():
     # seconds per input: best in passes of 64
     cost = {16: 2e-3, 32: 1e-3, 64: 4e-4, 128: 6e-4}
@@ -131,15 +147,8 @@ def test_a_timed_pass_is_not_stretched_into_a_new_shape():
         seen.add(n)
         return torch.arange(start, stop, dtype=torch.float32)
 
-    search, plans = None, []
-    for _ in range(8):
-        runner = _Runner(65, chunk, torch.device("cpu"), stretch=256)
-        plan, search = _climb(runner, reshapes=False, cap=256, search=search)
-        assert torch.equal(runner.finish(plan), torch.arange(65, dtype=torch.float32))
-        plans.append(plan.batch_size)
-        if search is None:
-            break
-    assert search is None and plans[-1] == 32
+    plans, search = _repeated_works(chunk, 65, reshapes=False, limit=8)
+    assert search is None and plans[-1] == PassPlan(32)
 
 
 def test_short_work_climbs_as_far_as_it_goes_and_is_not_cached():
@@ -456,14 +465,7 @@ def test_a_size_beyond_the_work_lets_the_layout_trial_run():
         time.sleep(per_input[channels_last] * n * bigger)
         return torch.arange(start, stop, dtype=torch.float32)
 
-    search, plans = None, []
-    for _ in range(12):
-        runner = _Runner(40, chunk, torch.device("cpu"), stretch=256)
-        plan, search = _climb(runner, reshapes=True, cap=256, search=search)
-        assert torch.equal(runner.finish(plan), torch.arange(40, dtype=torch.float32))
-        plans.append(plan)
-        if search is None:
-            break
+    plans, search = _repeated_works(chunk, 40, reshapes=True, limit=12)
     assert search is None and plans[-1] == PassPlan(32, True)
     assert any(cl for _, cl in calls)
 
