@@ -451,12 +451,29 @@ def check_scoring(task: object, wrapper: object) -> None:
     )
 
 
-def normalise_target(target: TargetLike, scores: torch.Tensor) -> torch.Tensor:
-    """A ``(B,)`` long tensor of classes on the scores' device; ``None`` = predicted."""
+def normalise_target(
+    target: TargetLike, scores: torch.Tensor, *, summed: bool = False
+) -> torch.Tensor:
+    """A ``(B,)`` long tensor of classes on the scores' device; ``None`` = predicted
+    (:func:`predicted_classes`; ``summed``: the scores are a segmentation wrapper's
+    sums, see :func:`summed_scores`)."""
     batch, classes = scores.shape
     if target is None:
-        return scores.argmax(dim=1)
+        return predicted_classes(scores, summed=summed)
     return target_classes(target, batch, scores.device, classes)
+
+
+def predicted_classes(scores: torch.Tensor, *, summed: bool = False) -> torch.Tensor:
+    """Each item's predicted class: its highest score. A segmentation wrapper's class
+    score sums the logits of the pixels the class wins, so a class that wins no pixel
+    scores exactly 0, above every class that wins only with negative logits: with
+    ``summed``, a class that wins no pixel is never the prediction while another wins
+    some (the argmax picked one on a random SegFormer, and every map of it was zero)."""
+    if not summed:
+        return scores.argmax(dim=1)
+    present = scores != 0
+    best = scores.masked_fill(~present, float("-inf")).argmax(dim=1)
+    return torch.where(present.any(dim=1), best, scores.argmax(dim=1))
 
 
 def target_classes(

@@ -55,8 +55,10 @@ from esegeta_core.targets import (
     TargetLike,
     Task,
     normalise_target,
+    predicted_classes,
     region_mask,
     score_model,
+    summed_scores,
     target_classes,
 )
 
@@ -246,7 +248,7 @@ class Job:
                 if scores is None:
                     scores = scored(x)
             check_scores(scores, x, self.spec.task, self.spec.cls.name)
-            return normalise_target(target, scores)
+            return normalise_target(target, scores, summed=summed_scores(scored))
         return target_classes(target, x.shape[0], x.device)
 
     def _layers(self, params: MethodParams) -> list[nn.Module]:
@@ -364,7 +366,7 @@ class Job:
                 with torch.no_grad():
                     total += scored(batch.to(x.device)).sum(0)
             totals.append(total)
-        return torch.stack(totals).argmax(1)
+        return predicted_classes(torch.stack(totals), summed=summed_scores(scored))
 
     def _stitch(
         self,
