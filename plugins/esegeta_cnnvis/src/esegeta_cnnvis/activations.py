@@ -78,8 +78,11 @@ def capture(
     acts = [_single_output(r, p, inputs, method) for r, p in zip(records, paths)]
     grads: list[torch.Tensor] | None = None
     if gradients:
-        if target is None:
-            raise TypeError("capture(gradients=True) needs the target")
+        if target is None:  # a plugin bug: the core always gives gradient CAMs a target
+            raise MethodFailedError(
+                f"Method {method!r}: the gradients of the layers need the target; this is "
+                "a bug in the plugin."
+            )
         for act, path in zip(acts, paths):
             if not act.requires_grad:
                 raise MethodFailedError(
