@@ -49,6 +49,8 @@ class Bad(Explainer):
             return torch.ones_like(inputs)
         if params.kind == "input":
             return inputs * 1.0
+        if params.kind == "said":  # a warning of the method's own
+            return ec.MethodResult(inputs * 1.0, warnings=["bad.map: the method's own reason"])
         if params.kind == "zero_first":  # the first item's (or patch's) map only
             out = torch.ones_like(inputs)
             out[0] = 0
@@ -183,6 +185,20 @@ def test_patches_are_checked_for_zero_maps_once_stitched(bad: None) -> None:
     assert bool((e.attributions == 0).any())  # some patches' maps were zero
     zero = explain(model, x, "bad.map", 1, kind="zeros", **kw)
     assert "the map is zero everywhere" in zero.extras["warnings"][0]
+
+
+def test_a_methods_own_warnings_join_the_calls_once(bad: None, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A method that knows why its map is wrong says so in ``MethodResult``'s
+    ``warnings``: they reach the explanation (not as a separate extra) and the log;
+    a patch's own are dropped, since the stitched map is what is checked."""
+    with caplog.at_level(logging.WARNING, logger="esegeta_core"):
+        e = explain(tiny_model(), torch.rand(2, 1, 16, 16), "bad.map", 0, kind="said")
+    assert e.extras["warnings"] == ["bad.map: the method's own reason"]
+    assert any("the method's own reason" in r.getMessage() for r in caplog.records)
+    model, x = tiny_model("segmentation", 2), tiny_input("segmentation", 2, size=16)
+    kw = {"task": "segmentation", "patches": {"size": 8}, "progress": False}
+    patched = explain(model, x, "bad.map", 1, kind="said", **kw)
+    assert not patched.extras.get("warnings")
 
 
 def test_huge_counts_are_refused_with_an_estimate_unless_forced(bad: None) -> None:

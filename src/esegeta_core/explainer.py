@@ -383,7 +383,10 @@ def _params_argument(cls: type) -> type[MethodParams] | None:
 
 class MethodResult:
     """What ``attribute`` returns when it has more to say than one tensor: the
-    attributions plus named ``extras`` (for example segment masks)."""
+    attributions plus named ``extras`` (for example segment masks). An extra named
+    ``warnings`` (a list of strings: what the method knows is wrong with the map and
+    why) joins the call's map warnings, logged once each; a patch's own are dropped,
+    since the stitched map is checked as a whole."""
 
     def __init__(self, attributions: torch.Tensor, **extras: Any) -> None:
         self.attributions = attributions

@@ -193,7 +193,7 @@ class Job:
             self.extras["layouts"] = setup.layouts
         if setup.preparation is not None:
             self.extras["preparation"] = setup.preparation
-        self.zero_hint = token_hint(setup.layouts)
+        self.zero_hint = token_hint(setup.layouts, set(self.extras.get("layer_auto", {}).values()))
         explainer.check_model(self.scored(target), params, setup.trace)
         check_cost(
             explainer,
@@ -311,9 +311,14 @@ class Job:
         return result, used
 
     def _check_map(self, result: Attributions, x: torch.Tensor, *, zeros: bool = True) -> None:
-        """Refuse a result that is not a map; log a map's warning once per call."""
+        """Refuse a result that is not a map; log a map's warnings (the method's own,
+        then the core's checks) once per call."""
         spec = self.spec
         tensor = result.attributions if isinstance(result, MethodResult) else result
+        if isinstance(result, MethodResult):
+            for warning in result.extras.pop("warnings", None) or []:
+                if zeros:  # not a patch's: a patch's map may rightly be empty
+                    self._warn(warning)
         if not isinstance(tensor, torch.Tensor):
             raise MethodFailedError(
                 f"Method {spec.cls.name!r} (plugin {spec.plugin!r}) returned "
