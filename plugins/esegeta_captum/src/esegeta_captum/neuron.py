@@ -29,19 +29,40 @@ from esegeta_captum.params.neuron import (
 from esegeta_captum.params.pieces import NeuronParams
 from esegeta_captum.primary import PerturbationMethod, engine_mask
 from esegeta_captum.shapes import full_neuron_index, module_shape
-from esegeta_core import layer_calls
+from esegeta_captum.zero_maps import inactive_neuron_warning, maps_of, with_warning
+from esegeta_core import MethodResult, layer_calls
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.runtime.ablation import feature_ablation
 from esegeta_core.toolkit import Call, layer_output
 
 
 class NeuronMethod(CaptumMethod[P]):
-    """Base of the neuron methods."""
+    """Base of the neuron methods: an item's zero map comes with the reason when the
+    neuron is switched off on it (:mod:`esegeta_captum.zero_maps`)."""
 
     family = "neuron"
     output = "input"
     needs_layer = True
     uses_target = False
+
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: P
+    ) -> torch.Tensor | MethodResult:
+        result = super().attribute(model, inputs, target, params)
+        if not isinstance(params, NeuronParams):
+            return result
+        call = Call(model=model, inputs=inputs, target=target, method=self.name)
+        warning = inactive_neuron_warning(
+            self.name,
+            model,
+            params.module(call),
+            params.layer,
+            params.neuron_selector,
+            inputs,
+            maps_of(result),
+            inputs=params.attribute_to_neuron_input,
+        )
+        return with_warning(result, warning)
 
 
 class NeuronGradient(NeuronMethod[NeuronGradientParams]):

@@ -40,7 +40,8 @@ from esegeta_captum.params.primary import (
 )
 from esegeta_captum.shapes import window_sizes
 from esegeta_captum.similarity import EXP_KERNEL, sample_weights
-from esegeta_core.explainer import Workload
+from esegeta_captum.zero_maps import lasso_warning, maps_of, with_warning
+from esegeta_core.explainer import MethodResult, Workload
 from esegeta_core.runtime.ablation import feature_ablation, occlusion, shapley_values
 from esegeta_core.runtime.coalitions import (
     RandomModelError,
@@ -777,6 +778,14 @@ class Lime(PerturbationMethod[LimeParams]):
             inputs,
             kwargs,
         )
+
+    def attribute(
+        self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, params: LimeParams
+    ) -> torch.Tensor | MethodResult:
+        """Captum's maps; an item's zero map under the Lasso penalty says why and how to
+        fix it (:func:`~esegeta_captum.zero_maps.lasso_warning`)."""
+        result = super().attribute(model, inputs, target, params)
+        return with_warning(result, lasso_warning(self.name, params.alpha, maps_of(result)))
 
     def core_workload(
         self, params: LimeParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]

@@ -158,15 +158,18 @@ class ShapleyValuesParams(BaselineParams, FeatureMaskParams, BatchParams):
 
 class LimeParams(BaselineParams, FeatureMaskParams, BatchParams):
     n_samples: int = Field(200, ge=1, description="Random feature subsets per item.")
-    alpha: float = Field(0.01, ge=0.0, description="Lasso regularisation of the surrogate.")
+    alpha: float = Field(
+        0.01,
+        ge=0.0,
+        description="Lasso regularisation of the surrogate (Captum's default); 0 fits it by "
+        "least squares (scikit-learn's LinearRegression).",
+    )
 
     def init_kwargs(self, call: Call) -> dict[str, Any]:
-        from captum._utils.models.linear_model import SkLearnLasso
+        from captum._utils.models.linear_model import SkLearnLasso, SkLearnLinearRegression
 
-        return {
-            **super().init_kwargs(call),
-            "interpretable_model": SkLearnLasso(alpha=self.alpha),
-        }
+        surrogate = SkLearnLasso(alpha=self.alpha) if self.alpha > 0 else SkLearnLinearRegression()
+        return {**super().init_kwargs(call), "interpretable_model": surrogate}
 
     def call_kwargs(self, call: Call) -> dict[str, Any]:
         return {**super().call_kwargs(call), "n_samples": self.n_samples}
