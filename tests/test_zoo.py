@@ -28,6 +28,9 @@ def test_every_method_on_a_real_architecture(spec) -> None:  # type: ignore[no-u
     assert not failures, "\n".join(failures)
     refused = [f"{r.method}: {r.reason}" for r in results if r.status == "refused"]
     assert not refused, "\n".join(refused)
+    # the neuron methods explain a neuron that is on (one that is off has a zero map)
+    off = [r.method for r in results if "switches it off" in r.warning]
+    assert not off, off
 
 
 def test_the_subset_succeeds_on_95_percent_of_applicable_calls() -> None:
@@ -68,3 +71,23 @@ def test_a_call_whose_maps_came_back_with_a_warning_is_counted() -> None:
     assert plain.status == "ok" and plain.warning == ""
     summary = summarize([result, plain])
     assert summary.ok == 2 and summary.warned == 1
+
+
+def test_the_zoo_explains_a_neuron_that_is_on() -> None:
+    """With random weights many channels of ResNet-18's last block are 0 at the centre
+    after their ReLU: the zoo picks one that is on for every item."""
+    from esegeta_core.testing.zoo import active_neuron
+
+    spec = next(m for m in ZOO if m.name == "torchvision.resnet18")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = spec.build().eval()
+    x = spec.input()
+    (channel,) = active_neuron(spec, model, x)  # type: ignore[misc]
+    seen: list[torch.Tensor] = []
+    handle = model.layer4.register_forward_hook(lambda m, a, o: seen.append(o))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert bool((seen[0][:, channel, 1, 1] > 0).all())
+    assert bool((seen[0][:, 1, 1, 1] == 0).all())  # the zoo's old fixed choice was off

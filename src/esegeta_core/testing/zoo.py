@@ -42,8 +42,11 @@ from esegeta_core.errors import (
     NotApplicableError,
     UnsupportedRankError,
 )
-from esegeta_core.model_state import count_hooks
+from esegeta_core.layers import auto_layer, resolve_layer
+from esegeta_core.model_state import ModelState, count_hooks
 from esegeta_core.plugin.manager import get_registry
+from esegeta_core.targets import score_model
+from esegeta_core.toolkit import recording
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +207,7 @@ ZOO: list[ZooModel] = [
 ]  # fmt: skip
 """The architectures; ``fast`` ones form the subset that runs in CI."""
 
-_NEURON = {"neuron_selector": (1,)}
+_NEURON = {"neuron_selector": (1,)}  # run_zoo puts an active neuron in its place
 _PATH = {"n_steps": 4}
 _GRID = {"grid_cell": 16}
 
@@ -370,6 +373,30 @@ def _since(start: float) -> float:
     return round(time.perf_counter() - start, 3)
 
 
+def active_neuron(spec: ZooModel, model: nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
+    """A neuron the neuron methods can explain on ``x``: at the spatial centre of the
+    layer ``layer="auto"`` picks, the channel whose smallest value over the items is the
+    largest. Random weights leave many channels off (0 after their ReLU) there, and a
+    neuron that is off has a zero map, which would test nothing. None when the layer
+    gives no ``(B, C, ...)`` tensor."""
+    scored = score_model(model, spec.task, None, None)
+    state = ModelState.capture(model)  # a library may install its hooks on a first call
+    try:
+        path = auto_layer(scored, x[:1], method="zoo")  # a forward/backward probe
+        with torch.no_grad(), recording([resolve_layer(scored, path)]) as records:
+            scored(x)
+    finally:
+        state.restore()
+    value = records[0][-1] if records[0] else None
+    if isinstance(value, (tuple, list)) and value:
+        value = value[0]
+    if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[0] != x.shape[0]:
+        return None
+    centre = tuple(n // 2 for n in value.shape[2:])
+    column = value[(slice(None), slice(None), *centre)].float()
+    return (int(column.min(dim=0).values.argmax()),)
+
+
 def run_zoo(
     models: Iterable[ZooModel] = ZOO,
     methods: Sequence[str] | None = None,
@@ -385,8 +412,12 @@ def run_zoo(
             torch.manual_seed(0)
             model = spec.build().eval()
         x = spec.input()
+        neuron = active_neuron(spec, model, x)
         for method in names:
-            result = run_zoo_case(spec, method, model, x, params=params_for(method, params))
+            chosen = params_for(method, params)
+            if neuron is not None and "neuron_selector" in chosen:
+                chosen["neuron_selector"] = neuron
+            result = run_zoo_case(spec, method, model, x, params=chosen)
             results.append(result)
             if on_result is not None:
                 on_result(result)
