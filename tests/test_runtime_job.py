@@ -98,3 +98,5 @@ def test_resolve_layers_replaces_auto_once_and_token_hints_name_the_layer(demo):
     assert chosen == {"layer": params.layer} and params.layer != "auto"
     assert token_hint({}) == ""
     assert "'blocks.11'" in token_hint({"blocks.11": {"extra_tokens": 1}})
+    # a layer layer='auto' chose is already the advised one: no advice to go there
+    assert token_hint({"blocks.11": {"extra_tokens": 1}}, auto={"blocks.11"}) == ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,10 +98,14 @@ def prepare_model(
     return Setup(None, layouts)
 
 
-def token_hint(layouts: dict[str, dict[str, Any]]) -> str:
+def token_hint(layouts: dict[str, dict[str, Any]], auto: Collection[str] = ()) -> str:
     """Why a token layer's map may be zero: with a class-token head, the patch tokens
-    after the last attention never reach the score (pytorch-grad-cam's norm1/norm2)."""
-    with_extra = [path for path, rec in layouts.items() if rec.get("extra_tokens")]
+    after the last attention never reach the score (pytorch-grad-cam's norm1/norm2).
+    Not for layers ``layer='auto'`` chose (``auto``): it already takes the last block's
+    input, so the advice would send the user where they are."""
+    with_extra = [
+        path for path, rec in layouts.items() if rec.get("extra_tokens") and path not in auto
+    ]
     if not with_extra:
         return ""
     return (
