@@ -264,7 +264,11 @@ class AblationCamParams(LayersParams):
         "per item), 32 when the model needs whole passes.",
     )
     ablation_value: float = Field(
-        0.0, description="The value an ablated channel is set to (0 in the paper)."
+        0.0,
+        description="The value an ablated channel is set to (0 in the paper). "
+        "pytorch-grad-cam uses 0 only where the layer's minimum is 0 (after a ReLU), else "
+        "that minimum minus 1e7, so its maps differ from these on layers with negative "
+        "activations (ConvNeXt, transformers).",
     )
 
 
