@@ -409,7 +409,9 @@ def test_conformance_catches_a_tensor_swapped_for_a_copy(monkeypatch: pytest.Mon
     real = ModelState.capture.__func__  # type: ignore[attr-defined]
 
     def without_attributes(cls: type[ModelState], model: torch.nn.Module) -> ModelState:
-        return dataclasses.replace(real(cls, model), attributes=[])
+        state = real(cls, model)
+        state.modules = [dataclasses.replace(m, own=None, tables={}) for m in state.modules]
+        return state
 
     monkeypatch.setattr(ModelState, "capture", classmethod(without_attributes))
     ec.register_plugin(SwapPlugin(), "swap")
