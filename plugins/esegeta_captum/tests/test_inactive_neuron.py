@@ -55,9 +55,10 @@ def test_a_neuron_that_is_always_off_is_named_with_an_active_one(method: str, ra
     assert f"'{method}' (plugin 'captum')" in own[0]
 
 
+@pytest.mark.parametrize("target", [0, None])  # None: the check's pass stops at the layer
 @pytest.mark.parametrize("rank", [2, 3])
-def test_only_the_items_where_the_neuron_is_off_are_named(rank: int) -> None:
-    e = explain(_model(rank), _input(rank), "captum.neuron_gradient", 0, layer="1",
+def test_only_the_items_where_the_neuron_is_off_are_named(rank: int, target: int | None) -> None:
+    e = explain(_model(rank), _input(rank), "captum.neuron_gradient", target, layer="1",
                 neuron_selector=(1,), progress=False)  # fmt: skip
     assert bool((e.attributions[0] == 0).all())
     assert bool((e.attributions[1] != 0).any())

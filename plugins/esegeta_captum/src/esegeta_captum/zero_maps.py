@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from esegeta_captum.shapes import full_neuron_index
-from esegeta_core import MethodResult
+from esegeta_core import MethodResult, layer_calls
 
 
 def maps_of(result: torch.Tensor | MethodResult) -> torch.Tensor:
@@ -44,20 +44,30 @@ def zero_items(attributions: torch.Tensor) -> list[int]:
     return [i for i, zero in enumerate((flat == 0).all(dim=1).tolist()) if zero]
 
 
+class _LayerReachedError(Exception):
+    """Stops the forward pass at the layer's last call."""
+
+
 def layer_values(
     model: nn.Module, layer: nn.Module, x: torch.Tensor, *, inputs: bool
 ) -> torch.Tensor | None:
     """The layer's output (first input with ``inputs``; a tuple's first tensor) at its
-    last call when ``model`` runs on ``x``; None when it gives no tensor."""
+    last call when ``model`` runs on ``x``; None when it gives no tensor. The pass stops
+    there when the job's prediction pass counted the layer's calls."""
     seen: list[object] = []
+    stop = layer_calls.calls(layer)
 
     def hook(_m: nn.Module, args: tuple[object, ...], output: object) -> None:
         seen.append(args[0] if inputs else output)
+        if len(seen) == stop:
+            raise _LayerReachedError
 
     handle = layer.register_forward_hook(hook)
     try:
         with torch.no_grad():
             model(x)
+    except _LayerReachedError:
+        pass
     finally:
         handle.remove()
     value = seen[-1] if seen else None
