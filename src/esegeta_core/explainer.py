@@ -237,6 +237,13 @@ class Explainer(ABC, Generic[P]):
       that fits in memory at once, and the core's pass planner
       (:class:`~esegeta_core.runtime.passes.PassSplitter`) runs each such pass as the
       fastest forward passes, found on the method's own first passes.
+    - ``pass_unit``: what one unit of the ``pass_params`` counts: whole inputs in one
+      forward pass (``"pass"``), or copies of each batch item (``"item"``, Captum's
+      ``perturbations_per_eval``); left at its default on the CPU, a pass then holds
+      at most :data:`~esegeta_core.runtime.pass_defaults.CPU_PASS_ELEMENTS` input
+      elements (big images and volumes run faster in smaller passes there). ``""``
+      (the default): the passes do not take whole inputs (they start at a layer); the
+      default stands.
     - ``own_passes``: the method builds its ``pass_params`` passes itself and runs them
       through :func:`~esegeta_core.runtime.passes.method_passes` (layer replay, masks
       made per pass): under ``explain(auto_batch=True)`` the core plans those calls
@@ -285,6 +292,7 @@ class Explainer(ABC, Generic[P]):
     deterministic: ClassVar[bool] = True
     batch_params: ClassVar[tuple[str, ...]] = ()
     pass_params: ClassVar[tuple[str, ...]] = ()
+    pass_unit: ClassVar[Literal["", "pass", "item"]] = ""
     own_passes: ClassVar[bool] = False
     count_params: ClassVar[tuple[str, ...]] = ()
     model_rules: ClassVar[ModelRules] = "none"

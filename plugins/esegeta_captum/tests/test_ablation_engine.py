@@ -329,3 +329,30 @@ def test_calls_the_engine_does_not_cover_go_to_captum() -> None:
     ours = Method().run(algorithm, x, kwargs, None)
     theirs = Occlusion(model).attribute(x, **kwargs)
     assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("captum.occlusion", {"window": 16, "strides": 16}),
+        ("captum.feature_ablation", {"feature_mask": "grid", "grid_cell": 16}),
+        ("captum.lime", {"n_samples": 24, "alpha": 0.0}),
+    ],
+)
+def test_the_cpu_default_pass_size_on_a_volume_leaves_the_map_unchanged(
+    method: str, params: dict
+) -> None:
+    """Left unset, perturbations_per_eval is 16 for a 48^3 volume on the CPU (2^21
+    input elements per pass); the map is the one 32 per pass gives."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1),
+        torch.nn.Flatten(), torch.nn.Linear(2, 3),
+    ).eval()  # fmt: skip
+    x = torch.rand(1, 1, 48, 48, 48)
+    sized = explain(model, x, method, 0, seed=0, progress=False, **params)
+    fixed = explain(
+        model, x, method, 0, seed=0, progress=False, perturbations_per_eval=32, **params
+    )
+    assert sized.params.perturbations_per_eval == 16
+    assert torch.equal(sized.attributions, fixed.attributions)

@@ -40,6 +40,7 @@ from esegeta_core.runtime.layer_setup import (
     token_hint,
 )
 from esegeta_core.runtime.model_checks import blame_input, check_scores, checking_scores, is_oom
+from esegeta_core.runtime.pass_defaults import cpu_pass_defaults
 from esegeta_core.runtime.passes import PassSplitter, Planning, planning
 from esegeta_core.runtime.patches import (
     PatchSpec,
@@ -153,6 +154,8 @@ class Job:
         # probes score every class (a region's mask fits the whole input, not a patch)
         plain = self._plain = self.scored(None)
         params, chosen = resolve_layers(spec.cls, params, spec.model, plain, probe)
+        per_call = patches.batch_size if patches is not None else x.shape[0]
+        params = cpu_pass_defaults(spec.cls, params, probe, per_call, auto_batch=spec.auto_batch)
         if chosen:
             self.extras["layer_auto"] = chosen
         explainer = spec.cls()

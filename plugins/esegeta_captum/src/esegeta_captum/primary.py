@@ -61,6 +61,7 @@ class PerturbationMethod(CaptumMethod[B]):
 
     family = "perturbation"
     cost = "high"
+    pass_unit = "item"  # perturbations_per_eval: copies of each item per pass
     forward_only = True  # forward passes on perturbed inputs, scores only
 
     def per_feature(self, params: B) -> int:

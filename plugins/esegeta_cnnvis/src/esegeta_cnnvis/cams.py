@@ -352,6 +352,7 @@ class ScoreCam(WeightedCam[ScoreCamParams]):
     forward_only = True  # the layer is read through its tap
     batch_params = ("batch_size",)
     pass_params = ("batch_size",)
+    pass_unit = "pass"  # whole masked inputs per pass
     own_passes = True  # masks built per pass (method_passes)
     cost = "high"
     cost_note = (

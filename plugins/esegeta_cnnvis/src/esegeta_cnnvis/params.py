@@ -238,7 +238,10 @@ class ScoreCamParams(LayersParams):
     """Parameters of Score-CAM."""
 
     batch_size: int = Field(
-        32, ge=1, description="Masked inputs (item x channel) per forward pass."
+        32,
+        ge=1,
+        description="Masked inputs (item x channel) per forward pass. Left unset, on the "
+        "CPU a pass holds at most 2^21 input elements (16 volumes of 48^3).",
     )
     weighting: Literal["auto", "softmax", "increase"] = Field(
         "auto",
@@ -385,7 +388,13 @@ class RiseParams(MethodParams):
     p: float = Field(
         0.5, gt=0.0, le=1.0, description="Probability that a grid cell is kept (not masked)."
     )
-    batch_size: int = Field(64, ge=1, description="Masked inputs per forward pass.")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Masked inputs per forward pass; the masks are drawn in blocks of "
+        "this many. Left unset, on the CPU a pass holds at most 2^21 input elements (16 "
+        "volumes of 48^3).",
+    )
     scores: Literal["auto", "softmax", "sigmoid", "raw"] = Field(
         "auto",
         description=(

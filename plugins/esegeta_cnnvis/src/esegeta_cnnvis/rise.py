@@ -244,6 +244,10 @@ class Rise(Explainer[RiseParams]):
     batch_params = ("batch_size",)
     # the masked inputs are made per pass, in a reused buffer (method_passes)
     pass_params = ("batch_size",)
+    # whole masked inputs per pass: smaller on the CPU for big inputs (the masks are
+    # drawn per block of batch_size, so the same seed gives the same masks for the
+    # same input shape, not across input sizes that change the default)
+    pass_unit = "pass"
     own_passes = True
 
     def workload(

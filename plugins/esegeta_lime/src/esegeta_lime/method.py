@@ -58,6 +58,7 @@ class Lime(Explainer[LimeParams]):
     batch_params = ("batch_size",)
     # the perturbed samples are made per pass, in a reused buffer (method_passes)
     pass_params = ("batch_size",)
+    pass_unit = "pass"  # whole perturbed inputs per pass
     own_passes = True
 
     def workload(

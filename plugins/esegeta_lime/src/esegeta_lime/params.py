@@ -109,7 +109,12 @@ class LimeParams(MethodParams):
             "per-channel mean (LIME's default)."
         ),
     )
-    batch_size: int = Field(64, ge=1, description="Perturbed samples per model forward pass.")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Perturbed samples per model forward pass. Left unset, on the CPU a "
+        "pass holds at most 2^21 input elements (16 volumes of 48^3).",
+    )
     use_softmax: bool | None = Field(
         None,
         description=(
