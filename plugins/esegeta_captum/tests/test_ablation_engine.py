@@ -342,14 +342,9 @@ def test_calls_the_engine_does_not_cover_go_to_captum() -> None:
 def test_the_cpu_default_pass_size_on_a_volume_leaves_the_map_unchanged(
     method: str, params: dict
 ) -> None:
-    """Left unset, perturbations_per_eval is 16 for a 48^3 volume on the CPU (2^21
+    """Left unset, perturbations_per_eval is 16 for a 32^3 RGB volume on the CPU (2^21
     input elements per pass); the map is the one 32 per pass gives."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1),
-        torch.nn.Flatten(), torch.nn.Linear(2, 3),
-    ).eval()  # fmt: skip
-    x = torch.rand(1, 1, 48, 48, 48)
+    model, x = tiny_model(rank=3), tiny_input(rank=3, batch=1, size=32)
     sized = explain(model, x, method, 0, seed=0, progress=False, **params)
     fixed = explain(
         model, x, method, 0, seed=0, progress=False, perturbations_per_eval=32, **params

@@ -229,19 +229,14 @@ def test_a_unet_s_summed_scores_need_the_centred_sum() -> None:
 
 def test_on_a_volume_the_cpu_default_is_16_masks_per_pass_and_recorded() -> None:
     """Left unset, batch_size holds at most 2^21 input elements per pass on the CPU
-    (16 volumes of 48^3): the masks are drawn in blocks of 16, as if it were given."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1),
-        torch.nn.Flatten(), torch.nn.Linear(2, 3),
-    ).eval()  # fmt: skip
-    x = torch.rand(1, 1, 48, 48, 48)
+    (16 RGB volumes of 32^3): the masks are drawn in blocks of 16, as if it were given."""
+    model, x = tiny_model(rank=3), tiny_input(rank=3, batch=1, size=32)
     sized = explain(model, x, "cnnvis.rise", 0, seed=0, progress=False, num_masks=40)
     given = explain(model, x, "cnnvis.rise", 0, seed=0, progress=False, num_masks=40, batch_size=16)
     assert sized.params.batch_size == 16
     assert torch.equal(sized.attributions, given.attributions)
     cams = [
-        explain(model, x, "cnnvis.score_cam", 0, progress=False, layer="1", **kw)
+        explain(model, x, "cnnvis.score_cam", 0, progress=False, **kw)
         for kw in ({}, {"batch_size": 32})
     ]
     assert cams[0].params.batch_size == 16

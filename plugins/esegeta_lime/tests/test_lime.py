@@ -302,14 +302,9 @@ def test_auto_batch_runs_the_samples_through_the_pass_planner_with_the_same_map(
 
 
 def test_on_a_volume_the_cpu_default_pass_size_leaves_the_map_unchanged() -> None:
-    """Left unset, batch_size is 16 for a 48^3 volume on the CPU (2^21 input elements
+    """Left unset, batch_size is 16 for a 32^3 RGB volume on the CPU (2^21 input elements
     per pass); the samples do not depend on it, so the map is the one 64 gives."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1),
-        torch.nn.Flatten(), torch.nn.Linear(2, 3),
-    ).eval()  # fmt: skip
-    x = torch.rand(1, 1, 48, 48, 48)
+    model, x = tiny_model(rank=3), tiny_input(rank=3, batch=1, size=32)
     kw = {"num_samples": 24, "sigma": 1.0, "seed": 0, "progress": False}
     sized = explain(model, x, "lime.lime", 0, **kw)
     fixed = explain(model, x, "lime.lime", 0, batch_size=64, **kw)
