@@ -1,5 +1,6 @@
-"""A pass parameter left at its default holds at most 2^21 input elements per pass on
-the CPU (big images and volumes run faster in smaller passes there); one the caller set,
+"""A pass parameter left at its default holds at most 2^21 input elements, and at most
+the default's number of inputs, per pass on the CPU (big images and volumes and big
+batches run faster in smaller passes there); one the caller set,
 ``auto_batch``, another device and methods that do not say what the parameter counts
 keep their value. The value used is in the explanation's parameters."""
 
@@ -90,9 +91,15 @@ def test_a_default_left_alone_is_sized_for_a_volume_and_recorded(sized: None) ->
 
 
 def test_a_per_item_parameter_is_divided_by_the_items(sized: None) -> None:
-    """Captum's perturbations_per_eval counts copies of each item: 2 items x 8."""
+    """Captum's perturbations_per_eval counts copies of each item; its default is read
+    as inputs per pass on the CPU: 2 volumes x 8, and 4 small images x 16 (64 inputs,
+    not 4 x 64)."""
     e = explain(_model(), _volume(2), "sized.per_item", 0, progress=False)
     assert e.params.batch_size == 8
+    images = explain(tiny_model(), torch.rand(4, 1, 16, 16), "sized.per_item", 0, progress=False)
+    assert images.params.batch_size == 16
+    one = explain(tiny_model(), torch.rand(1, 1, 16, 16), "sized.per_item", 0, progress=False)
+    assert one.params.batch_size == 64
 
 
 @pytest.mark.parametrize(

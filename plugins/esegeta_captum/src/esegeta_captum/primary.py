@@ -753,6 +753,7 @@ class Lime(PerturbationMethod[LimeParams]):
     deterministic = False
     paper = "https://arxiv.org/abs/1602.04938"
     own_passes = True
+    pass_unit = "pass"  # the items run one at a time, perturbations_per_eval per pass
 
     def run(
         self, algorithm: Any, inputs: torch.Tensor, kwargs: dict[str, Any], params: LimeParams
@@ -805,6 +806,7 @@ class KernelShap(PerturbationMethod[KernelShapParams]):
     deterministic = False
     paper = "https://arxiv.org/abs/1705.07874"
     own_passes = True
+    pass_unit = "pass"  # the items run one at a time, perturbations_per_eval per pass
 
     def run(
         self,

@@ -168,8 +168,8 @@ class BatchParams(CaptumParams):
         32,
         ge=1,
         description="Perturbed copies of each item evaluated per forward pass (memory vs "
-        "speed). Left unset, on the CPU a pass holds at most 2^21 input elements (16 "
-        "volumes of 48^3, 8 RGB images of 224 px).",
+        "speed). Left unset, on the CPU a pass holds at most 32 inputs, shared among the "
+        "items, and 2^21 input elements (16 volumes of 48^3, 8 RGB images of 224 px).",
     )
 
     def call_kwargs(self, call: Call) -> dict[str, Any]:
