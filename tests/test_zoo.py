@@ -91,3 +91,29 @@ def test_the_zoo_explains_a_neuron_that_is_on() -> None:
     handle.remove()
     assert bool((seen[0][:, channel, 1, 1] > 0).all())
     assert bool((seen[0][:, 1, 1, 1] == 0).all())  # the zoo's old fixed choice was off
+
+
+def test_a_neuron_the_caller_gives_is_kept_and_none_is_sought_without_neuron_methods(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """run_zoo's own active neuron replaces only the zoo's default selector, and is
+    looked for only when a neuron method runs."""
+    import esegeta_core.testing.zoo as zoo
+
+    seen: list[dict] = []
+    sought: list[str] = []
+    monkeypatch.setattr(zoo, "run_zoo_case", lambda spec, m, model, x, params: seen.append(params))
+    real = zoo.active_neuron
+    monkeypatch.setattr(
+        zoo,
+        "active_neuron",
+        lambda spec, model, x: sought.append(spec.name) or real(spec, model, x),
+    )
+    spec = next(m for m in ZOO if m.name == "torchvision.resnet18")
+    zoo.run_zoo([spec], ["captum.saliency"])
+    assert sought == []
+    given = {"captum.neuron_gradient": {"neuron_selector": (3,)}}
+    zoo.run_zoo([spec], ["captum.neuron_gradient", "captum.neuron_deep_lift"], params=given)
+    assert seen[-2]["neuron_selector"] == (3,)  # the caller's
+    assert seen[-1]["neuron_selector"] != (1,)  # the zoo's active one
+    assert sought == [spec.name]

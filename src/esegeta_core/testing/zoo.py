@@ -413,11 +413,16 @@ def run_zoo(
             torch.manual_seed(0)
             model = spec.build().eval()
         x = spec.input()
-        neuron = active_neuron(spec, model, x)
+        neuron: tuple[int, ...] | None = None
         for method in names:
             chosen = params_for(method, params)
-            if neuron is not None and "neuron_selector" in chosen:
-                chosen["neuron_selector"] = neuron
+            # the zoo's own neuron, not one the caller gave (found once, when first needed)
+            if "neuron_selector" in chosen and "neuron_selector" not in (params or {}).get(
+                method, {}
+            ):
+                neuron = neuron or active_neuron(spec, model, x)
+                if neuron is not None:
+                    chosen["neuron_selector"] = neuron
             result = run_zoo_case(spec, method, model, x, params=chosen)
             results.append(result)
             if on_result is not None:
