@@ -183,7 +183,7 @@ def test_replayed_passes_in_either_layout_equal_fixed_passes(monkeypatch) -> Non
     layouts: set[bool] = set()
     args = _one_item_rows(model, x, 2, 200, layouts)
     fixed = replaced_scores(*args, chunk=7)
-    monkeypatch.setattr(replay, "FAST_CHUNK", 16)  # a search start of 4 rows
+    monkeypatch.setattr(replay, "FAST_CHUNK", 4)  # a search start of 4 rows
     passes.clear_plans()
     with passes.planning(model, cap=64):
         planned = replaced_scores(*args, chunk=None)
@@ -306,7 +306,7 @@ def test_a_tail_that_rejects_channels_last_keeps_the_fast_replay(monkeypatch, ca
     x = torch.rand(1, 2, 6, 6)
     args = _one_item_rows(model, x, 2, 100)
     fixed = replaced_scores(*args, chunk=7)
-    monkeypatch.setattr(replay, "FAST_CHUNK", 16)  # a search start of 4 rows
+    monkeypatch.setattr(replay, "FAST_CHUNK", 4)  # a search start of 4 rows
     passes.clear_plans()
     with caplog.at_level("INFO", logger="esegeta_core.layer_replay"):
         for _ in range(8):  # the climb, then the deferred layout trial

@@ -15,7 +15,13 @@ from pydantic import Field
 
 import esegeta_core as ec
 from esegeta_core import Explainer, MethodParams, explain, hookimpl
-from esegeta_core.runtime.pass_defaults import CPU_PASS_ELEMENTS, cpu_pass_defaults, cpu_pass_size
+from esegeta_core.runtime import passes
+from esegeta_core.runtime.pass_defaults import (
+    CPU_PASS_ELEMENTS,
+    cpu_pass_defaults,
+    cpu_pass_size,
+    default_pass_start,
+)
 from esegeta_core.testing import tiny_model
 
 
@@ -47,10 +53,25 @@ class Undeclared(PerPass):
     pass_unit = ""
 
 
+class OwnPasses(PerPass):
+    """Runs 100 copies of its input through the model via the core's method passes."""
+
+    name = "sized.own_passes"
+    own_passes = True
+
+    def attribute(self, model, inputs, target, params):  # type: ignore[no-untyped-def]
+        def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
+            return model(inputs[:1].expand(stop - start, *inputs.shape[1:]))
+
+        with torch.no_grad():
+            passes.method_passes(100, chunk, params.batch_size, inputs[:1])
+        return inputs * 1.0
+
+
 class SizedPlugin:
     @hookimpl
     def esegeta_register_methods(self):  # type: ignore[no-untyped-def]
-        return [PerPass, PerItem, Undeclared]
+        return [PerPass, PerItem, Undeclared, OwnPasses]
 
 
 @pytest.fixture
@@ -132,3 +153,44 @@ def test_patches_are_sized_by_the_patch(sized: None) -> None:
     model = _model()
     e = explain(model, _volume(), "sized.per_pass", 0, patches={"size": 32}, progress=False)
     assert e.params.batch_size == 64
+
+
+def test_the_search_starts_from_the_default_pass_size() -> None:
+    """Under ``auto_batch`` the planner's search starts where the call would run
+    without it: the CPU-sized default, in inputs per pass."""
+    params = SizedParams()
+    assert default_pass_start(PerPass, params, _volume(), 1) == 16
+    assert default_pass_start(PerItem, params, _volume(), 2) == 16  # 8 copies x 2 items
+    small = torch.rand(1, 1, 16, 16)
+    assert default_pass_start(PerItem, params, small, 4) == 64  # 16 copies x 4 items
+    assert default_pass_start(PerPass, params, small, 1) == 64
+    assert default_pass_start(PerPass, SizedParams(batch_size=8), small, 1) == 8
+    meta = torch.empty(1, 1, 48, 48, 48, device="meta")  # stands for a GPU: no sizing
+    assert default_pass_start(PerPass, params, meta, 1) == 64
+    assert default_pass_start(Undeclared, params, small, 1) is None
+
+
+class _PassSizes(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.model(x)
+
+
+@pytest.mark.parametrize(("x", "first"), [(torch.rand(1, 3, 16, 16), 64), (_volume(), 16)])
+def test_auto_batch_starts_its_search_at_the_default(
+    sized: None, x: torch.Tensor, first: int
+) -> None:
+    """The first planned pass holds the default's inputs (64 small images, 16 volumes
+    of 48^3), not the planner's fixed start of 16, so that ``auto_batch`` leaves the
+    default only for a pass size it measured faster."""
+    model = _PassSizes(tiny_model() if x.ndim == 4 else _model())
+    passes.clear_plans()
+    e = explain(model, x, "sized.own_passes", 0, progress=False, auto_batch=True)
+    assert model.sizes[0] == 1  # the prediction pass is not planned
+    assert model.sizes[1] == first, model.sizes
+    assert sum(model.sizes[1:]) == 100
+    assert e.extras["pass_plan"]["inputs_per_pass"] in (first // 2, first, first * 2)

@@ -70,8 +70,8 @@ def test_the_climb_goes_up_while_faster_and_keeps_the_best():
     runner = _Runner(2000, _chunk(cost, calls), torch.device("cpu"))
     plan, search = _climb(runner, reshapes=False, cap=256)
     assert search is None and plan == PassPlan(64)
-    # set-up, the start timed twice, the climb; a size that seems to lose is timed again
-    assert [size for size, _ in calls] == [16, 16, 16, 32, 64, 128, 128]
+    # set-up, the start timed twice, the climb, each size timed twice
+    assert [size for size, _ in calls] == [16, 16, 16, 32, 32, 64, 64, 128, 128]
     scores = runner.finish(plan)
     assert torch.equal(scores, torch.arange(2000, dtype=torch.float32))  # every input once
 
@@ -82,7 +82,7 @@ def test_the_climb_goes_down_when_bigger_is_slower_and_respects_the_cap():
     runner = _Runner(500, _chunk(cost, calls), torch.device("cpu"))
     plan, search = _climb(runner, reshapes=False, cap=16)  # 32 is over the cap
     assert search is None and plan == PassPlan(8)
-    assert [size for size, _ in calls] == [16, 16, 16, 8, 4, 4]
+    assert [size for size, _ in calls] == [16, 16, 16, 8, 8, 4, 4]
 
 
 def test_short_work_resumes_the_search_where_it_stopped():
@@ -97,9 +97,15 @@ def test_short_work_resumes_the_search_where_it_stopped():
     calls.clear()
     runner = _Runner(40, _chunk(cost, calls), torch.device("cpu"), stretch=256)
     plan, search = _climb(runner, reshapes=False, cap=256, search=search)
-    assert plan == PassPlan(32) and search is not None and search.step == 64
+    assert plan == PassPlan(16) and search is not None and search.pending is not None
     assert torch.equal(runner.finish(plan), torch.arange(40, dtype=torch.float32))
     assert [size for size, _ in calls] == [32, 8]  # no set-up again: 32 timed at once
+    calls.clear()
+    runner = _Runner(40, _chunk(cost, calls), torch.device("cpu"), stretch=256)
+    plan, search = _climb(runner, reshapes=False, cap=256, search=search)
+    assert plan == PassPlan(32) and search is not None and search.step == 64
+    assert torch.equal(runner.finish(plan), torch.arange(40, dtype=torch.float32))
+    assert [size for size, _ in calls] == [32, 8]  # its second timing wins
     calls.clear()
     runner = _Runner(40, _chunk(cost, calls), torch.device("cpu"), stretch=256)
     plan, search = _climb(runner, reshapes=False, cap=256, search=search)

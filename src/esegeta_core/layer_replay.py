@@ -98,12 +98,12 @@ def replaced_scores(
             try:
                 # planned under explain(auto_batch=True): a pass runs the layers after
                 # ``module`` on activations like ``original``; the layers before it run
-                # once per pass, so the planner may go up to the fast path's own size
-                # and, as each pass pays that prefix, starts its search at a quarter
+                # once per pass, so the planner may go up to the fast path's own size,
+                # and starts its search there (the passes run without the planner)
                 got = method_passes(
                     len(keys), replay, chunk or FAST_CHUNK, original[:1],
                     kind=("replay", id(module)), fits=max(chunk or 0, FAST_CHUNK),
-                    start=FAST_CHUNK // 4,
+                    start=FAST_CHUNK,
                 )  # fmt: skip
             except _NotExact as exc:
                 log.info(
@@ -116,7 +116,7 @@ def replaced_scores(
                 len(keys),
                 _full_passes(model, module, inputs[item : item + 1], keys, build, item, buffer,
                              int(target[item])),
-                chunk or FULL_CHUNK, inputs[:1], layouts=False,
+                chunk or FULL_CHUNK, inputs[:1], layouts=False, start=FULL_CHUNK,
             )  # fmt: skip
         scores[indices] = got.to(scores.dtype)
     return scores

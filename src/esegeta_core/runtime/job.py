@@ -40,7 +40,7 @@ from esegeta_core.runtime.layer_setup import (
     token_hint,
 )
 from esegeta_core.runtime.model_checks import blame_input, check_scores, checking_scores, is_oom
-from esegeta_core.runtime.pass_defaults import cpu_pass_defaults
+from esegeta_core.runtime.pass_defaults import cpu_pass_defaults, default_pass_start
 from esegeta_core.runtime.passes import PassSplitter, Planning, planning
 from esegeta_core.runtime.patches import (
     PatchSpec,
@@ -272,12 +272,14 @@ class Job:
         spec = self.spec
         if not spec.auto_batch:
             return scored, params, None
+        # the search starts from the passes the call would run without auto_batch
+        start = default_pass_start(spec.cls, params, x[:1], x.shape[0])
         params, cap = plan_batches(spec.cls, params, scored, x, network=spec.model)
         if cap is None:
             return scored, params, None
         if spec.cls.own_passes:  # it calls method_passes
-            return scored, params, stack.enter_context(planning(spec.model, cap))
-        splitter = PassSplitter(scored, network=spec.model, cap=cap)  # splits the batches
+            return scored, params, stack.enter_context(planning(spec.model, cap, start))
+        splitter = PassSplitter(scored, network=spec.model, cap=cap, start=start)
         return splitter, params, splitter.state
 
     def _attribute(

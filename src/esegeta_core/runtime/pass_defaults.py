@@ -20,6 +20,9 @@ occlusion's 32 copies each (128 inputs per pass) ran 1.27-1.31x the floor, whose
 pass held 32 inputs. The chosen value is written into the parameters, so the
 explanation records it. On a GPU, larger passes stay faster until
 memory runs out: the default stands there.
+
+Under ``auto_batch`` the pass planner measures, starting from that same size
+(:func:`default_pass_start`): it leaves the default only for a size it timed faster.
 """
 
 from __future__ import annotations
@@ -82,3 +85,20 @@ def cpu_pass_defaults(
         return params
     log.info("method %s on the CPU: %s for inputs of %s", cls.name, update, tuple(probe.shape))
     return params.model_copy(update=update)
+
+
+def default_pass_start(
+    cls: type[Explainer], params: MethodParams, probe: torch.Tensor, batch: int
+) -> int | None:
+    """Inputs per forward pass the call would run without ``auto_batch``: the first
+    pass parameter at its (CPU-sized) default, times ``batch`` where it counts copies
+    per item. ``None`` when the method declares no pass unit (its passes start at a
+    layer, and it says where its own search starts) or has no pass parameter."""
+    if not cls.pass_unit:
+        return None
+    sized = cpu_pass_defaults(cls, params, probe, batch, auto_batch=False)
+    for name in cls.pass_params:
+        value = getattr(sized, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value * batch if cls.pass_unit == "item" else value
+    return None

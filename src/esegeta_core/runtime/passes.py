@@ -22,7 +22,11 @@ The strategy measures on the work's own passes, which all count towards the resu
 first pass pays the set-up of a new shape; where the model accepts channels-last and its
 outputs agree (checked on a few inputs computed both ways), both layouts are timed
 twice and channels-last kept only when clearly faster; then the pass size doubles while
-the time per input improves by 5% (else halves), within the cap that fits in memory.
+the time per input improves by 5% (else halves), each size timed twice, within the cap
+that fits in memory.
+The search starts from the pass size the call would run without the planner (a
+method's default pass parameter, :func:`~.pass_defaults.default_pass_start`), so it
+leaves that size only for one it timed faster.
 Work too short to finish the search keeps it: the next work of the same kind goes on
 from the last size timed, so repeated short jobs converge.
 A CUDA out-of-memory error in any pass splits it in two and retries. An integer
@@ -56,9 +60,9 @@ BatchSize = int | Literal["auto"]
 AUTO_MAX = 64
 """Most inputs per pass of a metric's curves under ``batch_size="auto"``."""
 CLIMB_START = 16
-"""Inputs per pass the planner tries first; it then doubles while that is faster per
-input, else halves (starting in the middle reaches the best size in the fewest
-inputs)."""
+"""Inputs per pass the planner tries first where the call names no default of its own
+(the metrics' curves); it then doubles while that is faster per input, else halves
+(starting in the middle reaches the best size in the fewest inputs)."""
 
 Chunk = Callable[[int, int, bool], torch.Tensor]
 """``(start, stop, channels_last) -> (stop - start, ...)`` outputs of those inputs."""
@@ -99,8 +103,7 @@ class Search:
     up: bool
     origin: int
     pending: float | None = None
-    """The first timing of ``step`` when it seemed to lose and the work ran out before
-    a second one."""
+    """The first timing of ``step`` when the work ran out before a second one."""
     trials: list[bool] = field(default_factory=list)
     """Layouts (channels-last or not) still to time at ``trial_size``."""
     timings: dict[bool, float] = field(default_factory=dict)
@@ -256,10 +259,10 @@ def _climb(
     search: Search | None = None,
 ) -> tuple[PassPlan, Search | None]:
     """The fastest plan found on the runner's own inputs (all of them count): a pass at
-    :data:`CLIMB_START` to set up, the starting size timed twice, then doubling while
-    the time per input improves by 5%, else halving (a size that seems to lose is timed
-    again before the search turns, by the next work if this one ends first: a new
-    size's first pass pays its set-up, and a single timing on a busy machine misleads).
+    ``start`` to set up, the starting size timed twice, then doubling while the time
+    per input improves by 5%, else halving (each size timed twice, the second time by
+    the next work if this one ends first: a new size's first pass pays its set-up, and
+    a single timing on a busy machine misleads).
     Where the input allows, channels-last is checked on a few inputs computed both ways
     and, when it agrees, both layouts are timed twice: at the starting size when the
     work is long (:data:`LAYOUT_WORK`), else at the size found, by the next works.
@@ -300,15 +303,18 @@ def _climb_sizes(runner: _Runner, search: Search, cap: int) -> tuple[PassPlan, S
         if 1 <= step <= cap:
             if runner.left < step:
                 return plan, search  # the work ran out: the next work goes on from here
+            # every size is timed twice, as the start was, and its best kept: the
+            # first pass of a new size pays its set-up, and a single timing on a busy
+            # machine misleads either way (a win on one timing moved ResNet-50's batch-4
+            # occlusion from its default of 32 per pass to 16, 9% slower)
             seconds = runner.run(step, plan.channels_last, timed=True)
-            if seconds > 0.95 * search.best:  # confirm a loss: the first pass of a
-                if runner.left >= step:  # new size pays its set-up, or noise
-                    seconds = min(seconds, runner.run(step, plan.channels_last, timed=True))
-                elif search.pending is None:  # the next work times it again
-                    search.pending = seconds
-                    return plan, search
-                else:
-                    seconds = min(seconds, search.pending)
+            if search.pending is not None:  # its first timing, by the last work
+                seconds = min(seconds, search.pending)
+            elif runner.left >= step:
+                seconds = min(seconds, runner.run(step, plan.channels_last, timed=True))
+            else:  # the next work times it again
+                search.pending = seconds
+                return plan, search
             search.pending = None
             if seconds <= 0.95 * search.best:
                 search.best, search.plan = seconds, PassPlan(step, plan.channels_last)
@@ -386,6 +392,10 @@ class Planning:
     cap: int
     plan: PassPlan | None = None
     tuned: bool = False
+    start: int = CLIMB_START
+    """The pass size a new search starts from: the size the call would run without the
+    planner (its default pass parameter), so that the search leaves it only for a size
+    measured faster, and ``auto_batch`` is never slower than the default by choice."""
 
     def run(
         self,
@@ -395,10 +405,10 @@ class Planning:
         kind: object,
         cap: int,
         layouts: bool,
-        start: int = CLIMB_START,
+        start: int | None = None,
     ) -> torch.Tensor:
         """``work`` inputs through the cached plan of ``(kind, sample)``, measuring one
-        on these passes when there is none."""
+        on these passes when there is none (from ``start``, else :attr:`start`)."""
         network = self.network()
         runner = _Runner(work, chunk, sample.device, stretch=cap)
         if network is None:
@@ -410,7 +420,8 @@ class Planning:
             if search is not None and search.plan.batch_size > cap:
                 search = None
             reshapes = layouts and _layouts_differ(sample)
-            plan, search = _climb(runner, reshapes, cap, start, search)
+            first = self.start if start is None else start
+            plan, search = _climb(runner, reshapes, cap, first, search)
             if search is None:
                 _plans.setdefault(network, {})[key] = plan
                 _unfinished.get(network, {}).pop(key, None)
@@ -465,12 +476,13 @@ _planning: ContextVar[Planning | None] = ContextVar("esegeta_pass_planning", def
 
 
 @contextlib.contextmanager
-def planning(network: nn.Module, cap: int) -> Iterator[Planning]:
+def planning(network: nn.Module, cap: int, start: int | None = None) -> Iterator[Planning]:
     """Within the block, :func:`method_passes` plans its passes for ``network`` (the
     model a method explains; plans are cached with it) with at most ``cap`` inputs per
-    pass. ``explain(auto_batch=True)`` holds it around methods that build their own
-    passes (``Explainer.own_passes``)."""
-    state = Planning(weakref.ref(network), max(1, cap))
+    pass, a new search starting from ``start`` inputs per pass (the method's default;
+    ``None``: :data:`CLIMB_START`). ``explain(auto_batch=True)`` holds it around methods
+    that build their own passes (``Explainer.own_passes``)."""
+    state = Planning(weakref.ref(network), max(1, cap), start=max(1, start or CLIMB_START))
     token = _planning.set(state)
     try:
         yield state
@@ -487,7 +499,7 @@ def method_passes(
     kind: object = "forward",
     layouts: bool = True,
     fits: int | None = None,
-    start: int = CLIMB_START,
+    start: int | None = None,
 ) -> torch.Tensor:
     """``(work, ...)`` outputs of a method's own passes, built and run by ``chunk``.
 
@@ -502,8 +514,8 @@ def method_passes(
     ``fits``: the most inputs per pass that fit when a pass's inputs are lighter than
     whole inputs through the model (layer replay runs only the layers after one), in
     place of the planning cap and ``batch_size``. ``start``: the pass size the search
-    starts from (larger where every pass also pays a fixed cost, as layer replay's
-    layers before the replaced one).
+    starts from, where it differs from the method's default that :func:`planning` holds
+    (layer replay's own default, for passes through the layers after one).
     """
     state = _planning.get()
     network = state.network() if state is not None else None
@@ -522,10 +534,12 @@ class PassSplitter(nn.Module):
     and so does every pass of a network whose outputs depend on the batch (batch-norm in
     training mode). ``state`` holds the plan used last."""
 
-    def __init__(self, model: nn.Module, network: nn.Module, cap: int = AUTO_MAX) -> None:
+    def __init__(
+        self, model: nn.Module, network: nn.Module, cap: int = AUTO_MAX, start: int | None = None
+    ) -> None:
         super().__init__()
         self.model = model
-        self.state = Planning(weakref.ref(network), max(1, cap))
+        self.state = Planning(weakref.ref(network), max(1, cap), start=max(1, start or CLIMB_START))
 
     @property
     def plan(self) -> PassPlan | None:
