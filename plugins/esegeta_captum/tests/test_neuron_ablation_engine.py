@@ -136,8 +136,10 @@ def test_no_probe_pass_and_only_the_first_pass_runs_whole() -> None:
 def test_the_prediction_pass_counts_the_layer_so_no_method_pass_runs_whole() -> None:
     """With target=None the job runs the whole model once to find the predicted class;
     that pass counts the layer's calls (esegeta_core.layer_calls), so every pass of the
-    method stops at the layer. A given target has no such pass: the first pass runs
-    whole, as before. The maps are the same either way, and equal Captum's."""
+    method stops at the layer, and reads the neuron on the plain inputs, so only the
+    perturbed inputs run again. A given target has no such pass: the first pass runs
+    whole, with the plain inputs, as before. The maps are the same either way, and
+    equal Captum's."""
     model = Counted().eval()
     x = torch.rand(3, 3, 8, 8)
     theirs = direct(model, x, "act", (1,), 4)
@@ -147,8 +149,8 @@ def test_the_prediction_pass_counts_the_layer_so_no_method_pass_runs_whole() -> 
     found = explain(model, x, NAME, **args)
     close(found.attributions, theirs)
     # one-item probes of a new model (cached per model), the prediction pass of 3, then
-    # the method's passes of 6, every one stopped at the layer
-    assert model.heads == [1, 1, 3] and model.calls == [1, 1, 3, 6, 6, 3]
+    # the method's passes of 6 perturbed inputs, every one stopped at the layer
+    assert model.heads == [1, 1, 3] and model.calls == [1, 1, 3, 6, 6]
     model.calls.clear()
     model.heads.clear()
     given = explain(model, x, NAME, target=found.target, **args)
@@ -178,6 +180,9 @@ def test_a_layer_that_runs_twice_is_read_at_its_last_call() -> None:
     theirs = direct(model, x, "conv", (1,), 4)
     kwargs = {"neuron_selector": (1,), "feature_mask": grid_mask(x, 4), "baselines": 0.0}
     close(Method().run(NeuronFeatureAblation(model, model.conv), x, kwargs, None), theirs)
+    # the prediction pass reads the plain inputs' neuron at the last call too
+    found = explain(model, x, NAME, layer="conv", neuron_selector=(1,), grid_cell=4)
+    close(found.attributions, theirs)
 
 
 def test_calls_the_engine_does_not_cover_go_to_captum(monkeypatch: pytest.MonkeyPatch) -> None:

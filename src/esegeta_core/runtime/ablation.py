@@ -131,6 +131,7 @@ def feature_ablation(
     baselines: Baseline = None,
     batch_size: int,
     kind: object = "forward",
+    initial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Feature ablation maps ``(B, C, *spatial)`` in the model's output dtype.
 
@@ -139,7 +140,9 @@ def feature_ablation(
     are ablated one at a time; every element gets its feature's score drop.
     ``batch_size``: see :func:`occlusion`. ``kind`` names what ``model`` computes for
     the pass planner's cache of plans (``"forward"``: the whole network; a model that
-    stops at a layer names its own).
+    stops at a layer names its own). ``initial``: the ``(B,)`` scores of the inputs
+    themselves when the caller has them already (from the prediction pass), which
+    then do not run again.
     """
     x = check_inputs(inputs, "Ablation")
     b = x.shape[0]
@@ -154,8 +157,9 @@ def feature_ablation(
     ]
     fill = baseline_fill(baselines, x, "Ablation")
     initial, scores = perturbed_scores(
-        model, x, target, regions, pairs, batch_size, fill, who="Ablation", kind=kind
-    )
+        model, x, target, regions, pairs, batch_size, fill, who="Ablation", kind=kind,
+        initial=initial,
+    )  # fmt: skip
     items = torch.tensor([i for i, _ in pairs], device=x.device, dtype=torch.long)
     return regions.feature_map(x, pairs, initial[items] - scores)
 
@@ -370,13 +374,15 @@ def perturbed_scores(
     *,
     who: str,
     kind: object = "forward",
+    initial: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The target scores ``(B,)`` of the inputs ``x`` (contiguous, see
     :func:`check_inputs`) and ``(len(pairs),)`` of every perturbed ``(item, region)``
     pair, whose region is set to ``fill(item, region)``.
 
     The passes are built in one reused buffer (:class:`_Buffer`), the inputs themselves
-    ride in the first one, only the target scores are kept, and the passes run through
+    ride in the first one (unless their scores are given as ``initial``), only the
+    target scores are kept, and the passes run through
     :func:`~esegeta_core.runtime.passes.method_passes` with ``kind`` (planned under
     ``explain(auto_batch=True)``, else ``batch_size`` inputs each). ``who`` names the
     method in errors.
@@ -394,6 +400,14 @@ def perturbed_scores(
         scores = pass_scores(model, batch, picked, who)
         return scores[torch.tensor(slots, device=scores.device)]
 
+    if initial is not None:
+        if initial.shape != (b,):
+            raise InvalidParamsError(
+                f"{who}: the inputs' own scores have shape {tuple(initial.shape)}, expected ({b},)."
+            )
+        with torch.no_grad():
+            scores = method_passes(len(pairs), chunk, batch_size, x[:1], kind=kind)
+        return initial.to(scores.dtype), scores
     # the inputs themselves ride in the first pass, as region UNPERTURBED
     pairs = [(item, UNPERTURBED) for item in range(b)] + pairs
     with torch.no_grad():
