@@ -143,6 +143,32 @@ def test_feature_ablation_equals_captum(rank: int) -> None:
             close(ours, theirs)
 
 
+def test_given_initial_scores_skip_the_plain_inputs() -> None:
+    """Scores of the plain inputs the caller has (a prediction pass) are not computed
+    again: only the perturbed inputs run, and the map is the same; a wrong shape is
+    refused."""
+    model = tiny_model("classification", 2)
+    x = tiny_input("classification", 2, batch=2, size=12)
+    target = torch.tensor([1, 0])
+    mask = grid(tuple(x.shape), 4)  # 9 features per item
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, a: seen.append(a[0].shape[0]))
+    try:
+        theirs = feature_ablation(model, x, target, feature_mask=mask, batch_size=64)
+        assert seen == [2 + 18]
+        seen.clear()
+        with torch.no_grad():
+            initial = model(x)[torch.arange(2), target]
+        seen.clear()
+        ours = feature_ablation(model, x, target, feature_mask=mask, batch_size=64, initial=initial)
+        assert seen == [18]
+    finally:
+        handle.remove()
+    close(ours, theirs)
+    with pytest.raises(InvalidParamsError, match="expected \\(2,\\)"):
+        feature_ablation(model, x, target, feature_mask=mask, batch_size=64, initial=initial[:1])
+
+
 def test_resnet18_equals_captum() -> None:
     tv = pytest.importorskip("torchvision")
     torch.manual_seed(0)
