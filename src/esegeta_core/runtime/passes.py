@@ -307,8 +307,7 @@ def _climb_sizes(runner: _Runner, search: Search, cap: int) -> tuple[PassPlan, S
                 return plan, search  # the work ran out: the next work goes on from here
             # every size is timed twice, as the start was, and its best kept: the
             # first pass of a new size pays its set-up, and a single timing on a busy
-            # machine misleads either way (a win on one timing moved ResNet-50's batch-4
-            # occlusion from its default of 32 per pass to 16, 9% slower)
+            # machine misleads
             seconds = runner.run(step, plan.channels_last, timed=True)
             if search.pending is not None:  # its first timing, by the last work
                 seconds = min(seconds, search.pending)
