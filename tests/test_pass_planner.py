@@ -109,6 +109,24 @@ def test_a_call_that_speeds_up_as_it_runs_does_not_favour_the_size_timed_later()
     assert torch.equal(runner.finish(plan), torch.arange(2000, dtype=torch.float32))
 
 
+def test_a_start_beyond_the_work_is_cut_to_the_work_and_timed():
+    """A start larger than the work (layer replay's 512 rows, a layer of 256 channels)
+    starts at the work: its passes are timed over the next works, then channels-last
+    is tried and the search ends, where a start the first pass swallowed whole was
+    never timed and channels-last never tried."""
+    calls: list = []
+    search, plans = None, []
+    for _ in range(8):
+        runner = _Runner(40, _chunk({40: 1e-4}, calls), torch.device("cpu"), stretch=512)
+        plan, search = _climb(runner, reshapes=True, cap=512, start=512, search=search)
+        assert torch.equal(runner.finish(plan), torch.arange(40, dtype=torch.float32))
+        plans.append(plan)
+        if search is None:
+            break
+    assert search is None and plans[-1] == PassPlan(40)
+    assert (40, False) in calls and any(cl for _, cl in calls)
+
+
 def test_short_work_resumes_the_search_where_it_stopped():
     # seconds per input: best in passes of 32; each work is only 40 inputs
     cost = {16: 2e-3, 32: 1e-3, 64: 4e-4}

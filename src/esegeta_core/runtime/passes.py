@@ -275,7 +275,10 @@ def _climb(
     layout trial goes on with the size found (and ends the search), rather than
     waiting for a longer work."""
     if search is None:
-        size = max(1, min(start, cap))
+        # never more than the work: a start its first pass would swallow whole is
+        # never timed (Ablation-CAM's 256 rows under layer replay's start of 512 kept
+        # one untimed pass, and never tried channels-last, 1.2x the floor's 256 rows)
+        size = max(1, min(start, cap, runner.work))
         runner.run(size, False)  # the first pass of a shape pays its set-up
         search = Search(PassPlan(size), math.inf, size * 2, True, size, trials=[False, False])
         search.layout = "deferred" if reshapes else "checked"
