@@ -337,8 +337,9 @@ class NeuronFeatureAblation(
             return algorithm.attribute(inputs, **kwargs)
         batch, mask = found
         plain, self._plain = self._plain, None  # a prediction pass serves one call
-        serves = plain is not None and plain[0] is inputs and plain[1] is layer
-        initial = plain[2] if plain is not None and serves else None
+        initial = None
+        if plain is not None and plain[0] is inputs and plain[1] is layer:
+            initial = plain[2]
         return feature_ablation(
             NeuronValue(algorithm.forward_func, layer, selector, self.name),
             inputs,
