@@ -7,9 +7,13 @@ segmentation model. For each row, in one process and interleaved:
 
 - **floor**: the bare forward passes the method needs (its perturbed inputs and its
   reference passes, no bookkeeping), at each pass size of a sweep, then channels-last at
-  the best size; the best is the floor. For Ablation-CAM and layer feature ablation the
-  ablated copies only need the layers after the explained one: their floor is one whole
-  pass plus passes of the model's tail on the layer's activations;
+  the best size; the best is the floor. It runs with freed memory kept for the next
+  pass, as ``explain()`` runs on the CPU (:mod:`esegeta_core.runtime.heap`; the
+  ``heap`` entry says whether it was held), so the ratios measure esegeta's own work,
+  not glibc's page faults (``bench_heap.py`` measures those). For Ablation-CAM and
+  layer feature ablation the ablated copies only need the layers after the explained
+  one: their floor is one whole pass plus passes of the model's tail on the layer's
+  activations;
 - **default**: ``explain()`` with the method's defaults for its pass sizes;
 - **auto_first_call**: ``auto_batch=True`` on an empty plan cache (the pass planner
   measures on the method's own passes), once; **auto_planned**: the same call with the
@@ -61,7 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import esegeta_core as ec
-from esegeta_core.runtime import passes
+from esegeta_core.runtime import heap, passes
 
 FLOOR_TARGET = 1.1
 """Most auto_planned / floor the issue allows."""
@@ -582,7 +586,9 @@ def _floor_run(
     whole = x.contiguous(memory_format=passes.memory_format(channels_last, x.ndim))
 
     def run() -> None:
-        with torch.no_grad():
+        # the heap held as explain() holds it on the CPU (esegeta_core.runtime.heap):
+        # the floor's passes get the same reuse of freed memory as the method's
+        with torch.no_grad(), heap.held_heap(x.device):
             if floor.tail is not None:
                 case.model(whole)
             for start in range(0, count, size):
@@ -836,6 +842,9 @@ def main() -> None:
         "scale": "smoke" if args.smoke else "full",
         "repeats": repeats,
         "noise_margin": NOISE,
+        "heap": "held during explain() and the floor's passes"
+        if heap.enabled() and device.type == "cpu"
+        else "not held (glibc's defaults)",
         "seconds": round(time.perf_counter() - started, 1),
         "perturbation_methods": installed,
         "skipped": SKIPPED,

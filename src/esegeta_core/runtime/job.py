@@ -33,6 +33,7 @@ from esegeta_core.model_state import ModelState
 from esegeta_core.outputs import OutputSelector, selector_label
 from esegeta_core.progress import progress_bar
 from esegeta_core.runtime.batching import auto_batch_params, plan_batches, run_with_oom_retry
+from esegeta_core.runtime.heap import held_heap
 from esegeta_core.runtime.layer_setup import (
     layer_modules,
     prepare_model,
@@ -133,7 +134,8 @@ class Job:
             if any(m.training for m in self.spec.model.modules()):
                 self.spec.model.eval()
             x = _on_device(inputs, self.spec.device)
-            result, t, params, seconds = self._execute(x, target, params)
+            with held_heap(self.spec.device):
+                result, t, params, seconds = self._execute(x, target, params)
         except EsegetaError:
             raise
         except Exception as exc:

@@ -1,0 +1,147 @@
+"""Freed CPU memory held while a call runs (esegeta_core.runtime.heap)."""
+
+from __future__ import annotations
+
+import resource
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import esegeta_core as ec
+from esegeta_core.runtime import heap
+
+CPU = torch.device("cpu")
+
+
+class FakeLibc:
+    """Records the glibc calls the hold makes."""
+
+    def __init__(self, free: int = 0) -> None:
+        self.calls: list[tuple[object, ...]] = []
+        self.free = free
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeLibc:
+    libc = FakeLibc()
+    monkeypatch.setattr(heap, "_libc", lambda: libc)
+    monkeypatch.setattr(heap, "_free_bytes", lambda _libc: libc.free)
+    monkeypatch.delenv("ESEGETA_HOLD_HEAP", raising=False)
+    return libc
+
+
+HOLD = [("mallopt", heap.M_MMAP_MAX, 0), ("mallopt", heap.M_TRIM_THRESHOLD, heap.TRIM_NEVER)]
+AFTER = [
+    ("mallopt", heap.M_MMAP_MAX, heap.MMAP_MAX_AFTER),
+    ("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD_AFTER),
+    ("mallopt", heap.M_TRIM_THRESHOLD, heap.TRIM_THRESHOLD_AFTER),
+]
+
+
+def test_the_hold_is_set_once_and_released_by_the_outermost_exit(fake: FakeLibc) -> None:
+    with heap.held_heap(CPU):
+        assert fake.calls == HOLD
+        with heap.held_heap(CPU):
+            assert fake.calls == HOLD  # nested: one hold
+        assert fake.calls == HOLD
+    assert fake.calls == HOLD + AFTER  # little freed: the pages stay for the next call
+
+
+def test_many_freed_bytes_go_back_to_the_kernel(fake: FakeLibc) -> None:
+    fake.free = heap.KEEP_FREE + 1
+    with heap.held_heap(CPU):
+        pass
+    assert fake.calls == HOLD + AFTER + [("malloc_trim", 0)]
+
+
+def test_an_error_inside_still_releases_the_hold(fake: FakeLibc) -> None:
+    with pytest.raises(RuntimeError), heap.held_heap(CPU):
+        raise RuntimeError("boom")
+    assert fake.calls == HOLD + AFTER
+    assert heap._depth == 0
+
+
+def test_no_hold_off_the_cpu_or_when_turned_off(
+    fake: FakeLibc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with heap.held_heap(torch.device("cuda", 0)):
+        pass
+    monkeypatch.setenv("ESEGETA_HOLD_HEAP", "0")
+    assert not heap.enabled()
+    with heap.held_heap(CPU):
+        pass
+    assert fake.calls == []
+
+
+def test_concurrent_calls_share_one_hold(fake: FakeLibc) -> None:
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def call() -> None:
+        with heap.held_heap(CPU):
+            inside.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait()
+    assert fake.calls == HOLD and heap._depth == 2
+    release.set()
+    for t in threads:
+        t.join()
+    assert fake.calls == HOLD + AFTER and heap._depth == 0
+
+
+def test_explain_holds_the_heap_while_the_method_runs(fake: FakeLibc) -> None:
+    depths: list[int] = []
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            depths.append(heap._depth)
+            return self.conv(x).mean((2, 3))
+
+    ec.explain(Net(), torch.rand(1, 1, 8, 8), "captum.occlusion", 0, window=4, strides=4)
+    assert depths and set(depths) == {1}  # every pass, checks included
+    assert heap._depth == 0 and fake.calls == HOLD + AFTER
+
+
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+@pytest.mark.skipif(heap._libc() is None, reason="glibc only")
+def test_passes_reuse_freed_activations_without_page_faults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Activations of 64 MiB, above any mmap threshold: outside a hold glibc maps them
+    afresh on every pass (each page faulted in when written); held, the passes after
+    the first few take them from the heap."""
+    monkeypatch.delenv("ESEGETA_HOLD_HEAP", raising=False)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 1, 3, padding=1))
+    x = torch.rand(4, 1, 512, 512)
+
+    def faults() -> int:
+        before = _faults()
+        net(x)
+        return _faults() - before
+
+    with torch.no_grad():
+        with heap.held_heap(CPU):
+            held = [faults() for _ in range(5)]
+        unheld = [faults() for _ in range(2)]
+    assert min(unheld) > 16384  # 64 MiB of 4 KiB pages at least: the measure works here
+    assert max(held[3:]) < 1000  # a few pages of a pass still grow the heap at first
