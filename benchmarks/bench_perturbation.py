@@ -25,9 +25,11 @@ segmentation model. For each row, in one process and interleaved:
   (see ``peers_perturbation.py``). A peer that cannot run a row is listed with the
   reason.
 
-The machine is noisy: each row runs ``--repeats`` rounds, each timing every variant
-once in a rotating order (the floor sweeps every size in the first round, then its best
-size and layout); the minimum per variant is kept. A peer already 1.5 times slower than
+The machine is noisy: each row runs ``--repeats`` rounds (more for a row whose first
+call is short, ``rounds`` in the JSON: at least 2 s of it in all, at most 15 rounds,
+unless ``--repeats`` is given), each timing every variant once in a rotating order (the
+floor sweeps every size in the first round, then its best size and layout); the
+minimum per variant is kept. A peer already 1.5 times slower than
 both esegeta timings after the first round is not timed again (``peer_timings``).
 
 Targets (issue 19, on CPU): every method at most 1.1x its floor with ``auto_batch``,
@@ -75,6 +77,11 @@ SETTLE_CALLS = 12
 """Most calls after the first to let the planner finish its search before timing."""
 SETTLE_SECONDS = 60.0
 """Most seconds spent on those calls."""
+SHORT_ROUNDS_SECONDS = 2.0
+"""A row whose first call is short gets more rounds, up to this many seconds of that
+call per round count (``--repeats`` at least, :data:`MOST_ROUNDS` at most): the noise
+of a 60 ms call is a larger share of it than of a 5 s call's."""
+MOST_ROUNDS = 15
 SLOW_PEER = 1.5
 """A peer at least this many times slower than both esegeta timings is timed once."""
 
@@ -608,7 +615,13 @@ def _sizes(sizes: list[int], count: int) -> list[int]:
 
 
 def run_row(
-    case: Case, x: torch.Tensor, row: Row, repeats: int, device: torch.device
+    case: Case,
+    x: torch.Tensor,
+    row: Row,
+    repeats: int,
+    device: torch.device,
+    *,
+    more_for_short: bool = True,
 ) -> dict[str, Any]:
     """Every timing of one row, interleaved; the row's dict for the JSON."""
     started = time.perf_counter()
@@ -623,6 +636,9 @@ def run_row(
     passes.clear_plans()
     first_seconds = _once(lambda: first.append(explain(auto_batch=True)), device)
     plan = first[0].extras.get("pass_plan")
+    if more_for_short:
+        rounds = min(MOST_ROUNDS, math.ceil(SHORT_ROUNDS_SECONDS / max(first_seconds, 1e-3)))
+        repeats = max(repeats, rounds)
     # auto_planned times the call with its plan settled: short work (layer replay's two
     # passes per call, a layout trial left to later calls) finishes its search over a
     # few calls, which a run's repeated jobs make anyway
@@ -706,6 +722,7 @@ def run_row(
         "plan": plan,
         "calls_to_settle": settle,
         "plan_settled": first[-1].extras.get("pass_plan"),
+        "rounds": repeats,
     }
     for name, peer in row.peers.items():
         out[f"peer {name}"] = round(best[name], 4) if name in best else failed.get(name, peer)
@@ -827,7 +844,7 @@ def main() -> None:
     rows = []
     started = time.perf_counter()
     for case, x, row in jobs:
-        rows.append(run_row(case, x, row, repeats, device))
+        rows.append(run_row(case, x, row, repeats, device, more_for_short=not args.repeats))
         done = rows[-1]
         print(
             f"[{time.perf_counter() - started:7.1f} s] {done['case']}: {done['method']} "

@@ -104,8 +104,11 @@ def explain(
             (a :class:`~esegeta_core.runtime.patches.PatchSpec` or its fields as a dict,
             e.g. ``{"size": 64, "overlap": 16, "mode": "hann"}``; None: no patches). A
             :class:`~esegeta_core.Region` target is checked on the whole input first.
-        auto_batch: size the method's internal batches (``batch_params``) to the
-            largest that fits in memory; CUDA out-of-memory always halves and retries.
+        auto_batch: let the pass planner choose the method's passes: a method's
+            forward passes without gradients (``pass_params``) take the pass size
+            and layout measured fastest on its own first passes, within what fits in
+            memory, and cached per network; other batch sizes (``batch_params``) the
+            largest that fits. CUDA out-of-memory always halves and retries.
         progress: show a progress bar over patches.
         force: run even when the requested counts (steps, samples, masks) are
             estimated at more than :data:`~esegeta_core.checks.MAX_PASSES` passes.

@@ -377,3 +377,70 @@ def test_the_cpu_default_pass_size_on_a_volume_leaves_the_map_unchanged(
     )
     assert sized.params.perturbations_per_eval == 16
     assert torch.equal(sized.attributions, fixed.attributions)
+
+
+# -- the prediction pass's scores ----------------------------------------------------------
+
+PLAIN_CALLS = [
+    # (method, params, the plain scores each item's call reads instead of running)
+    ("captum.occlusion", {"window": 4, "strides": 4}, 1),
+    ("captum.feature_ablation", {"grid_cell": 4}, 1),
+    ("captum.feature_permutation", {"grid_cell": 4}, 1),
+    ("captum.shapley_value_sampling", {"grid_cell": 4, "n_samples": 3}, 3),  # order ends
+]
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+@pytest.mark.parametrize("rank", [2, 3])
+@pytest.mark.parametrize(("method", "params", "read"), PLAIN_CALLS)
+def test_target_none_reads_the_plain_scores_from_the_prediction_pass(
+    method: str,
+    params: dict[str, Any],
+    read: int,
+    rank: int,
+    task: str,
+    engine_only: Callable[..., None],
+) -> None:
+    """With ``target=None`` the core's prediction pass has scored the plain inputs: the
+    engine takes those scores instead of running the inputs again (Shapley value
+    sampling: at the end of each order), so the call runs the inputs of a call with the
+    predicted classes given (whose engine scores the plain inputs itself) plus the
+    prediction pass, less what it read, and the maps are the same."""
+    model = tiny_model(task, rank)
+    x = tiny_input(task, rank, batch=2, size=12 if rank == 2 else 8)
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, a: seen.append(a[0].shape[0]))
+    engine_only(Occlusion, FeatureAblation)
+    try:
+        explain(model, x, method, 0, task=task, progress=False, **params)  # probes once
+        seen.clear()
+        found = explain(model, x, method, None, task=task, seed=0, progress=False, **params)
+        predicted = sum(seen)
+        seen.clear()
+        given = explain(model, x, method, found.target, task=task, seed=0, progress=False, **params)
+        assert predicted == sum(seen) + 2 - read * 2  # batch 2: the plain inputs ran again
+    finally:
+        handle.remove()
+    close(found.attributions, given.attributions, atol=1e-5)
+
+
+def test_the_plain_scores_serve_one_call_on_the_same_inputs() -> None:
+    """Under mixed precision (no prediction pass of the method's) and patch by patch
+    (another input than the one the prediction pass scored), the engine scores the
+    plain inputs itself."""
+    from esegeta_captum.primary import Occlusion as OcclusionMethod
+
+    model = tiny_model("classification", 2)
+    x = tiny_input("classification", 2, batch=2, size=12)
+    method = OcclusionMethod()
+    with torch.no_grad():
+        scores = method.prediction_pass(model, x, method.Params(window=4, strides=4))
+    assert scores is not None and scores.shape == (2, 4)
+    target = torch.tensor([1, 2])
+    assert method.plain_scores(x.clone(), target) is None  # another tensor
+    with torch.no_grad():
+        method.prediction_pass(model, x, method.Params(window=4, strides=4))
+    got = method.plain_scores(x, target)
+    assert got is not None
+    torch.testing.assert_close(got, scores[torch.arange(2), target])
+    assert method.plain_scores(x, target) is None  # served once

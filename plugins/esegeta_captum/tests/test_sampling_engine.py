@@ -252,6 +252,32 @@ def test_shapley_value_sampling_passes() -> None:
     assert len(set(model.pointers)) == 1
 
 
+def test_shapley_value_sampling_reads_order_ends_from_initial() -> None:
+    """Given the inputs' own scores, an order's last step (the item itself) is not run
+    for an item without negative ids, and the map is the same; an item with negative
+    ids (its last step keeps them at the baseline) still runs it; a wrong shape is
+    refused."""
+    from esegeta_core.errors import InvalidParamsError
+
+    model = BatchLog(tiny_model("classification", 2))
+    x = tiny_input("classification", 2, batch=2, size=12)
+    mask = random_mask(x, [6, 5], seed=4)
+    mask[1, 0, 0, :3] = -1  # item 1 keeps three elements at the baseline throughout
+    target = torch.tensor([1, 2])
+    kwargs: dict[str, Any] = {"feature_mask": mask, "n_samples": 3, "batch_size": 64}
+    torch.manual_seed(0)
+    theirs = shapley_value_sampling(model, x, target, **kwargs)
+    with torch.no_grad():
+        initial = model.model(x)[torch.arange(2), target]
+    model.sizes.clear()
+    torch.manual_seed(0)
+    ours = shapley_value_sampling(model, x, target, initial=initial, **kwargs)
+    assert sum(model.sizes) == 2 + 3 * (6 + 5) - 3  # item 0's three order ends
+    close(ours, theirs)
+    with pytest.raises(InvalidParamsError, match="expected \\(2,\\)"):
+        shapley_value_sampling(model, x, target, initial=initial[:1], **kwargs)
+
+
 # -- LIME and KernelSHAP: the plugin against Captum -------------------------------------
 
 

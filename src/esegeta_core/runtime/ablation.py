@@ -63,6 +63,7 @@ def occlusion(
     strides: int | Sequence[int] = 1,
     baselines: Baseline = None,
     batch_size: int,
+    initial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Occlusion maps ``(B, C, *spatial)`` (float32, as Captum returns them).
 
@@ -71,7 +72,8 @@ def occlusion(
     dimension). Windows start at 0 and step by the stride until the dimension is
     covered; the last one may be cut off at the edge. ``batch_size`` is the most
     perturbed inputs per pass (``perturbations_per_eval`` times the batch in Captum's
-    terms).
+    terms). ``initial``: the ``(B,)`` target scores of the inputs themselves when the
+    caller has them already (from the prediction pass), which then do not run again.
     """
     x = check_inputs(inputs, "Ablation")
     dims = tuple(x.shape[1:])
@@ -101,7 +103,7 @@ def occlusion(
     regions = _Windows(slices)
     fill = baseline_fill(baselines, x, "Ablation")
     initial, scores = perturbed_scores(
-        model, x, target, regions, pairs, batch_size, fill, who="Ablation"
+        model, x, target, regions, pairs, batch_size, fill, who="Ablation", initial=initial
     )
     # pair p * B + item: (B, windows), then the window grid with the channel axis first
     diff = (initial.unsqueeze(0) - scores.view(windows, b)).T

@@ -254,6 +254,7 @@ def shapley_value_sampling(
     n_samples: int,
     baselines: Baseline = None,
     batch_size: int,
+    initial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Shapley value sampling maps ``(B, C, *spatial)`` (float32, as Captum returns them)
     equal to Captum 0.9's ``ShapleyValueSampling`` with the same seed.
@@ -273,6 +274,11 @@ def shapley_value_sampling(
     dimensions (``(B or 1, C or 1, *spatial)``). ``batch_size``: the most inputs per
     pass (Captum's ``perturbations_per_eval`` times the batch). The model must draw no
     random numbers from torch's CPU generator (:class:`RandomModelError`).
+    ``initial``: the ``(B,)`` target scores of the inputs themselves when the caller has
+    them (the prediction pass's). An order's last step adds the item's last feature, so
+    where no element of the item has a negative id it is the input itself: its score is
+    taken from ``initial`` instead of a pass (ResNet-50 at 64 px, 16 features, 2
+    samples: 31 inputs run instead of 33, one pass of 32 fewer than the floor's 33).
     """
     who = "Shapley value sampling"
     x = check_inputs(inputs, who)
@@ -296,9 +302,22 @@ def shapley_value_sampling(
             chains.append([f for f in perm if present[f]])
             owners.append(item)
     # the work: every baseline (step -1 of the item's first order), then the orders
+    # (an order's last step is the item itself where ``initial`` holds its score)
     entries = [(item * n_samples, -1) for item in range(b)]
+    whole = [bool((row >= 0).all()) for row in mask]
+    known: list[tuple[int, int]] = []  # (position among all steps, item)
+    position = b
     for c, chain in enumerate(chains):
-        entries += [(c, k) for k in range(len(chain))]
+        steps = len(chain)
+        last = initial is not None and steps > 0 and whole[_row(mask, owners[c])]
+        entries += [(c, k) for k in range(steps - 1 if last else steps)]
+        if last:
+            known.append((position + steps - 1, owners[c]))
+        position += steps
+    if initial is not None and initial.shape != (b,):
+        raise InvalidParamsError(
+            f"{who}: the inputs' own scores have shape {tuple(initial.shape)}, expected ({b},)."
+        )
     entry_items = torch.tensor([owners[c] for c, _ in entries], device=device)
     buffer = _Orders(x, base, mask, rows, chains, owners)
 
@@ -311,6 +330,8 @@ def shapley_value_sampling(
 
     with torch.no_grad():
         scores = method_passes(len(entries), chunk, batch_size, x[:1], kind="forward")
+        if known:
+            scores = _with_known(scores, known, position, initial)
         total = torch.zeros((b, count + 1), dtype=torch.float32, device=device)
         broken = torch.zeros(b, dtype=torch.bool, device=device)
         offset = b
@@ -332,6 +353,24 @@ def shapley_value_sampling(
         inverse = torch.stack([row.inverse for row in rows]).expand(b, -1)
         out = values.gather(1, inverse).view(b, *mask.shape[1:])
     return out.expand(x.shape).contiguous()
+
+
+def _with_known(
+    run: torch.Tensor, known: list[tuple[int, int]], size: int, initial: torch.Tensor | None
+) -> torch.Tensor:
+    """Every step's score: ``run`` in order at the positions not ``known``, and each
+    known position's item's score from ``initial``."""
+    if initial is None:
+        return run
+    device = run.device
+    at = torch.tensor([p for p, _ in known], device=device)
+    keep = torch.ones(size, dtype=torch.bool, device=device)
+    keep[at] = False
+    out = torch.empty(size, dtype=run.dtype, device=device)
+    out[keep] = run
+    items = torch.tensor([i for _, i in known], device=initial.device)
+    out[at] = initial[items].to(device=device, dtype=run.dtype)
+    return out
 
 
 # -- LIME and KernelSHAP ---------------------------------------------------------------

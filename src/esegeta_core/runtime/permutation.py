@@ -52,6 +52,7 @@ def feature_permutation(
     *,
     feature_mask: torch.Tensor,
     batch_size: int,
+    initial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Permutation importance maps ``(B, C, *spatial)`` in the model's output dtype.
 
@@ -63,7 +64,9 @@ def feature_permutation(
     times the batch in Captum's terms); under ``explain(auto_batch=True)`` the planner
     sizes the passes. The random draws come first (see the module), so the map does not
     depend on the passes; a model that draws random numbers itself (dropout in training
-    mode) would see another generator state than under Captum.
+    mode) would see another generator state than under Captum. ``initial``: the
+    ``(B,)`` target scores of the inputs themselves when the caller has them already
+    (from the prediction pass), which then do not run again.
     """
     x = check_inputs(inputs, WHO)
     b = x.shape[0]
@@ -91,7 +94,8 @@ def feature_permutation(
         return x[sources[(item, region)]]
 
     initial, scores = perturbed_scores(
-        model, x, target, regions, pairs, batch_size, fill, who=WHO, kind="forward"
-    )
+        model, x, target, regions, pairs, batch_size, fill, who=WHO, kind="forward",
+        initial=initial,
+    )  # fmt: skip
     items = torch.tensor([i for i, _ in pairs], device=x.device, dtype=torch.long)
     return regions.feature_map(x, pairs, initial[items] - scores)
