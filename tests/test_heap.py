@@ -18,9 +18,9 @@ CPU = torch.device("cpu")
 class FakeLibc:
     """Records the glibc calls the hold makes."""
 
-    def __init__(self, free: int = 0) -> None:
+    def __init__(self, resident: int = 0) -> None:
         self.calls: list[tuple[object, ...]] = []
-        self.free = free
+        self.resident = resident  # the bytes in memory the hold reads
 
     def mallopt(self, param: int, value: int) -> int:
         self.calls.append(("mallopt", param, value))
@@ -35,7 +35,7 @@ class FakeLibc:
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeLibc:
     libc = FakeLibc()
     monkeypatch.setattr(heap, "_libc", lambda: libc)
-    monkeypatch.setattr(heap, "_free_bytes", lambda _libc: libc.free)
+    monkeypatch.setattr(heap, "_resident", lambda: libc.resident)
     monkeypatch.delenv("ESEGETA_HOLD_HEAP", raising=False)
     return libc
 
@@ -57,8 +57,17 @@ def test_the_hold_is_set_once_and_released_by_the_outermost_exit(fake: FakeLibc)
     assert fake.calls == HOLD + AFTER  # little freed: the pages stay for the next call
 
 
-def test_many_freed_bytes_go_back_to_the_kernel(fake: FakeLibc) -> None:
-    fake.free = heap.KEEP_FREE + 1
+def test_the_freed_pages_go_back_when_the_process_grew_much(fake: FakeLibc) -> None:
+    fake.resident = 10 * 2**30  # resident bytes at the start
+    with heap.held_heap(CPU):
+        fake.resident += heap.KEEP_RESIDENT  # grown by that much: kept
+    assert fake.calls == HOLD + AFTER
+    fake.calls.clear()
+    with heap.held_heap(CPU):
+        fake.resident += heap.KEEP_RESIDENT + 1
+    assert fake.calls == HOLD + AFTER + [("malloc_trim", 0)]
+    fake.calls.clear()
+    fake.resident = -1  # unreadable: give them back
     with heap.held_heap(CPU):
         pass
     assert fake.calls == HOLD + AFTER + [("malloc_trim", 0)]

@@ -307,6 +307,7 @@ def test_a_tail_that_rejects_channels_last_keeps_the_fast_replay(monkeypatch, ca
     args = _one_item_rows(model, x, 2, 100)
     fixed = replaced_scores(*args, chunk=7)
     monkeypatch.setattr(replay, "FAST_CHUNK", 4)  # a search start of 4 rows
+    monkeypatch.setattr(replay, "FAST_MOST", 4)  # and the most: the search ends in 8 calls
     passes.clear_plans()
     with caplog.at_level("INFO", logger="esegeta_core.layer_replay"):
         for _ in range(8):  # the climb, then the deferred layout trial

@@ -14,8 +14,8 @@ for them on every pass, and each page faults and is zeroed. Measured on 2 CPU th
 
 So for the length of an ``explain()`` call on the CPU, :func:`held_heap` keeps freed
 blocks in the heap (``M_MMAP_MAX`` 0, no trimming); when the last call running in the
-process ends, it hands the free pages back to the kernel (``malloc_trim``) where they
-are more than :data:`KEEP_FREE`, and leaves
+process ends, it hands the free pages back to the kernel (``malloc_trim``) where the
+process grew by more than :data:`KEEP_RESIDENT` meanwhile, and leaves
 glibc with the thresholds its dynamic rule reaches in such work (32 MiB, trimming above
 64 MiB), not with the small start-up ones (no call can read those back, and setting
 any of them ends the dynamic rule for the process). ``ESEGETA_HOLD_HEAP=0`` turns it
@@ -52,13 +52,16 @@ MMAP_MAX_AFTER = 65536
 TRIM_NEVER = 2**31 - 1
 """The trim threshold during a call: the largest ``mallopt`` takes (an ``int``)."""
 
-KEEP_FREE = 256 * 2**20
-"""Most freed bytes a call leaves in the heap; more go back to the kernel. Giving back
-every page after each call made the next call fault them in again: a ResNet-50 at 64
-px's occlusion (65 inputs) took 6% longer per call than under glibc's defaults."""
+KEEP_RESIDENT = 256 * 2**20
+"""Most bytes the process may have grown in memory over a hold before its freed pages
+go back to the kernel at the end. Giving them back after every call made the next call
+fault them in again: a ResNet-50 at 64 px's occlusion (65 inputs) took 6% longer per
+call than under glibc's defaults, and a 60 ms call 30% longer in a process whose heap
+held more than this freed from earlier, larger calls."""
 
 _lock = threading.Lock()
 _depth = 0
+_resident_at_start = 0
 
 
 @cache
@@ -84,31 +87,23 @@ def _set(libc: ctypes.CDLL, settings: tuple[tuple[int, int], ...]) -> None:
             log.debug("mallopt(%d, %d) refused", param, value)
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd",
-            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
-        )
-    ]  # fmt: skip
+def _resident() -> int:
+    """Bytes of the process in memory (``/proc/self/statm``); -1 when unreadable."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
-def _free_bytes(libc: ctypes.CDLL) -> int:
-    """Freed bytes the heap holds (``mallinfo2().fordblks``, glibc 2.33+); where the
-    call is missing, more than :data:`KEEP_FREE` (so the pages go back)."""
-    info = getattr(libc, "mallinfo2", None)
-    if info is None:
-        return KEEP_FREE + 1
-    info.restype = _MallInfo2
-    return int(info().fordblks)
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 @contextlib.contextmanager
 def held_heap(device: torch.device) -> Iterator[None]:
     """Keep freed blocks in the heap while the block runs on the CPU (see the module);
     nested and concurrent calls share one hold, ended by the last."""
-    global _depth
+    global _depth, _resident_at_start
     libc = _libc() if device.type == "cpu" and enabled() else None
     if libc is None:
         yield
@@ -116,6 +111,7 @@ def held_heap(device: torch.device) -> Iterator[None]:
     with _lock:
         _depth += 1
         if _depth == 1:
+            _resident_at_start = _resident()
             _set(libc, ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_NEVER)))
     try:
         yield
@@ -131,5 +127,6 @@ def held_heap(device: torch.device) -> Iterator[None]:
                         (M_TRIM_THRESHOLD, TRIM_THRESHOLD_AFTER),
                     ),
                 )
-                if _free_bytes(libc) > KEEP_FREE:
+                now = _resident()
+                if now < 0 or _resident_at_start < 0 or now - _resident_at_start > KEEP_RESIDENT:
                     libc.malloc_trim(0)
