@@ -444,3 +444,44 @@ def test_the_plain_scores_serve_one_call_on_the_same_inputs() -> None:
     assert got is not None
     torch.testing.assert_close(got, scores[torch.arange(2), target])
     assert method.plain_scores(x, target) is None  # served once
+
+
+def test_target_none_on_real_architectures_equals_captum() -> None:
+    """A torchvision ResNet-18 (2D, batch 2) and a MONAI DenseNet (3D): with
+    ``target=None`` occlusion and Shapley value sampling read the plain scores from the
+    prediction pass, and equal Captum given the predicted classes."""
+    tv = pytest.importorskip("torchvision")
+    nets = pytest.importorskip("monai.networks.nets")
+    from captum.attr import ShapleyValueSampling
+
+    torch.manual_seed(0)
+    cases = [
+        (tv.models.resnet18(weights=None, num_classes=5).eval(), torch.rand(2, 3, 32, 32)),
+        (
+            nets.DenseNet(
+                spatial_dims=3, in_channels=1, out_channels=3, init_features=8,
+                growth_rate=8, block_config=(2, 2),
+            ).eval(),
+            torch.rand(2, 1, 16, 16, 16),
+        ),
+    ]  # fmt: skip
+    for model, x in cases:
+        rank = x.ndim - 2
+        ours = explain(model, x, "captum.occlusion", None, window=8, strides=8, progress=False)
+        t = ours.target
+        window = (x.shape[1], *(8,) * rank)
+        theirs = Occlusion(model).attribute(
+            x, sliding_window_shapes=window, strides=window, target=t, perturbations_per_eval=8
+        )
+        close(ours.attributions, theirs, atol=1e-5)
+        sampled = explain(
+            model, x, "captum.shapley_value_sampling", None, grid_cell=8, n_samples=2, seed=3,
+            progress=False,
+        )  # fmt: skip
+        mask = grid(tuple(x.shape), 8)
+        torch.manual_seed(3)  # as explain(seed=3): torch, then NumPy from one draw
+        torch.randint(0, 2**31 - 1, ())
+        theirs = ShapleyValueSampling(model).attribute(
+            x, feature_mask=mask, n_samples=2, target=sampled.target, perturbations_per_eval=8
+        )
+        close(sampled.attributions, theirs, atol=1e-5)

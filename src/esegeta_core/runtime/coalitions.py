@@ -278,7 +278,7 @@ def shapley_value_sampling(
     them (the prediction pass's). An order's last step adds the item's last feature, so
     where no element of the item has a negative id it is the input itself: its score is
     taken from ``initial`` instead of a pass (ResNet-50 at 64 px, 16 features, 2
-    samples: 31 inputs run instead of 33, one pass of 32 fewer than the floor's 33).
+    samples: 31 inputs run instead of 33, in one pass after the prediction pass).
     """
     who = "Shapley value sampling"
     x = check_inputs(inputs, who)
@@ -330,7 +330,7 @@ def shapley_value_sampling(
 
     with torch.no_grad():
         scores = method_passes(len(entries), chunk, batch_size, x[:1], kind="forward")
-        if known:
+        if known and initial is not None:
             scores = _with_known(scores, known, position, initial)
         total = torch.zeros((b, count + 1), dtype=torch.float32, device=device)
         broken = torch.zeros(b, dtype=torch.bool, device=device)
@@ -356,12 +356,10 @@ def shapley_value_sampling(
 
 
 def _with_known(
-    run: torch.Tensor, known: list[tuple[int, int]], size: int, initial: torch.Tensor | None
+    run: torch.Tensor, known: list[tuple[int, int]], size: int, initial: torch.Tensor
 ) -> torch.Tensor:
     """Every step's score: ``run`` in order at the positions not ``known``, and each
     known position's item's score from ``initial``."""
-    if initial is None:
-        return run
     device = run.device
     at = torch.tensor([p for p, _ in known], device=device)
     keep = torch.ones(size, dtype=torch.bool, device=device)
