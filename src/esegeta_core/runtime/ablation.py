@@ -47,6 +47,7 @@ from esegeta_core.runtime.perturb_args import (
     Target,
     baseline_value,
     check_feature_mask,
+    check_initial,
     check_inputs,
     pass_scores,
     positive,
@@ -402,11 +403,8 @@ def perturbed_scores(
         scores = pass_scores(model, batch, picked, who)
         return scores[torch.tensor(slots, device=scores.device)]
 
+    initial = check_initial(initial, b, who)
     if initial is not None:
-        if initial.shape != (b,):
-            raise InvalidParamsError(
-                f"{who}: the inputs' own scores have shape {tuple(initial.shape)}, expected ({b},)."
-            )
         with torch.no_grad():
             scores = method_passes(len(pairs), chunk, batch_size, x[:1], kind=kind)
         return initial.to(scores.dtype), scores

@@ -47,6 +47,7 @@ from esegeta_core.runtime.perturb_args import (
     Target,
     baseline_items,
     check_feature_mask,
+    check_initial,
     check_inputs,
     pass_scores,
     positive,
@@ -314,10 +315,7 @@ def shapley_value_sampling(
         if last:
             known.append((position + steps - 1, owners[c]))
         position += steps
-    if initial is not None and initial.shape != (b,):
-        raise InvalidParamsError(
-            f"{who}: the inputs' own scores have shape {tuple(initial.shape)}, expected ({b},)."
-        )
+    check_initial(initial, b, who)
     entry_items = torch.tensor([owners[c] for c, _ in entries], device=device)
     buffer = _Orders(x, base, mask, rows, chains, owners)
 

@@ -60,6 +60,7 @@ call than under glibc's defaults; neuron feature ablation on it (17 inputs) took
 0.080 s in the benchmark's process, whose heap held more than this freed from earlier
 calls, and 0.068 s once the pages stayed."""
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _lock = threading.Lock()
 _depth = 0
 _resident_at_start = 0
@@ -95,9 +96,6 @@ def _resident() -> int:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return -1
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 @contextlib.contextmanager

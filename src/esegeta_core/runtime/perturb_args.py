@@ -61,6 +61,16 @@ def target_rows(target: Target, b: int, device: torch.device, who: str) -> torch
     return t.reshape(-1).expand(b).long()
 
 
+def check_initial(initial: torch.Tensor | None, b: int, who: str) -> torch.Tensor | None:
+    """``initial``, the ``(B,)`` target scores of the inputs themselves a caller hands an
+    engine (the prediction pass's), once it has that shape; None stays None."""
+    if initial is not None and initial.shape != (b,):
+        raise InvalidParamsError(
+            f"{who}: the inputs' own scores have shape {tuple(initial.shape)}, expected ({b},)."
+        )
+    return initial
+
+
 def baseline_value(baselines: Baseline, x: torch.Tensor, who: str) -> torch.Tensor | float:
     """A number, or the baseline items ``(B or 1, C, *spatial)`` in the inputs' dtype."""
     if baselines is None:
