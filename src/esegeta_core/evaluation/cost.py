@@ -4,7 +4,9 @@ On CUDA the peak is ``torch.cuda.max_memory_allocated`` above what was allocated
 before the call. On the CPU torch's allocations are invisible to ``tracemalloc``, so a
 sampling thread reads the process's resident set size (``/proc/self/statm``, Linux)
 every few milliseconds and reports the peak above the value at the start; elsewhere
-the CPU peak is ``None``.
+the CPU peak is ``None``. The start comes after the heap's free pages went back to the
+kernel (:func:`~esegeta_core.runtime.heap.give_back`): ``explain()`` keeps up to 1 GiB
+freed between calls, and a call that found its memory there grew by nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+
+from esegeta_core.runtime import heap
 
 __all__ = ["Cost", "measure"]
 
@@ -76,6 +80,7 @@ def measure(fn: Callable[[], T], device: torch.device) -> tuple[T, Cost]:
         seconds = time.perf_counter() - start
         peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         return result, Cost(seconds, peak)
+    heap.give_back()  # memory an earlier call left free would hide this call's
     sampler = _RssSampler()
     sampler.start()
     start = time.perf_counter()

@@ -13,13 +13,17 @@ for them on every pass, and each page faults and is zeroed. Measured on 2 CPU th
   0.48-0.52 s and none, so that passes of 16 cost what passes of 4 cost.
 
 So for the length of an ``explain()`` call on the CPU, :func:`held_heap` keeps freed
-blocks in the heap (``M_MMAP_MAX`` 0, no trimming); when the last call running in the
-process ends, it hands the free pages back to the kernel (``malloc_trim``) where the
-process grew by more than :data:`KEEP_RESIDENT` meanwhile, and leaves
-glibc with the thresholds its dynamic rule reaches in such work (32 MiB, trimming above
-64 MiB), not with the small start-up ones (no call can read those back, and setting
-any of them ends the dynamic rule for the process). ``ESEGETA_HOLD_HEAP=0`` turns it
-off (for a process that tunes ``malloc`` itself or preloads another allocator).
+blocks in the heap (``M_MMAP_MAX`` 0, no trimming). When the last call running in the
+process ends, the process keeps up to :data:`KEEP_RESIDENT` of what it freed, for the
+next call (glibc then trims the top of the heap above that, and returns blocks above
+32 MiB allocated between calls to the kernel, the thresholds its dynamic rule reaches
+in such work; no call can read the start-up ones back, and setting any of them ends
+that rule for the process); a process that grew by more than that over the call gives
+every free page back (``malloc_trim``). :func:`give_back` does so on request: the CPU
+cost measurement (:mod:`esegeta_core.evaluation.cost`) starts from it, so that a call
+is not measured as free because an earlier one left it memory. ``ESEGETA_HOLD_HEAP=0``
+turns it all off (for a process that tunes ``malloc`` itself or preloads another
+allocator).
 """
 
 from __future__ import annotations
@@ -45,20 +49,22 @@ M_MMAP_MAX = -4
 
 MMAP_THRESHOLD_AFTER = 32 * 2**20
 """The mmap threshold left after a call: the most glibc's dynamic rule reaches."""
-TRIM_THRESHOLD_AFTER = 2 * MMAP_THRESHOLD_AFTER
-"""The trim threshold left after a call: twice the mmap threshold, as the rule sets."""
 MMAP_MAX_AFTER = 65536
 """glibc's default most mappings (``DEFAULT_MMAP_MAX``)."""
 TRIM_NEVER = 2**31 - 1
 """The trim threshold during a call: the largest ``mallopt`` takes (an ``int``)."""
 
-KEEP_RESIDENT = 256 * 2**20
-"""Most bytes the process may have grown in memory over a hold before its freed pages
-go back to the kernel at the end. Giving them back after every call made the next call
-fault them in again: a ResNet-50 at 64 px's occlusion (65 inputs) took 6% longer per
-call than under glibc's defaults; neuron feature ablation on it (17 inputs) took
-0.080 s in the benchmark's process, whose heap held more than this freed from earlier
-calls, and 0.068 s once the pages stayed."""
+KEEP_RESIDENT = 2**30
+"""Most freed bytes the process keeps between calls (glibc's trim threshold after a
+call), and most it may have grown over a call before every free page goes back to the
+kernel at its end. Pages given back are faulted in again by the next call: a MONAI
+DenseNet121-3D's Ablation-CAM at 48^3 grows by about 400 MiB over a call; keeping at
+most 64 MiB (glibc's own rule) made each repeated call fault 105,000-122,000 pages
+and take 0.43 s, against 0-100 faults and 0.34 s with them kept. Giving them back after
+every call also made a ResNet-50 at 64 px's occlusion (65 inputs) 6% slower per call
+than glibc's defaults."""
+TRIM_THRESHOLD_AFTER = KEEP_RESIDENT
+"""The trim threshold left after a call: what the next call may find in the heap."""
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _lock = threading.Lock()
@@ -129,3 +135,15 @@ def held_heap(device: torch.device) -> Iterator[None]:
                 now = _resident()
                 if now < 0 or _resident_at_start < 0 or now - _resident_at_start > KEEP_RESIDENT:
                     libc.malloc_trim(0)
+
+
+def give_back() -> None:
+    """Return every free page of the heap to the kernel (glibc, unless turned off; a
+    no-op elsewhere and while a call holds the heap): a measurement of a call's memory
+    starts from the memory the process needs, not from what earlier calls left free."""
+    libc = _libc() if enabled() else None
+    if libc is None:
+        return
+    with _lock:
+        if _depth == 0:
+            libc.malloc_trim(0)
