@@ -71,6 +71,7 @@ def test_explain_equals_captum_at_any_pass_size(
     expected = [direct(model, x, path, sel, cell) for path, sel in cases]
     engine_only(NeuronFeatureAblation)
     runs = [{"auto_batch": True}] + [{"perturbations_per_eval": n} for n in (1, 5, 32)]
+    runs += [{"target": 0}, {"target": 0, "auto_batch": True}]  # no prediction pass counts
     for (path, selector), theirs in zip(cases, expected, strict=True):
         for kwargs in runs:
             ours = explain(
@@ -92,7 +93,13 @@ def test_resnet18_equals_captum(batch: int, engine_only: Callable[..., None]) ->
     expected = [direct(model, x, path, sel, 12, baselines=base) for path, sel in cases]
     engine_only(NeuronFeatureAblation)
     for (path, selector), theirs in zip(cases, expected, strict=True):
-        for kwargs in ({"auto_batch": True}, {"perturbations_per_eval": 4}):
+        # a given target: no prediction pass counts the layer's calls, the first pass
+        # does (and the block's ReLU runs twice: that pass runs again, stopping there)
+        for kwargs in (
+            {"auto_batch": True},
+            {"perturbations_per_eval": 4},
+            {"perturbations_per_eval": 4, "target": 1},
+        ):
             ours = explain(
                 model, x, NAME, layer=path, neuron_selector=selector, grid_cell=12,
                 baselines=base, **kwargs,
@@ -101,7 +108,8 @@ def test_resnet18_equals_captum(batch: int, engine_only: Callable[..., None]) ->
 
 
 class Counted(nn.Module):
-    """A tiny CNN noting the items that reach its head, and one call per forward pass."""
+    """A tiny CNN noting the rows that reach its head, and the rows of each forward
+    pass."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,11 +122,11 @@ class Counted(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls.append(x.shape[0])
         h = self.act(self.body(x))
-        self.heads.append(x.shape[0])
+        self.heads.append(h.shape[0])
         return self.head(h)
 
 
-def test_no_probe_pass_and_only_the_first_pass_runs_whole() -> None:
+def test_no_probe_pass_and_only_the_first_pass_goes_past_the_layer() -> None:
     model = Counted().eval()
     x = torch.rand(3, 3, 8, 8)
     mask = grid_mask(x, 4)  # 4 features: 3 + 12 inputs
@@ -129,7 +137,8 @@ def test_no_probe_pass_and_only_the_first_pass_runs_whole() -> None:
     algorithm = NeuronFeatureAblation(model, model.act)
     ours = Method().run(algorithm, x, {**kwargs, "perturbations_per_eval": 2}, None)
     close(ours, theirs)
-    assert model.heads == [6]  # the first pass, to see how often the layer runs
+    # the first pass goes on after the layer with one row, to see how often it runs
+    assert model.heads == [1]
     assert model.calls == [6, 6, 3]  # passes of 6, the later ones stop at the layer
 
 
@@ -155,7 +164,8 @@ def test_the_prediction_pass_counts_the_layer_so_no_method_pass_runs_whole() -> 
     model.heads.clear()
     given = explain(model, x, NAME, target=found.target, **args)
     assert torch.equal(given.attributions, found.attributions)
-    assert model.heads[-1] == 6 and model.calls[-3:] == [6, 6, 3]  # its first pass whole
+    # its first pass counts the calls, going on after the layer with one row
+    assert model.heads[-1] == 1 and model.calls[-3:] == [6, 6, 3]
     assert layer_calls.calls(model.act) is None  # the count lived in its job only
 
 
@@ -183,6 +193,37 @@ def test_a_layer_that_runs_twice_is_read_at_its_last_call() -> None:
     # the prediction pass reads the plain inputs' neuron at the last call too
     found = explain(model, x, NAME, layer="conv", neuron_selector=(1,), grid_cell=4)
     close(found.attributions, theirs)
+
+
+def test_a_model_that_refuses_one_row_after_the_layer_runs_the_pass_whole() -> None:
+    """A skip connection that concatenates the layer's output with an earlier tensor
+    refuses the one-row cut of the counting pass: that pass runs again whole, and the
+    map is Captum's."""
+
+    class Skip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.act = nn.Tanh()
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.conv(x)
+            return self.fc(torch.cat([a, self.act(a)], 1).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Skip().eval()
+    x = torch.rand(2, 3, 8, 8)
+    rows: dict[str, list[int]] = {"conv": [], "fc": []}
+    for name in rows:
+        dict(model.named_modules())[name].register_forward_pre_hook(
+            lambda _m, args, name=name: rows[name].append(args[0].shape[0])
+        )
+    theirs = direct(model, x, "act", (1,), 4)
+    found = explain(model, x, NAME, 0, layer="act", neuron_selector=(1,), grid_cell=4)
+    close(found.attributions, theirs)
+    # the method's one pass (2 plain + 8 perturbed inputs): cut and refused, then whole
+    assert rows["conv"][-2:] == [10, 10] and rows["fc"][-1] == 10
 
 
 def test_calls_the_engine_does_not_cover_go_to_captum(monkeypatch: pytest.MonkeyPatch) -> None:

