@@ -199,3 +199,18 @@ def test_the_next_call_finds_the_freed_memory_and_the_cost_measure_does_not(
     assert call() < 1000  # 16,384 pages per 64 MiB block faulted in when given back
     _, cost = measure(call, CPU)
     assert cost.peak_mb is not None and cost.peak_mb > 48
+
+
+@pytest.mark.parametrize("batch_size", [4, "auto"])
+def test_the_metrics_passes_hold_the_heap(fake: FakeLibc, batch_size: object) -> None:
+    from esegeta_core.runtime.passes import run_passes
+
+    depths: list[int] = []
+
+    def chunk(start: int, stop: int, _channels_last: bool) -> torch.Tensor:
+        depths.append(heap._depth)
+        return torch.zeros(stop - start)
+
+    run_passes(40, chunk, batch_size, nn.Identity(), torch.rand(1, 1, 4, 4))  # type: ignore[arg-type]
+    assert depths and set(depths) == {1}
+    assert heap._depth == 0 and fake.calls == HOLD + AFTER

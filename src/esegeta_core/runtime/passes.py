@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from esegeta_core.errors import InvalidParamsError
+from esegeta_core.runtime.heap import held_heap
 from esegeta_core.targets import ScoreModel
 
 log = logging.getLogger(__name__)
@@ -471,8 +472,16 @@ def run_passes(
 
     ``sample`` is an input (one item is enough) of the shape, dtype and device the
     chunks build: it keys the cache of plans and says whether channels-last is
-    possible.
+    possible. The passes hold freed memory for the next pass, as ``explain()`` does
+    (:func:`~esegeta_core.runtime.heap.held_heap`).
     """
+    with held_heap(sample.device):
+        return _metric_passes(work, chunk, batch_size, model, sample)
+
+
+def _metric_passes(
+    work: int, chunk: Chunk, batch_size: BatchSize, model: nn.Module, sample: torch.Tensor
+) -> torch.Tensor:
     if batch_size != "auto":
         return _Runner(work, chunk, sample.device).finish(PassPlan(batch_size))
     # a segmentation model's scores come through a fresh ScoreModel per method: the
