@@ -44,7 +44,7 @@ HOLD = [("mallopt", heap.M_MMAP_MAX, 0), ("mallopt", heap.M_TRIM_THRESHOLD, heap
 AFTER = [
     ("mallopt", heap.M_MMAP_MAX, heap.MMAP_MAX_AFTER),
     ("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD_AFTER),
-    ("mallopt", heap.M_TRIM_THRESHOLD, heap.TRIM_THRESHOLD_AFTER),
+    ("mallopt", heap.M_TRIM_THRESHOLD, heap.KEEP_RESIDENT),
 ]
 
 
@@ -71,6 +71,30 @@ def test_the_freed_pages_go_back_when_the_process_grew_much(fake: FakeLibc) -> N
     with heap.held_heap(CPU):
         pass
     assert fake.calls == HOLD + AFTER + [("malloc_trim", 0)]
+
+
+def test_the_kept_amount_is_set_by_the_environment(
+    fake: FakeLibc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(heap.KEEP_VARIABLE, "0")  # nothing kept: glibc's own trimming
+    fake.resident = 2**30
+    with heap.held_heap(CPU):
+        fake.resident += 1
+    assert fake.calls[-2:] == [
+        ("mallopt", heap.M_TRIM_THRESHOLD, heap.GLIBC_TRIM),
+        ("malloc_trim", 0),
+    ]
+    fake.calls.clear()
+    monkeypatch.setenv(heap.KEEP_VARIABLE, "3000")  # more than a mallopt int holds
+    with heap.held_heap(CPU):
+        fake.resident += 2000 * 2**20  # kept
+    assert fake.calls[-1] == ("mallopt", heap.M_TRIM_THRESHOLD, heap.TRIM_NEVER)
+    fake.calls.clear()
+    for bad in ("-1", "1.5", "lots"):
+        monkeypatch.setenv(heap.KEEP_VARIABLE, bad)
+        with pytest.raises(ec.InvalidParamsError, match=heap.KEEP_VARIABLE), heap.held_heap(CPU):
+            pass
+        assert fake.calls == [] and heap._depth == 0  # refused before any hold
 
 
 def test_an_error_inside_still_releases_the_hold(fake: FakeLibc) -> None:

@@ -200,3 +200,19 @@ def test_a_run_that_never_reaches_the_layer_computes() -> None:
     with torch.no_grad(), memo.running():
         model(torch.rand(1, 2, 6, 6))
     assert not memo.usable and not memo.recorded
+
+
+def test_a_scripted_module_rules_the_memo_out_and_every_forward_is_restored() -> None:
+    """A ScriptModule runs its forward in C++, not through the attribute the memo
+    wraps: the memo steps aside (the runs compute) and leaves no wrapper behind."""
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    model = nn.Sequential(head, torch.jit.script(nn.Conv2d(4, 4, 3, padding=1)), nn.Flatten())
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+    memo, outs = _replayed(model, model[1], x)
+    assert not memo.usable
+    for out in outs:
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert all("forward" not in vars(m) for m in (model, head, head[0], head[1]))

@@ -123,11 +123,13 @@ class PrefixMemo:
         try:
             for module in self.model.modules():
                 before = module.__dict__.get("forward", _MISSING)
-                try:
-                    module.forward = make(module, module.forward)  # type: ignore[method-assign]
-                except (AttributeError, TypeError, RuntimeError):  # e.g. a ScriptModule
-                    self.usable = False
+                if isinstance(module, torch.jit.ScriptModule):
+                    self.usable = False  # its forward runs in C++, not through the attribute
                     break
+                # the instance attribute, written as nn.Module.__setattr__ ends up writing
+                # it, without its checks (a Parameter isinstance check in Python per call:
+                # 22 ms of a 3D DenseNet Ablation-CAM's 0.35 s, wrapping 495 modules twice)
+                module.__dict__["forward"] = make(module, module.forward)
                 saved.append((module, before))
             self._next = 0
             yield

@@ -15,11 +15,12 @@ for them on every pass, and each page faults and is zeroed. Measured on 2 CPU th
 So for the length of an ``explain()`` call on the CPU, :func:`held_heap` keeps freed
 blocks in the heap (``M_MMAP_MAX`` 0, no trimming). When the last call running in the
 process ends, the process keeps up to :data:`KEEP_RESIDENT` of what it freed, for the
-next call (glibc then trims the top of the heap above that, and returns blocks above
-32 MiB allocated between calls to the kernel, the thresholds its dynamic rule reaches
-in such work; no call can read the start-up ones back, and setting any of them ends
-that rule for the process); a process that grew by more than that over the call gives
-every free page back (``malloc_trim``). :func:`give_back` does so on request: the CPU
+next call (glibc then trims the top of the heap above that, and between calls maps a
+block above 32 MiB that the kept memory cannot hold from the kernel: the thresholds its
+dynamic rule reaches in such work; no call can read the start-up ones back, and setting
+any of them ends that rule for the process); a process that grew by more than that
+over the call gives every free page back (``malloc_trim``). ``ESEGETA_HEAP_KEEP_MB``
+sets how much is kept (0: none). :func:`give_back` does so on request: the CPU
 cost measurement (:mod:`esegeta_core.evaluation.cost`) starts from it, so that a call
 is not measured as free because an earlier one left it memory. ``ESEGETA_HOLD_HEAP=0``
 turns it all off (for a process that tunes ``malloc`` itself or preloads another
@@ -40,6 +41,8 @@ from functools import cache
 
 import torch
 
+from esegeta_core.errors import InvalidParamsError
+
 log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1
@@ -49,6 +52,9 @@ M_MMAP_MAX = -4
 
 MMAP_THRESHOLD_AFTER = 32 * 2**20
 """The mmap threshold left after a call: the most glibc's dynamic rule reaches."""
+GLIBC_TRIM = 2 * MMAP_THRESHOLD_AFTER
+"""The least trim threshold left after a call: what glibc's own rule sets with that
+mmap threshold (a smaller kept amount is then given back by ``malloc_trim``)."""
 MMAP_MAX_AFTER = 65536
 """glibc's default most mappings (``DEFAULT_MMAP_MAX``)."""
 TRIM_NEVER = 2**31 - 1
@@ -63,8 +69,10 @@ most 64 MiB (glibc's own rule) made each repeated call fault 105,000-122,000 pag
 and take 0.43 s, against 0-100 faults and 0.34 s with them kept. Giving them back after
 every call also made a ResNet-50 at 64 px's occlusion (65 inputs) 6% slower per call
 than glibc's defaults."""
-TRIM_THRESHOLD_AFTER = KEEP_RESIDENT
-"""The trim threshold left after a call: what the next call may find in the heap."""
+KEEP_VARIABLE = "ESEGETA_HEAP_KEEP_MB"
+"""Environment variable that sets the bytes kept between calls in MiB, instead of
+:data:`KEEP_RESIDENT` (0: every free page back after each call, for a process that
+shares the machine with others, e.g. several Ray workers)."""
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _lock = threading.Lock()
@@ -95,6 +103,25 @@ def _set(libc: ctypes.CDLL, settings: tuple[tuple[int, int], ...]) -> None:
             log.debug("mallopt(%d, %d) refused", param, value)
 
 
+def kept_bytes() -> int:
+    """Most freed bytes the process keeps between calls: :data:`KEEP_VARIABLE` in MiB,
+    else :data:`KEEP_RESIDENT`; a value that is not a whole number >= 0 is refused."""
+    raw = os.environ.get(KEEP_VARIABLE)
+    if raw is None or raw.strip() == "":
+        return KEEP_RESIDENT
+    try:
+        mib = int(raw)
+    except ValueError:
+        mib = -1
+    if mib < 0:
+        raise InvalidParamsError(
+            f"{KEEP_VARIABLE} must be a whole number of MiB >= 0 (0 gives freed memory back "
+            f"after every call), got {raw!r}; unset it to keep up to "
+            f"{KEEP_RESIDENT // 2**20} MiB."
+        )
+    return mib * 2**20
+
+
 def _resident() -> int:
     """Bytes of the process in memory (``/proc/self/statm``); -1 when unreadable."""
     try:
@@ -113,6 +140,7 @@ def held_heap(device: torch.device) -> Iterator[None]:
     if libc is None:
         yield
         return
+    keep = kept_bytes()  # refused before the call runs, not after it
     with _lock:
         _depth += 1
         if _depth == 1:
@@ -129,11 +157,11 @@ def held_heap(device: torch.device) -> Iterator[None]:
                     (
                         (M_MMAP_MAX, MMAP_MAX_AFTER),
                         (M_MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER),
-                        (M_TRIM_THRESHOLD, TRIM_THRESHOLD_AFTER),
+                        (M_TRIM_THRESHOLD, min(max(keep, GLIBC_TRIM), TRIM_NEVER)),
                     ),
                 )
                 now = _resident()
-                if now < 0 or _resident_at_start < 0 or now - _resident_at_start > KEEP_RESIDENT:
+                if now < 0 or _resident_at_start < 0 or now - _resident_at_start > keep:
                     libc.malloc_trim(0)
 
 
