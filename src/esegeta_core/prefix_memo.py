@@ -127,8 +127,8 @@ class PrefixMemo:
                     self.usable = False  # its forward runs in C++, not through the attribute
                     break
                 # the instance attribute, written as nn.Module.__setattr__ ends up writing
-                # it, without its checks (a Parameter isinstance check in Python per call:
-                # 22 ms of a 3D DenseNet Ablation-CAM's 0.35 s, wrapping 495 modules twice)
+                # it, without its checks (a Parameter isinstance check in Python per
+                # module: wrapping a 3D DenseNet's 495 modules took 1.0 ms, now 0.5 ms)
                 module.__dict__["forward"] = make(module, module.forward)
                 saved.append((module, before))
             self._next = 0
