@@ -65,8 +65,8 @@ KEEP_RESIDENT = 2**30
 call), and most it may have grown over a call before every free page goes back to the
 kernel at its end. Pages given back are faulted in again by the next call: a MONAI
 DenseNet121-3D's Ablation-CAM at 48^3 grows by about 400 MiB over a call; keeping at
-most 64 MiB (glibc's own rule) made each repeated call fault 105,000-122,000 pages
-and take 0.43 s, against 0-100 faults and 0.34 s with them kept. Giving them back after
+most 64 MiB (glibc's own rule) made each repeated call fault 110,000-122,000 pages
+and take 0.43 s, against 5-96 faults and 0.34-0.37 s with them kept. Giving them back after
 every call also made a ResNet-50 at 64 px's occlusion (65 inputs) 6% slower per call
 than glibc's defaults."""
 KEEP_VARIABLE = "ESEGETA_HEAP_KEEP_MB"
