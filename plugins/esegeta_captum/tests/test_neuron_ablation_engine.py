@@ -226,6 +226,40 @@ def test_a_model_that_refuses_one_row_after_the_layer_runs_the_pass_whole() -> N
     assert rows["conv"][-2:] == [10, 10] and rows["fc"][-1] == 10
 
 
+@pytest.mark.parametrize("arch", ["swin_t", "vit"])
+def test_token_and_channels_last_layers_cut_after_the_view(arch: str) -> None:
+    """A given target on a transformer: the layer is read through the core's
+    channels-first view, which maps back onto the layer's own output (every row), so
+    the counting pass cuts the tap's output instead; the head sees one row, and the map
+    equals Captum's at the same neuron in the layer's own layout."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    if arch == "swin_t":
+        tv = pytest.importorskip("torchvision")
+        model = tv.models.swin_t(weights=None, num_classes=10).eval()
+        path, head = "features.3", model.head
+        raw = (1, 7, 1)  # (H, W, C) of the neuron (channel 1, row 1, column 7) in (C, H, W)
+    else:
+        timm = pytest.importorskip("timm")
+        model = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10).eval()
+        path, head = "blocks.0", model.head
+        raw = (1 + 3 * 4 + 2, 5)  # (token, C): channel 5, row 3, the centre column 2
+    selector = (1, 1, 7) if arch == "swin_t" else (5, 3)
+    events: list[tuple[str, int]] = []
+    model.register_forward_pre_hook(lambda _m, args: events.append(("in", args[0].shape[0])))
+    head.register_forward_pre_hook(lambda _m, args: events.append(("head", args[0].shape[0])))
+    found = explain(model, x, NAME, 1, layer=path, neuron_selector=selector, grid_cell=16)
+    theirs = NeuronFeatureAblation(model, model.get_submodule(path)).attribute(
+        x, neuron_selector=raw, feature_mask=grid_mask(x, 16)
+    )
+    close(found.attributions, theirs)
+    # the method's first pass (more rows than the batch's probes and plain pass): its
+    # rows reach the head as one, and that pass runs once
+    first = next(i for i, (kind, n) in enumerate(events) if kind == "in" and n > len(x))
+    assert events[first + 1] == ("head", 1)
+    assert events[first + 2 :] == [] or events[first + 2][0] == "in"
+
+
 def test_calls_the_engine_does_not_cover_go_to_captum(monkeypatch: pytest.MonkeyPatch) -> None:
     """A callable selector, slices, the neuron's input, a mask in a tuple (its tuple of
     ints completed first): Captum's own result."""

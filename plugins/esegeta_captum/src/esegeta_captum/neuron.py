@@ -35,6 +35,7 @@ from esegeta_core import MethodResult, layer_calls
 from esegeta_core.errors import EsegetaError, InvalidParamsError
 from esegeta_core.layers import resolve_layer
 from esegeta_core.runtime.ablation import feature_ablation
+from esegeta_core.sites import LayoutView, Tap
 from esegeta_core.toolkit import Call, layer_output, recording
 
 log = logging.getLogger(__name__)
@@ -243,10 +244,21 @@ class NeuronValue:
         neuron at ``layer3``, 17 inputs at 64 px, 2 CPU threads: 44 ms instead of 54 ms
         whole). A layer that runs again needs its last call's values: the batch runs
         again, stopping there. Where the rest of the model refuses one row (a skip
-        connection that concatenates), the pass runs whole instead."""
+        connection that concatenates), the pass runs whole instead. A token or
+        channels-last layer is read through the core's channels-first view, which maps
+        back onto the layer's own output (every row): the cut is made after that, on
+        the output of the tap that holds the view."""
         rows = x.shape[0]
         seen: list[torch.Tensor] = []
         later = 0  # calls after a one-row cut
+        site = _cut_site(self.model, self.layer)
+
+        def cut(output: object) -> object:
+            nonlocal later
+            smaller = _one_row(output, rows) if rows > 1 else None
+            if smaller is not None:
+                later = 1  # counts the first call; the rest of the pass has one row
+            return smaller
 
         def hook(_m: nn.Module, _args: tuple[object, ...], output: object) -> object:
             nonlocal later
@@ -254,14 +266,14 @@ class NeuronValue:
                 later += 1
                 return None
             seen.append(self._pick(output))
-            if len(seen) == 1 and rows > 1:
-                cut = _one_row(output, rows)
-                if cut is not None:
-                    later = 1  # counts the first call; the rest of the pass has one row
-                    return cut
-            return None
+            return cut(output) if len(seen) == 1 and site is self.layer else None
 
-        handle = self.layer.register_forward_hook(hook)
+        def site_hook(_m: nn.Module, _args: tuple[object, ...], output: object) -> object:
+            return cut(output) if len(seen) == 1 and not later else None
+
+        handles = [self.layer.register_forward_hook(hook)]
+        if site is not self.layer:
+            handles.append(site.register_forward_hook(site_hook))
         try:
             self.model(x)
         except (torch.cuda.OutOfMemoryError, EsegetaError):
@@ -272,7 +284,8 @@ class NeuronValue:
             log.debug("%s: the model refuses one row after the layer (%s)", self.method, exc)
             return self._run(x, None)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         if not seen:
             raise InvalidParamsError(
                 f"Method {self.method!r}: the layer is not used in the model's forward pass."
@@ -290,6 +303,17 @@ class NeuronValue:
             return self._run(x, self.calls)
         output = layer_output(self.model, self.layer, x, method=self.method, first_of_tuple=True)
         return self._pick(output)
+
+
+def _cut_site(model: nn.Module, layer: nn.Module) -> nn.Module:
+    """Where the counting pass cuts the batch to one row: ``layer``, or, for the core's
+    channels-first view of a token or channels-last layer, the tap that holds it (the
+    view is mapped back onto the layer's output, which keeps every row)."""
+    if isinstance(layer, LayoutView):
+        for module in model.modules():
+            if isinstance(module, Tap) and module.view is layer:
+                return module
+    return layer
 
 
 def _one_row(output: object, rows: int) -> object | None:
