@@ -349,9 +349,10 @@ def _check_layout(runner: _Runner, search: Search) -> bool:
     search.layout = "checked"
     if runner.layout_agrees(min(search.plan.batch_size, AGREE_INPUTS)):
         # each layout timed once before the other and once after it: the first big
-        # pass of a work grows the heap, faulting fresh pages in (a 3D DenseNet's
+        # pass of a work may grow the heap, faulting fresh pages in (a 3D DenseNet's
         # 124-row pass faulted 4,000 pages), and whichever layout always went first
-        # lost to that (channels-last, 15% faster on that model, was never chosen)
+        # paid for it (channels-last, 15% faster on that model, lost in session 20's
+        # benchmark)
         search.trials = [True, False, False, True]
         search.timings.clear()
         # both layouts at one size; where the work is one pass of the plan (layer
