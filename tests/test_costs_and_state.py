@@ -410,7 +410,7 @@ def test_conformance_catches_a_tensor_swapped_for_a_copy(monkeypatch: pytest.Mon
 
     def without_attributes(cls: type[ModelState], model: torch.nn.Module) -> ModelState:
         state = real(cls, model)
-        state.modules = [dataclasses.replace(m, own=None, tables={}) for m in state.modules]
+        state.modules = [dataclasses.replace(m, own=None, tables=None) for m in state.modules]
         return state
 
     monkeypatch.setattr(ModelState, "capture", classmethod(without_attributes))

@@ -42,7 +42,7 @@ class PrefixMismatchError(RuntimeError):
     does not apply to this model: the caller computes whole passes instead)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     module: nn.Module
     position: int  # the call's number among all module calls of the run, in start order
@@ -141,39 +141,8 @@ class PrefixMemo:
                     module.__dict__["forward"] = before
 
     def _recording(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
-        record = self._record
-        assert record is not None
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if record.kept is not None or not self.usable:
-                return forward(*args, **kwargs)
-            parent = record.stack[-1] if record.stack else None
-            call = _Call(module, record.count, parent)
-            record.count += 1
-            record.stack.append(call)
-            if module is self.layer:
-                self._layer_started(record, call)
-                record.stack.pop()
-                out = forward(*args, **kwargs)
-                try:
-                    call.output = _copy(out)
-                except TypeError:
-                    self.usable = False
-                return out
-            out = forward(*args, **kwargs)
-            if record.kept is not None:  # the layer started inside this call
-                return out
-            record.stack.pop()
-            try:
-                call.output = _copy(out)
-            except TypeError:
-                self.usable = False
-                return out
-            record.finished = [c for c in record.finished if c.parent is not call]
-            record.finished.append(call)
-            return out
-
-        return wrapper
+        assert self._record is not None
+        return _Recording(self, self._record, module, forward)
 
     def _layer_started(self, record: _Record, call: _Call) -> None:
         """At the layer's first call: the calls a replay makes up to it, numbered in
@@ -189,25 +158,80 @@ class PrefixMemo:
         record.finished = []
 
     def _replaying(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
-        record = self._record
-        assert record is not None and record.kept is not None
+        assert self._record is not None and self._record.kept is not None
+        return _Replaying(self, self._record, module, forward)
+
+
+class _Wrapper:
+    """A module's ``forward`` while the memo runs: one object per module and run (a
+    closure would be a function, its cells and their tuple; what lives through a call
+    is what Python's garbage collector walks over and over)."""
+
+    __slots__ = ("forward", "memo", "module", "record")
+
+    def __init__(
+        self, memo: PrefixMemo, record: _Record, module: nn.Module, forward: Callable[..., Any]
+    ) -> None:
+        self.memo, self.record, self.module, self.forward = memo, record, module, forward
+
+
+class _Recording(_Wrapper):
+    """Records the module's calls up to the layer's start (see :class:`PrefixMemo`)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        memo, record, module, forward = self.memo, self.record, self.module, self.forward
+        if record.kept is not None or not memo.usable:
+            return forward(*args, **kwargs)
+        parent = record.stack[-1] if record.stack else None
+        call = _Call(module, record.count, parent)
+        record.count += 1
+        record.stack.append(call)
+        if module is memo.layer:
+            memo._layer_started(record, call)
+            record.stack.pop()
+            out = forward(*args, **kwargs)
+            try:
+                call.output = _copy(out)
+            except TypeError:
+                memo.usable = False
+            return out
+        out = forward(*args, **kwargs)
+        if record.kept is not None:  # the layer started inside this call
+            return out
+        record.stack.pop()
+        try:
+            call.output = _copy(out)
+        except TypeError:
+            memo.usable = False
+            return out
+        record.finished = [c for c in record.finished if c.parent is not call]
+        record.finished.append(call)
+        return out
+
+
+class _Replaying(_Wrapper):
+    """Returns the recorded outputs of the calls kept up to the layer (see
+    :class:`PrefixMemo`)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        memo, record, forward = self.memo, self.record, self.forward
+        position = memo._next
+        if position >= record.count:
+            return forward(*args, **kwargs)
+        memo._next = position + 1
         kept = record.kept
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            position = self._next
-            if position >= record.count:
-                return forward(*args, **kwargs)
-            self._next = position + 1
-            call = kept.get(position)
-            if call is None:  # an ancestor of the layer: it runs, its children replay
-                return forward(*args, **kwargs)
-            if call.module is not module:
-                raise PrefixMismatchError(
-                    f"call {position} was {type(call.module).__name__} when recorded, "
-                    f"{type(module).__name__} now"
-                )
-            if call is record.layer_call:
-                self._next = record.count  # everything from the layer on computes
-            return _copy(call.output)
-
-        return wrapper
+        call = kept.get(position) if kept is not None else None
+        if call is None:  # an ancestor of the layer: it runs, its children replay
+            return forward(*args, **kwargs)
+        if call.module is not self.module:
+            raise PrefixMismatchError(
+                f"call {position} was {type(call.module).__name__} when recorded, "
+                f"{type(self.module).__name__} now"
+            )
+        if call is record.layer_call:
+            memo._next = record.count  # everything from the layer on computes
+        return _copy(call.output)
