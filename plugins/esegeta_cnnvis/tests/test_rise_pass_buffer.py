@@ -1,7 +1,7 @@
 """RISE's masked inputs made per pass in one reused buffer: the map does not depend on
-the pass size (fixed, planned, cached plans, channels-last), equals the fixed
-computation (a block of masks at once, one item per pass), and the model never sees
-more inputs per pass than the plan allows."""
+the pass size (fixed, planned, cached plans, channels-last, ``batch_size``,
+``auto_batch``), equals the fixed computation (every mask at once, one item per pass),
+and the model never sees more inputs per pass than the plan allows."""
 
 from __future__ import annotations
 
@@ -57,10 +57,17 @@ def reference(
     cells: int,
     seed: int,
     p: float = 0.5,
+    segmentation: bool = False,
 ) -> torch.Tensor:
     """RISE as it was computed before the pass buffer: each block of masks made at
-    once, every item's masked copies in one pass, the softmax of the target; the
-    centred sum (the default) from all the scores at the end."""
+    once, every item's masked copies in one pass, the softmax of the target (a
+    segmentation model's raw summed class score); the centred sum (the default) from
+    all the scores at the end."""
+    if segmentation:
+        scored = ec.ScoreModel(model, ec.MultiClassScores())
+        score = lambda masked, t: scored(masked).float()[:, t]  # noqa: E731
+    else:
+        score = lambda masked, t: model(masked).float().softmax(1)[:, t]  # noqa: E731
     spatial = tuple(x.shape[2:])
     gen = torch.Generator().manual_seed(seed)
     scores, flats = [], []
@@ -70,12 +77,7 @@ def reference(
             masks = rise_masks(count, (cells,) * len(spatial), spatial, p, generator=gen)
             flats.append(masks.reshape(count, -1))
             scores.append(
-                torch.stack(
-                    [
-                        model(x[i : i + 1] * masks).float().softmax(1)[:, t]
-                        for i, t in enumerate(target)
-                    ]
-                )
+                torch.stack([score(x[i : i + 1] * masks, t) for i, t in enumerate(target)])
             )
     s, flat = torch.cat(scores, 1), torch.cat(flats)
     mean = s.mean(1, keepdim=True)
@@ -114,17 +116,34 @@ def test_rise_map_does_not_depend_on_the_pass_size(name, build, shape, target, c
 
 
 @pytest.mark.parametrize("rank", [2, 3])
-def test_rise_blocks_of_masks_equal_the_fixed_computation(rank: int) -> None:
-    """Several blocks (60 masks, 7 per block): each block's masks drawn as before (the
-    sum weighs them from their grids: the same products, added in another order)."""
-    model = tiny_model("classification", rank)
-    x = tiny_input("classification", rank, batch=3)
-    target = [2, 0, 1]
-    got = ec.explain(
-        model, x, "cnnvis.rise", target, num_masks=60, mask_seed=5, cells=3, batch_size=7
-    ).attributions
-    expected = reference(model, x, target, num_masks=60, block=7, cells=3, seed=5)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_rise_masks_do_not_depend_on_batch_size_or_auto_batch(rank: int, task: str) -> None:
+    """Every mask is drawn at once: 60 masks at 1, 7 or 512 per pass, the default and
+    ``auto_batch`` give the same map, equal to the masks drawn in one block (the sum
+    weighs them from their grids: the same products, added in another order)."""
+    model = tiny_model(task, rank)
+    x = tiny_input(task, rank, batch=3)
+    target = [2, 0, 1] if task == "classification" else [1, 0, 1]
+    args = {"num_masks": 60, "mask_seed": 5, "cells": 3, "task": task, "progress": False}
+    default = ec.explain(model, x, "cnnvis.rise", target, **args)
+    segmentation = task == "segmentation"  # one channel: masks made in the pass buffer
+    expected = reference(
+        model, x, target, num_masks=60, block=60, cells=3, seed=5, segmentation=segmentation
+    )
+    torch.testing.assert_close(default.attributions, expected, rtol=1e-5, atol=1e-5)
+    for batch_size in (1, 7, 512):
+        got = ec.explain(model, x, "cnnvis.rise", target, batch_size=batch_size, **args)
+        torch.testing.assert_close(got.attributions, default.attributions, rtol=1e-5, atol=1e-6)
+    auto = ec.explain(model, x, "cnnvis.rise", target, auto_batch=True, **args)
+    assert auto.params.batch_size != default.params.batch_size
+    torch.testing.assert_close(auto.attributions, default.attributions, rtol=1e-5, atol=1e-6)
+    # explain's seed draws the same masks whatever the batch size too
+    del args["mask_seed"]
+    seeded = [
+        ec.explain(model, x, "cnnvis.rise", target, seed=3, batch_size=n, **args).attributions
+        for n in (4, 64)
+    ]
+    torch.testing.assert_close(seeded[0], seeded[1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 512])
@@ -144,10 +163,10 @@ def test_rise_passes_hold_at_most_batch_size_in_one_reused_buffer() -> None:
     model = Recorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=2)
     ec.explain(model, x, "cnnvis.rise", [0, 1], num_masks=17, mask_seed=0, batch_size=7)
-    # blocks of 7, 7 and 3 masks; one pass per item and block (after explain's probe
-    # pass of one item)
-    assert model.sizes[-6:] == [7, 7, 7, 7, 3, 3]
-    assert len(set(model.pointers[-6:])) == 1  # every pass built in the same buffer
+    # 34 (item, mask) pairs, 7 per pass (the third pass holds both items), after
+    # explain's probe pass of one item
+    assert model.sizes[-5:] == [7, 7, 7, 7, 6]
+    assert len(set(model.pointers[-5:])) == 1  # every pass built in the same buffer
 
 
 @pytest.mark.parametrize("cap", [1, 5])
@@ -195,17 +214,46 @@ def test_rise_masks_of_a_range_equal_the_block_s(spatial, cells) -> None:
 def test_rise_weighted_sum_from_the_grids_equals_the_masks_weighted(spatial, cells) -> None:
     """The saliency's sum is made from the grids (the first dimension's up-sampling and
     the sum over masks in one product): equal to the masks weighted one by one, in
-    pieces that hold no more numbers than the masks where a dimension has fewer voxels
-    than padded cells (the last two cases)."""
+    pieces that hold at most the numbers asked for (one mask's grids up-sampled along
+    all but the first dimension: padded cells times the other dimensions' voxels)."""
     grids = draw_grids(30, cells, spatial, 0.5, generator=torch.Generator().manual_seed(6))
     masks = grids.masks(0, 30).reshape(30, -1)
     weights = torch.rand(3, 30, generator=torch.Generator().manual_seed(7))
-    pieces = grids.pieces()
-    assert pieces[0][0] == 0 and pieces[-1][1] == 30
-    assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
-    k0, n0 = cells[0] + 2, spatial[0]
-    assert len(pieces) == (1 if k0 <= n0 else -(-30 // (30 * n0 // k0)))
-    total = sum(grids.weighted_sum(weights[:, a:b], a, b) for a, b in pieces)
-    torch.testing.assert_close(total, weights @ masks, rtol=1e-5, atol=1e-6)
+    per_mask = (cells[0] + 2) * masks.shape[1] // spatial[0]
+    for numbers, count in ((1, 30), (per_mask, 30), (4 * per_mask + 1, 8), (10**9, 1)):
+        pieces = grids.pieces(numbers)
+        assert len(pieces) == count
+        assert pieces[0][0] == 0 and pieces[-1][1] == 30
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+        total = sum(grids.weighted_sum(weights[:, a:b], a, b) for a, b in pieces)
+        torch.testing.assert_close(total, weights @ masks, rtol=1e-5, atol=1e-6)
     part = grids.weighted_sum(weights[:, 4:9], 4, 9)
     torch.testing.assert_close(part, weights[:, 4:9] @ masks[4:9])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_one_channel_masks_are_made_in_the_pass_buffer(channels, monkeypatch) -> None:
+    """A one-channel input's masks are up-sampled into the pass's buffer and multiplied
+    there: the model sees the buffer, and the map equals given masks' (made apart)."""
+    from esegeta_cnnvis import rise
+
+    model = Recorder(nn.Sequential(nn.Conv2d(channels, 4, 3), nn.Flatten(), nn.LazyLinear(3)))
+    x = torch.rand(2, channels, 12, 12, generator=torch.Generator().manual_seed(0))
+    model(x)  # the lazy layer
+    written: list[int] = []
+    made = rise.MaskGrids.masks
+
+    def spy(self, start, stop, out=None):
+        if out is not None:
+            written.append(out.data_ptr())
+        return made(self, start, stop, out)
+
+    monkeypatch.setattr(rise.MaskGrids, "masks", spy)
+    args = {"batch_size": 8, "progress": False}
+    drawn = ec.explain(model, x, "cnnvis.rise", [0, 2], num_masks=20, cells=3, mask_seed=1, **args)
+    assert bool(written) == (channels == 1)
+    base = model.pointers[-1]  # every pass in the same buffer of 8 inputs
+    assert all(base <= w < base + 8 * channels * 12 * 12 * 4 for w in written)
+    grids = rise.draw_grids(20, (3, 3), (12, 12), 0.5, generator=torch.Generator().manual_seed(1))
+    given = ec.explain(model, x, "cnnvis.rise", [0, 2], masks=grids.masks(0, 20), **args)
+    torch.testing.assert_close(drawn.attributions, given.attributions, rtol=1e-5, atol=1e-6)

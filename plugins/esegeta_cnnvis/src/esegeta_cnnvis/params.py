@@ -391,9 +391,9 @@ class RiseParams(MethodParams):
     batch_size: int = Field(
         64,
         ge=1,
-        description="Masked inputs per forward pass; the masks are drawn in blocks of "
-        "this many. Left unset, on the CPU a pass holds at most 2^21 input elements (16 "
-        "volumes of 48^3).",
+        description="Masked inputs per forward pass (the masks drawn, and so the map, do "
+        "not depend on it). Left unset, on the CPU a pass holds at most 2^21 input "
+        "elements (16 volumes of 48^3).",
     )
     scores: Literal["auto", "softmax", "sigmoid", "raw"] = Field(
         "auto",

@@ -18,16 +18,18 @@ centred, 0.67-0.81 (256) and 0.94-0.96 (1,000). With a random ResNet-18's softma
 (10 classes) at 256 masks: -0.02-0.32 against 0.91-0.93. ``centred=False`` is the
 paper's (and TorchRay's) sum.
 
-The masks are drawn ``batch_size`` at a time (a block: its low-resolution grids and
-shifts, from a generator seeded with ``mask_seed``, or torch's default generator so
-``explain(seed=...)`` is reproducible); the masked inputs are never made for a whole
-block. Each forward pass up-samples only its own masks on the model's device and writes
-``x * m`` into one reused buffer (the core's ``PassBuffer``), and only the target's score is
-kept. The saliency's weighted sum is made from the grids (:meth:`MaskGrids.weighted_sum`),
-so no mask is up-sampled twice. The passes go through the core's pass planner
+All the masks are drawn at once, as low-resolution grids and shifts (a few MiB for
+thousands of masks), from a generator seeded with ``mask_seed``, or torch's default
+generator so ``explain(seed=...)`` is reproducible: the masks, and so the map, do not
+depend on ``batch_size``, on the pass planner or on the machine. Each forward pass
+up-samples only its own masks on the model's device and writes ``x * m`` into one
+reused buffer (the core's ``PassBuffer``), and only the target's score is kept. The
+saliency's weighted sum is made from the grids (:meth:`MaskGrids.weighted_sum`), so no
+mask is up-sampled twice, after the last pass, when each item's mean score is known.
+The passes go through the core's pass planner
 (:func:`~esegeta_core.runtime.passes.method_passes`): at most ``batch_size`` per pass,
 or the measured fastest size and layout under ``explain(auto_batch=True)``. Memory
-grows with the pass, not with the block.
+grows with the pass, not with the number of masks.
 """
 
 from __future__ import annotations
@@ -57,21 +59,41 @@ block."""
 
 @dataclass(frozen=True)
 class MaskGrids:
-    """A block of RISE masks as drawn: padded low-resolution grids ``(count, *cells + 2)``
-    and, per spatial dimension, each mask's rows of the interpolation matrix
-    ``(count, size, cells + 2)`` (the crop at its random shift). :meth:`masks` up-samples
-    any range of them, so a pass makes only its own masks."""
+    """RISE masks as drawn: padded low-resolution grids ``(count, *cells + 2)`` and, per
+    spatial dimension, PyTorch's (bi/tri)linear interpolation matrix of the padded cells
+    (``(cell * (cells + 2), cells + 2)``: output position -> weights of the padded
+    cells) with each mask's first row of it (``(count,)``: one padding cell plus the
+    mask's random shift). :meth:`masks` up-samples any range of them, so a pass makes
+    only its own masks; the grids of thousands of masks take a few MiB."""
 
     padded: torch.Tensor
-    rows: tuple[torch.Tensor, ...]
+    tables: tuple[torch.Tensor, ...]
+    starts: tuple[torch.Tensor, ...]
+    spatial: tuple[int, ...]
 
-    def masks(self, start: int, stop: int) -> torch.Tensor:
+    @property
+    def count(self) -> int:
+        return int(self.padded.shape[0])
+
+    def rows(self, d: int, start: int, stop: int) -> torch.Tensor:
+        """``(stop - start, spatial[d], cells[d] + 2)``: the rows of dimension ``d``'s
+        interpolation matrix that masks ``start .. stop - 1`` keep (their crop)."""
+        table = self.tables[d]
+        positions = torch.arange(self.spatial[d], device=table.device)
+        return table[self.starts[d][start:stop, None] + positions]
+
+    def masks(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """``(stop - start, 1, *spatial)`` masks in [0, 1]: the separable product of the
         grids with their rows, one dimension at a time, the first dimension last and
-        from the left, so the masks come out contiguous (no copy of a pass's masks)."""
+        from the left, so the masks come out contiguous (no copy of a pass's masks).
+        ``out``: a contiguous tensor of that shape to write them into."""
         lead = self._lead(start, stop)
-        masks = torch.bmm(self.rows[0][start:stop], lead)
-        return masks.view(masks.shape[0], 1, *(rows.shape[1] for rows in self.rows))
+        rows = self.rows(0, start, stop)
+        if out is not None:
+            torch.bmm(rows, lead, out=out.view(rows.shape[0], rows.shape[1], -1))
+            return out
+        masks = torch.bmm(rows, lead)
+        return masks.view(masks.shape[0], 1, *self.spatial)
 
     def weighted_sum(self, weights: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """``(items, prod(spatial))`` float32: ``weights @ masks(start, stop)`` flattened,
@@ -81,29 +103,28 @@ class MaskGrids:
         scores; made this way the masks of a pass are made once, not once more to
         accumulate them."""
         lead = self._lead(start, stop).float()  # (count, K0, rest)
-        rows = self.rows[0][start:stop].float()  # (count, n0, K0)
+        rows = self.rows(0, start, stop).float()  # (count, n0, K0)
         count, n0, k0 = rows.shape
         items = weights.shape[0]
         left = (weights.float().view(items, count, 1, 1) * rows).permute(0, 2, 1, 3)
         total = left.reshape(items * n0, count * k0) @ lead.reshape(count * k0, -1)
         return total.view(items, -1)
 
-    def pieces(self) -> list[tuple[int, int]]:
-        """Ranges of the block whose :meth:`weighted_sum` holds no more numbers than
-        the block's masks (its grids up-sampled along all but the first dimension: more
-        than the masks only where a dimension has fewer voxels than padded cells)."""
-        count, k0 = self.padded.shape[:2]
-        n0 = self.rows[0].shape[1]
-        step = count if k0 <= n0 else max(1, count * n0 // k0)
-        return [(i, min(count, i + step)) for i in range(0, count, step)]
+    def pieces(self, numbers: int) -> list[tuple[int, int]]:
+        """Ranges of the masks whose :meth:`weighted_sum` holds at most ``numbers``
+        numbers at once (the grids up-sampled along all but the first dimension), at
+        least one mask each."""
+        per_mask = int(self.padded.shape[1]) * math.prod(self.spatial[1:])
+        step = max(1, numbers // max(1, per_mask))
+        return [(i, min(self.count, i + step)) for i in range(0, self.count, step)]
 
     def _lead(self, start: int, stop: int) -> torch.Tensor:
         """``(stop - start, K0, prod(spatial[1:]))``: the padded grids up-sampled along
         every dimension but the first (``K0`` its padded cells)."""
         masks = self.padded[start:stop]
         count = masks.shape[0]
-        for d in reversed(range(1, len(self.rows))):
-            rows = self.rows[d][start:stop]
+        for d in reversed(range(1, len(self.spatial))):
+            rows = self.rows(d, start, stop)
             moved = masks.movedim(1 + d, -1)
             shape = moved.shape
             flat = torch.bmm(moved.reshape(count, -1, shape[-1]), rows.transpose(1, 2))
@@ -134,16 +155,16 @@ def draw_grids(
     grid = (torch.rand((count, 1, *cells), generator=generator, device=device) < p).to(dtype)
     mode = "reflect" if min(cells) > 1 else "replicate"
     padded = F.pad(grid, [1, 1] * rank, mode=mode)[:, 0]
-    rows = []
-    for n, c, k in zip(spatial, cell, cells, strict=True):
+    tables, starts = [], []
+    for c, k in zip(cell, cells, strict=True):
         # (c * (k + 2), k + 2): output position -> weights of the padded cells
         eye = torch.eye(k + 2, device=device, dtype=dtype).unsqueeze(1)
         weights = F.interpolate(eye, size=c * (k + 2), mode="linear", align_corners=False)
+        tables.append(weights[:, 0].T.contiguous())
         # crop at one padding cell plus a random shift in [0, cell) per dimension
         shift = torch.randint(0, c, (count,), generator=generator, device=device)
-        positions = c + shift.view(-1, 1) + torch.arange(n, device=device)
-        rows.append(weights[:, 0].T[positions])  # (count, n, k + 2)
-    return MaskGrids(padded, tuple(rows))
+        starts.append(c + shift)
+    return MaskGrids(padded, tuple(tables), tuple(starts), tuple(spatial))
 
 
 def rise_masks(
@@ -182,12 +203,12 @@ def _user_masks(masks: torch.Tensor, inputs: torch.Tensor, method: str) -> torch
     return m.to(device=inputs.device, dtype=inputs.dtype)
 
 
-def _slices(block: torch.Tensor) -> MaskRange:
-    """Ranges of a block of given masks."""
-    return lambda start, stop: block[start:stop]
+def _slices(given: torch.Tensor) -> MaskRange:
+    """Ranges of given masks."""
+    return lambda start, stop: given[start:stop]
 
 
-def rise_block(
+def rise_scores(
     model: nn.Module,
     inputs: torch.Tensor,
     targets: torch.Tensor,
@@ -195,15 +216,21 @@ def rise_block(
     count: int,
     how: str,
     buffer: PassBuffer,
+    batch_size: int,
+    grids: MaskGrids | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """The ``(B, count)`` target scores of every item under each mask of a block, and
-    the most masks one pass held.
+    """The ``(B, count)`` target scores of every item under each mask, and the most
+    masked inputs one pass held.
 
-    Input ``(item, mask)`` pairs are taken item by item, the block's masks in order, so
-    a pass of ``count`` is one item under all of them. A pass up-samples only its own
-    masks and writes the masked inputs into ``buffer``."""
+    Input ``(item, mask)`` pairs are taken item by item, the masks in order, at most
+    ``batch_size`` per pass (or the planner's plan within it). A pass up-samples only
+    its own masks and writes the masked inputs into ``buffer``: for one-channel inputs
+    (most volumes) drawn ``grids`` up-sample straight into the buffer, multiplied by
+    the input there (``m * x``, the same numbers as ``x * m``), without a pass's masks
+    written and read again."""
     b = inputs.shape[0]
     most = 1
+    into = grids is not None and inputs.shape[1] == 1
 
     def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
         nonlocal most
@@ -214,7 +241,10 @@ def rise_block(
             item, first = divmod(pair, count)
             last = min(count, first + stop - pair)
             slots = batch[pair - start : pair - start + last - first]
-            torch.mul(inputs[item], masks(first, last), out=slots)
+            if into and grids is not None and slots.is_contiguous():
+                grids.masks(first, last, out=slots).mul_(inputs[item])
+            else:
+                torch.mul(inputs[item], masks(first, last), out=slots)
             pair += last - first
         items = torch.arange(start, stop, device=inputs.device) // count
         if how == "softmax":  # every class's score is needed
@@ -222,9 +252,13 @@ def rise_block(
         picked = target_pass_scores(model, batch, targets[items]).float()
         return picked.sigmoid() if how == "sigmoid" else picked
 
-    # at most one item's block per pass, as the block's single pass per item was
-    scores = method_passes(b * count, chunk, count, inputs[:1], kind="forward")
-    return scores.view(b, count), min(most, count)
+    scores = method_passes(b * count, chunk, batch_size, inputs[:1], kind="forward")
+    return scores.view(b, count), most
+
+
+SUM_NUMBERS = 1 << 22
+"""Numbers (16 MiB of float32) that a piece of the saliency's weighted sum may hold at
+once, when a pass's masks hold fewer: pieces of a few masks would cost more products."""
 
 
 class Rise(Explainer[RiseParams]):
@@ -244,9 +278,8 @@ class Rise(Explainer[RiseParams]):
     batch_params = ("batch_size",)
     # the masked inputs are made per pass, in a reused buffer (method_passes)
     pass_params = ("batch_size",)
-    # whole masked inputs per pass: smaller on the CPU for big inputs (the masks are
-    # drawn per block of batch_size, so the same seed gives the same masks for the
-    # same input shape, not across input sizes that change the default)
+    # whole masked inputs per pass: smaller on the CPU for big inputs (the masks do
+    # not depend on it)
     pass_unit = "pass"
     own_passes = True
 
@@ -254,14 +287,21 @@ class Rise(Explainer[RiseParams]):
         self, params: RiseParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
         """One pass per mask and item, at most ``batch_size`` masked inputs per pass; the
-        masks of a pass are made at the input's size, and the block's grids up-sampled
-        along all but the first dimension (no larger) to accumulate."""
+        masks of a pass are made at the input's size, every mask's padded grid is kept,
+        and pieces of the grids up-sampled along all but the first dimension (no larger
+        than a pass's masks or :data:`SUM_NUMBERS`) accumulate the map."""
         total = params.num_masks if params.masks is None else int(params.masks.shape[0])
         together = min(params.batch_size, total)
+        spatial = shape[2:]
+        grids = piece = 0
+        if params.masks is None:
+            cells = as_size(params.cells, len(spatial), "cells", self.name)
+            grids = total * math.prod(c + 2 for c in cells) * 4
+            piece = min(total * (cells[0] + 2) * math.prod(spatial[1:]), SUM_NUMBERS)
         return Workload(
             passes=total,
             inputs=together,
-            extra=2 * together * math.prod(shape[2:]) * 4,
+            extra=max(2 * together * math.prod(spatial), piece) * 4 + grids,
             counts=("num_masks",) if params.masks is None else ("masks",),
             fix="" if params.masks is None else "give fewer masks",
             batch=("batch_size",),
@@ -294,66 +334,44 @@ class Rise(Explainer[RiseParams]):
         generator = None
         if given is None and params.mask_seed is not None:
             generator = torch.Generator(device=inputs.device).manual_seed(params.mask_seed)
-        b = inputs.shape[0]
-        saliency = torch.zeros(b, math.prod(spatial), device=inputs.device)
-        # centred: the masks' coverage and each item's score total, the scores taken
-        # relative to the first block's mean (small numbers add up without rounding away
-        # the differences that make the map)
-        coverage = torch.zeros(math.prod(spatial), device=inputs.device)
-        totals = torch.zeros(b, device=inputs.device)
-        reference: torch.Tensor | None = None
         targets = target.to(inputs.device).long()
-        buffer = PassBuffer(inputs[0])
         with torch.no_grad():
-            for start in range(0, total, params.batch_size):
-                count = min(params.batch_size, total - start)
-                grids: MaskGrids | None = None
-                if given is None:
-                    grids = draw_grids(
-                        count,
-                        cells,
-                        spatial,
-                        params.p,
-                        generator=generator,
-                        device=inputs.device,
-                        dtype=inputs.dtype,
-                    )
-                    masks: MaskRange = grids.masks
-                else:
-                    masks = _slices(given[start : start + count])
-                scores, most = rise_block(model, inputs, targets, masks, count, how, buffer)
-                if params.centred:
-                    if reference is None:
-                        reference = scores.mean(1, keepdim=True)
-                    scores = scores - reference
-                    totals += scores.sum(1)
-                    # a row of ones: the same product also sums the masks (coverage)
-                    scores = torch.cat([scores, scores.new_ones(1, count)])
-                if grids is not None:  # the weighted sum from the grids, in pieces
-                    for first, last in grids.pieces():
-                        part = grids.weighted_sum(scores[:, first:last], first, last)
-                        saliency += part[:b]
-                        if params.centred:
-                            coverage += part[b]
-                    continue
-                # given masks: a pass's worth at a time (the whole block when a pass
-                # held it)
-                for first in range(0, count, most):
-                    last = min(count, first + most)
+            grids: MaskGrids | None = None
+            if given is None:  # every mask drawn at once, whatever the passes
+                grids = draw_grids(
+                    total,
+                    cells,
+                    spatial,
+                    params.p,
+                    generator=generator,
+                    device=inputs.device,
+                    dtype=inputs.dtype,
+                )
+                masks: MaskRange = grids.masks
+            else:
+                masks = _slices(given)
+            buffer = PassBuffer(inputs[0])
+            scores, most = rise_scores(
+                model, inputs, targets, masks, total, how, buffer, params.batch_size, grids
+            )
+            del buffer
+            # centred: each item's scores less their mean, the mean added back below
+            mean = scores.mean(1, keepdim=True)
+            weights = scores - mean if params.centred else scores
+            saliency = torch.zeros(inputs.shape[0], math.prod(spatial), device=inputs.device)
+            if grids is not None:  # from the grids, in pieces no larger than a pass
+                numbers = max(most * math.prod(spatial), SUM_NUMBERS)
+                for first, last in grids.pieces(numbers):
+                    saliency += grids.weighted_sum(weights[:, first:last], first, last)
+            else:  # given masks: a pass's worth at a time
+                for first in range(0, total, most):
+                    last = min(total, first + most)
                     flat = masks(first, last).reshape(last - first, -1).float()
-                    part = scores[:, first:last] @ flat
-                    saliency += part[:b]
-                    if params.centred:
-                        coverage += part[b]
-        if params.centred and reference is not None:
-            # sum (s - mean) m = sum (s - ref) m - (mean - ref) sum m; the mean added back
-            # where the paper's sum has mean * coverage / (N p), whose expectation it is
-            shift = totals / total
-            saliency -= shift.view(-1, 1) * coverage.view(1, -1)
-            saliency /= total * params.p
-            saliency += (reference.view(-1) + shift).view(-1, 1)
-        else:
-            saliency /= total * params.p
+                    saliency += weights[:, first:last] @ flat
+        saliency /= total * params.p
+        if params.centred:
+            # the paper's sum is mean * coverage / (N p) here: its expectation
+            saliency += mean
         shape = (inputs.shape[0], 1, *spatial)
         saliency_map = saliency.view(shape).to(inputs.dtype).expand(inputs.shape).contiguous()
         return MethodResult(saliency_map, scores=how)
