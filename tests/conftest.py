@@ -120,6 +120,15 @@ class Chunky(Explainer):
         return GradXInput().attribute(model, inputs, target, GradParams()) + params.chunk * 0
 
 
+class DrawnChunky(Chunky):
+    """:class:`Chunky` whose ``chunk`` would decide a random draw."""
+
+    name = "demo.drawn_chunky"
+
+    def drawn_with(self, params):
+        return ("chunk",)
+
+
 class AmpFragile(Explainer):
     """Gradient x input that overflows (NaN) under autocast."""
 
@@ -132,7 +141,17 @@ class AmpFragile(Explainer):
         return out
 
 
-DEMO_METHODS = [GradXInput, LayerMean, Flat2D, Noisy, Leaky, Broken, Chunky, AmpFragile]
+DEMO_METHODS = [
+    GradXInput,
+    LayerMean,
+    Flat2D,
+    Noisy,
+    Leaky,
+    Broken,
+    Chunky,
+    DrawnChunky,
+    AmpFragile,
+]
 
 
 class DemoPlugin:

@@ -148,6 +148,18 @@ def test_small_inputs_auto_batch_and_other_devices_keep_the_default(sized: None)
     assert cpu_pass_defaults(PerPass, params, probe, 1, auto_batch=False).batch_size == 16
 
 
+def test_a_parameter_that_decides_a_random_draw_keeps_its_default() -> None:
+    """A pass parameter whose value changes what the method draws (Explainer.drawn_with)
+    is not sized for the CPU: the map would change with the input's size."""
+
+    class Drawn(PerPass):
+        def drawn_with(self, params: SizedParams) -> tuple[str, ...]:
+            return ("batch_size",)
+
+    params = SizedParams()
+    assert cpu_pass_defaults(Drawn, params, _volume(), 1, auto_batch=False) is params
+
+
 def test_patches_are_sized_by_the_patch(sized: None) -> None:
     """A patch of 32^3 holds 32,768 elements: 64 of them fit."""
     model = _model()

@@ -190,6 +190,22 @@ def test_out_of_memory_halves_batch_params_and_retries(demo, caplog):
     assert sum("out of memory" in r.getMessage() for r in caplog.records) == 3
 
 
+def test_batch_params_that_decide_a_random_draw_are_left_by_auto_batch(demo, caplog):
+    """``Explainer.drawn_with``: ``auto_batch`` leaves such a parameter as it is (the
+    draw, and so the map, would change), and an out-of-memory retry that halves it
+    says the map was drawn differently."""
+    model, x = tiny_model(), tiny_input()
+    with caplog.at_level("INFO"):
+        auto = ec.explain(model, x, "demo.drawn_chunky", auto_batch=True)
+    assert auto.params.chunk == 64
+    assert any("its random draw depends on them" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    e = ec.explain(model, x, "demo.drawn_chunky", chunk=64, oom_above=40)
+    assert e.params.chunk == 32
+    warned = [r.getMessage() for r in caplog.records if "changes its random draw" in r.getMessage()]
+    assert len(warned) == 1 and "chunk=64" in warned[0]
+
+
 def test_out_of_memory_at_batch_one_is_reported(demo):
     with pytest.raises(ec.MethodFailedError, match="out of memory"):
         ec.explain(tiny_model(), tiny_input(), "demo.chunky", chunk=4, oom_above=0)

@@ -232,6 +232,7 @@ class Explainer(ABC, Generic[P]):
     - ``batch_params``: names of the parameters that batch internal work (perturbations,
       steps, samples, masks, channels); ``explain(auto_batch=True)`` sizes them and a
       CUDA out-of-memory error halves them and retries.
+      Those that change a random draw (:meth:`drawn_with`) are left as they are.
     - ``pass_params``: those of ``batch_params`` whose passes run without gradients
       (perturbations, masks); under ``explain(auto_batch=True)`` they get every input
       that fits in memory at once, and the core's pass planner
@@ -344,6 +345,15 @@ class Explainer(ABC, Generic[P]):
         values: list[Any] = [getattr(params, n, None) for n in self.count_params]
         counts = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
         return math.prod(counts) if counts else None
+
+    def drawn_with(self, params: P) -> tuple[str, ...]:
+        """The ``batch_params`` whose value changes what the method draws at random for
+        ``params`` (TorchRay's ``rise`` draws its masks chunk by chunk, ``batch_size`` at
+        a time): ``explain(auto_batch=True)`` leaves them as they are, so the map does
+        not change with it, and a CUDA out-of-memory retry that halves one says the map
+        was drawn differently. The default: none (the draws do not depend on how the
+        work is batched)."""
+        return ()
 
     def workload(
         self, params: P, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]

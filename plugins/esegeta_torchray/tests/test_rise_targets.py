@@ -95,3 +95,29 @@ def test_rise_accumulates_only_the_distinct_targets(monkeypatch: pytest.MonkeyPa
     assert len(scores_rows) == 3 * 64 // 16  # one matmul per item and mask batch
     assert set(scores_rows) == {2}
     assert maps == [(3, 2, 16, 16)]
+
+
+def test_auto_batch_keeps_the_masks_torchray_draws() -> None:
+    """TorchRay draws its masks ``batch_size`` at a time: ``auto_batch`` leaves the
+    batch size (default or given) as it is, so the map is TorchRay's own default
+    call's; with ``filter_masks`` the batch size changes nothing and is still sized."""
+    model, size = _tiny()
+    x = tiny_input(batch=2, size=size, seed=1)
+    target = torch.tensor([7, 2])
+    expected = torchray_rise.rise_class(model, x.clone(), target=target, num_masks=80)
+    plain = explain(model, x, "torchray.rise", target=target, num_masks=80)
+    auto = explain(model, x, "torchray.rise", target=target, num_masks=80, auto_batch=True)
+    assert auto.params.batch_size == plain.params.batch_size == 32
+    torch.testing.assert_close(plain.attributions, expected)
+    torch.testing.assert_close(auto.attributions, expected)
+    given = explain(model, x, "torchray.rise", target=target, num_masks=80, batch_size=16)
+    again = explain(
+        model, x, "torchray.rise", target=target, num_masks=80, batch_size=16, auto_batch=True
+    )
+    assert again.params.batch_size == 16
+    torch.testing.assert_close(again.attributions, given.attributions)
+    masks = torch.rand(40, 1, size, size, generator=torch.Generator().manual_seed(3))
+    sized = explain(model, x, "torchray.rise", target=target, filter_masks=masks, auto_batch=True)
+    assert sized.params.batch_size > 32
+    fixed = explain(model, x, "torchray.rise", target=target, filter_masks=masks)
+    torch.testing.assert_close(sized.attributions, fixed.attributions, rtol=1e-5, atol=1e-6)

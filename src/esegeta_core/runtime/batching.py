@@ -95,10 +95,17 @@ def auto_batch_params(
 ) -> MethodParams:
     """``params`` with every unset batch parameter set to the largest batch that fits
     (``network``: see :func:`bytes_per_sample`)."""
-    unset = [p for p in cls.batch_params if p not in params.model_fields_set]
+    drawn = cls().drawn_with(params)
+    unset = [p for p in cls.batch_params if p not in params.model_fields_set and p not in drawn]
     if not unset:
         if not cls.batch_params:
             log.info("method %s has no internal batching; auto_batch does nothing", cls.name)
+        elif drawn:
+            log.info(
+                "auto_batch leaves %s of %s as they are: its random draw depends on them",
+                ", ".join(drawn),
+                cls.name,
+            )
         return params
     per_sample = bytes_per_sample(model, x, network)
     device = x.device
@@ -132,14 +139,19 @@ def plan_batches(
     a method with ``own_passes`` plans its passes within the same cap.
     Other batch parameters get that batch."""
     reads_layer = bool(cls.Params.layer_fields()) and not cls.own_passes
-    passes = [p for p in cls.pass_params if p not in params.model_fields_set and not reads_layer]
+    drawn = cls().drawn_with(params)
+    passes = [
+        p
+        for p in cls.pass_params
+        if p not in params.model_fields_set and not reads_layer and p not in drawn
+    ]
     sized = auto_batch_params(cls, params, model, x, network)
     if not passes:
         return sized, None
     cap = max(1, int(getattr(sized, passes[0])))
     # methods that build their passes themselves get the same held count as the
-    # others: some draw their samples per block of it (RISE's masks), so a block sized
-    # by activation memory would make their maps depend on the machine
+    # others (a parameter whose value changes a random draw is not set at all:
+    # Explainer.drawn_with)
     item = max(1, x[:1].numel() * x.element_size())
     budget = available_memory(x.device)
     inputs = max(1, min(MAX_PASS_INPUTS, budget // (4 * item)))
@@ -168,6 +180,15 @@ def _halved(cls: type[Explainer], params: MethodParams) -> MethodParams | None:
         value = getattr(params, name)
         if isinstance(value, int) and value > 1:
             update[name] = value // 2
+    drawn = [n for n in cls().drawn_with(params) if n in update]
+    if drawn:
+        log.warning(
+            "method %s: halving %s changes its random draw: the map is made with other "
+            "samples than %s would draw (the explanation's params record the values used)",
+            cls.name,
+            ", ".join(drawn),
+            ", ".join(f"{n}={getattr(params, n)}" for n in drawn),
+        )
     return params.model_copy(update=update) if update else None
 
 

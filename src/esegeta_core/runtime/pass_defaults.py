@@ -62,16 +62,18 @@ def cpu_pass_defaults(
     the CPU (:func:`cpu_pass_size`; ``probe``: one input as the model sees it, an item
     or a patch; ``batch``: the items or patches per call). The default is read as
     inputs per pass; a parameter that counts copies per item gets that divided by
-    ``batch``. Unchanged under ``auto_batch``, off the CPU, and for
+    ``batch``. Unchanged under ``auto_batch``, off the CPU, for
     methods that do not declare what their pass parameter counts
-    (:attr:`~esegeta_core.Explainer.pass_unit`)."""
+    (:attr:`~esegeta_core.Explainer.pass_unit`), and for a parameter whose value
+    changes a random draw (:meth:`~esegeta_core.Explainer.drawn_with`)."""
     if auto_batch or probe.device.type != "cpu" or not cls.pass_unit:
         return params
     per_item = cls.pass_unit == "item"
+    drawn = cls().drawn_with(params)
     update = {}
     for name in cls.pass_params:
         value = getattr(params, name, None)
-        if name in params.model_fields_set or isinstance(value, bool):
+        if name in params.model_fields_set or name in drawn or isinstance(value, bool):
             continue
         if not isinstance(value, int) or value < 1:
             continue

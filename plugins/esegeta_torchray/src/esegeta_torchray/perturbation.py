@@ -79,6 +79,11 @@ class Rise(PerturbationMethod[RiseParams]):
             batch=("batch_size",),
         )
 
+    def drawn_with(self, params: RiseParams) -> tuple[str, ...]:
+        """TorchRay draws its random masks ``batch_size`` at a time: another batch size
+        draws other masks (given ``filter_masks`` do not depend on it)."""
+        return ("batch_size",) if params.filter_masks is None else ()
+
     def run(self, fn: Callable[..., Any], call: Call, params: RiseParams) -> torch.Tensor:
         """TorchRay's ``rise`` on the distinct targets' columns, then each item's own
         channel: the ``(B, 1, *spatial)`` map ``rise_class`` gives, with the same masks
