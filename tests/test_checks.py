@@ -175,6 +175,25 @@ def test_an_item_s_constant_map_comes_back_with_a_warning(bad: None) -> None:
     assert "3 of 3 items (item 0, 1, 2) hold one value everywhere" in warning
 
 
+def test_a_map_that_varies_only_by_rounding_holds_one_value() -> None:
+    """A score that moves only in its last bits makes a map of rounding noise around
+    one value (a random MobileNet's RISE: 0.1 give or take one unit in the last place):
+    that is one value everywhere too; a small real variation is not."""
+    from esegeta_core.checks import ROUNDING_ULPS, constant_maps
+
+    base = torch.full((3, 1, 8, 8), 0.1)
+    step = torch.finfo(torch.float32).eps * 0.1
+    noisy = base.clone()
+    noisy[0, 0, 0, 0] = torch.nextafter(torch.tensor(0.1), torch.tensor(1.0))
+    noisy[1] += torch.rand(1, 8, 8) * (ROUNDING_ULPS // 2) * step
+    noisy[2, 0, 0, 0] += 1e-4  # a thousand units: a map
+    warning = constant_maps(noisy, "m")
+    assert "2 of 3 items (item 0, 1) hold one value everywhere (up to rounding)" in warning
+    assert constant_maps(torch.randn(2, 1, 8, 8), "m") == ""
+    assert constant_maps(torch.ones(2, 1, 4, 4, dtype=torch.int64), "m") != ""
+    assert "item 0)" in constant_maps(base.double()[:1], "m")
+
+
 def test_patches_are_checked_for_zero_maps_once_stitched(bad: None) -> None:
     """A patch's map may well be zero (background): the stitched item's map is checked,
     not each patch batch (whose first patch is zero here)."""

@@ -101,23 +101,38 @@ def _items(mask: torch.Tensor) -> str:
     return ", ".join(map(str, items[:10])) + (", ..." if len(items) > 10 else "")
 
 
+ROUNDING_ULPS = 16
+"""A map whose values differ by at most this many units in the last place of its
+largest magnitude holds one value up to rounding (:func:`constant_maps`)."""
+
+
 def constant_maps(result: torch.Tensor, method: str) -> str:
-    """A warning when some items' maps hold one non-zero value everywhere: a map that
-    does not vary says nothing about where the evidence is (a segmentation or feature
-    mask of one region, masks that cover everything). Maps of one position per
-    channel (a layer after global pooling) are left alone."""
+    """A warning when some items' maps hold one non-zero value everywhere, up to
+    rounding: a map that does not vary says nothing about where the evidence is (a
+    segmentation or feature mask of one region, masks that cover everything, a model
+    whose score moves only in its last bits: a random MobileNet's RISE scores of 0.1
+    one unit in the last place apart made a map of 0.1 give or take one unit).
+    Maps of one position per channel (a layer after global pooling) are left alone."""
     if result.shape[0] == 0 or result[0, 0].numel() <= 1:
         return ""
     flat = result.flatten(1)
-    constant = flat.amax(1) == flat.amin(1)
+    high, low = flat.amax(1), flat.amin(1)
+    if flat.is_floating_point():
+        size = torch.maximum(high.abs(), low.abs()).double()
+        spread = (high.double() - low.double()) <= ROUNDING_ULPS * torch.finfo(
+            flat.dtype
+        ).eps * size
+        constant = spread & torch.isfinite(size)
+    else:
+        constant = high == low
     if not bool(constant.any()):
         return ""
     count = int(constant.sum())
     return (
         f"{method}: the maps of {count} of {result.shape[0]} items (item "
-        f"{_items(constant)}) hold one value everywhere: they say nothing about where the "
-        "evidence is (a segmentation or feature mask of one region, perturbations that "
-        "cover the whole input)."
+        f"{_items(constant)}) hold one value everywhere (up to rounding): they say nothing "
+        "about where the evidence is (a segmentation or feature mask of one region, "
+        "perturbations that cover the whole input, a score that does not change with them)."
     )
 
 
