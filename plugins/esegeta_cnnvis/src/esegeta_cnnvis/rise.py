@@ -53,8 +53,8 @@ from esegeta_core.toolkit import gather_target, target_pass_scores
 from esegeta_core.tracing import ModelTrace
 
 MaskRange = Callable[[int, int], torch.Tensor]
-"""``(start, stop) -> (stop - start, 1, *spatial)`` masks ``start .. stop - 1`` of a
-block."""
+"""``(start, stop) -> (stop - start, 1, *spatial)``: masks ``start .. stop - 1`` of the
+call's."""
 
 
 @dataclass(frozen=True)
