@@ -271,6 +271,16 @@ def test_model_state_restores_tables_empty_or_not_in_few_objects() -> None:
     state.restore()
     assert "extra" not in relu._buffers and not relu._buffers
     assert model.fc.weight is weight and not model.fc._forward_hooks
+    # two children swapped and put back in the other order: the values, in order, are
+    # the very objects the snapshot holds, under other keys
+    pair = nn.Sequential()
+    pair.a, pair.b = nn.ReLU(), nn.Tanh()
+    a, b = pair.a, pair.b
+    state = ModelState.capture(pair)
+    del pair._modules["a"], pair._modules["b"]
+    pair._modules["b"], pair._modules["a"] = a, b
+    state.restore()
+    assert pair.a is a and pair.b is b
 
 
 def test_a_module_held_by_two_parents_gets_one_object_per_holder() -> None:
