@@ -234,6 +234,25 @@ def test_reductions_in_cache_blocks_equal_the_full_reduction(classes, items, mon
     assert got[5].isnan() and not got[:5].isnan().any()
 
 
+def test_class_scores_with_gradients_keep_their_graph():
+    """Called with logits that need a gradient, the one-class sums do not multiply in
+    the reused scratch: every block's product is kept for the backward pass, which
+    gives the full reduction's gradient."""
+    from esegeta_core import targets
+
+    torch.manual_seed(3)
+    out = torch.randn(4, 2, 6, 6, requires_grad=True)
+    picked = torch.tensor([1, 1, 0, 1])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(targets, "CACHE_BLOCK", 2 * 36)  # one item per block: scratch reused
+        got = ec.MultiClassScores().class_scores(out, picked)
+        (grad,) = torch.autograd.grad(got.sum(), out)
+    want = ec.MultiClassScores()(out).gather(1, picked[:, None]).squeeze(1)
+    (expected,) = torch.autograd.grad(want.sum(), out)
+    torch.testing.assert_close(got, want.detach())
+    torch.testing.assert_close(grad, expected)
+
+
 @pytest.mark.parametrize("classes", [2, 3, 5])
 def test_class_sums_without_gradients_equal_the_full_reduction(classes):
     """Without gradients the wrapper sums each class's winning logits class by class

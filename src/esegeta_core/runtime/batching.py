@@ -139,7 +139,8 @@ def plan_batches(
     a method with ``own_passes`` plans its passes within the same cap.
     Other batch parameters get that batch."""
     reads_layer = bool(cls.Params.layer_fields()) and not cls.own_passes
-    drawn = cls().drawn_with(params)
+    explainer = cls()
+    drawn = explainer.drawn_with(params)
     passes = [
         p
         for p in cls.pass_params
@@ -157,7 +158,6 @@ def plan_batches(
     inputs = max(1, min(MAX_PASS_INPUTS, budget // (4 * item)))
     # the method's own buffers grow with the inputs it holds (masks, samples): halve
     # until its estimate fits beside them
-    explainer = cls()
     while inputs > 1:
         trial = sized.model_copy(update={p: inputs for p in passes})
         extra = explainer.workload(trial, tuple(x.shape), {}).extra

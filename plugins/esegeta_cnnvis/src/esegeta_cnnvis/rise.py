@@ -230,7 +230,7 @@ def rise_scores(
     written and read again."""
     b = inputs.shape[0]
     most = 1
-    into = grids is not None and inputs.shape[1] == 1
+    into = grids if inputs.shape[1] == 1 else None
 
     def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
         nonlocal most
@@ -241,8 +241,8 @@ def rise_scores(
             item, first = divmod(pair, count)
             last = min(count, first + stop - pair)
             slots = batch[pair - start : pair - start + last - first]
-            if into and grids is not None and slots.is_contiguous():
-                grids.masks(first, last, out=slots).mul_(inputs[item])
+            if into is not None and slots.is_contiguous():
+                into.masks(first, last, out=slots).mul_(inputs[item])
             else:
                 torch.mul(inputs[item], masks(first, last), out=slots)
             pair += last - first
