@@ -488,8 +488,9 @@ def torchray_rise(c: Case, x: torch.Tensor) -> Row:
         Floor(n * x.shape[0]),
         {"TorchRay rise": peers.torchray_rise(c.model, x, n)},
         "esegeta scores only the target's column; TorchRay's own call scores every class. "
-        "TorchRay draws its masks batch_size (32) at a time: auto_batch keeps it, so the "
-        "map stays TorchRay's",
+        "TorchRay draws its masks batch_size (32) at a time and runs them so: esegeta draws "
+        "the same masks and auto_batch plans the passes (pass_size), so the map stays "
+        "TorchRay's",
     )
 
 

@@ -348,11 +348,12 @@ class Explainer(ABC, Generic[P]):
 
     def drawn_with(self, params: P) -> tuple[str, ...]:
         """The ``batch_params`` whose value changes what the method draws at random for
-        ``params`` (TorchRay's ``rise`` draws its masks chunk by chunk, ``batch_size`` at
-        a time): ``explain(auto_batch=True)`` leaves them as they are, so the map does
-        not change with it, and a CUDA out-of-memory retry that halves one says the map
-        was drawn differently. The default: none (the draws do not depend on how the
-        work is batched)."""
+        ``params`` (a method that draws its samples chunk by chunk, a batch at a time, as
+        TorchRay's ``rise`` does; ``torchray.rise`` draws TorchRay's chunks whatever
+        its passes, so its pass size is not one): ``explain(auto_batch=True)`` leaves
+        them as they are, so the map does not change with it, and a CUDA out-of-memory
+        retry that halves one says the map was drawn differently. The default: none
+        (the draws do not depend on how the work is batched)."""
         return ()
 
     def workload(

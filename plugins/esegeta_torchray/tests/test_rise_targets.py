@@ -1,9 +1,10 @@
-"""``torchray.rise`` scores only the requested targets (issue 19) and still returns
-exactly TorchRay's ``rise_class`` map.
+"""``torchray.rise`` returns TorchRay's ``rise_class`` map (issue 19) with its own
+passes: only the requested targets kept, ``pass_size`` masked inputs per pass (the
+pass planner's under ``auto_batch``), the masks drawn as TorchRay draws them.
 
 The reference is TorchRay's ``rise_class`` called directly on the same model, input,
-targets and mask settings (it scores every class); the spy test records what TorchRay's
-own accumulation receives inside ``explain``.
+targets and mask settings (it scores every class, ``batch_size`` masks per pass and
+item); spies record the passes and the masks made inside ``explain``.
 """
 
 from __future__ import annotations
@@ -64,43 +65,56 @@ def test_rise_same_as_torchray_rise_class(name: str, targets: list[int], extra: 
         assert not torch.allclose(got, other, atol=1e-6, rtol=0)
 
 
-def test_rise_accumulates_only_the_distinct_targets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The model still computes all 10 classes, but TorchRay's matmul and its final map
-    see only the 2 distinct targets' columns."""
+def test_passes_hold_pass_size_inputs_with_every_items_masks() -> None:
+    """The model sees ``pass_size`` masked inputs per pass (32 when unset), whatever
+    the items and ``batch_size``; each mask is made once per pass for every item, and the map is
+    TorchRay's ``rise_class`` for the same ``batch_size`` whatever the passes."""
     model = tiny_model(classes=10)
     x = tiny_input(batch=3, seed=1)
-    model_columns: list[int] = []
-    model.fc.register_forward_hook(lambda m, a, out: model_columns.append(out.shape[1]))
-    scores_rows: list[int] = []
-    matmul = torch.matmul
+    target = torch.tensor([7, 2, 7])
+    expected = torchray_rise.rise_class(model, x.clone(), target=target, **MASKS)
+    seen: list[int] = []
+    model.fc.register_forward_hook(lambda m, a, out: seen.append(out.shape[0]))
+    made: list[int] = []
+    upsample = torchray_rise._upsample_reflect
 
-    def spy_matmul(a: torch.Tensor, b: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        scores_rows.append(a.shape[0])  # TorchRay passes the scores transposed
-        return matmul(a, b, *args, **kwargs)
+    def spy_upsample(grids: torch.Tensor, size: Any, *args: Any) -> torch.Tensor:
+        made.append(grids.shape[0])
+        return upsample(grids, size, *args)
 
-    maps: list[tuple[int, ...]] = []
-    resize = torchray_rise.resize_saliency
-
-    def spy_resize(input: torch.Tensor, saliency: torch.Tensor, *args: Any, **kw: Any) -> Any:
-        maps.append(tuple(saliency.shape))
-        return resize(input, saliency, *args, **kw)
-
-    monkeypatch.setattr(torch, "matmul", spy_matmul)
-    monkeypatch.setattr(torchray_rise, "resize_saliency", spy_resize)
-    got = explain(model, x, "torchray.rise", target=[7, 2, 7], **MASKS)
-    monkeypatch.undo()
-
-    assert got.attributions.shape == (3, 1, 16, 16)
-    assert model_columns and set(model_columns) == {10}
-    assert len(scores_rows) == 3 * 64 // 16  # one matmul per item and mask batch
-    assert set(scores_rows) == {2}
-    assert maps == [(3, 2, 16, 16)]
+    for pass_size, passes in ((None, [32] * 6), (7, [7] * 27 + [3]), (48, [48] * 4)):
+        seen.clear()
+        made.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torchray_rise, "_upsample_reflect", spy_upsample)
+            sized = {} if pass_size is None else {"pass_size": pass_size}
+            got = explain(model, x, "torchray.rise", target=target, **sized, **MASKS).attributions
+        assert seen[-len(passes) :] == passes  # after the core's prediction pass
+        # each pass's masks once for its 3 items (a mask split across two passes made
+        # in both), then the sum's, batch_size at a time
+        starts = [sum(passes[:i]) for i in range(len(passes))]
+        per_pass = [(a + n - 1) // 3 + 1 - a // 3 for a, n in zip(starts, passes)]
+        assert made == per_pass + [16] * 4
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_auto_batch_keeps_the_masks_torchray_draws() -> None:
+def test_the_draw_leaves_torchs_generator_alone() -> None:
+    """TorchRay reseeds torch's generator for its draw; esegeta draws the same masks
+    from a generator of its own, so what the caller draws next is unchanged."""
+    model = tiny_model(classes=10)
+    x = tiny_input(batch=1, seed=1)
+    torch.manual_seed(5)
+    want = torch.rand(4)
+    torch.manual_seed(5)
+    explain(model, x, "torchray.rise", target=3, num_masks=20, batch_size=8)
+    torch.testing.assert_close(torch.rand(4), want, rtol=0, atol=0)
+
+
+def test_auto_batch_plans_the_passes_and_keeps_the_masks_torchray_draws() -> None:
     """TorchRay draws its masks ``batch_size`` at a time: ``auto_batch`` leaves the
-    batch size (default or given) as it is, so the map is TorchRay's own default
-    call's; with ``filter_masks`` the batch size changes nothing and is still sized."""
+    batch size (default or given) as it is and sizes ``pass_size``, which the pass
+    planner splits; the map stays TorchRay's own call's. With ``filter_masks`` the
+    passes are sized too, and the map is unchanged."""
     model, size = _tiny()
     x = tiny_input(batch=2, size=size, seed=1)
     target = torch.tensor([7, 2])
@@ -108,16 +122,20 @@ def test_auto_batch_keeps_the_masks_torchray_draws() -> None:
     plain = explain(model, x, "torchray.rise", target=target, num_masks=80)
     auto = explain(model, x, "torchray.rise", target=target, num_masks=80, auto_batch=True)
     assert auto.params.batch_size == plain.params.batch_size == 32
-    torch.testing.assert_close(plain.attributions, expected)
-    torch.testing.assert_close(auto.attributions, expected)
+    assert plain.params.pass_size == 32 and auto.params.pass_size > 32
+    assert auto.extras["pass_plan"]["inputs_per_pass"] >= 1
+    torch.testing.assert_close(plain.attributions, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(auto.attributions, expected, rtol=1e-5, atol=1e-6)
     given = explain(model, x, "torchray.rise", target=target, num_masks=80, batch_size=16)
     again = explain(
         model, x, "torchray.rise", target=target, num_masks=80, batch_size=16, auto_batch=True
     )
     assert again.params.batch_size == 16
-    torch.testing.assert_close(again.attributions, given.attributions)
+    torch.testing.assert_close(again.attributions, given.attributions, rtol=1e-5, atol=1e-6)
+    other = explain(model, x, "torchray.rise", target=target, num_masks=80, batch_size=8)
+    assert not torch.allclose(other.attributions, given.attributions, rtol=1e-3, atol=1e-4)
     masks = torch.rand(40, 1, size, size, generator=torch.Generator().manual_seed(3))
     sized = explain(model, x, "torchray.rise", target=target, filter_masks=masks, auto_batch=True)
-    assert sized.params.batch_size > 32
+    assert sized.params.pass_size > 32
     fixed = explain(model, x, "torchray.rise", target=target, filter_masks=masks)
     torch.testing.assert_close(sized.attributions, fixed.attributions, rtol=1e-5, atol=1e-6)

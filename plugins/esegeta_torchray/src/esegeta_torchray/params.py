@@ -215,8 +215,17 @@ class RiseParams(ResizeParams):
     batch_size: int = Field(
         32,
         ge=1,
-        description="Masks generated and evaluated per forward pass (TorchRay draws the "
-        "random masks chunk by chunk, so the masks depend on it too).",
+        description="Masks TorchRay draws at a time: its random masks depend on it (keep "
+        "it to get TorchRay's map for a seed). TorchRay also scores them in passes of "
+        "that many; here pass_size does.",
+    )
+    pass_size: int = Field(
+        32,
+        ge=1,
+        description="Masked inputs per forward pass (TorchRay runs batch_size); the masks, "
+        "and so the map, do not depend on it. Left unset, on the CPU a pass holds at most "
+        "2^21 input elements (8 RGB images of 224 px); explain(auto_batch=True) lets the "
+        "pass planner size it.",
     )
     mask_seed: int = Field(
         0,

@@ -15,9 +15,12 @@ import torch
 
 from esegeta_core import MethodResult
 from esegeta_core.explainer import Workload
-from esegeta_core.toolkit import Call
+from esegeta_core.runtime.pass_buffer import PassBuffer
+from esegeta_core.runtime.passes import method_passes
+from esegeta_core.toolkit import Call, target_pass_scores
 from esegeta_torchray.base import P, TorchRayMethod
-from esegeta_torchray.params import ExtremalPerturbationParams, RiseParams
+from esegeta_torchray.params import ExtremalPerturbationParams, RiseParams, torchray_function
+from esegeta_torchray.rise_masks import DrawnMasks, MaskRange, given_masks
 
 
 class PerturbationMethod(TorchRayMethod[P]):
@@ -28,29 +31,15 @@ class PerturbationMethod(TorchRayMethod[P]):
     cost = "high"
 
 
-class TargetColumns(torch.nn.Module):
-    """``model`` scoring only the given class columns, for TorchRay's ``rise``.
-
-    TorchRay's ``rise`` accumulates a map for every column the model returns (a
-    ``(columns, H, W)`` matmul per item and mask batch); its ``torch.sigmoid`` is
-    element-wise, so dropping the other columns leaves the kept maps unchanged. Works on
-    ``(N, C)`` scores and on the ``(N, C, 1, 1)`` ones TorchRay also accepts.
-    """
-
-    def __init__(self, model: torch.nn.Module, columns: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.columns = columns
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out[:, self.columns.to(out.device)]
-
-
 class Rise(PerturbationMethod[RiseParams]):
-    """RISE: score-weighted average of random masks (TorchRay's, the paper's sum; only the
-    requested targets scored). ``cnnvis.rise`` centres the sum: the same expected map
-    without the noise of the masks' coverage."""
+    """RISE: score-weighted average of random masks (TorchRay's masks and sum of
+    sigmoid scores; only the requested targets scored). ``cnnvis.rise`` centres the sum:
+    the same expected map without the noise of the masks' coverage, and 3D.
+
+    The masks are drawn as TorchRay draws them for ``batch_size`` and ``mask_seed``
+    (:mod:`esegeta_torchray.rise_masks`) and scored in passes of ``pass_size``, which
+    the pass planner sizes under ``auto_batch``: TorchRay's ``rise_class`` map, up to
+    rounding."""
 
     name = "torchray.rise"
     # TorchRay's rise takes the sigmoid of every score: a segmentation's class scores,
@@ -59,41 +48,113 @@ class Rise(PerturbationMethod[RiseParams]):
     tasks = ("classification",)
     count_params = ("num_masks",)
     forward_only = True
-    function = "rise:rise"
+    function = "rise:_upsample_reflect"  # the rest is TorchRay's loop, planned passes
     paper = "https://arxiv.org/abs/1806.07421"
-    batch_params = ("batch_size",)
-    pass_params = ("batch_size",)  # masked copies, scored without gradients
+    batch_params = ("pass_size",)
+    # masked inputs made per pass in a reused buffer (method_passes); batch_size decides
+    # the draw, so it is no batch parameter
+    pass_params = ("pass_size",)
+    # whole masked inputs per pass: smaller on the CPU for big inputs
+    pass_unit = "pass"
+    own_passes = True
 
     def workload(
         self, params: RiseParams, shape: tuple[int, ...], layers: Mapping[str, tuple[int, ...]]
     ) -> Workload:
-        """One pass per mask and item; TorchRay masks one item with ``batch_size`` masks
-        per pass."""
+        """One pass per mask and item, ``pass_size`` masked inputs per pass; a pass's
+        masks, and a draw chunk's for the sum, are made at the input's size from grids
+        up-sampled to it plus a cell, with a cell of padding on each side."""
         given = params.filter_masks
         total = params.num_masks if given is None else int(given.shape[0])
+        together = min(params.pass_size, total * shape[0])
+        spatial = shape[2:]
+        chunk = min(params.batch_size, total)
+        made = 0
+        if given is None:  # TorchRay's _upsample_reflect: the padded grid's size
+            cells = params.num_cells
+            up = [s + math.ceil(s / cells) for s in spatial]
+            made = max(together, chunk) * math.prod(math.ceil(u / cells) * (cells + 2) for u in up)
+        masks = max(together, chunk) * math.prod(spatial)
         return Workload(
             passes=total,
-            inputs=min(params.batch_size, total),
+            inputs=together,
+            extra=4 * (made + masks + shape[0] * math.prod(spatial)),
             counts=("num_masks",) if given is None else ("filter_masks",),
             fix="" if given is None else "give fewer filter_masks",
-            batch=("batch_size",),
+            batch=("pass_size",),
         )
-
-    def drawn_with(self, params: RiseParams) -> tuple[str, ...]:
-        """TorchRay draws its random masks ``batch_size`` at a time: another batch size
-        draws other masks (given ``filter_masks`` do not depend on it)."""
-        return ("batch_size",) if params.filter_masks is None else ()
 
     def run(self, fn: Callable[..., Any], call: Call, params: RiseParams) -> torch.Tensor:
-        """TorchRay's ``rise`` on the distinct targets' columns, then each item's own
-        channel: the ``(B, 1, *spatial)`` map ``rise_class`` gives, with the same masks
-        (same seed, chunking and resize), without the other classes' maps."""
-        columns, channel = torch.unique(call.target.long(), return_inverse=True)
-        saliency = fn(
-            TargetColumns(call.model, columns), call.inputs, **params.torchray_kwargs(call)
+        """TorchRay's ``rise_class`` map, ``(B, 1, *spatial)``: every item's target
+        score (sigmoid) under each mask, in passes of ``pass_size`` masked inputs (the
+        planner's under ``auto_batch``), masks in order with every item's inputs
+        together; then TorchRay's sum over the masks, ``batch_size`` at a time, and its
+        resize."""
+        kwargs = params.torchray_kwargs(call)
+        x = call.inputs
+        b = x.shape[0]
+        spatial = (x.shape[2], x.shape[3])
+        total, chunk = int(kwargs["num_masks"]), int(kwargs["batch_size"])
+        given = kwargs.get("filter_masks")
+        masks = (
+            given_masks(given)
+            if given is not None
+            else DrawnMasks.draw(
+                total, params.num_cells, params.p, chunk, params.mask_seed, spatial, x.device, fn
+            )
         )
-        items = torch.arange(saliency.shape[0], device=saliency.device)
-        return saliency[items, channel.to(saliency.device)].unsqueeze(1)
+        targets = call.target.to(x.device).long()
+        with torch.no_grad():
+            buffer = PassBuffer(x[0])
+            scores = rise_scores(call.model, x, targets, masks, total, buffer, params.pass_size)
+            del buffer
+            saliency = torch.zeros(b, math.prod(spatial), device=x.device)
+            for first in range(0, total, chunk):  # TorchRay's sum, in its order
+                last = min(total, first + chunk)
+                flat = masks(first, last).reshape(last - first, -1)
+                for item in range(b):
+                    saliency[item] += (scores[item : item + 1, first:last] @ flat)[0]
+            saliency /= total
+            resize = torchray_function("common:resize_saliency")
+            return resize(
+                x, saliency.view(b, 1, *spatial), kwargs["resize"], mode=kwargs["resize_mode"]
+            )
+
+
+def rise_scores(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    masks: MaskRange,
+    total: int,
+    buffer: PassBuffer,
+    pass_size: int,
+) -> torch.Tensor:
+    """The ``(B, total)`` sigmoid target scores of every item under each mask.
+
+    Inputs run mask by mask, each mask's with every item's (a mask is made once per
+    pass however many items), ``pass_size`` per pass, or the pass planner's plan within
+    it."""
+    b = x.shape[0]
+
+    def run_pass(start: int, stop: int, channels_last: bool) -> torch.Tensor:
+        batch = buffer.take(stop - start, channels_last)
+        first = start // b
+        made = masks(first, (stop - 1) // b + 1)
+        if b == 1:
+            torch.mul(x[0], made, out=batch)
+        else:
+            for item in range(b):  # the rows of this item: every b-th from its first
+                offset = (item - start) % b
+                rows = batch[offset::b]
+                if rows.shape[0]:
+                    at = (start + offset) // b - first
+                    torch.mul(x[item], made[at : at + rows.shape[0]], out=rows)
+        items = torch.arange(start, stop, device=x.device) % b
+        return target_pass_scores(model, batch, targets[items]).float().sigmoid()
+
+    scores = method_passes(total * b, run_pass, pass_size, x[:1], kind="forward")
+    return scores.view(total, b).t().contiguous()
 
 
 class ExtremalPerturbation(PerturbationMethod[ExtremalPerturbationParams]):
