@@ -139,3 +139,16 @@ def test_auto_batch_plans_the_passes_and_keeps_the_masks_torchray_draws() -> Non
     assert sized.params.pass_size > 32
     fixed = explain(model, x, "torchray.rise", target=target, filter_masks=masks)
     torch.testing.assert_close(sized.attributions, fixed.attributions, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+def test_on_cuda_the_masks_are_torchrays() -> None:
+    """On a GPU TorchRay draws the grids from the device's generator and the shifts
+    from the CPU's: the map on the GPU is TorchRay's there, at another pass size."""
+    model = tiny_model(classes=10).cuda()
+    x = tiny_input(batch=2, seed=1).cuda()
+    target = torch.tensor([7, 2])
+    expected = torchray_rise.rise_class(model, x.clone(), target=target.cuda(), **MASKS)
+    got = explain(model, x, "torchray.rise", target=target, pass_size=24, **MASKS)
+    assert got.attributions.device.type == "cuda"
+    torch.testing.assert_close(got.attributions, expected, rtol=1e-5, atol=1e-6)
