@@ -217,17 +217,18 @@ class MultiClassScores:
         return scores
 
     def gathered_class_sums(self, out: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """:meth:`class_scores` without reading ``classes`` on the host for at most
-        :data:`FEW_CLASSES` classes: every class's sum (:meth:`class_sums`), then each
-        item's (more classes: the classes read once, then class by class).
+        """:meth:`class_scores` without reading ``classes`` on the host: for at most
+        :data:`FEW_CLASSES` classes every class's sum (:meth:`class_sums`), for more
+        the full reduction, then each item's.
         :meth:`class_scores` takes it for classes on a GPU, where the per-class path's
         host reads (the range check, the classes present, their items) would each wait
         for the pass to end before the next is queued; two or three classes' sums cost
-        less. A target out of range fails in the gather (the core checks targets on
-        the method's first pass)."""
+        less, and for more classes the full reduction does (a running maximum
+        over the classes, not a comparison per other class). A target out of range
+        fails in the gather (the core checks targets on the method's first pass)."""
         sums = self.class_sums(out)
-        if sums is None:
-            return self.class_scores(out, classes.cpu())
+        if sums is None:  # the full reduction: no class read on the host
+            sums = self(out)
         return sums.gather(1, classes.view(-1, 1).to(sums.device)).squeeze(1)
 
 
@@ -332,7 +333,7 @@ class ThresholdScores:
         with torch.no_grad():
             prob = torch.sigmoid(flat) if self.logits else flat
             if self.threshold == "otsu":
-                level = torch.stack([otsu_threshold(p) for p in prob]).unsqueeze(1)
+                level = otsu_thresholds(prob).unsqueeze(1)
             else:
                 level = torch.full_like(prob[:, :1], float(self.threshold))
             above = (prob > level).to(flat.dtype)
@@ -351,16 +352,27 @@ class RegionScores:
 
     def __init__(self, mask: torch.Tensor) -> None:
         self.mask = torch.as_tensor(mask)
+        self._ready: dict[tuple[object, ...], torch.Tensor] = {}
 
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
         return self.pixel_scores(out).sum(-1)
 
     def pixel_scores(self, out: torch.Tensor) -> torch.Tensor:
-        """``(B, classes, pixels)``: the logits inside the mask, zero outside."""
-        mask = self.mask.to(device=out.device, dtype=out.dtype)
-        if mask.is_inference() and not torch.is_inference_mode_enabled():
-            mask = mask.clone()  # autograd cannot save an inference tensor for backward
-        mask = region_mask(mask, out.shape, against="the model output")
+        """``(B, classes, pixels)``: the logits inside the mask, zero outside. The mask
+        is moved, cast and checked once per device, dtype and output shape: a pass after
+        the first copies nothing from the host and reads nothing back (on a GPU each
+        would wait for the passes queued before it)."""
+        inference = torch.is_inference_mode_enabled()
+        key = (out.device, out.dtype, out.shape[0], tuple(out.shape[2:]), inference)
+        mask = self._ready.get(key)
+        if mask is None:
+            mask = self.mask.to(device=out.device, dtype=out.dtype)
+            if mask.is_inference() and not inference:
+                mask = mask.clone()  # autograd cannot save an inference tensor for backward
+            mask = region_mask(mask, out.shape, against="the model output")
+            if len(self._ready) >= 16:  # a few pass sizes; never grows without bound
+                self._ready.clear()
+            self._ready[key] = mask
         return (out * mask.unsqueeze(1)).flatten(2)
 
 
@@ -399,20 +411,32 @@ WRAPPERS: dict[str, Callable[[], ScoreFn]] = {
 }
 
 
-def otsu_threshold(values: torch.Tensor, bins: int = 256) -> torch.Tensor:
-    """Otsu's threshold of a 1-D tensor: the cut that maximises between-class variance."""
-    v = values.detach().float().flatten()
-    lo, hi = v.min(), v.max()
-    if hi <= lo:
-        return lo
-    hist = torch.histc(v, bins=bins, min=float(lo), max=float(hi))
-    centers = lo + (torch.arange(bins, device=v.device) + 0.5) * (hi - lo) / bins
-    w0 = hist.cumsum(0)
-    w1 = hist.sum() - w0
-    m0 = (hist * centers).cumsum(0) / w0.clamp_min(1)
-    m1 = ((hist * centers).sum() - (hist * centers).cumsum(0)) / w1.clamp_min(1)
+def otsu_thresholds(values: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """``(B,)``: Otsu's threshold of each row of ``(B, ...)`` values, the cut that
+    maximises between-class variance over a histogram of ``bins`` bins from the row's
+    least to its greatest value (a row of one value: that value).
+
+    Every row at once and on the values' device, with nothing read back to the host:
+    the wrapper computes it on every pass (on a GPU a read per row would wait for the
+    pass). The bins are ``torch.histc``'s, ``(v - lo) / (hi - lo) * bins`` rounded
+    down, the greatest value in the last."""
+    v = values.detach().float().flatten(1)
+    lo = v.amin(1, keepdim=True)
+    hi = v.amax(1, keepdim=True)
+    span = hi - lo
+    flat = span <= 0
+    position = ((v - lo) / torch.where(flat, 1.0, span) * bins).long().clamp_(0, bins - 1)
+    hist = torch.zeros(v.shape[0], bins, device=v.device, dtype=v.dtype)
+    hist.scatter_add_(1, position, torch.ones_like(v))
+    centers = lo + (torch.arange(bins, device=v.device) + 0.5) * span / bins
+    weighted = hist * centers
+    w0 = hist.cumsum(1)
+    w1 = hist.sum(1, keepdim=True) - w0
+    m0 = weighted.cumsum(1) / w0.clamp_min(1)
+    m1 = (weighted.sum(1, keepdim=True) - weighted.cumsum(1)) / w1.clamp_min(1)
     between = w0 * w1 * (m0 - m1) ** 2
-    return centers[int(between.argmax())]
+    best = centers.gather(1, between.argmax(1, keepdim=True))
+    return torch.where(flat, lo, best).squeeze(1)
 
 
 def score_model(

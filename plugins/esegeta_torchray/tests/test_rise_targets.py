@@ -152,3 +152,17 @@ def test_on_cuda_the_masks_are_torchrays() -> None:
     got = explain(model, x, "torchray.rise", target=target, pass_size=24, **MASKS)
     assert got.attributions.device.type == "cuda"
     torch.testing.assert_close(got.attributions, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_no_wait_for_the_device_per_pass() -> None:
+    """What a pass decides (its masks, items, targets) is made on the device: counted
+    without a GPU by ``esegeta_core.testing.syncs`` at 1 and 4 inputs per pass."""
+    from esegeta_core.testing.syncs import waits_per_pass
+
+    model = tiny_model(classes=10)
+    x = tiny_input(batch=2, seed=1)
+
+    def call(size: int) -> None:
+        explain(model, x, "torchray.rise", target=[7, 2], pass_size=size, **MASKS)
+
+    assert waits_per_pass(call) == {}

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from esegeta_core.errors import InvalidParamsError
+from esegeta_core.runtime.indices import device_index, device_scalar
 from esegeta_core.runtime.pass_buffer import PassBuffer
 from esegeta_core.runtime.passes import method_passes
 from esegeta_core.runtime.perturb_args import (
@@ -247,8 +248,11 @@ class FeatureRegions:
                 dst.index_copy_(1, spatial, _plane(source).index_select(1, spatial))
         else:
             channels = row.channels[a:b]
-            value = source if isinstance(source, float) else _plane(source)[channels, spatial]
-            dst.index_put_((channels, spatial), torch.as_tensor(value, dtype=dst.dtype))
+            if isinstance(source, float):
+                value = device_scalar(source, dst)
+            else:
+                value = _plane(source)[channels, spatial].to(dst.dtype)
+            dst.index_put_((channels, spatial), value)
 
     def feature_map(
         self, x: torch.Tensor, pairs: Sequence[tuple[int, int]], drops: torch.Tensor
@@ -398,10 +402,9 @@ def perturbed_scores(
     def chunk(start: int, stop: int, channels_last: bool) -> torch.Tensor:
         batch, slots = buffer.build(pairs[start:stop], channels_last)
         held = [pair[0] for pair in buffer.held[: len(slots)] if pair is not None]
-        items = torch.tensor(held, device=x.device)
-        picked = targets[items] if targets is not None else None
+        picked = targets[device_index(held, x.device)] if targets is not None else None
         scores = pass_scores(model, batch, picked, who)
-        return scores[torch.tensor(slots, device=scores.device)]
+        return scores[device_index(slots, scores.device)]
 
     initial = check_initial(initial, b, who)
     if initial is not None:

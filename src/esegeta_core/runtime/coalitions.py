@@ -36,9 +36,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from esegeta_core.errors import InvalidModelError, InvalidParamsError
+from esegeta_core.runtime.indices import device_index
 from esegeta_core.runtime.pass_buffer import PassBuffer
 from esegeta_core.runtime.passes import method_passes
 from esegeta_core.runtime.perturb_args import (
@@ -210,7 +212,7 @@ class _Orders:
             a, b = slots[start], slots[stop - 1] + 1
             item = self.owners[c]
             row = self.rows[_row(self.mask, item)]
-            steps = torch.tensor([k for _, k in entries[a:b]], device=self.x.device)
+            steps = device_index([k for _, k in entries[a:b]], self.x.device)
             reached = self.rank[c][row.inverse].unsqueeze(0) <= steps.unsqueeze(1)
             keep = reached.view(b - a, *self.mask.shape[1:])
             base = self.base[item if self.base.shape[0] > 1 else 0]
@@ -234,9 +236,10 @@ class _Orders:
                 items.append(item)
         device = self.x.device
         pos = torch.cat(parts)  # positions in the mask row: (channel or 0) * E + e
-        counts = torch.tensor(lengths, device=device)
-        k = torch.repeat_interleave(torch.tensor(slots, device=device), counts)
-        i = torch.repeat_interleave(torch.tensor(items, device=device), counts)
+        # repeated on the host, where the counts are (on the device the output's size
+        # would be read back)
+        k = device_index(np.repeat(slots, lengths), device)
+        i = device_index(np.repeat(items, lengths), device)
         dst, src = _plane(data), _plane(self.x)
         e = dst.shape[2]
         if self.mask.shape[1] == 1:  # every channel of an element moves together

@@ -35,13 +35,13 @@ def draw_permutations(items: int, features: int) -> list[list[int]]:
     """One permutation of ``range(items)`` per feature, drawn as Captum's
     ``_permute_feature`` draws them from torch's global generator: ``torch.randperm``,
     again while it is the identity."""
-    identity = torch.arange(items)
+    identity = list(range(items))
     perms = []
     for _ in range(features):
-        perm = torch.randperm(items)
-        while bool((perm == identity).all()):
-            perm = torch.randperm(items)
-        perms.append(perm.tolist())
+        perm = torch.randperm(items).tolist()
+        while perm == identity:  # compared on the host, as lists
+            perm = torch.randperm(items).tolist()
+        perms.append(perm)
     return perms
 
 

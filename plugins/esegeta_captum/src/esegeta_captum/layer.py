@@ -36,6 +36,7 @@ from esegeta_captum.params.layer import (
 from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import recording_prefix, replaced_scores
 from esegeta_core.preparation import layer_tap
+from esegeta_core.runtime.indices import device_index
 from esegeta_core.toolkit import Call, gather_target, recording
 
 
@@ -188,7 +189,7 @@ def group_ablation(
     fill = torch.as_tensor(baseline, dtype=original.dtype, device=original.device)
 
     def build(item: int, ids: list[int], out: torch.Tensor) -> None:
-        chosen = groups[item].unsqueeze(0) == torch.as_tensor(ids, device=groups.device).view(
+        chosen = groups[item].unsqueeze(0) == device_index(ids, groups.device).view(
             -1, *([1] * (original.ndim - 1))
         )
         torch.where(chosen, fill, original[item], out=out)

@@ -50,6 +50,7 @@ from esegeta_core import (
 from esegeta_core.explainer import Workload
 from esegeta_core.layer_replay import recording_prefix, replaced_scores
 from esegeta_core.prefix_memo import PrefixMemo
+from esegeta_core.runtime.indices import device_index, device_scalar
 from esegeta_core.runtime.passes import memory_format, method_passes
 from esegeta_core.targets import summed_scores
 from esegeta_core.toolkit import gather_target, interpolation_mode, target_pass_scores
@@ -483,7 +484,8 @@ class AblationCam(WeightedCam[AblationCamParams]):
 
         def build(item: int, chans: list[int], out: torch.Tensor) -> None:
             out.copy_(a[item].expand(len(chans), *a.shape[1:]))
-            out[torch.arange(len(chans), device=a.device), torch.as_tensor(chans)] = value
+            rows = torch.arange(len(chans), device=a.device)
+            out.index_put_((rows, device_index(chans, a.device)), device_scalar(value, out))
 
         if pairs:
             ablated[rows] = replaced_scores(
