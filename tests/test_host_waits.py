@@ -68,13 +68,17 @@ def test_the_segmentation_scores_wait_for_nothing_per_pass(kind: str) -> None:
 
 
 def test_the_gpu_path_gives_the_cpu_paths_scores() -> None:
-    """More than three classes: the full reduction gathered (the GPU's path) equals the
-    per-class sums (the CPU's)."""
+    """More than three classes: each item's class gathered and compared on the device
+    (the GPU's path) gives the per-class sums (the CPU's) and the full reduction's."""
     scored, targets = _wrapped("multi_class (5 classes)")
     x = tiny_input("segmentation", batch=8, seed=2)
     with torch.no_grad():
         out = scored.model(x)
         reduce = MultiClassScores()
-        torch.testing.assert_close(
-            reduce.gathered_class_sums(out, targets), reduce.class_scores(out, targets)
-        )
+        gathered = reduce.gathered_class_sums(out, targets)
+        torch.testing.assert_close(gathered, reduce.class_scores(out, targets))
+        full = reduce(out).gather(1, targets.view(-1, 1)).squeeze(1)
+        torch.testing.assert_close(gathered, full, rtol=0, atol=0)
+        ties = out.round()  # the first class wins a tie
+        full = reduce(ties).gather(1, targets.view(-1, 1)).squeeze(1)
+        torch.testing.assert_close(reduce.gathered_class_sums(ties, targets), full)

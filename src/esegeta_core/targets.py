@@ -218,17 +218,16 @@ class MultiClassScores:
 
     def gathered_class_sums(self, out: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """:meth:`class_scores` without reading ``classes`` on the host: for at most
-        :data:`FEW_CLASSES` classes every class's sum (:meth:`class_sums`), for more
-        the full reduction, then each item's.
+        :data:`FEW_CLASSES` classes every class's sum (:meth:`class_sums`), then each
+        item's; for more, each item's own class compared with every other
+        (:func:`_gathered_won_sums`).
         :meth:`class_scores` takes it for classes on a GPU, where the per-class path's
         host reads (the range check, the classes present, their items) would each wait
-        for the pass to end before the next is queued; two or three classes' sums cost
-        less, and for more classes the full reduction does (a running maximum
-        over the classes, not a comparison per other class). A target out of range
-        fails in the gather (the core checks targets on the method's first pass)."""
+        for the pass to end before the next is queued. A target out of range fails in
+        the gather (the core checks targets on the method's first pass)."""
         sums = self.class_sums(out)
-        if sums is None:  # the full reduction: no class read on the host
-            sums = self(out)
+        if sums is None:
+            return _gathered_won_sums(out.flatten(2), classes.to(out.device))
         return sums.gather(1, classes.view(-1, 1).to(sums.device)).squeeze(1)
 
 
@@ -295,6 +294,23 @@ def _won_sums(flat: torch.Tensor, k: int, scratch: torch.Tensor) -> torch.Tensor
     if graph:
         return (x * won).sum(-1)
     return won.mul_(x).sum(-1)
+
+
+def _gathered_won_sums(flat: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: item ``b``'s sum of class ``classes[b]``'s logits where it wins in
+    ``(B, classes, pixels)`` logits (the first class on ties), as :func:`_won_sums`
+    gives it for one class, with each item's class on the device: its logits gathered,
+    then compared with every class's, ``>`` before its own and ``>=`` after. Memory:
+    an item's pixels twice, not every class's sums."""
+    b, count, pixels = flat.shape
+    own = classes.view(b, 1)
+    x = flat.gather(1, own.unsqueeze(2).expand(b, 1, pixels)).squeeze(1)
+    won = torch.ones(x.shape, dtype=torch.bool, device=x.device)
+    for j in range(count):
+        other = flat[:, j]
+        beats = torch.where(own > j, x > other, x >= other)
+        won &= beats | (own == j)
+    return (x * won).sum(-1)
 
 
 class ThresholdScores:

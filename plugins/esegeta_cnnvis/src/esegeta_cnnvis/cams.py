@@ -484,8 +484,8 @@ class AblationCam(WeightedCam[AblationCamParams]):
 
         def build(item: int, chans: list[int], out: torch.Tensor) -> None:
             out.copy_(a[item].expand(len(chans), *a.shape[1:]))
-            rows = torch.arange(len(chans), device=a.device)
-            out.index_put_((rows, device_index(chans, a.device)), device_scalar(value, out))
+            slots = torch.arange(len(chans), device=a.device)
+            out.index_put_((slots, device_index(chans, a.device)), device_scalar(value, out))
 
         if pairs:
             ablated[rows] = replaced_scores(
