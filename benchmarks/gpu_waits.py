@@ -20,7 +20,7 @@ import logging
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +29,13 @@ import torch
 from esegeta_core import explain
 from esegeta_core.plugin.manager import get_registry
 from esegeta_core.testing import tiny_input, tiny_model
-from esegeta_core.testing.syncs import host_waits, scores_as_on_a_gpu
-
-CASES: dict[str, dict[str, Any]] = {
-    "captum.occlusion": {"window": 4, "strides": 4},
-    "captum.feature_ablation": {"grid_cell": 4},
-    "captum.feature_permutation": {"grid_cell": 4},
-    "captum.shapley_value_sampling": {"grid_cell": 8, "n_samples": 3},
-    "captum.shapley_values": {"grid_cell": 8},
-    "captum.kernel_shap": {"grid_cell": 4, "n_samples": 24},
-    "captum.lime": {"grid_cell": 4, "n_samples": 24},
-    "captum.layer_feature_ablation": {"layer": "@conv2"},
-    "captum.neuron_feature_ablation": {
-        "layer": "@conv2",
-        "neuron_selector": (0, 1, 1),
-        "grid_cell": 4,
-    },
-    "cnnvis.score_cam": {"layer": "@conv2"},
-    "cnnvis.ablation_cam": {"layer": "@conv2"},
-    "cnnvis.rise": {"num_masks": 24},
-    "lime.lime": {"num_samples": 24, "segmentation": "slic", "n_segments": 8, "sigma": 1.0},
-    "torchray.rise": {"num_masks": 24, "num_cells": 4},
-}
-ROOT = {"classification": "features", "segmentation": "encoder"}
+from esegeta_core.testing.syncs import (
+    PASS_CASES,
+    case_params,
+    host_waits,
+    scores_as_on_a_gpu,
+    waits_per_pass,
+)
 
 
 @contextlib.contextmanager
@@ -88,18 +72,6 @@ def run(
     )  # fmt: skip
 
 
-def per_pass(call: Callable[[int], object], counter: Callable[[], Any]) -> dict[str, int]:
-    """Waits at 1 input per pass minus waits at 4 (each size run once uncounted)."""
-    counts = []
-    for size in (1, 4):
-        call(size)
-        with counter() as seen:
-            call(size)
-        counts.append(Counter(seen))
-    a, b = counts
-    return {k: a[k] - b[k] for k in a.keys() | b.keys() if a[k] != b[k]}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cuda for the first GPU, or cpu")
@@ -111,21 +83,18 @@ def main() -> int:
     registry = get_registry()
     rows = []
     for task in ("classification", "segmentation"):
-        for name, extra in CASES.items():
+        for name in PASS_CASES:
             cls = registry.get(name)
             if task not in cls.tasks:
                 continue
             size_param = cls.pass_params[0]
-            params = {
-                k: f"{ROOT[task]}.{v[1:]}" if isinstance(v, str) and v.startswith("@") else v
-                for k, v in extra.items()
-            }
+            params = case_params(name, task)
             model = tiny_model(task).to(device)
             x = tiny_input(task, batch=2, seed=1).to(device)
 
             call = functools.partial(run, model, x, name, task, size_param, params)
             with scores_as_on_a_gpu() if device.type == "cpu" else contextlib.nullcontext():
-                excess = per_pass(call, counter)
+                excess = waits_per_pass(call, counter=counter)
             rows.append({"method": name, "task": task, "waits_per_pass": excess})
             print(f"{name:34s} {task:15s} {excess or 'none'}")
     failing = [r for r in rows if r["waits_per_pass"]]

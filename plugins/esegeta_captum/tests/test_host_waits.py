@@ -6,36 +6,25 @@ that wait on CUDA, at 1 and at 4 inputs per pass, must not differ in number."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 
 from esegeta_core import explain
 from esegeta_core.testing import tiny_input, tiny_model
-from esegeta_core.testing.syncs import host_waits, waits_per_pass
+from esegeta_core.testing.syncs import PASS_CASES, case_params, host_waits, waits_per_pass
 
-LAYER = {"layer": "features.conv2"}
-CASES: dict[str, dict[str, Any]] = {
-    "captum.occlusion": {"window": 4, "strides": 4},
-    "captum.feature_ablation": {"grid_cell": 4},
-    "captum.feature_permutation": {"grid_cell": 4},
-    "captum.shapley_value_sampling": {"grid_cell": 8, "n_samples": 3},
-    "captum.shapley_values": {"grid_cell": 8},
-    "captum.kernel_shap": {"grid_cell": 4, "n_samples": 24},
-    "captum.lime": {"grid_cell": 4, "n_samples": 24},
-    "captum.layer_feature_ablation": LAYER,
-    "captum.neuron_feature_ablation": {**LAYER, "neuron_selector": (0, 1, 1), "grid_cell": 4},
-}
+CASES = sorted(name for name in PASS_CASES if name.startswith("captum."))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", CASES)
 def test_no_wait_for_the_device_per_pass(name: str) -> None:
     model = tiny_model()
     x = tiny_input(batch=2, seed=1)
 
+    params = case_params(name, "classification")
+
     def call(size: int) -> None:
-        explain(model, x, name, target=[1, 0], perturbations_per_eval=size, seed=0, **CASES[name])
+        explain(model, x, name, target=[1, 0], perturbations_per_eval=size, seed=0, **params)
 
     assert waits_per_pass(call) == {}
 

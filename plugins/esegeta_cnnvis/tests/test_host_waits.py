@@ -4,28 +4,21 @@ classification and segmentation (the wrapper's scores run on every pass)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from esegeta_core import explain
 from esegeta_core.testing import tiny_input, tiny_model
-from esegeta_core.testing.syncs import scores_as_on_a_gpu, waits_per_pass
+from esegeta_core.testing.syncs import PASS_CASES, case_params, scores_as_on_a_gpu, waits_per_pass
 
-CASES: dict[str, dict[str, Any]] = {
-    "cnnvis.score_cam": {"layer": "conv2"},
-    "cnnvis.ablation_cam": {"layer": "conv2"},
-    "cnnvis.rise": {"num_masks": 24},
-}
-ROOT = {"classification": "features", "segmentation": "encoder"}
+CASES = sorted(name for name in PASS_CASES if name.startswith("cnnvis."))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_no_wait_for_the_device_per_pass(name: str, task: str) -> None:
     model = tiny_model(task)
     x = tiny_input(task, batch=2, seed=1)
-    params = {k: f"{ROOT[task]}.{v}" if k == "layer" else v for k, v in CASES[name].items()}
+    params = case_params(name, task)
 
     def call(size: int) -> None:
         explain(model, x, name, target=[1, 0], task=task, batch_size=size, seed=0, **params)

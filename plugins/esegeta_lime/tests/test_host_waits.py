@@ -7,7 +7,7 @@ import pytest
 
 from esegeta_core import explain
 from esegeta_core.testing import tiny_input, tiny_model
-from esegeta_core.testing.syncs import scores_as_on_a_gpu, waits_per_pass
+from esegeta_core.testing.syncs import case_params, scores_as_on_a_gpu, waits_per_pass
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
@@ -17,8 +17,8 @@ def test_no_wait_for_the_device_per_pass(task: str) -> None:
 
     def call(size: int) -> None:
         explain(
-            model, x, "lime.lime", target=[1, 0], task=task, batch_size=size, num_samples=24,
-            segmentation="slic", n_segments=8, sigma=1.0, random_seed=0,
+            model, x, "lime.lime", target=[1, 0], task=task, batch_size=size, random_seed=0,
+            **case_params("lime.lime", task),
         )  # fmt: skip
 
     with scores_as_on_a_gpu():  # on the CPU the wrapper reads the classes: no wait there

@@ -42,6 +42,41 @@ WAITS = frozenset(
 _EXEMPT = {indices.device_index.__code__, indices.device_scalar.__code__}
 
 
+PASS_CASES: dict[str, dict[str, Any]] = {
+    "captum.occlusion": {"window": 4, "strides": 4},
+    "captum.feature_ablation": {"grid_cell": 4},
+    "captum.feature_permutation": {"grid_cell": 4},
+    "captum.shapley_value_sampling": {"grid_cell": 8, "n_samples": 3},
+    "captum.shapley_values": {"grid_cell": 8},
+    "captum.kernel_shap": {"grid_cell": 4, "n_samples": 24},
+    "captum.lime": {"grid_cell": 4, "n_samples": 24},
+    "captum.layer_feature_ablation": {"layer": "@conv2"},
+    "captum.neuron_feature_ablation": {
+        "layer": "@conv2",
+        "neuron_selector": (0, 1, 1),
+        "grid_cell": 4,
+    },
+    "cnnvis.score_cam": {"layer": "@conv2"},
+    "cnnvis.ablation_cam": {"layer": "@conv2"},
+    "cnnvis.rise": {"num_masks": 24},
+    "lime.lime": {"num_samples": 24, "segmentation": "slic", "n_segments": 8, "sigma": 1.0},
+    "torchray.rise": {"num_masks": 24, "num_cells": 4},
+}
+"""Every perturbation method with parameters that keep it fast on the tiny models
+(:func:`~esegeta_core.testing.tiny_model`), for counting its waits per pass; ``"@name"``
+is a layer of the tiny model's trunk (:func:`case_params`)."""
+_TRUNK = {"classification": "features", "segmentation": "encoder"}
+
+
+def case_params(name: str, task: str) -> dict[str, Any]:
+    """:data:`PASS_CASES`' parameters of ``name`` for the tiny ``task`` model (its
+    layer paths filled in)."""
+    return {
+        k: f"{_TRUNK[task]}.{v[1:]}" if isinstance(v, str) and v.startswith("@") else v
+        for k, v in PASS_CASES[name].items()
+    }
+
+
 def _from_exempt(depth: int = 12) -> bool:
     frame = sys._getframe(2)
     for _ in range(depth):
@@ -86,16 +121,22 @@ def host_waits() -> Iterator[Counter[str]]:
         yield counts
 
 
-def waits_per_pass(call: Callable[[int], object], small: int = 1, large: int = 4) -> dict[str, int]:
+def waits_per_pass(
+    call: Callable[[int], object],
+    small: int = 1,
+    large: int = 4,
+    counter: Callable[[], contextlib.AbstractContextManager[Counter[str]]] = host_waits,
+) -> dict[str, int]:
     """The waits that come with every pass: ``call(pass_size)`` counted at ``small``
     and at ``large`` inputs per pass (each after a first, uncounted call at that size,
     so that one-off work such as a plan or a cache is not counted), and for each
     operation whose counts differ, ``small``'s count minus ``large``'s. Empty when the
-    waits do not grow with the passes."""
+    waits do not grow with the passes. ``counter``: :func:`host_waits`, or another
+    context that yields a count (CUDA's own, in ``benchmarks/gpu_waits.py``)."""
     counts = []
     for size in (small, large):
         call(size)
-        with host_waits() as seen:
+        with counter() as seen:
             call(size)
         counts.append(seen)
     first, second = counts
