@@ -3,7 +3,7 @@
 Issue 19: every perturbation method of every plugin (and the channel-perturbing CAMs,
 Score-CAM and Ablation-CAM), on a 2D ResNet-50 at 64 px (batch 1, and batch 4 for a
 subset), a 3D MONAI DenseNet121 at 48^3 and a 3D MONAI U-Net at 48^3 explained as a
-segmentation model. For each row, in one process and interleaved:
+segmentation model (batch 1 and 4). For each row, in one process and interleaved:
 
 - **floor**: the bare forward passes the method needs (its perturbed inputs and its
   reference passes, no bookkeeping), at each pass size of a sweep, then channels-last at
@@ -124,8 +124,8 @@ PLAN: dict[str, list[tuple[str, tuple[int, ...]]]] = {
         ("cnnvis.ablation_cam", (1,)),
     ],
     "unet": [
-        ("captum.occlusion", (1,)),
-        ("cnnvis.rise", (1,)),
+        ("captum.occlusion", (1, 4)),
+        ("cnnvis.rise", (1, 4)),
     ],
 }
 """Which methods each case runs, at which batch sizes."""
@@ -198,7 +198,7 @@ class Scale:
     samples3d: int
     masks2d: dict[int, int]
     masks3d: int
-    masks_unet: int
+    masks_unet: dict[int, int]
     segments2d: int
     segments3d: int
     sizes2d: list[int]
@@ -211,13 +211,13 @@ class Scale:
 FULL = Scale(
     px=64, side3d=48, side_unet=48, window2d=8, cell2d=8, coarse2d=16, window3d=8,
     cell3d=12, window_unet=8, samples2d=200, samples3d=128, masks2d={1: 256, 4: 128}, masks3d=128,
-    masks_unet=256, segments2d=32, segments3d=32, sizes2d=[1, 8, 16, 32, 64],
+    masks_unet={1: 256, 4: 128}, segments2d=32, segments3d=32, sizes2d=[1, 8, 16, 32, 64],
     sizes3d=[1, 4, 8, 16, 32], tail_sizes=[8, 32, 64, 128, 256, 512], repeats=5,
 )  # fmt: skip
 SMOKE = Scale(
     px=32, side3d=32, side_unet=16, window2d=8, cell2d=8, coarse2d=16, window3d=16,
     cell3d=16, window_unet=8, samples2d=16, samples3d=16, masks2d={1: 16, 4: 8}, masks3d=16,
-    masks_unet=16, segments2d=8, segments3d=8, sizes2d=[1, 8], sizes3d=[1, 4],
+    masks_unet={1: 16, 4: 8}, segments2d=8, segments3d=8, sizes2d=[1, 8], sizes3d=[1, 4],
     tail_sizes=[8, 64], repeats=1, smoke=True,
 )  # fmt: skip
 """Smoke: ResNet-18 for ResNet-50 and a small MONAI DenseNet for DenseNet121 (same
@@ -295,10 +295,10 @@ def build_cases(scale: Scale, keys: list[str], device: torch.device) -> list[Cas
         out.append(
             Case(
                 key="unet", label=f"MONAI UNet 3D {side}^3 (segmentation, class 1)",
-                model=net.eval().to(device), x=smooth(1, 1, (side,) * 3, device),
+                model=net.eval().to(device), x=smooth(4, 1, (side,) * 3, device),
                 sizes=scale.sizes3d, tail_sizes=scale.tail_sizes, window=scale.window_unet,
                 cell=scale.window_unet, coarse_cell=scale.window_unet, samples=scale.samples3d,
-                masks={1: scale.masks_unet}, n_segments=scale.segments3d,
+                masks=scale.masks_unet, n_segments=scale.segments3d,
                 task="segmentation", target=1,
             )
         )  # fmt: skip

@@ -182,6 +182,37 @@ def test_a_size_that_seems_to_lose_on_short_work_is_timed_again_next_time():
     assert plans == [16, 16, 32]  # 32 timed twice (set-up, then for real) before winning
 
 
+def test_a_resumed_search_does_not_time_the_first_pass_of_a_work():
+    """A work's first pass runs cold (here 3x): a resumed search runs it untimed, at the
+    plan's size, so the second timing of a size left to the next work is a warm one."""
+    cost = {16: 2e-3, 32: 1.4e-3}
+    seen: set[int] = set()
+    calls: list = []
+
+    def chunk(start, stop, channels_last):
+        n = stop - start
+        size = max([k for k in cost if k <= n], default=16)
+        cold = 3 if start == 0 else 1
+        time.sleep(cost[size] * n * cold * (1 if size in seen else 5))
+        seen.add(size)
+        calls.append(n)
+        return torch.arange(start, stop, dtype=torch.float32)
+
+    search = None
+    plans, sizes = [], []
+    for _ in range(3):
+        calls.clear()
+        runner = _Runner(64, chunk, torch.device("cpu"), stretch=256)
+        plan, search = _climb(runner, reshapes=False, cap=256, search=search)
+        assert torch.equal(runner.finish(plan), torch.arange(64, dtype=torch.float32))
+        plans.append(plan.batch_size)
+        sizes.append(list(calls))
+    # the start's untimed pass and two timings; then the warm-up, 32's first timing
+    # (its set-up); then the warm-up, 32's second timing, 16 timed again: 32 wins
+    assert sizes == [[16, 16, 16, 16], [16, 32, 16], [16, 32, 16]]
+    assert plans == [16, 16, 32]
+
+
 def test_a_timed_pass_is_not_stretched_into_a_new_shape():
     """A timed pass keeps its size: stretched to take in a short rest (a work of 65,
     timed 32 + 33) it was a shape never run before, whose set-up made passes of 32 lose
@@ -435,8 +466,18 @@ def test_short_work_repeated_continues_its_search_where_it_stopped():
         again = passes.method_passes(70, slow_chunk, 64, x[:1], kind="short")
     torch.testing.assert_close(again, first)
     assert sizes_first[:2] == [16, 16]  # the search starts small
-    assert model.sizes[0] > 16  # and the next call where the last one had got to
-    # the first call ran out before 32; the second timed 32 and ran out before 64
+    # the next call warms up with one untimed pass of the plan (a work's first pass
+    # runs cold), then goes on where the last one had got to
+    assert model.sizes[:2] == [16, 32]
+    # the first call ran out before 32; the second timed 32 once and ran out
+    ((_, search),) = passes._unfinished[model].items()
+    assert search.plan == PassPlan(16) and search.step == 32 and search.pending is not None
+    model.sizes.clear()
+    with torch.no_grad(), passes.planning(model, cap=64):
+        third = passes.method_passes(70, slow_chunk, 64, x[:1], kind="short")
+    torch.testing.assert_close(third, first)
+    assert model.sizes[:2] == [16, 32]  # the warm-up, then 32's second timing
+    # 32 won; the third call ran out before 64
     ((_, search),) = passes._unfinished[model].items()
     assert search.plan == PassPlan(32) and search.step == 64 and model not in passes._plans
 
