@@ -47,6 +47,22 @@ def _chunk(cost: dict[int, float], calls: list):
     return chunk
 
 
+def _setup_chunk(cost: dict[int, float], calls: list[int], cold: float = 1.0):
+    """Sleeps ``cost`` per input of the largest size at most the pass's, 5x on the
+    first pass of each size (its set-up) and ``cold`` times on a work's first pass."""
+    seen: set[int] = set()
+
+    def chunk(start, stop, channels_last):
+        n = stop - start
+        size = max([k for k in cost if k <= n], default=16)
+        time.sleep(cost[size] * n * (cold if start == 0 else 1) * (1 if size in seen else 5))
+        seen.add(size)
+        calls.append(n)
+        return torch.arange(start, stop, dtype=torch.float32)
+
+    return chunk
+
+
 def _repeated_works(
     chunk, work: int, *, reshapes: bool, limit: int
 ) -> tuple[list[PassPlan], passes.Search | None]:
@@ -159,18 +175,7 @@ def test_short_work_resumes_the_search_where_it_stopped():
 def test_a_size_that_seems_to_lose_on_short_work_is_timed_again_next_time():
     # the first pass of a new size pays its set-up (here 5x, far from the 2x a busy
     # machine's sleeps may stretch the timing of 16 by): one timing would reject 32
-    cost = {16: 2e-3, 32: 1e-3}
-    seen: set[int] = set()
-    calls: list = []
-
-    def chunk(start, stop, channels_last):
-        n = stop - start
-        size = max([k for k in cost if k <= n], default=16)
-        time.sleep(cost[size] * n * (1 if size in seen else 5))
-        seen.add(size)
-        calls.append(n)
-        return torch.arange(start, stop, dtype=torch.float32)
-
+    chunk = _setup_chunk({16: 2e-3, 32: 1e-3}, [])
     search = None
     plans = []
     for _ in range(3):
@@ -185,19 +190,8 @@ def test_a_size_that_seems_to_lose_on_short_work_is_timed_again_next_time():
 def test_a_resumed_search_does_not_time_the_first_pass_of_a_work():
     """A work's first pass runs cold (here 3x): a resumed search runs it untimed, at the
     plan's size, so the second timing of a size left to the next work is a warm one."""
-    cost = {16: 2e-3, 32: 1.4e-3}
-    seen: set[int] = set()
-    calls: list = []
-
-    def chunk(start, stop, channels_last):
-        n = stop - start
-        size = max([k for k in cost if k <= n], default=16)
-        cold = 3 if start == 0 else 1
-        time.sleep(cost[size] * n * cold * (1 if size in seen else 5))
-        seen.add(size)
-        calls.append(n)
-        return torch.arange(start, stop, dtype=torch.float32)
-
+    calls: list[int] = []
+    chunk = _setup_chunk({16: 2e-3, 32: 1.4e-3}, calls, cold=3)
     search = None
     plans, sizes = [], []
     for _ in range(3):
