@@ -29,7 +29,8 @@ The search starts from the pass size the call would run without the planner (a
 method's default pass parameter, :func:`~.pass_defaults.default_pass_start`), so it
 leaves that size only for one it timed faster.
 Work too short to finish the search keeps it: the next work of the same kind goes on
-from the last size timed, so repeated short jobs converge.
+from the last size timed (after one untimed pass of the plan: a work's first pass runs
+cold), so repeated short jobs converge.
 A CUDA out-of-memory error in any pass splits it in two and retries. An integer
 ``batch_size`` outside these contexts runs exactly that many inputs per pass,
 contiguous: no tuning, predictable memory.
