@@ -536,3 +536,9 @@ def test_subprocess_alias_bomb_exits_2_without_traceback(tmp_path):
         check=False,
     )
     assert done.returncode == 2 and "alias" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_amp_takes_tf32_and_refuses_other_names(tmp_path: Path) -> None:
+    assert RunConfig.model_validate(_data(tmp_path, amp="tf32")).amp == "tf32"
+    with pytest.raises(ValidationError, match="tf32"):
+        RunConfig.model_validate(_data(tmp_path, amp="fp8"))

@@ -222,7 +222,7 @@ def test_numpy_integer_seeds_work_like_ints(demo):
 
 @pytest.mark.parametrize("amp", ["fp8", ["bf16"], 16])
 def test_a_bad_amp_is_refused(demo, amp):
-    _refused(ec.InvalidParamsError, ["amp must be 'bf16', 'fp16' or None"], amp=amp)
+    _refused(ec.InvalidParamsError, ["amp must be 'bf16', 'fp16', 'tf32' or None"], amp=amp)
 
 
 # --- 7. inference mode and no_grad ----------------------------------------------------

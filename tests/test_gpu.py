@@ -70,3 +70,30 @@ def test_tuned_curves_on_cuda_equal_fixed_passes(amp):
     fixed = deletion(model, x.cuda(), 1, a.cuda(), steps=64, batch_size=64, amp=amp)
     assert len(passes._plans[model]) == 1
     torch.testing.assert_close(auto.curve, fixed.curve, atol=1e-2 if amp else 1e-5, rtol=0)
+
+
+class _SeesTF32(torch.nn.Module):
+    """A model that notes whether cuDNN may use TF32 while it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.backends.cudnn.allow_tf32)
+        return self.conv(x).mean((2, 3))
+
+
+@pytest.mark.parametrize(("amp", "tf32"), [(None, False), ("tf32", True)])
+def test_a_call_on_cuda_computes_without_tf32_unless_amp_allows_it(demo, amp, tf32):
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = not tf32
+    try:
+        model = _SeesTF32().cuda()
+        x = torch.rand(2, 3, 8, 8, device="cuda")
+        ec.explain(model, x, "demo.grad_x_input", target=1, amp=amp)
+        assert model.seen and set(model.seen) == {tf32}
+        assert torch.backends.cudnn.allow_tf32 is (not tf32)  # the process's, restored
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -98,8 +98,11 @@ def explain(
             the layer's output as ``(B, C, *grid)``.
         seed: an int (or None) that seeds torch's generators for the call only
             (stochastic methods).
-        amp: None, or ``"bf16"`` / ``"fp16"`` to run the method under autocast; results
-            come back in float32, and a NaN or infinite result is recomputed in float32.
+        amp: None (float32; on CUDA without TF32, whatever the process allows, so a
+            map does not depend on pass sizes), ``"bf16"`` / ``"fp16"`` to run the
+            method under autocast (results come back in float32, and a NaN or
+            infinite result is recomputed in float32), or ``"tf32"`` to allow CUDA's
+            TF32 convolutions and matrix products (faster, scores within about 1e-3).
         patches: explain inputs larger than a patch patch by patch and stitch the maps
             (a :class:`~esegeta_core.runtime.patches.PatchSpec` or its fields as a dict,
             e.g. ``{"size": 64, "overlap": 16, "mode": "hann"}``; None: no patches). A
@@ -292,7 +295,7 @@ def _check_amp(amp: object, method: str) -> None:
     """Refuse a non-string ``amp`` here (:func:`check_precision` checks the names)."""
     if amp is not None and not isinstance(amp, str):
         raise InvalidParamsError(
-            f"Method {method!r}: amp must be 'bf16', 'fp16' or None, got "
+            f"Method {method!r}: amp must be 'bf16', 'fp16', 'tf32' or None, got "
             f"{type(amp).__name__} {amp!r}."
         )
 

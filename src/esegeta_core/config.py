@@ -245,7 +245,9 @@ class RunConfig(_Section):
         "channels-first, channels-last or tokens), or e.g. 'tokens:1:14x14' (one class "
         "token before a 14x14 patch grid) or {kind: tokens, extra: 1, grid: [14, 14]}.",
     )
-    amp: Literal["bf16", "fp16"] | None = Field(None, description="Mixed precision.")
+    amp: Literal["bf16", "fp16", "tf32"] | None = Field(
+        None, description="Mixed precision (bf16, fp16) or TF32 on CUDA; null: float32."
+    )
     auto_batch: bool = Field(False, description="Size internal batches to fit memory.")
     time_limit: float | None = Field(
         None, gt=0, description="Seconds per job; a job past it is killed (needs workers)."

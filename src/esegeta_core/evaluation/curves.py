@@ -123,7 +123,9 @@ def aopc(
         amp: mixed precision for the forward passes, ``"bf16"`` (CPU or CUDA) or
             ``"fp16"`` (CUDA): faster, scores within about 1e-2 of float32's; scores
             are read in float32, and curves with NaN or infinite values are recomputed
-            in float32 (logged). ``None`` (default): the model's own precision.
+            in float32 (logged); ``"tf32"``: CUDA's TF32 convolutions and matrix
+            products. ``None`` (default): the model's own precision (float32 without
+            TF32 on CUDA).
     """
     curve, fractions = _run_curve(
         "aopc",

@@ -1,16 +1,25 @@
-"""Mixed precision for any method: opt-in autocast, float32 results, float32 fallback.
+"""Precision for any method: float32 by default, opt-in autocast or TF32, float32
+results, float32 fallback.
 
 ``amp="bf16"`` or ``"fp16"`` runs the method under ``torch.autocast`` on the model's
 device (fp16 only on CUDA; bf16 on CUDA and CPU). Attributions always come back as
 float32. A result with NaN or infinite values, the usual symptom of fp16 overflow in
 gradients, is recomputed in float32 with a logged warning, so enabling AMP never
 silently returns a broken map.
+
+Without ``amp`` a CUDA model computes in true float32: PyTorch's default lets cuDNN
+run float32 convolutions on TF32 tensor cores (a 10-bit mantissa), whose rounding,
+about 1e-3 of each score, changes with the pass size (another algorithm). A
+perturbation map is a difference of scores: on an H200 its maps moved by 3% of their
+largest value between pass sizes (``benchmarks/bench_perturbation.py --device cuda``).
+``amp="tf32"`` allows TF32 convolutions and matrix products for speed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Literal, TypeVar
 
@@ -20,8 +29,9 @@ from esegeta_core.errors import InvalidParamsError
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["bf16", "fp16"]
+Precision = Literal["bf16", "fp16", "tf32"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("bf16", "fp16", "tf32")
 
 T = TypeVar("T")
 
@@ -33,9 +43,9 @@ def check_precision(
     with ``kind`` and the name (``"Method 'x'"``, ``"Metric 'deletion'"``)."""
     if amp is None:
         return
-    if amp not in _DTYPES:
+    if amp not in PRECISIONS:
         raise InvalidParamsError(
-            f"{kind} {method!r}: amp must be 'bf16', 'fp16' or None, got {amp!r}."
+            f"{kind} {method!r}: amp must be 'bf16', 'fp16', 'tf32' or None, got {amp!r}."
         )
     if amp == "fp16" and device.type != "cuda":
         raise InvalidParamsError(
@@ -44,13 +54,60 @@ def check_precision(
         )
 
 
+_tf32_lock = threading.Lock()
+_tf32_users: list[bool] = []  # the TF32 setting of each call running now, in order
+_tf32_saved: tuple[bool, bool] = (False, False)
+
+
+def _set_tf32(allowed: bool) -> None:
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+@contextlib.contextmanager
+def tf32(allowed: bool) -> Iterator[None]:
+    """TF32 convolutions and matrix products allowed or not while the block runs; the
+    process's settings come back after. Calls in threads share the flags: while any
+    call that wants float32 runs, TF32 stays off."""
+    global _tf32_saved
+    with _tf32_lock:
+        if not _tf32_users:
+            _tf32_saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        _tf32_users.append(allowed)
+        _set_tf32(all(_tf32_users))
+    try:
+        yield
+    finally:
+        with _tf32_lock:
+            _tf32_users.remove(allowed)
+            if _tf32_users:
+                _set_tf32(all(_tf32_users))
+            else:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = _tf32_saved
+
+
+def reduced(device: torch.device) -> bool:
+    """Whether passes on ``device`` compute below float32 now (autocast or TF32)."""
+    if device.type != "cuda":
+        return torch.is_autocast_enabled(device.type)
+    return (
+        torch.is_autocast_enabled("cuda")
+        or torch.backends.cudnn.allow_tf32
+        or torch.backends.cuda.matmul.allow_tf32
+    )
+
+
 @contextlib.contextmanager
 def autocast(amp: str | None, device: torch.device) -> Iterator[None]:
-    """``torch.autocast`` for ``amp`` on ``device``, or nothing when ``amp`` is None."""
-    if amp is None:
-        yield
-        return
-    with torch.autocast(device_type=device.type, dtype=_DTYPES[amp]):
+    """The precision of ``amp`` on ``device``: ``torch.autocast`` for bf16 and fp16;
+    on CUDA, TF32 off for None (true float32) and on for ``"tf32"``."""
+    if amp in _DTYPES:
+        with torch.autocast(device_type=device.type, dtype=_DTYPES[amp]):
+            yield
+    elif device.type == "cuda":
+        with tf32(amp == "tf32"):
+            yield
+    else:
         yield
 
 
@@ -73,16 +130,16 @@ def to_float32(result: T) -> T:
 def run_with_precision(
     run: Callable[[], T], amp: str | None, device: torch.device, method: str = ""
 ) -> T:
-    """Run under autocast; recompute in float32 (with a warning) if the result is not finite."""
-    if amp is None:
-        return run()
+    """Run in ``amp``'s precision (:func:`autocast`); recompute in float32 (with a
+    warning) a result of bf16 or fp16 that is not finite."""
     with autocast(amp, device):
         result = run()
-    if is_finite(result):
-        return to_float32(result)
+    if amp not in _DTYPES or is_finite(result):
+        return to_float32(result) if amp in _DTYPES else result
     log.warning(
         "method %s gave NaN or infinite values under amp=%s; recomputing in float32",
         method,
         amp,
     )
-    return to_float32(run())
+    with autocast(None, device):
+        return to_float32(run())
