@@ -92,8 +92,9 @@ def test_a_call_on_cuda_computes_without_tf32_unless_amp_allows_it(demo, amp, tf
     try:
         model = _SeesTF32().cuda()
         x = torch.rand(2, 3, 8, 8, device="cuda")
-        ec.explain(model, x, "demo.grad_x_input", target=1, amp=amp)
-        assert model.seen and set(model.seen) == {tf32}
+        # target None: the prediction pass too (a perturbation method's reference)
+        ec.explain(model, x, "demo.grad_x_input", target=None, amp=amp)
+        assert len(model.seen) >= 2 and set(model.seen) == {tf32}
         assert torch.backends.cudnn.allow_tf32 is (not tf32)  # the process's, restored
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -67,6 +67,31 @@ def test_overlapping_calls_keep_tf32_off_while_one_wants_float32() -> None:
     assert _flags() == (True, True)  # the flags as they were before the first call
 
 
+def test_every_pass_of_a_call_runs_in_the_calls_precision(demo, monkeypatch) -> None:
+    """The job holds :func:`~esegeta_core.runtime.precision.float32_math` around all of
+    its passes, the prediction pass included (a perturbation method subtracts its
+    scores from the perturbed ones: both must be rounded alike)."""
+    from esegeta_core.runtime import job
+
+    held: list[tuple[object, str]] = []
+    real = job.float32_math
+
+    @contextlib.contextmanager
+    def spy(amp: object, device: torch.device) -> Iterator[None]:
+        held.append((amp, device.type))
+        with real(amp, device):
+            yield
+        held.pop()
+
+    monkeypatch.setattr(job, "float32_math", spy)
+    model, x = tiny_model(), tiny_input()
+    seen: list[list[tuple[object, str]]] = []
+    model.register_forward_pre_hook(lambda m, a: seen.append(list(held)))
+    ec.explain(model, x, "demo.grad_x_input", target=None, amp="tf32")
+    assert len(seen) >= 2  # the prediction pass and the method's
+    assert all(s == [("tf32", "cpu")] for s in seen)
+
+
 def test_explain_takes_amp_tf32_and_on_the_cpu_it_changes_nothing(demo) -> None:
     model, x = tiny_model(), tiny_input()
     plain = ec.explain(model, x, "demo.grad_x_input", target=1).attributions

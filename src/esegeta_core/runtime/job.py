@@ -50,7 +50,7 @@ from esegeta_core.runtime.patches import (
     needs_patches,
     stitch_item,
 )
-from esegeta_core.runtime.precision import Precision, run_with_precision
+from esegeta_core.runtime.precision import Precision, float32_math, run_with_precision
 from esegeta_core.targets import (
     Region,
     ScoreFn,
@@ -134,7 +134,7 @@ class Job:
             if any(m.training for m in self.spec.model.modules()):
                 self.spec.model.eval()
             x = _on_device(inputs, self.spec.device)
-            with held_heap(self.spec.device):
+            with held_heap(self.spec.device), float32_math(self.spec.amp, self.spec.device):
                 result, t, params, seconds = self._execute(x, target, params)
         except EsegetaError:
             raise

@@ -98,17 +98,29 @@ def reduced(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def autocast(amp: str | None, device: torch.device) -> Iterator[None]:
-    """The precision of ``amp`` on ``device``: ``torch.autocast`` for bf16 and fp16;
-    on CUDA, TF32 off for None (true float32) and on for ``"tf32"``."""
-    if amp in _DTYPES:
-        with torch.autocast(device_type=device.type, dtype=_DTYPES[amp]):
-            yield
-    elif device.type == "cuda":
+def float32_math(amp: str | None, device: torch.device) -> Iterator[None]:
+    """On CUDA: TF32 off for ``amp=None`` (true float32) and on for ``"tf32"``; nothing
+    elsewhere, or for bf16 and fp16 (autocast's float32 operations keep the process's
+    setting). A job holds it for all of its passes (the prediction pass whose scores
+    a perturbation method subtracts from, the checks, the method), so that no score is
+    rounded otherwise than the rest."""
+    if device.type == "cuda" and amp not in _DTYPES:
         with tf32(amp == "tf32"):
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def autocast(amp: str | None, device: torch.device) -> Iterator[None]:
+    """The precision of ``amp`` on ``device``: ``torch.autocast`` for bf16 and fp16,
+    else :func:`float32_math`."""
+    if amp in _DTYPES:
+        with torch.autocast(device_type=device.type, dtype=_DTYPES[amp]):
+            yield
+    else:
+        with float32_math(amp, device):
+            yield
 
 
 def is_finite(result: object) -> bool:
