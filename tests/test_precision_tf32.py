@@ -98,3 +98,34 @@ def test_explain_takes_amp_tf32_and_on_the_cpu_it_changes_nothing(demo) -> None:
     tf32 = ec.explain(model, x, "demo.grad_x_input", target=1, amp="tf32").attributions
     assert torch.equal(plain, tf32)
     assert _flags() == (True, True)
+
+
+@pytest.mark.parametrize("metric", ["deletion", "infidelity"])
+def test_every_pass_of_a_metric_runs_in_its_precision(metric, monkeypatch) -> None:
+    """Metrics hold :func:`~esegeta_core.runtime.precision.float32_math` too (through
+    ``eval_mode``), with the curves' ``amp``."""
+    from esegeta_core.evaluation import _common, deletion, infidelity
+
+    held: list[object] = []
+    real = _common.float32_math
+
+    @contextlib.contextmanager
+    def spy(amp: object, device: torch.device) -> Iterator[None]:
+        held.append(amp)
+        with real(amp, device):
+            yield
+        held.pop()
+
+    monkeypatch.setattr(_common, "float32_math", spy)
+    model = tiny_model()
+    x = tiny_input(batch=2)
+    a = torch.rand(2, 1, *x.shape[2:])
+    seen: list[list[object]] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(list(held)))
+    if metric == "deletion":
+        deletion(model, x, 1, a, steps=4, amp="tf32")
+        want = ["tf32"]
+    else:
+        infidelity(model, x, 1, a, n_samples=2)
+        want = [None]
+    assert seen and all(s == want for s in seen)

@@ -25,6 +25,7 @@ from esegeta_core.errors import (
 )
 from esegeta_core.input_checks import check_batch, check_model
 from esegeta_core.model_state import ModelState
+from esegeta_core.runtime.precision import float32_math
 from esegeta_core.toolkit import gather_target
 
 ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,8 +40,11 @@ Score = Literal["softmax", "raw"]
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module, metric: str) -> Iterator[torch.device]:
+def eval_mode(model: nn.Module, metric: str, amp: str | None = None) -> Iterator[torch.device]:
     """Run the body with ``model`` in eval mode; restore mode, hooks and grads after.
+    On CUDA the body computes in true float32 (TF32 off) unless ``amp`` says otherwise
+    (:func:`~esegeta_core.runtime.precision.float32_math`): a metric compares scores
+    that TF32 would round by about 1e-3 each.
 
     Yields the model's device.
     """
@@ -48,7 +52,9 @@ def eval_mode(model: nn.Module, metric: str) -> Iterator[torch.device]:
     state = ModelState.capture(model)
     try:
         model.eval()
-        yield model_device(model)
+        device = model_device(model)
+        with float32_math(amp, device):
+            yield device
     finally:
         state.restore()
 

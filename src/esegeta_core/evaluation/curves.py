@@ -271,7 +271,7 @@ def _run_curve(
         raise InvalidParamsError(
             f"Metric {metric!r}: blur_sigma must be a positive number, got {blur_sigma!r}."
         )
-    with eval_mode(model, metric) as device, seeded(seed, device), torch.inference_mode():
+    with eval_mode(model, metric, amp) as device, seeded(seed, device), torch.inference_mode():
         check_precision(amp, device, metric, kind="Metric")
         x, a = x.to(device), a.to(device)
         t = check_target(metric, target, x.shape[0], device)
