@@ -41,7 +41,11 @@ the ratios and whether each target holds (comparisons other than the floor allow
 
 ``--smoke`` runs every row and peer at tiny sizes (a few minutes); ``--list`` prints the
 rows and their pass counts; ``--cases 2d,3d,unet`` and ``--only METHOD,...`` filter;
-``--device cuda`` runs on the first GPU.
+``--device cuda`` runs on the first GPU, where the floor's sweep adds larger passes
+(:data:`GPU_SIZES`) and the targets are the GPU's (:data:`GPU_PEER_TARGETS`; no floor
+target); ``--amp`` runs ``explain()`` and the floor in that precision (``tf32``: TF32
+allowed on a GPU, which esegeta turns off by default). The JSON is written after every
+row, so a run cut short keeps its finished rows (``rows_planned`` has the whole count).
 """
 
 from __future__ import annotations
@@ -70,10 +74,10 @@ import esegeta_core as ec
 from esegeta_core.runtime import heap, passes, precision
 
 FLOOR_TARGET = 1.1
+"""Most auto_planned / floor the issue allows (on a CPU)."""
 GPU_PEER_TARGETS = {"Captum": 5.0, "MONAI": 2.0, "pytorch-grad-cam": 2.0}
 """On a GPU: how many times faster than each peer (by its name's first word) the call
 with ``auto_batch`` must be (issue 19; Captum at its default ``perturbations_per_eval=1``)."""
-"""Most auto_planned / floor the issue allows."""
 NOISE = 0.05
 """Margin of the comparisons between timed calls (auto vs default, esegeta vs peer)."""
 SAME_MAP = 1e-4
