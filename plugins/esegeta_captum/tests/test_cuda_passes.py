@@ -14,7 +14,7 @@ from torch import nn
 
 import esegeta_core as ec
 from esegeta_core.model_state import count_hooks
-from esegeta_core.runtime import passes
+from esegeta_core.runtime import passes, precision
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (CI and this machine have none)"
@@ -31,15 +31,17 @@ METHODS = {
 
 
 @pytest.fixture(autouse=True)
-def _fresh_plans_in_float32() -> Iterator[None]:
-    """No plans cached, and no TF32: cuDNN's TF32 convolutions round scores at about
-    1e-3 of their size, differently for each pass size (a choice of algorithm), which
-    would hide what these tests compare."""
+def _fresh_plans() -> None:
     passes.clear_plans()
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+@pytest.fixture
+def float32() -> Iterator[None]:
+    """No TF32 around the test: cuDNN's TF32 convolutions round scores at about 1e-3 of
+    their size, differently for each pass size (a choice of algorithm), which would
+    hide what these tests compare (the process's flags come back after)."""
+    with precision.tf32(False):
+        yield
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
@@ -56,7 +58,7 @@ def _resnet() -> nn.Module:
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_auto_batch_on_cuda_equals_the_fixed_batch(method: str) -> None:
+def test_auto_batch_on_cuda_equals_the_fixed_batch(method: str, float32: None) -> None:
     model = _resnet()
     x = torch.rand(2, 3, 32, 32, device="cuda")
     target = torch.tensor([1, 7])
@@ -73,7 +75,7 @@ def test_auto_batch_on_cuda_equals_the_fixed_batch(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["captum.occlusion", "captum.feature_ablation"])
-def test_planned_cuda_maps_equal_the_cpus(method: str) -> None:
+def test_planned_cuda_maps_equal_the_cpus(method: str, float32: None) -> None:
     model = _resnet()
     x = torch.rand(2, 3, 32, 32, device="cuda")
     target = torch.tensor([1, 7])
@@ -83,7 +85,7 @@ def test_planned_cuda_maps_equal_the_cpus(method: str) -> None:
     _close(gpu.attributions.cpu(), cpu.attributions, 1e-3)  # cuDNN's sums round otherwise
 
 
-def test_3d_segmentation_occlusion_on_cuda_equals_the_fixed_batch() -> None:
+def test_3d_segmentation_occlusion_on_cuda_equals_the_fixed_batch(float32: None) -> None:
     from monai.networks.nets import UNet
 
     torch.manual_seed(0)
@@ -112,7 +114,7 @@ class _Wide(nn.Module):
 
 
 def test_a_real_out_of_memory_in_a_planned_pass_is_split_and_the_map_unchanged(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, float32: None
 ) -> None:
     """The allocator is capped a little above what the test holds, so that the planner's
     passes (it plans from the card's free memory, far above the cap) run out of memory:
@@ -139,13 +141,18 @@ def test_a_real_out_of_memory_in_a_planned_pass_is_split_and_the_map_unchanged(
 
 def test_where_the_process_allows_tf32_the_map_still_does_not_depend_on_the_pass_size() -> None:
     """PyTorch's default lets cuDNN use TF32; without ``amp`` a call computes in float32
-    all the same (on an H200, TF32 moved this method's maps by 3% between pass sizes)."""
+    all the same (on an H200, TF32 moved this method's maps by 3% between pass sizes).
+    No ``float32`` fixture: the process's own flags are what this test is about."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-    model = _resnet()
-    x = torch.rand(2, 3, 32, 32, device="cuda")
-    target = torch.tensor([1, 7])
-    kw = {**METHODS["captum.occlusion"], "progress": False}
-    one = ec.explain(model, x, "captum.occlusion", target, perturbations_per_eval=1, **kw)
-    auto = ec.explain(model, x, "captum.occlusion", target, auto_batch=True, **kw)
-    _close(auto.attributions, one.attributions, 1e-4)
-    assert torch.backends.cudnn.allow_tf32  # the process's setting, back after the call
+    try:
+        model = _resnet()
+        x = torch.rand(2, 3, 32, 32, device="cuda")
+        target = torch.tensor([1, 7])
+        kw = {**METHODS["captum.occlusion"], "progress": False}
+        one = ec.explain(model, x, "captum.occlusion", target, perturbations_per_eval=1, **kw)
+        auto = ec.explain(model, x, "captum.occlusion", target, auto_batch=True, **kw)
+        _close(auto.attributions, one.attributions, 1e-4)
+        assert torch.backends.cudnn.allow_tf32  # the process's setting, back after the call
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

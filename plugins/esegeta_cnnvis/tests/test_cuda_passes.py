@@ -12,7 +12,7 @@ from torch import nn
 
 import esegeta_core as ec
 from esegeta_core.model_state import count_hooks
-from esegeta_core.runtime import passes
+from esegeta_core.runtime import passes, precision
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (CI and this machine have none)"
@@ -23,10 +23,8 @@ pytestmark = pytest.mark.skipif(
 def _fresh_plans_in_float32() -> Iterator[None]:
     """No plans cached, and no TF32 (its rounding differs with the pass size)."""
     passes.clear_plans()
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    with precision.tf32(False):  # the process's flags come back after
+        yield
     passes.clear_plans()
 
 

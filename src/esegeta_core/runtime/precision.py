@@ -59,9 +59,13 @@ _tf32_users: list[bool] = []  # the TF32 setting of each call running now, in or
 _tf32_saved: tuple[bool, bool] = (False, False)
 
 
-def _set_tf32(allowed: bool) -> None:
-    torch.backends.cudnn.allow_tf32 = allowed
-    torch.backends.cuda.matmul.allow_tf32 = allowed
+def _tf32_flags() -> tuple[bool, bool]:
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+def _set_tf32(convolutions: bool, matmuls: bool) -> None:
+    torch.backends.cudnn.allow_tf32 = convolutions
+    torch.backends.cuda.matmul.allow_tf32 = matmuls
 
 
 @contextlib.contextmanager
@@ -72,29 +76,23 @@ def tf32(allowed: bool) -> Iterator[None]:
     global _tf32_saved
     with _tf32_lock:
         if not _tf32_users:
-            _tf32_saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            _tf32_saved = _tf32_flags()
         _tf32_users.append(allowed)
-        _set_tf32(all(_tf32_users))
+        _set_tf32(all(_tf32_users), all(_tf32_users))
     try:
         yield
     finally:
         with _tf32_lock:
             _tf32_users.remove(allowed)
-            if _tf32_users:
-                _set_tf32(all(_tf32_users))
-            else:
-                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = _tf32_saved
+            wanted = all(_tf32_users)
+            _set_tf32(*((wanted, wanted) if _tf32_users else _tf32_saved))
 
 
 def reduced(device: torch.device) -> bool:
     """Whether passes on ``device`` compute below float32 now (autocast or TF32)."""
     if device.type != "cuda":
         return torch.is_autocast_enabled(device.type)
-    return (
-        torch.is_autocast_enabled("cuda")
-        or torch.backends.cudnn.allow_tf32
-        or torch.backends.cuda.matmul.allow_tf32
-    )
+    return torch.is_autocast_enabled("cuda") or any(_tf32_flags())
 
 
 @contextlib.contextmanager
