@@ -110,8 +110,10 @@ def explain(
         auto_batch: let the pass planner choose the method's passes: a method's
             forward passes without gradients (``pass_params``) take the pass size
             and layout measured fastest on its own first passes, within what fits in
-            memory, and cached per network; other batch sizes (``batch_params``) the
-            largest that fits. CUDA out-of-memory always halves and retries.
+            memory, and cached per network (with patches, each patch batch's passes);
+            the explanation's params record the plan (``extras["pass_plan"]`` has its
+            layout); other batch sizes (``batch_params``) the largest that fits. CUDA
+            out-of-memory always halves and retries.
         progress: show a progress bar over patches.
         force: run even when the requested counts (steps, samples, masks) are
             estimated at more than :data:`~esegeta_core.checks.MAX_PASSES` passes.

@@ -120,6 +120,32 @@ def auto_batch_params(
     return params.model_copy(update={p: batch for p in unset})
 
 
+def planned_pass_params(cls: type[Explainer], params: MethodParams) -> list[str]:
+    """The ``pass_params`` the pass planner sizes under ``auto_batch``: those ``params``
+    leave unset, except any a random draw depends on (:meth:`Explainer.drawn_with`) and
+    all of a method that reads a layer without building its passes itself (a
+    :class:`~esegeta_core.runtime.passes.PassSplitter` would hide the layer's path)."""
+    if cls.Params.layer_fields() and not cls.own_passes:
+        return []
+    drawn = cls().drawn_with(params)
+    return [p for p in cls.pass_params if p not in params.model_fields_set and p not in drawn]
+
+
+def params_with_plan(
+    cls: type[Explainer], params: MethodParams, names: list[str], inputs_per_pass: int, batch: int
+) -> MethodParams:
+    """``params`` as the explanation records them after a planned call: the planned
+    pass parameters ``names`` at the plan's pass size in their own unit (inputs per
+    pass; for ``pass_unit="item"``, Captum's copies of each item per pass, the plan's
+    inputs per pass over the ``batch`` items, rounded down, at least 1), not the count
+    handed to the method so that the planner could split it. Set explicitly, without
+    ``auto_batch``, they run passes of at most the plan's size, with the same map."""
+    if not names:
+        return params
+    size = max(1, inputs_per_pass // max(1, batch) if cls.pass_unit == "item" else inputs_per_pass)
+    return params.model_copy(update={name: size for name in names})
+
+
 def plan_batches(
     cls: type[Explainer],
     params: MethodParams,
@@ -138,14 +164,8 @@ def plan_batches(
     of at most the cap, the batch whose activations fit (:func:`auto_batch_params`);
     a method with ``own_passes`` plans its passes within the same cap.
     Other batch parameters get that batch."""
-    reads_layer = bool(cls.Params.layer_fields()) and not cls.own_passes
     explainer = cls()
-    drawn = explainer.drawn_with(params)
-    passes = [
-        p
-        for p in cls.pass_params
-        if p not in params.model_fields_set and not reads_layer and p not in drawn
-    ]
+    passes = planned_pass_params(cls, params)
     sized = auto_batch_params(cls, params, model, x, network)
     if not passes:
         return sized, None

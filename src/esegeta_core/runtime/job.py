@@ -32,7 +32,12 @@ from esegeta_core.layouts import ReshapeSpec
 from esegeta_core.model_state import ModelState
 from esegeta_core.outputs import OutputSelector, selector_label
 from esegeta_core.progress import progress_bar
-from esegeta_core.runtime.batching import auto_batch_params, plan_batches, run_with_oom_retry
+from esegeta_core.runtime.batching import (
+    params_with_plan,
+    plan_batches,
+    planned_pass_params,
+    run_with_oom_retry,
+)
 from esegeta_core.runtime.heap import held_heap
 from esegeta_core.runtime.layer_setup import (
     layer_modules,
@@ -119,6 +124,11 @@ class Job:
         """Added to the all-zero warning when the call knows a likelier cause."""
         self._plain: nn.Module | None = None
         self._probe: torch.Tensor | None = None
+        self._planned: list[str] = []
+        """The pass parameters the pass planner sizes in this call (``auto_batch``)."""
+        self._splitting: Planning | None = None
+        """Under ``auto_batch`` with patches, for a method that does not build its own
+        passes: the planner's state that each patch batch's splitter shares."""
 
     def scored(self, target: TargetLike) -> nn.Module:
         """The model as ``(B, classes)`` scores (for ``target``'s region, if any)."""
@@ -166,7 +176,9 @@ class Job:
             self._prepare(stack, explainer, plain, probe, x, target, params)
             start = time.perf_counter()
             if patches is not None:
-                result, t, params = self._run_patched(explainer, probe, x, target, params, patches)
+                result, t, params = self._run_patched(
+                    stack, explainer, probe, x, target, params, patches
+                )
             else:
                 result, t, params = self._run_whole(stack, explainer, x, target, params)
             if spec.device.type == "cuda":
@@ -224,13 +236,23 @@ class Job:
         t = self._targets(scored, x, target, params, explainer)
         scored, params, plans = self._plan_passes(stack, scored, x, params)
         result, params = self._attribute(explainer, scored, x, t, params, check=target is not None)
-        if plans is not None and plans.plan is not None:
-            self.extras["pass_plan"] = {
-                "inputs_per_pass": plans.plan.batch_size,
-                "channels_last": plans.plan.channels_last,
-                "measured_now": plans.tuned,
-            }
-        return result, t, params
+        return result, t, self._record_plan(params, plans, x.shape[0])
+
+    def _record_plan(
+        self, params: MethodParams, plans: Planning | None, batch: int
+    ) -> MethodParams:
+        """After a planned call: the plan used last in ``extras["pass_plan"]``, and the
+        params with the planned pass parameters at its pass size (``batch``: the items
+        per call, for parameters that count copies of each item)."""
+        if plans is None or plans.plan is None:
+            return params
+        plan = plans.plan
+        self.extras["pass_plan"] = {
+            "inputs_per_pass": plan.batch_size,
+            "channels_last": plan.channels_last,
+            "measured_now": plans.tuned,
+        }
+        return params_with_plan(self.spec.cls, params, self._planned, plan.batch_size, batch)
 
     def _targets(
         self,
@@ -276,6 +298,7 @@ class Job:
             return scored, params, None
         # the search starts from the passes the call would run without auto_batch
         start = default_pass_start(spec.cls, params, x[:1], x.shape[0])
+        self._planned = planned_pass_params(spec.cls, params)
         params, cap = plan_batches(spec.cls, params, scored, x, network=spec.model)
         if cap is None:
             return scored, params, None
@@ -343,6 +366,7 @@ class Job:
 
     def _run_patched(
         self,
+        stack: contextlib.ExitStack,
         explainer: Explainer,
         probe: torch.Tensor,
         x: torch.Tensor,
@@ -351,13 +375,19 @@ class Job:
         patches: PatchSpec,
     ) -> tuple[torch.Tensor, torch.Tensor, MethodParams]:
         """The method patch by patch, the maps stitched per item (``probe``: the first
-        patch, which sizes the batches under ``auto_batch``)."""
+        patch, which sizes the batches under ``auto_batch``). Under ``auto_batch`` the
+        pass planner runs the passes of every patch batch, as for a whole input: one
+        plan per patch shape, found on the first batches (held on ``stack``)."""
         t = self._patch_targets(x, target, patches)
+        plans = None
         if self.spec.auto_batch:
-            params = auto_batch_params(self.spec.cls, params, self.scored(None), probe)
+            like = probe.expand(patches.batch_size, *probe.shape[1:])
+            _, params, plans = self._plan_passes(stack, self.scored(None), like, params)
+            if plans is not None and not self.spec.cls.own_passes:
+                self._splitting = plans
         result, params = self._stitch(explainer, x, t, target, params, patches)
         self._warn(blank_maps(result, self.spec.cls.name))
-        return result, t, params
+        return result, t, self._record_plan(params, plans, patches.batch_size)
 
     def _patch_targets(
         self, x: torch.Tensor, target: TargetLike, patches: PatchSpec
@@ -436,6 +466,10 @@ class Job:
             if not bool(mask.any()):
                 return torch.zeros_like(patches), params
             scored = self.scored(Region(int(label), mask))
+        if self._splitting is not None:  # the planner's passes, its state shared
+            splitter = PassSplitter(scored, network=self.spec.model, cap=self._splitting.cap)
+            splitter.state = self._splitting
+            scored = splitter
         result, params = self._attribute(
             explainer, scored, patches, tt, params, check=True, zeros=False
         )
