@@ -198,22 +198,19 @@ class MultiClassScores:
         _check_classes(out)
         if classes.device.type != "cpu":
             return self.gathered_class_sums(out, classes)
-        if classes.numel() and not 0 <= int(classes.min()) <= int(classes.max()) < out.shape[1]:
+        present = classes.unique().tolist()  # sorted: one read on the host
+        if present and not 0 <= present[0] <= present[-1] < out.shape[1]:
             raise InvalidTargetError(
-                f"Target classes {classes.unique().tolist()} are out of range for a "
-                f"segmentation output of {out.shape[1]} classes."
+                f"Target classes {present} are out of range for a segmentation output "
+                f"of {out.shape[1]} classes."
             )
         flat = out.flatten(2)
+        if len(present) == 1:  # one class for every item (a perturbation's passes)
+            return _one_class_sums(flat, present[0])
         scores = torch.empty(out.shape[0], dtype=out.dtype, device=out.device)
-        for k in classes.unique().tolist():
+        for k in present:
             items = (classes == k).nonzero().squeeze(1).to(out.device)
-            part = flat.index_select(0, items) if items.numel() < out.shape[0] else flat
-            picked = torch.empty(part.shape[0], dtype=out.dtype, device=out.device)
-            blocks = _cache_blocks(part)
-            scratch = _scratch(part, blocks)
-            for block in blocks:
-                picked[block] = _won_sums(part[block], int(k), scratch)
-            scores[items] = picked
+            scores[items] = _one_class_sums(flat.index_select(0, items), k)
         return scores
 
     def gathered_class_sums(self, out: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -263,6 +260,17 @@ def _scratch(flat: torch.Tensor, blocks: list[slice]) -> torch.Tensor:
     where :func:`_won_sums` writes its comparisons, reused by every block and class."""
     most = max((b.stop - b.start for b in blocks), default=0)
     return torch.empty(most, flat.shape[2], dtype=flat.dtype, device=flat.device)
+
+
+def _one_class_sums(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """``(B,)``: each item's sum of class ``k``'s logits where it wins in ``(B,
+    classes, pixels)`` logits, a cache block at a time (:func:`_cache_blocks`), the
+    blocks' sums joined once at the end (writing each into a result by index cost more
+    than the sums of a 3D U-Net's pass of 8 at 48^3: 0.80 against 0.57 ms)."""
+    blocks = _cache_blocks(flat)
+    scratch = _scratch(flat, blocks)
+    sums = [_won_sums(flat[block], k, scratch) for block in blocks]
+    return sums[0] if len(sums) == 1 else torch.cat(sums)
 
 
 def _won_sums(flat: torch.Tensor, k: int, scratch: torch.Tensor) -> torch.Tensor:
