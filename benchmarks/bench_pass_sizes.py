@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rounds import best_of_rounds
 from torch import nn
 
 import esegeta_core as ec
@@ -114,14 +114,7 @@ def main() -> None:
                 variants[f"call {size}"] = _call(net, x, method, params, name, per_item, size)
             for fn in variants.values():  # one untimed run each: set-up out of the timings
                 fn()
-            best = {k: math.inf for k in variants}
-            for r in range(args.repeats):
-                keys = list(variants)
-                shift = r % len(keys)
-                for key in keys[shift:] + keys[:shift]:
-                    t = time.perf_counter()
-                    variants[key]()
-                    best[key] = min(best[key], time.perf_counter() - t)
+            best = best_of_rounds(variants, args.repeats)
             floor = min(best[f"floor {s}"] for s in SIZES)
             calls = [best[f"call {s}"] for s in SIZES]
             row = {

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rounds import best_of_rounds
 
 import esegeta_core as ec
 from esegeta_core.plugin.manager import get_registry
@@ -100,14 +101,7 @@ def main() -> None:
             "memory_sized": lambda call=call, name=name, handed=handed: call({name: handed}),
             **{f"floor {s}": _floor(net, count, s) for s in (4, 8, 16, 32)},
         }
-        best = {k: math.inf for k in calls}
-        for r in range(args.repeats):
-            keys = list(calls)
-            shift = r % len(keys)
-            for key in keys[shift:] + keys[:shift]:
-                t = time.perf_counter()
-                calls[key]()
-                best[key] = min(best[key], time.perf_counter() - t)
+        best = best_of_rounds(calls, args.repeats)
         floor_key = min((k for k in best if k.startswith("floor")), key=best.get)
         floor = best[floor_key]
         row = {
