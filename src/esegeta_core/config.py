@@ -248,7 +248,14 @@ class RunConfig(_Section):
     amp: Literal["bf16", "fp16", "tf32"] | None = Field(
         None, description="Mixed precision (bf16, fp16) or TF32 on CUDA; null: float32."
     )
-    auto_batch: bool = Field(False, description="Size internal batches to fit memory.")
+    auto_batch: bool = Field(
+        False,
+        description=(
+            "Let the pass planner run each method's perturbation passes at the size and "
+            "layout measured fastest within memory (patches included; the job's params "
+            "record the plan); other internal batches the largest that fits."
+        ),
+    )
     time_limit: float | None = Field(
         None, gt=0, description="Seconds per job; a job past it is killed (needs workers)."
     )
