@@ -265,8 +265,9 @@ def _scratch(flat: torch.Tensor, blocks: list[slice]) -> torch.Tensor:
 def _one_class_sums(flat: torch.Tensor, k: int) -> torch.Tensor:
     """``(B,)``: each item's sum of class ``k``'s logits where it wins in ``(B,
     classes, pixels)`` logits, a cache block at a time (:func:`_cache_blocks`), the
-    blocks' sums joined once at the end (writing each into a result by index cost more
-    than the sums of a 3D U-Net's pass of 8 at 48^3: 0.80 against 0.57 ms)."""
+    blocks' sums joined once at the end: written into a result by index one block at a
+    time, :meth:`MultiClassScores.class_scores` took 0.80 ms for a 3D U-Net's pass of 8
+    at 48^3, 0.62 ms joined."""
     blocks = _cache_blocks(flat)
     scratch = _scratch(flat, blocks)
     sums = [_won_sums(flat[block], k, scratch) for block in blocks]

@@ -144,8 +144,10 @@ def run_with_precision(
     warning) a result of bf16 or fp16 that is not finite."""
     with autocast(amp, device):
         result = run()
-    if amp not in _DTYPES or is_finite(result):
-        return to_float32(result) if amp in _DTYPES else result
+    if amp not in _DTYPES:  # float32, with or without TF32: nothing to convert
+        return result
+    if is_finite(result):
+        return to_float32(result)
     log.warning(
         "method %s gave NaN or infinite values under amp=%s; recomputing in float32",
         method,
