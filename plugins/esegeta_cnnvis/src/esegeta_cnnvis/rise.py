@@ -95,19 +95,39 @@ class MaskGrids:
         masks = torch.bmm(rows, lead)
         return masks.view(masks.shape[0], 1, *self.spatial)
 
-    def weighted_sum(self, weights: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """``(items, prod(spatial))`` float32: ``weights @ masks(start, stop)`` flattened,
-        for ``(items, stop - start)`` weights, without up-sampling the masks' first
-        dimension one mask at a time: the last step is one product over every
-        (mask, grid cell) pair. RISE's saliency adds up its masks weighted by their
-        scores; made this way the masks of a pass are made once, not once more to
-        accumulate them."""
-        lead = self._lead(start, stop).float()  # (count, K0, rest)
-        rows = self.rows(0, start, stop).float()  # (count, n0, K0)
-        count, n0, k0 = rows.shape
+    def weighted_sum(self, weights: torch.Tensor, numbers: int) -> torch.Tensor:
+        """``(items, prod(spatial))`` float32: ``weights @ masks(0, count)`` flattened,
+        for ``(items, count)`` weights, without up-sampling any mask whole. RISE's
+        saliency adds up its masks weighted by their scores; made this way the masks of
+        a pass are made once, not once more to accumulate them.
+
+        Masks cropped at the same start along the first dimension share that
+        dimension's interpolation rows, and there are only ``cell`` such starts (one
+        padding cell plus a shift below a cell). So the grids up-sampled along the
+        other dimensions (:meth:`_lead`, in :meth:`pieces` of at most ``numbers``
+        numbers) are first summed per start, weighted (one product), and only those
+        ``cell`` sums are up-sampled along the first dimension (one more): for 256
+        masks at 48^3 in cells of 8, 45M multiply-adds instead of 226M."""
+        table = self.tables[0]
+        cell = table.shape[0] // table.shape[1]  # the padded table has cell rows per cell
+        k0 = int(self.padded.shape[1])
+        rest = math.prod(self.spatial[1:])
         items = weights.shape[0]
-        left = (weights.float().view(items, count, 1, 1) * rows).permute(0, 2, 1, 3)
-        total = left.reshape(items * n0, count * k0) @ lead.reshape(count * k0, -1)
+        # which start each mask has, as one column per start: (count, cell)
+        # (no F.one_hot: it reads the starts on the host to check them)
+        shifts = torch.arange(cell, device=table.device)
+        starts = (self.starts[0][:, None] - cell == shifts).to(torch.float32)
+        grouped = torch.zeros(items * cell, k0 * rest, device=weights.device)
+        for start, stop in self.pieces(numbers):
+            lead = self._lead(start, stop).float().reshape(stop - start, k0 * rest)
+            # (items, cell, masks): each mask's weight under its own start
+            by_start = weights[:, start:stop].float().unsqueeze(1) * starts[start:stop].T
+            grouped.addmm_(by_start.reshape(items * cell, stop - start), lead)
+        positions = torch.arange(self.spatial[0], device=table.device)
+        # (n0, cell * K0): every start's rows side by side
+        rows = table[cell + shifts[:, None] + positions]
+        left = rows.permute(1, 0, 2).reshape(self.spatial[0], cell * k0).float()
+        total = torch.matmul(left, grouped.view(items, cell * k0, rest))
         return total.view(items, -1)
 
     def pieces(self, numbers: int) -> list[tuple[int, int]]:
@@ -120,16 +140,24 @@ class MaskGrids:
 
     def _lead(self, start: int, stop: int) -> torch.Tensor:
         """``(stop - start, K0, prod(spatial[1:]))``: the padded grids up-sampled along
-        every dimension but the first (``K0`` its padded cells)."""
+        every dimension but the first (``K0`` its padded cells), the last dimension by a
+        product from the right, each one before it by a product from the left
+        broadcast over the dimensions before it: every result comes out contiguous, so
+        nothing is moved or copied between the steps (2.1 against 3.6 ms for 256 masks
+        at 48^3 in passes of 8, 4.9 against 54 ms at 96^3, 2 CPU threads; the same
+        numbers)."""
         masks = self.padded[start:stop]
-        count = masks.shape[0]
-        for d in reversed(range(1, len(self.spatial))):
-            rows = self.rows(d, start, stop)
-            moved = masks.movedim(1 + d, -1)
-            shape = moved.shape
-            flat = torch.bmm(moved.reshape(count, -1, shape[-1]), rows.transpose(1, 2))
-            masks = flat.reshape(*shape[:-1], rows.shape[1]).movedim(-1, 1 + d)
-        return masks.reshape(count, masks.shape[1], -1)
+        count, cells = masks.shape[0], masks.shape[1:]
+        rank = len(self.spatial)
+        rows = self.rows(rank - 1, start, stop)
+        out = torch.bmm(masks.reshape(count, -1, cells[-1]), rows.transpose(1, 2))
+        done = self.spatial[-1]  # voxels up-sampled so far, per row of ``out``
+        for d in reversed(range(1, rank - 1)):
+            rows = self.rows(d, start, stop).unsqueeze(1)  # (count, 1, n_d, K_d)
+            outer = math.prod(cells[:d])
+            out = torch.matmul(rows, out.view(count, outer, cells[d], done))
+            done *= self.spatial[d]
+        return out.reshape(count, cells[0], -1)
 
 
 def draw_grids(
@@ -289,19 +317,22 @@ class Rise(Explainer[RiseParams]):
         """One pass per mask and item, at most ``batch_size`` masked inputs per pass; the
         masks of a pass are made at the input's size, every mask's padded grid is kept,
         and pieces of the grids up-sampled along all but the first dimension (no larger
-        than a pass's masks or :data:`SUM_NUMBERS`) accumulate the map."""
+        than a pass's masks or :data:`SUM_NUMBERS`) accumulate the map, summed per crop
+        start along the first dimension (a cell's worth of them per item)."""
         total = params.num_masks if params.masks is None else int(params.masks.shape[0])
         together = min(params.batch_size, total)
         spatial = shape[2:]
-        grids = piece = 0
+        grids = piece = grouped = 0
         if params.masks is None:
             cells = as_size(params.cells, len(spatial), "cells", self.name)
             grids = total * math.prod(c + 2 for c in cells) * 4
-            piece = min(total * (cells[0] + 2) * math.prod(spatial[1:]), SUM_NUMBERS)
+            lead = (cells[0] + 2) * math.prod(spatial[1:])
+            piece = min(total * lead, SUM_NUMBERS)
+            grouped = shape[0] * -(-spatial[0] // cells[0]) * lead * 4
         return Workload(
             passes=total,
             inputs=together,
-            extra=max(2 * together * math.prod(spatial), piece) * 4 + grids,
+            extra=max(2 * together * math.prod(spatial), piece) * 4 + grids + grouped,
             counts=("num_masks",) if params.masks is None else ("masks",),
             fix="" if params.masks is None else "give fewer masks",
             batch=("batch_size",),
@@ -361,8 +392,7 @@ class Rise(Explainer[RiseParams]):
             saliency = torch.zeros(inputs.shape[0], math.prod(spatial), device=inputs.device)
             if grids is not None:  # from the grids, in pieces no larger than a pass
                 numbers = max(most * math.prod(spatial), SUM_NUMBERS)
-                for first, last in grids.pieces(numbers):
-                    saliency += grids.weighted_sum(weights[:, first:last], first, last)
+                saliency += grids.weighted_sum(weights, numbers)
             else:  # given masks: a pass's worth at a time
                 for first in range(0, total, most):
                     last = min(total, first + most)
