@@ -15,7 +15,7 @@ from esegeta_core.plugin.manager import get_registry
 from esegeta_core.runtime import passes
 from esegeta_core.runtime.batching import MAX_PASS_INPUTS, plan_batches
 from esegeta_core.runtime.passes import PassPlan, PassSplitter, _climb, _Runner
-from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 from esegeta_core.testing.environment import require_method
 
 
@@ -24,18 +24,6 @@ def fresh_plans():
     passes.clear_plans()
     yield
     passes.clear_plans()
-
-
-class Counting(nn.Module):
-    """Records the batch size of every forward pass."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner, self.sizes = inner, []
-
-    def forward(self, x):
-        self.sizes.append(x.shape[0])
-        return self.inner(x)
 
 
 def _chunk(cost: dict[int, float], calls: list):
@@ -226,12 +214,12 @@ def test_a_timed_pass_is_not_stretched_into_a_new_shape():
 
 
 def test_short_work_climbs_as_far_as_it_goes_and_is_not_cached():
-    model = Counting(nn.Linear(4, 2))
+    model = PassRecorder(nn.Linear(4, 2))
     splitter = PassSplitter(model, network=model, cap=64)
     x = torch.rand(40, 4)
     with torch.no_grad():
         out = splitter(x)
-        torch.testing.assert_close(out, model.inner(x))
+        torch.testing.assert_close(out, model.model(x))
     assert sum(model.sizes) == 40 and model.sizes[:2] == [16, 16]  # set-up, then timed
     assert splitter.plan is not None and not splitter.tuned
     assert model not in passes._plans
@@ -239,7 +227,7 @@ def test_short_work_climbs_as_far_as_it_goes_and_is_not_cached():
 
 def test_the_splitter_equals_the_model_and_caches_its_plan_per_network_and_shape():
     model = tiny_model("classification", 2)
-    counting = Counting(model)
+    counting = PassRecorder(model)
     splitter = PassSplitter(counting, network=model, cap=64)
     x = tiny_input("classification", 2, batch=300, size=16)
     with torch.no_grad():
@@ -340,7 +328,7 @@ def test_the_run_record_notes_the_plan(tmp_path):
 
 def test_a_network_whose_outputs_depend_on_the_batch_is_never_split():
     model = tiny_model("classification", 2).train()  # batch norm on the pass's statistics
-    counting = Counting(model)
+    counting = PassRecorder(model)
     splitter = PassSplitter(counting, network=model, cap=8)
     x = tiny_input("classification", 2, batch=300, size=16)
     with torch.no_grad():
@@ -349,7 +337,7 @@ def test_a_network_whose_outputs_depend_on_the_batch_is_never_split():
 
 
 def test_method_passes_are_fixed_outside_the_planning_context_and_planned_inside():
-    model = Counting(nn.Linear(4, 2))
+    model = PassRecorder(nn.Linear(4, 2))
     x = torch.rand(600, 4)
     sample = x[:1]
 
@@ -358,7 +346,7 @@ def test_method_passes_are_fixed_outside_the_planning_context_and_planned_inside
             return model(x[start:stop])
 
     out = passes.method_passes(600, chunk, 50, sample)
-    assert model.sizes == [50] * 12 and torch.allclose(out, model.inner(x))
+    assert model.sizes == [50] * 12 and torch.allclose(out, model.model(x))
     model.sizes.clear()
     with passes.planning(model, cap=64) as state:
         planned = passes.method_passes(600, chunk, 512, sample, kind="probe")
@@ -426,8 +414,8 @@ def test_layer_replay_under_the_planner_equals_fixed_chunks():
 def test_layer_layouts_are_probed_once_per_network_layer_and_shape():
     from esegeta_core.layouts import layer_layouts
 
-    model = Counting(tiny_model("classification", 2))
-    layers = [("inner.features.conv2", model.inner.features.conv2)]
+    model = PassRecorder(tiny_model("classification", 2))
+    layers = [("model.features.conv2", model.model.features.conv2)]
     x = tiny_input("classification", 2, batch=2)
     first = layer_layouts(model, model, x, layers)
     again = layer_layouts(model, model, x, layers)
@@ -436,7 +424,7 @@ def test_layer_layouts_are_probed_once_per_network_layer_and_shape():
     layer_layouts(model, model, x, layers, reshape="channels_first")  # another reshape
     assert model.sizes == [1, 1, 1]
     # a module before the layer swapped for one that halves the grid: probed again
-    model.inner.features.conv1 = nn.Conv2d(3, 8, 3, padding=1, stride=2)
+    model.model.features.conv1 = nn.Conv2d(3, 8, 3, padding=1, stride=2)
     swapped = layer_layouts(model, model, x, layers)
     assert model.sizes == [1, 1, 1, 1]
     (layout,) = swapped.values()
@@ -445,7 +433,7 @@ def test_layer_layouts_are_probed_once_per_network_layer_and_shape():
 
 
 def test_short_work_repeated_continues_its_search_where_it_stopped():
-    model = Counting(nn.Linear(4, 2))
+    model = PassRecorder(nn.Linear(4, 2))
     x = torch.rand(70, 4)
 
     def chunk(start, stop, channels_last):

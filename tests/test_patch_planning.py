@@ -12,13 +12,12 @@ from typing import ClassVar
 import pytest
 import torch
 from pydantic import Field
-from torch import nn
 
 import esegeta_core as ec
 from esegeta_core import Explainer, MethodParams, hookimpl
 from esegeta_core.runtime import passes
 from esegeta_core.runtime.batching import MAX_PASS_INPUTS
-from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 from esegeta_core.testing.environment import require_method
 
 PATCHES = {"size": 8, "overlap": 0, "mode": "average", "batch_size": 2}
@@ -31,35 +30,22 @@ def fresh_plans() -> Iterator[None]:
     passes.clear_plans()
 
 
-class Sizes(nn.Module):
-    """The network, recording the batch of every forward pass."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.batches: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.batches.append(x.shape[0])
-        return self.model(x)
-
-
 @pytest.mark.parametrize("rank", [2, 3])
 def test_auto_batch_with_patches_plans_the_passes_and_records_the_plan(rank: int) -> None:
     name = require_method("captum.occlusion")
-    net = Sizes(tiny_model("segmentation", rank))
+    net = PassRecorder(tiny_model("segmentation", rank))
     x = tiny_input("segmentation", rank, batch=1, size=16)
     args = {"window": 2, "strides": 2, "task": "segmentation", "patches": PATCHES}
     default = ec.explain(net, x, name, 0, progress=False, **args)
     assert default.attributions.abs().amax() > 0
-    net.batches.clear()
+    net.sizes.clear()
     planned = ec.explain(net, x, name, 0, progress=False, auto_batch=True, **args)
     plan = planned.extras["pass_plan"]
     assert plan["inputs_per_pass"] >= 1
     # Captum's perturbations_per_eval counts copies of each of a call's 2 patches
     assert planned.params.perturbations_per_eval == max(1, plan["inputs_per_pass"] // 2)
     # passes as the planner ran them, never the count handed to it at once
-    assert max(net.batches) < MAX_PASS_INPUTS
+    assert max(net.sizes) < MAX_PASS_INPUTS
     torch.testing.assert_close(planned.attributions, default.attributions, rtol=1e-4, atol=1e-6)
 
 
@@ -103,7 +89,7 @@ def test_a_method_that_sends_big_batches_is_split_patch_by_patch(monkeypatch) ->
     ec.register_plugin(SendsPlugin(), "sends")
     SendsAll.calls.clear()
     try:
-        net = Sizes(tiny_model("segmentation", 3))
+        net = PassRecorder(tiny_model("segmentation", 3))
         x = tiny_input("segmentation", 3, batch=1, size=16)
         e = ec.explain(
             net, x, "sends.all", 1, task="segmentation", patches=PATCHES, auto_batch=True,
@@ -114,5 +100,5 @@ def test_a_method_that_sends_big_batches_is_split_patch_by_patch(monkeypatch) ->
     plan = e.extras["pass_plan"]
     assert SendsAll.calls and min(SendsAll.calls) == 40  # all at once, per patch batch
     # split by the planner: its search and plan within the cap, never the 40 at once
-    assert max(net.batches) <= 8 and plan["inputs_per_pass"] <= 8
+    assert max(net.sizes) <= 8 and plan["inputs_per_pass"] <= 8
     assert e.params.batch_size == plan["inputs_per_pass"]

@@ -15,7 +15,7 @@ from torch import nn
 
 import esegeta_core as ec
 from esegeta_core.runtime import passes
-from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -23,21 +23,6 @@ def fresh_plans() -> Iterator[None]:
     passes.clear_plans()
     yield
     passes.clear_plans()
-
-
-class Recorder(nn.Module):
-    """The model, recording each pass's size and where its inputs live."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sizes: list[int] = []
-        self.pointers: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        self.pointers.append(x.data_ptr())
-        return self.model(x)
 
 
 def resnet18() -> nn.Module:
@@ -160,7 +145,7 @@ def test_rise_given_masks_do_not_depend_on_batch_size(batch_size: int) -> None:
 
 
 def test_rise_passes_hold_at_most_batch_size_in_one_reused_buffer() -> None:
-    model = Recorder(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=2)
     ec.explain(model, x, "cnnvis.rise", [0, 1], num_masks=17, mask_seed=0, batch_size=7)
     # 34 (item, mask) pairs, 7 per pass (the third pass holds both items), after
@@ -172,7 +157,7 @@ def test_rise_passes_hold_at_most_batch_size_in_one_reused_buffer() -> None:
 @pytest.mark.parametrize("cap", [1, 5])
 def test_rise_passes_never_exceed_the_plan(cap: int) -> None:
     """A cached plan (also channels-last) is what the model sees, never the block."""
-    model = Recorder(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=3)
     args = {"num_masks": 50, "mask_seed": 1, "cells": 4, "progress": False}
     fixed = ec.explain(model, x, "cnnvis.rise", [0, 1, 2], batch_size=512, **args)
@@ -236,7 +221,7 @@ def test_one_channel_masks_are_made_in_the_pass_buffer(channels, monkeypatch) ->
     there: the model sees the buffer, and the map equals given masks' (made apart)."""
     from esegeta_cnnvis import rise
 
-    model = Recorder(nn.Sequential(nn.Conv2d(channels, 4, 3), nn.Flatten(), nn.LazyLinear(3)))
+    model = PassRecorder(nn.Sequential(nn.Conv2d(channels, 4, 3), nn.Flatten(), nn.LazyLinear(3)))
     x = torch.rand(2, channels, 12, 12, generator=torch.Generator().manual_seed(0))
     model(x)  # the lazy layer
     written: list[int] = []

@@ -17,7 +17,7 @@ from torch import nn
 import esegeta_core as ec
 from esegeta_core.feature_masks import grid_mask
 from esegeta_core.runtime import passes
-from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -25,21 +25,6 @@ def fresh_plans() -> Iterator[None]:
     passes.clear_plans()
     yield
     passes.clear_plans()
-
-
-class Recorder(nn.Module):
-    """The model, recording each pass's size and where its inputs live."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sizes: list[int] = []
-        self.pointers: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        self.pointers.append(x.data_ptr())
-        return self.model(x)
 
 
 def resnet18() -> nn.Module:
@@ -117,7 +102,7 @@ def test_lime_map_does_not_depend_on_the_pass_size(name, build, shape, target) -
 
 
 def test_lime_passes_hold_at_most_batch_size_in_one_reused_buffer() -> None:
-    model = Recorder(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=2)
     ec.explain(
         model, x, "lime.lime", [0, 1], segmentation=grid_mask(x, 4), num_samples=17,
@@ -131,7 +116,7 @@ def test_lime_passes_hold_at_most_batch_size_in_one_reused_buffer() -> None:
 @pytest.mark.parametrize("cap", [1, 5])
 def test_lime_passes_never_exceed_the_plan(cap: int) -> None:
     """A cached plan (also channels-last) is what the model sees, never every sample."""
-    model = Recorder(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=3)
     args = {"segmentation": grid_mask(x, 4), "num_samples": 50, "random_seed": 1}
     fixed = ec.explain(model, x, "lime.lime", [0, 1, 2], batch_size=512, **args)

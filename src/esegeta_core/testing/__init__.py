@@ -1,4 +1,5 @@
-"""Test helpers shipped with the core: tiny models and the plugin conformance suite."""
+"""Test helpers shipped with the core: tiny models, a recorder of forward passes and the
+plugin conformance suite."""
 
 from esegeta_core.testing.conformance import (
     Case,
@@ -8,10 +9,17 @@ from esegeta_core.testing.conformance import (
     parametrize_conformance,
     run_conformance,
 )
-from esegeta_core.testing.models import TinyClassifier, TinySegmenter, tiny_input, tiny_model
+from esegeta_core.testing.models import (
+    PassRecorder,
+    TinyClassifier,
+    TinySegmenter,
+    tiny_input,
+    tiny_model,
+)
 
 __all__ = [
     "Case",
+    "PassRecorder",
     "TinyClassifier",
     "TinySegmenter",
     "check_coverage",

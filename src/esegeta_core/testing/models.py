@@ -105,3 +105,20 @@ def tiny_input(
     channels = 3 if task == "classification" else 1
     gen = torch.Generator().manual_seed(seed)
     return torch.rand((batch, channels) + (size,) * rank, generator=gen)
+
+
+class PassRecorder(nn.Module):
+    """``model``, recording each forward pass's batch size (``sizes``) and where its
+    inputs live (``pointers``: a reused pass buffer shows as one address): for tests of
+    how a method or the pass planner splits its passes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.sizes: list[int] = []
+        self.pointers: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        self.pointers.append(x.data_ptr())
+        return self.model(x)
