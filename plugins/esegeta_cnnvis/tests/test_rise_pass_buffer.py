@@ -100,6 +100,34 @@ def test_rise_map_does_not_depend_on_the_pass_size(name, build, shape, target, c
     torch.testing.assert_close(auto.attributions, fixed, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("net", ["DenseNet121", "UNet"])
+def test_rise_map_on_monai_3d_models_equals_the_masks_weighted_one_by_one(net: str) -> None:
+    """Real 3D architectures, batches of 2: the map from the grids (summed per crop
+    start, up-sampled once) equals masks made whole and weighted one by one, for a
+    classifier's softmax and a segmentation's raw summed class score."""
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    segmentation = net == "UNet"
+    if segmentation:
+        model = nets.UNet(
+            spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2)
+        )
+    else:
+        model = nets.DenseNet121(spatial_dims=3, in_channels=1, out_channels=3)
+    model.eval()
+    side = 16 if segmentation else 32  # DenseNet121 pools 32^3 down to 1
+    x, target = _input((2, 1, side, side, side)), [2, 1]
+    args = {"num_masks": 24, "mask_seed": 5, "cells": 3, "progress": False}
+    task = "segmentation" if segmentation else "classification"
+    got = ec.explain(model, x, "cnnvis.rise", target, task=task, batch_size=512, **args)
+    want = reference(
+        model, x, target, num_masks=24, block=512, cells=3, seed=5, segmentation=segmentation
+    )
+    assert torch.isfinite(got.attributions).all() and got.attributions.abs().max() > 0
+    scale = float(want.abs().max())
+    torch.testing.assert_close(got.attributions, want, rtol=1e-5, atol=1e-6 * scale)
+
+
 @pytest.mark.parametrize("rank", [2, 3])
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_rise_masks_do_not_depend_on_batch_size_or_auto_batch(rank: int, task: str) -> None:
