@@ -22,7 +22,7 @@ The strategy measures on the work's own passes, which all count towards the resu
 first pass pays the set-up of a new shape; where the model accepts channels-last and its
 outputs agree (checked on a few inputs computed both ways), both layouts are timed
 twice and channels-last kept only when clearly faster; then the pass size doubles while
-the time per input improves by 5% (else halves), each size timed twice and a winner
+the time per input improves by 3% (else halves), each size timed twice and a winner
 checked against the size it replaces timed again after it, within the cap that fits in
 memory.
 The search starts from the pass size the call would run without the planner (a
@@ -247,6 +247,14 @@ the same outputs (a model that depends on the layout does so on any input)."""
 CHANNELS_LAST_GAIN = 0.97
 """Channels-last is chosen only when it takes at most this share of the contiguous
 time per input (it also rounds differently: a tie keeps the layout the user gave)."""
+SIZE_GAIN = 0.97
+"""A pass size replaces the one kept so far only when it takes at most this share of
+its time per input (the best of its two timings against the best of the kept size's,
+timed again after it). At 0.95 a real gain of 5-7% was lost about half the time to
+the timings' spread of a few percent: KernelSHAP on a ResNet-50 at 64 px, 200 samples
+in passes of 32, 64 or 128 (bare passes: 0.673, 0.630, 0.613 s, medians of 6) kept 32
+in 7 of 14 searches at 0.95 and in 1 of 14 at 0.97. Sizes within 3% of each other
+cost about the same whichever is kept."""
 CHANNELS_LAST_HOPELESS = 1.5
 """A first channels-last timing this many times slower than contiguous is not
 repeated."""
@@ -267,7 +275,7 @@ def _climb(
 ) -> tuple[PassPlan, Search | None]:
     """The fastest plan found on the runner's own inputs (all of them count): a pass at
     ``start`` to set up, the starting size timed twice, then doubling while the time
-    per input improves by 5%, else halving (each size timed twice, the second time by
+    per input improves by 3% (:data:`SIZE_GAIN`), else halving (each size timed twice, the second time by
     the next work if this one ends first: a new size's first pass pays its set-up, and
     a single timing on a busy machine misleads; a size that seems to win is kept only
     if it still does against the size kept so far timed again after it).
@@ -339,7 +347,7 @@ def _climb_sizes(runner: _Runner, search: Search, cap: int) -> tuple[PassPlan, S
                 search.pending = seconds
                 return plan, search
             search.pending = None
-            if seconds <= 0.95 * search.best and runner.left >= plan.batch_size:
+            if seconds <= SIZE_GAIN * search.best and runner.left >= plan.batch_size:
                 # before it loses, the size kept so far is timed again, after the new
                 # one: a call's passes speed up as it runs (memory the process gets
                 # back, caches), which favours whatever is timed later (a 3D DenseNet's
@@ -347,7 +355,7 @@ def _climb_sizes(runner: _Runner, search: Search, cap: int) -> tuple[PassPlan, S
                 # and passes of 32, timed after them, won though 20% slower)
                 again = runner.run(plan.batch_size, plan.channels_last, timed=True)
                 search.best = min(search.best, again)
-            if seconds <= 0.95 * search.best:
+            if seconds <= SIZE_GAIN * search.best:
                 search.best, search.plan = seconds, PassPlan(step, plan.channels_last)
                 search.step = step * 2 if search.up else step // 2
                 continue
