@@ -22,9 +22,9 @@ The strategy measures on the work's own passes, which all count towards the resu
 first pass pays the set-up of a new shape; where the model accepts channels-last and its
 outputs agree (checked on a few inputs computed both ways), both layouts are timed
 twice and channels-last kept only when clearly faster; then the pass size doubles while
-the time per input improves by 3% (else halves), each size timed twice and a winner
-checked against the size it replaces timed again after it, within the cap that fits in
-memory.
+the time per input improves by 3% on a CPU, 5% elsewhere (else halves), each size timed
+twice and a winner checked against the size it replaces timed again after it, within
+the cap that fits in memory.
 The search starts from the pass size the call would run without the planner (a
 method's default pass parameter, :func:`~.pass_defaults.default_pass_start`), so it
 leaves that size only for one it timed faster.
@@ -247,14 +247,20 @@ the same outputs (a model that depends on the layout does so on any input)."""
 CHANNELS_LAST_GAIN = 0.97
 """Channels-last is chosen only when it takes at most this share of the contiguous
 time per input (it also rounds differently: a tie keeps the layout the user gave)."""
-SIZE_GAIN = 0.97
-"""A pass size replaces the one kept so far only when it takes at most this share of
-its time per input (the best of its two timings against the best of the kept size's,
-timed again after it). At 0.95 a real gain of 5-7% was lost about half the time to
-the timings' spread of a few percent: KernelSHAP on a ResNet-50 at 64 px, 200 samples
-in passes of 32, 64 or 128 (bare passes: 0.673, 0.630, 0.613 s, medians of 6) kept 32
-in 7 of 14 searches at 0.95 and in 1 of 14 at 0.97. Sizes within 3% of each other
-cost about the same whichever is kept."""
+SIZE_GAIN = {"cpu": 0.97}
+"""Per device type, the share of the kept size's time per input a pass size must take
+at most to replace it (the best of its two timings against the best of the kept size's,
+timed again after it); :data:`SIZE_GAIN_ELSEWHERE` on other devices.
+On a CPU, at 0.95 a real gain of 5-7% was lost about half the time to the timings'
+spread of a few percent: KernelSHAP on a ResNet-50 at 64 px, 200 samples in passes of
+32, 64 or 128 (bare passes: 0.673, 0.630, 0.613 s, medians of 6) kept 32 in 7 of 14
+searches at 0.95 and in 1 of 14 at 0.97; sizes within 3% of each other cost about the
+same whichever is kept."""
+SIZE_GAIN_ELSEWHERE = 0.95
+"""The bar on a GPU, unchanged where no lower one has been measured: bigger passes there
+are nearly always a little faster per input as timed (fewer launches), and on an H200
+the U-Net's occlusion at batch 4 already ran 7% slower planned at 512 inputs per pass
+than at the default's size (session 25's benchmark)."""
 CHANNELS_LAST_HOPELESS = 1.5
 """A first channels-last timing this many times slower than contiguous is not
 repeated."""
@@ -275,10 +281,11 @@ def _climb(
 ) -> tuple[PassPlan, Search | None]:
     """The fastest plan found on the runner's own inputs (all of them count): a pass at
     ``start`` to set up, the starting size timed twice, then doubling while the time
-    per input improves by 3% (:data:`SIZE_GAIN`), else halving (each size timed twice, the second time by
-    the next work if this one ends first: a new size's first pass pays its set-up, and
-    a single timing on a busy machine misleads; a size that seems to win is kept only
-    if it still does against the size kept so far timed again after it).
+    per input improves by 3% on a CPU (:data:`SIZE_GAIN`), else halving (each size
+    timed twice, the second time by the next work if this one ends first: a new size's
+    first pass pays its set-up, and a single timing on a busy machine misleads; a size
+    that seems to win is kept only if it still does against the size kept so far timed
+    again after it).
     Where the input allows, channels-last is checked on a few inputs computed both ways
     and, when it agrees, both layouts are timed twice: at the starting size when the
     work is long (:data:`LAYOUT_WORK`), else at the size found, by the next works.
@@ -330,6 +337,7 @@ def _warm_up(runner: _Runner, search: Search) -> None:
 
 def _climb_sizes(runner: _Runner, search: Search, cap: int) -> tuple[PassPlan, Search | None]:
     """The pass-size part of :func:`_climb`."""
+    gain = SIZE_GAIN.get(runner.device.type, SIZE_GAIN_ELSEWHERE)
     while True:
         step, plan = search.step, search.plan
         if 1 <= step <= cap:
@@ -347,7 +355,7 @@ def _climb_sizes(runner: _Runner, search: Search, cap: int) -> tuple[PassPlan, S
                 search.pending = seconds
                 return plan, search
             search.pending = None
-            if seconds <= SIZE_GAIN * search.best and runner.left >= plan.batch_size:
+            if seconds <= gain * search.best and runner.left >= plan.batch_size:
                 # before it loses, the size kept so far is timed again, after the new
                 # one: a call's passes speed up as it runs (memory the process gets
                 # back, caches), which favours whatever is timed later (a 3D DenseNet's
@@ -355,7 +363,7 @@ def _climb_sizes(runner: _Runner, search: Search, cap: int) -> tuple[PassPlan, S
                 # and passes of 32, timed after them, won though 20% slower)
                 again = runner.run(plan.batch_size, plan.channels_last, timed=True)
                 search.best = min(search.best, again)
-            if seconds <= SIZE_GAIN * search.best:
+            if seconds <= gain * search.best:
                 search.best, search.plan = seconds, PassPlan(step, plan.channels_last)
                 search.step = step * 2 if search.up else step // 2
                 continue
