@@ -92,10 +92,13 @@ SETTLE_CALLS = 12
 """Most calls after the first to let the planner finish its search before timing."""
 SETTLE_SECONDS = 60.0
 """Most seconds spent on those calls."""
-SHORT_ROUNDS_SECONDS = 2.0
+SHORT_ROUNDS_SECONDS = 8.0
 """A row whose first call is short gets more rounds, up to this many seconds of that
 call per round count (``--repeats`` at least, :data:`MOST_ROUNDS` at most): the noise
-of a 60 ms call is a larger share of it than of a 5 s call's."""
+of a 60 ms call is a larger share of it than of a 5 s call's. At 2 s the rows of calls
+under a second had 5 rounds, so 4 paired ratios, and their verdict against 1.10x moved
+with the run (the U-Net's RISE at batch 1: 1.13 and 1.06 in two runs of the same
+plan); 8 s gives them 8-15 rounds, about 6 minutes more in all."""
 MOST_ROUNDS = 15
 SLOW_PEER = 1.5
 """A peer at least this many times slower than both esegeta timings is timed once."""
