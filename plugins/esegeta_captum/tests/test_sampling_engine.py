@@ -481,3 +481,38 @@ def test_a_model_drawing_random_numbers_goes_to_captum(method: str) -> None:
     ours, ours_after = seeded(lambda: plugin_run(method, captum_class(method, model), x, kwargs))
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     assert torch.equal(ours_after, after)
+
+
+@pytest.mark.parametrize("method", ["captum.lime", "captum.kernel_shap"])
+def test_surrogate_fits_run_on_one_blas_thread(monkeypatch, method):
+    """Each item's fit runs with numpy's BLAS on one thread, and the threads are as
+    before after the call: a multi-threaded OpenBLAS call leaves its workers spinning
+    against the next item's passes (esegeta_core.runtime.host_blas)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from captum._utils.models.linear_model import SkLearnLinearModel
+
+    pytest.importorskip("sklearn.linear_model")  # scipy's BLAS is loaded too
+    np.ones((4, 4)) @ np.ones((4, 4))  # and numpy's
+
+    def blas_threads() -> list[int]:
+        infos = threadpoolctl.threadpool_info()
+        return [info["num_threads"] for info in infos if info["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before or max(before) < 2:
+        pytest.skip("no BLAS library with more than one thread here to limit")
+    seen: list[list[int]] = []
+    fit = SkLearnLinearModel.fit
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(blas_threads())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(SkLearnLinearModel, "fit", spy)
+    model = tiny_model(seed=0)
+    x = tiny_input(batch=3, seed=1)
+    grid = {"feature_mask": "grid", "grid_cell": 4}
+    explain(model, x, method, target=0, n_samples=20, progress=False, **grid)
+    assert len(seen) == 3  # one surrogate per item
+    assert all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before

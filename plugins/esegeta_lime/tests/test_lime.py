@@ -310,3 +310,35 @@ def test_on_a_volume_the_cpu_default_pass_size_leaves_the_map_unchanged() -> Non
     fixed = explain(model, x, "lime.lime", 0, batch_size=64, **kw)
     assert sized.params.batch_size == 16
     assert torch.equal(sized.attributions, fixed.attributions)
+
+
+def test_the_surrogate_fits_run_on_one_blas_thread(monkeypatch, fast):
+    """Each item's distances and ridge fits run with numpy's BLAS on one thread, and the
+    threads are as before after the call: a multi-threaded OpenBLAS call leaves its
+    workers spinning against the next item's passes (esegeta_core.runtime.host_blas)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numpy as np
+    from lime.lime_base import LimeBase
+
+    np.ones((4, 4)) @ np.ones((4, 4))  # numpy's and scipy's BLAS are loaded
+
+    def blas_threads() -> list[int]:
+        infos = threadpoolctl.threadpool_info()
+        return [info["num_threads"] for info in infos if info["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before or max(before) < 2:
+        pytest.skip("no BLAS library with more than one thread here to limit")
+    seen: list[list[int]] = []
+    fit = LimeBase.explain_instance_with_data
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(blas_threads())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LimeBase, "explain_instance_with_data", spy)
+    x = tiny_input(batch=3, seed=1)
+    explain(tiny_model(seed=0), x, "lime.lime", target=0, **fast, seed=0)
+    assert len(seen) == 3  # one surrogate per item
+    assert all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from esegeta_core.runtime.host_blas import one_blas_thread
 from esegeta_core.runtime.pass_buffer import PassBuffer
 from esegeta_core.runtime.passes import method_passes
 from esegeta_core.toolkit import gather_target, target_pass_scores
@@ -104,23 +105,25 @@ def fit_item(
     hidden = hidden_image(item, segments, params.hide_color)
     # LimeBase reads only the explained class's column of the labels
     labels = sample_scores(model, item, hidden, segments, data, label, params)[:, None]
-    distances = pairwise_distances(
-        data, data[0].reshape(1, -1), metric=params.distance_metric
-    ).ravel()
     width = params.kernel_width
 
     def kernel(d: np.ndarray) -> np.ndarray:
         return np.sqrt(np.exp(-(d**2) / width**2))
 
     base = LimeBase(kernel, random_state=random_state)
-    intercept, ranked, score, local_pred = base.explain_instance_with_data(
-        data,
-        labels,
-        distances,
-        0,
-        params.num_features,
-        feature_selection=params.feature_selection,
-    )
+    # on one BLAS thread: none is left spinning against the next item's passes
+    with one_blas_thread():
+        distances = pairwise_distances(
+            data, data[0].reshape(1, -1), metric=params.distance_metric
+        ).ravel()
+        intercept, ranked, score, local_pred = base.explain_instance_with_data(
+            data,
+            labels,
+            distances,
+            0,
+            params.num_features,
+            feature_selection=params.feature_selection,
+        )
     weights = torch.zeros(n, dtype=torch.float64)
     for feature, weight in ranked:
         weights[int(feature)] = float(weight)
