@@ -100,6 +100,12 @@ under a second had 5 rounds, so 4 paired ratios, and their verdict against 1.10x
 with the run (the U-Net's RISE at batch 1: 1.13 and 1.06 in two runs of the same
 plan); 8 s gives them 8-15 rounds, about 6 minutes more in all."""
 MOST_ROUNDS = 15
+PEER_SETTLE = 0.3
+"""Seconds to wait, untimed, after a peer's call: the scikit-learn fits of Captum's LIME
+and KernelSHAP and of ``lime`` leave OpenBLAS's worker threads spinning for a while,
+and the next timing would pay for them (bare ResNet-50 passes: 0.54 s after bare
+passes, 0.60-0.62 s right after a fit, 0.55 s 0.3 s later). esegeta's own fits run on
+one BLAS thread (:mod:`esegeta_core.runtime.host_blas`)."""
 SLOW_PEER = 1.5
 """A peer at least this many times slower than both esegeta timings is timed once."""
 
@@ -730,6 +736,9 @@ def run_row(
                     raise
                 failed[name] = f"not run: failed with {type(exc).__name__}: {exc}"[:300]
                 continue
+            finally:
+                if name in runnable:
+                    time.sleep(PEER_SETTLE)
             best[name] = min(best.get(name, math.inf), seconds)
             this_round[name] = seconds
             timings[name] = timings.get(name, 0) + 1
