@@ -9,14 +9,7 @@ import numpy as np
 import pytest
 
 from esegeta_core.runtime.host_blas import one_blas_thread
-
-threadpoolctl = pytest.importorskip("threadpoolctl")
-
-
-def blas_threads() -> list[int]:
-    """The thread count of every BLAS library loaded in the process."""
-    return [info["num_threads"] for info in threadpoolctl.threadpool_info()
-            if info["user_api"] == "blas"]  # fmt: skip
+from esegeta_core.testing.blas import blas_threads
 
 
 def test_blas_runs_on_one_thread_inside_and_as_before_after():

@@ -22,6 +22,7 @@ import esegeta_core.runtime.coalitions as coalitions
 from esegeta_core import explain
 from esegeta_core.runtime.coalitions import shapley_value_sampling
 from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing.blas import blas_threads, spy_blas_threads
 
 METHODS = {
     "captum.shapley_value_sampling": ShapleyValueSampling,
@@ -488,31 +489,14 @@ def test_surrogate_fits_run_on_one_blas_thread(monkeypatch, method):
     """Each item's fit runs with numpy's BLAS on one thread, and the threads are as
     before after the call: a multi-threaded OpenBLAS call leaves its workers spinning
     against the next item's passes (esegeta_core.runtime.host_blas)."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("sklearn.linear_model")  # scipy's BLAS is loaded too
     from captum._utils.models.linear_model import SkLearnLinearModel
 
-    pytest.importorskip("sklearn.linear_model")  # scipy's BLAS is loaded too
-    np.ones((4, 4)) @ np.ones((4, 4))  # and numpy's
-
-    def blas_threads() -> list[int]:
-        infos = threadpoolctl.threadpool_info()
-        return [info["num_threads"] for info in infos if info["user_api"] == "blas"]
-
+    seen = spy_blas_threads(monkeypatch, SkLearnLinearModel, "fit")
     before = blas_threads()
-    if not before or max(before) < 2:
-        pytest.skip("no BLAS library with more than one thread here to limit")
-    seen: list[list[int]] = []
-    fit = SkLearnLinearModel.fit
-
-    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(blas_threads())
-        return fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(SkLearnLinearModel, "fit", spy)
-    model = tiny_model(seed=0)
     x = tiny_input(batch=3, seed=1)
     grid = {"feature_mask": "grid", "grid_cell": 4}
-    explain(model, x, method, target=0, n_samples=20, progress=False, **grid)
+    explain(tiny_model(seed=0), x, method, target=0, n_samples=20, progress=False, **grid)
     assert len(seen) == 3  # one surrogate per item
     assert all(threads == [1] * len(before) for threads in seen)
     assert blas_threads() == before

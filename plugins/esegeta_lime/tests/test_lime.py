@@ -15,6 +15,7 @@ from torch import nn
 from esegeta_core import InvalidParamsError, explain
 from esegeta_core.feature_masks import grid_mask
 from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing.blas import blas_threads, spy_blas_threads
 
 
 @pytest.fixture
@@ -316,27 +317,10 @@ def test_the_surrogate_fits_run_on_one_blas_thread(monkeypatch, fast):
     """Each item's distances and ridge fits run with numpy's BLAS on one thread, and the
     threads are as before after the call: a multi-threaded OpenBLAS call leaves its
     workers spinning against the next item's passes (esegeta_core.runtime.host_blas)."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    import numpy as np
-    from lime.lime_base import LimeBase
+    from lime.lime_base import LimeBase  # scikit-learn's and scipy's BLAS are loaded
 
-    np.ones((4, 4)) @ np.ones((4, 4))  # numpy's and scipy's BLAS are loaded
-
-    def blas_threads() -> list[int]:
-        infos = threadpoolctl.threadpool_info()
-        return [info["num_threads"] for info in infos if info["user_api"] == "blas"]
-
+    seen = spy_blas_threads(monkeypatch, LimeBase, "explain_instance_with_data")
     before = blas_threads()
-    if not before or max(before) < 2:
-        pytest.skip("no BLAS library with more than one thread here to limit")
-    seen: list[list[int]] = []
-    fit = LimeBase.explain_instance_with_data
-
-    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(blas_threads())
-        return fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(LimeBase, "explain_instance_with_data", spy)
     x = tiny_input(batch=3, seed=1)
     explain(tiny_model(seed=0), x, "lime.lime", target=0, **fast, seed=0)
     assert len(seen) == 3  # one surrogate per item
