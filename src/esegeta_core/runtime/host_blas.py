@@ -6,9 +6,11 @@ while after each call, waiting for more. On a CPU they then take cores from the 
 threads of the passes that follow: the next item's samples, or the next call's. On 2
 cores, a ResNet-50 at 64 px ran 200 inputs in passes of 64 in 0.54 s after bare passes
 and in 0.60-0.62 s right after a scikit-learn ``LinearRegression`` fit of 200 x 64 (or
-a numpy product of two 300 x 300 matrices); 0.3 s later, 0.55 s. These fits are tiny
-(hundreds of samples, tens of features), one thread does them as fast, and no worker is
-left spinning. torch's own BLAS is not limited.
+a numpy product of two 300 x 300 matrices); 0.3 s later, 0.55 s. These fits are small
+(hundreds of samples, tens of features) and, on one thread, leave no worker spinning:
+KernelSHAP's call on that ResNet-50 (200 samples, one fit) right after another call
+took 0.633 s before and 0.558 s with its fit on one thread, as long as its bare passes.
+torch's own BLAS is not limited.
 """
 
 from __future__ import annotations
