@@ -10,7 +10,9 @@ a numpy product of two 300 x 300 matrices); 0.3 s later, 0.55 s. These fits are 
 (hundreds of samples, tens of features) and, on one thread, leave no worker spinning:
 KernelSHAP's call on that ResNet-50 (200 samples, one fit) right after another call
 took 0.633 s before and 0.558 s with its fit on one thread, as long as its bare passes.
-torch's own BLAS is not limited.
+The fits themselves took no longer on one thread (2 cores, medians of 30: scikit-learn's
+weighted ``LinearRegression`` of 200 x 64 1.6 ms against 2.0, of 5,000 x 200 45 against
+49 ms; ``Ridge`` of 5,000 x 200 13.5 against 16.4 ms). torch's own BLAS is not limited.
 """
 
 from __future__ import annotations
