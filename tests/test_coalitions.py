@@ -21,22 +21,7 @@ from esegeta_core.runtime.coalitions import (
     feature_values,
     shapley_value_sampling,
 )
-from esegeta_core.testing import tiny_input, tiny_model
-
-
-class BatchLog(nn.Module):
-    """Notes the size and storage of every batch the model gets."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sizes: list[int] = []
-        self.pointers: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        self.pointers.append(x.data_ptr())
-        return self.model(x)
+from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 
 
 def close(ours: torch.Tensor, want: torch.Tensor) -> None:
@@ -178,7 +163,7 @@ def test_draws_as_captum_does() -> None:
 
 
 def test_baselines_ride_in_the_first_pass() -> None:
-    model = BatchLog(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=3, size=8)
     mask = random_mask(x, [4, 4, 3])
     shapley_value_sampling(model, x, 0, feature_mask=mask, n_samples=2, batch_size=5)
@@ -308,7 +293,7 @@ def test_coalition_scores_are_the_blended_inputs_scores(rank: int) -> None:
 
 
 def test_coalition_scores_reuse_one_buffer_and_check_ids() -> None:
-    model = BatchLog(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=1, size=8)
     mask = random_mask(x, [5])
     coal = torch.ones(11, 5, dtype=torch.long)

@@ -13,7 +13,7 @@ import esegeta_core.runtime.ablation as ablation
 from esegeta_core.errors import InvalidParamsError, InvalidTargetError
 from esegeta_core.runtime.passes import clear_plans, planning
 from esegeta_core.runtime.permutation import draw_permutations, feature_permutation
-from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 
 attr = pytest.importorskip("captum.attr")
 
@@ -130,23 +130,8 @@ def irregular(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return runs
 
 
-class Log(nn.Module):
-    """Notes the size and storage of every batch the model gets."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sizes: list[int] = []
-        self.pointers: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        self.pointers.append(x.data_ptr())
-        return self.model(x)
-
-
 def test_one_buffer_and_no_pass_for_an_item_left_in_place() -> None:
-    model = Log(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=3, size=12)
     mask = masks(x)[0]
     features = int(torch.unique(mask).numel())

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 from esegeta_core.testing import parametrize_conformance
 
@@ -50,27 +49,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def fast_params() -> Mapping[str, Mapping[str, Any]]:
     """Parameters that keep each slow Captum method fast on the tiny models."""
     return FAST_PARAMS
-
-
-class BatchLog(nn.Module):
-    """A model that notes the size and storage of every batch it gets."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sizes: list[int] = []
-        self.pointers: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        self.pointers.append(x.data_ptr())
-        return self.model(x)
-
-
-@pytest.fixture
-def batch_log() -> type[BatchLog]:
-    """Wraps a model to note every batch it gets: ``batch_log(model).sizes``."""
-    return BatchLog
 
 
 @pytest.fixture

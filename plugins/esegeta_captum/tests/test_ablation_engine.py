@@ -12,13 +12,12 @@ import pytest
 import torch
 from captum.attr import FeatureAblation, Occlusion
 from esegeta_captum.primary import engine_batch
-from torch import nn
 
 import esegeta_core.runtime.ablation as ablation
 from esegeta_core import MultiClassScores, ScoreModel, explain
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.runtime.ablation import feature_ablation, occlusion
-from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 
 
 def close(ours: torch.Tensor, theirs: torch.Tensor, atol: float = 1e-6) -> None:
@@ -289,10 +288,10 @@ def test_segmentation_equals_captum_on_the_wrapped_model(
 # -- the buffer ----------------------------------------------------------------------------
 
 
-def test_passes_reuse_one_buffer(batch_log: Callable[[nn.Module], Any]) -> None:
+def test_passes_reuse_one_buffer() -> None:
     """Every full pass runs on the same storage: no input-sized tensor per perturbation or
     per pass (the last, shorter pass is a view of the same buffer)."""
-    model = batch_log(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=2, size=16)
     occlusion(model, x, torch.tensor([0, 1]), window=(3, 4, 4), strides=(3, 2, 2), batch_size=8)
     # the 2 inputs themselves ride in the first pass, then 49 windows x 2 items

@@ -21,7 +21,7 @@ from torch import nn
 import esegeta_core.runtime.coalitions as coalitions
 from esegeta_core import explain
 from esegeta_core.runtime.coalitions import shapley_value_sampling
-from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 from esegeta_core.testing.blas import blas_threads, spy_blas_threads
 
 METHODS = {
@@ -41,21 +41,6 @@ class Scaled(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.factor * self.model(x)
-
-
-class BatchLog(nn.Module):
-    """Notes the size and storage of every batch the model gets."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sizes: list[int] = []
-        self.pointers: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        self.pointers.append(x.data_ptr())
-        return self.model(x)
 
 
 def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
@@ -244,7 +229,7 @@ def test_shapley_value_sampling_passes() -> None:
     """The baselines ride in the first pass, then one input per item, sample and feature
     the item has (Captum's count, less the steps of features an item lacks), in passes
     of the batch size built in one reused buffer."""
-    model = BatchLog(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=2, size=12)
     mask = random_mask(x, [6, 5], seed=4)
     shapley_value_sampling(model, x, 0, feature_mask=mask, n_samples=3, batch_size=8)
@@ -260,7 +245,7 @@ def test_shapley_value_sampling_reads_order_ends_from_initial() -> None:
     refused."""
     from esegeta_core.errors import InvalidParamsError
 
-    model = BatchLog(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=2, size=12)
     mask = random_mask(x, [6, 5], seed=4)
     mask[1, 0, 0, :3] = -1  # item 1 keeps three elements at the baseline throughout
@@ -323,7 +308,7 @@ def _refused(*args: object, **kwargs: object) -> None:
 def test_surrogate_passes() -> None:
     """Each item's samples in passes of perturbations_per_eval, built in one reused
     buffer per item; no pass over the whole batch."""
-    model = BatchLog(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=2, size=12)
     kwargs = {"target": torch.tensor([0, 1]), "feature_mask": grid(x, 4), "n_samples": 20}
     plugin_run("captum.kernel_shap", KernelShap(model), x, {**kwargs, "perturbations_per_eval": 8})

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 from esegeta_core import explain
 from esegeta_core.errors import InvalidParamsError
 from esegeta_core.runtime.ablation import shapley_values
-from esegeta_core.testing import tiny_input, tiny_model
+from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 
 
 def close(ours: torch.Tensor, theirs: torch.Tensor, atol: float = 1e-6) -> None:
@@ -144,12 +143,10 @@ def test_resnet18_equals_captum() -> None:
 
 
 @pytest.mark.parametrize("counts", [[4], [5, 5, 5], [2, 6, 3]])
-def test_every_coalition_runs_once(
-    counts: list[int], batch_log: Callable[[nn.Module], Any]
-) -> None:
+def test_every_coalition_runs_once(counts: list[int]) -> None:
     """2^n inputs per item and nothing else (no unperturbed pass), in passes of the
     batch size built in one reused buffer."""
-    model = batch_log(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=len(counts), size=12)
     mask = random_mask(x, counts, seed=3)
     shapley_values(model, x, 0, feature_mask=mask, batch_size=8)
@@ -175,8 +172,8 @@ def test_any_order_of_pass_sizes_and_layouts_builds_the_right_inputs(
     assert len(calls) > 10 and any(layout for _, layout in calls)
 
 
-def test_too_many_features_are_refused(batch_log: Callable[[nn.Module], Any]) -> None:
-    model = batch_log(tiny_model("classification", 2))
+def test_too_many_features_are_refused() -> None:
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=1, size=8)
     mask = torch.arange(64).view(1, 1, 8, 8) % 21
     with pytest.raises(InvalidParamsError, match="Shapley values: .*21 features"):
@@ -228,11 +225,9 @@ def test_explain_with_a_custom_mask_and_baseline(engine_only: Callable[..., None
         close(ours.attributions, theirs)
 
 
-def test_explain_runs_2_to_the_n_passes_per_item(
-    engine_only: Callable[..., None], batch_log: Callable[[nn.Module], Any]
-) -> None:
+def test_explain_runs_2_to_the_n_passes_per_item(engine_only: Callable[..., None]) -> None:
     """Through explain the model sees the 2^4 coalitions of each item, not 4 * 4! + 1."""
-    model = batch_log(tiny_model("classification", 2))
+    model = PassRecorder(tiny_model("classification", 2))
     x = tiny_input("classification", 2, batch=2, size=16)
     engine_only(ShapleyValues)
     explain(model, x, "captum.shapley_values", torch.tensor([0, 1]), perturbations_per_eval=4)
