@@ -27,6 +27,7 @@ from esegeta_core.runtime.passes import (
     memory_format,
     run_passes,
 )
+from esegeta_core.testing.plans import fresh_plans  # noqa: F401  (autouse)
 
 
 def small_cnn() -> nn.Module:
@@ -86,13 +87,6 @@ STEPS = 129
 def long_case(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(16, 3, 16, 16, generator=gen), torch.rand(16, 1, 16, 16, generator=gen)
-
-
-@pytest.fixture(autouse=True)
-def fresh_plans():
-    passes.clear_plans()
-    yield
-    passes.clear_plans()
 
 
 @pytest.mark.parametrize("model_fn", [small_cnn, ViewsFlat, WantsContiguous, ReadsMemory])

@@ -17,13 +17,7 @@ from esegeta_core.runtime.batching import MAX_PASS_INPUTS, plan_batches
 from esegeta_core.runtime.passes import PassPlan, PassSplitter, _climb, _Runner
 from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 from esegeta_core.testing.environment import require_method
-
-
-@pytest.fixture(autouse=True)
-def fresh_plans():
-    passes.clear_plans()
-    yield
-    passes.clear_plans()
+from esegeta_core.testing.plans import fresh_plans  # noqa: F401  (autouse)
 
 
 def _chunk(cost: dict[int, float], calls: list):

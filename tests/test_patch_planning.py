@@ -6,7 +6,6 @@ without ``auto_batch`` (``benchmarks/bench_patch_planning.py``, issue 19)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
@@ -15,19 +14,12 @@ from pydantic import Field
 
 import esegeta_core as ec
 from esegeta_core import Explainer, MethodParams, hookimpl
-from esegeta_core.runtime import passes
 from esegeta_core.runtime.batching import MAX_PASS_INPUTS
 from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
 from esegeta_core.testing.environment import require_method
+from esegeta_core.testing.plans import fresh_plans  # noqa: F401  (autouse)
 
 PATCHES = {"size": 8, "overlap": 0, "mode": "average", "batch_size": 2}
-
-
-@pytest.fixture(autouse=True)
-def fresh_plans() -> Iterator[None]:
-    passes.clear_plans()
-    yield
-    passes.clear_plans()
 
 
 @pytest.mark.parametrize("rank", [2, 3])

@@ -11,13 +11,7 @@ from torch import nn
 import esegeta_core as ec
 from esegeta_core.model_state import count_hooks
 from esegeta_core.runtime import passes
-
-
-@pytest.fixture(autouse=True)
-def fresh_plans():
-    passes.clear_plans()
-    yield
-    passes.clear_plans()
+from esegeta_core.testing.plans import fresh_plans  # noqa: F401  (autouse)
 
 
 def resnet18() -> nn.Module:

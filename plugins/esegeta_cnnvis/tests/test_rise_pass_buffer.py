@@ -6,7 +6,6 @@ and the model never sees more inputs per pass than the plan allows."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,13 +15,7 @@ from torch import nn
 import esegeta_core as ec
 from esegeta_core.runtime import passes
 from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
-
-
-@pytest.fixture(autouse=True)
-def fresh_plans() -> Iterator[None]:
-    passes.clear_plans()
-    yield
-    passes.clear_plans()
+from esegeta_core.testing.plans import fresh_plans  # noqa: F401  (autouse)
 
 
 def resnet18() -> nn.Module:

@@ -5,8 +5,6 @@ model never sees more inputs per pass than the plan allows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -18,13 +16,7 @@ import esegeta_core as ec
 from esegeta_core.feature_masks import grid_mask
 from esegeta_core.runtime import passes
 from esegeta_core.testing import PassRecorder, tiny_input, tiny_model
-
-
-@pytest.fixture(autouse=True)
-def fresh_plans() -> Iterator[None]:
-    passes.clear_plans()
-    yield
-    passes.clear_plans()
+from esegeta_core.testing.plans import fresh_plans  # noqa: F401  (autouse)
 
 
 def resnet18() -> nn.Module:
