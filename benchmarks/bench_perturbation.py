@@ -13,7 +13,12 @@ segmentation model (batch 1 and 4). For each row, in one process and interleaved
   not glibc's page faults (``bench_heap.py`` measures those). For Ablation-CAM and
   layer feature ablation the ablated copies only need the layers after the explained
   one: their floor is one whole pass plus passes of the model's tail on the layer's
-  activations;
+  activations. On the segmentation case each of the floor's passes ends with each
+  input's score of the target (the class's logits summed where they win, that class
+  only, as the core's segmentation wrapper makes it for esegeta's passes): that sum is
+  the function being explained, which every method and every peer computes per pass
+  (about a twentieth of a pass of the small U-Net). The JSON has those rows against the
+  network's outputs alone too (``network_best``, ``paired_ratio_to_network``);
 - **default**: ``explain()`` with the method's defaults for its pass sizes;
 - **auto_first_call**: ``auto_batch=True`` on an empty plan cache (the pass planner
   measures on the method's own passes), once; **auto_planned**: the same call with the
@@ -77,6 +82,7 @@ from torch import nn
 
 import esegeta_core as ec
 from esegeta_core.runtime import heap, passes, precision
+from esegeta_core.targets import score_model
 
 FLOOR_TARGET = 1.1
 """Most auto_planned / floor the issue allows (on a CPU)."""
@@ -607,16 +613,43 @@ def _once(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def _scoring(case: Case) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A segmentation case's network to its target's score per input: the bare
+    passes, then the least any method computes of the function it explains (the
+    target's logits summed where they win, one class only: the core's
+    ``target_scores``, what esegeta's passes take)."""
+    scored = score_model(case.model, "segmentation", None, case.target)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        # on the passes' device, as esegeta's passes hold them (no host reads on a GPU)
+        classes = torch.full((batch.shape[0],), case.target, device=batch.device)
+        return scored.target_scores(batch, classes)
+
+    return run
+
+
 def _floor_run(
-    case: Case, x: torch.Tensor, floor: Floor, size: int, channels_last: bool, amp: str | None
+    case: Case,
+    x: torch.Tensor,
+    floor: Floor,
+    size: int,
+    channels_last: bool,
+    amp: str | None,
+    *,
+    scores: bool = True,
 ) -> Callable[[], None]:
     """The floor's passes at ``size`` inputs per pass, after one untimed pass of each
     shape it uses (the set-up of a new shape is not part of the floor), in the precision
-    ``explain(amp=amp)`` computes in (on a GPU: float32 without TF32 for None)."""
+    ``explain(amp=amp)`` computes in (on a GPU: float32 without TF32 for None). For a
+    segmentation case each pass ends with the target's score per input (``scores``;
+    without it, the network's outputs only: the ``network`` figure)."""
+    net: Callable[[torch.Tensor], object]
     if floor.tail is not None and floor.acts is not None:
         net, items, count = floor.tail, floor.acts, floor.tail_passes
     else:  # the batch's items in turn, as the method's passes perturb each of them
         net, items, count = case.model, x, floor.whole
+        if scores and case.task == "segmentation":
+            net = _scoring(case)
     fmt = passes.memory_format(channels_last, items.ndim)
     n = min(size, count)
     cycled = items.repeat(-(-n // items.shape[0]), *([1] * (items.ndim - 1)))[:n]
@@ -700,6 +733,7 @@ def run_row(
         case.tail_sizes if tail else case.sizes, row.floor.tail_passes if tail else row.floor.whole
     )
     layouts = x.shape[1] > 1 or tail  # channels-last differs from contiguous
+    scored = case.task == "segmentation" and not tail
     floor: dict[tuple[int, bool], float] = {}
     variants = ["floor", "default", "auto", *runnable]
     # each round's timings after the first (whose floor sweeps): the paired ratios
@@ -716,6 +750,10 @@ def run_row(
                     fn = _floor_run(case, x, row.floor, size, cl, amp)
                     this_round["floor"] = _once(fn, device)
                     floor[(size, cl)] = min(floor.get((size, cl), math.inf), this_round["floor"])
+                if r > 0 and scored:  # the network's outputs alone, at the floor's size
+                    fn = _floor_run(case, x, row.floor, *keys[0], amp, scores=False)
+                    this_round["network"] = _once(fn, device)
+                    best["network"] = min(best.get("network", math.inf), this_round["network"])
                 if r == 0 and layouts:
                     size = min(floor, key=floor.get)[0]
                     fn = _floor_run(case, x, row.floor, size, True, amp)
@@ -760,6 +798,7 @@ def run_row(
             "the layers after the layer"
             if tail
             else f"{row.floor.whole} inputs through the whole model"
+            + (", each scored (the target's winning logits summed)" if scored else "")
         ),
         "floor_seconds": {
             f"{s}{' channels_last' if cl else ''}": round(v, 4) for (s, cl), v in floor.items()
@@ -786,23 +825,30 @@ def run_row(
         if isinstance(v, float)
     }
     out["paired_ratio_to_floor"] = _paired(per_round)
+    if "network" in best:  # a segmentation: the same against the unscored passes
+        out["network_best"] = round(best["network"], 4)
+        out["ratio_to_network"] = {
+            k: round(out[k] / best["network"], 3) for k in ("default", "auto_planned")
+        }
+        out["paired_ratio_to_network"] = _paired(per_round, "network")
     if row.note:
         out["note"] = row.note
     out["wall_seconds"] = round(time.perf_counter() - started, 1)
     return out
 
 
-def _paired(per_round: list[dict[str, float]]) -> dict[str, float]:
+def _paired(per_round: list[dict[str, float]], to: str = "floor") -> dict[str, float]:
     """Per variant, the median over the rounds after the first of its time divided by
-    the floor's in the same round (at the floor's best size then). The best of each
+    the floor's (or ``to``'s) in the same round (at the floor's best size then). The
+    best of each
     variant over the rounds (``ratio_to_floor``) is the issue's figure; on a shared
     machine whose speed drifts between rounds, and where the floor's best is the
     least of every size it swept (the luckiest of more timings than any call gets),
     the paired ratio is the steadier one."""
-    names = {name for timings in per_round for name in timings} - {"floor"}
+    names = {name for timings in per_round for name in timings} - {to}
     out = {}
     for name in sorted(names):
-        ratios = [t[name] / t["floor"] for t in per_round if name in t and "floor" in t]
+        ratios = [t[name] / t[to] for t in per_round if name in t and to in t]
         if ratios:
             out[name] = round(statistics.median(ratios), 3)
     return out
