@@ -840,10 +840,9 @@ def run_row(
 def _paired(per_round: list[dict[str, float]], to: str = "floor") -> dict[str, float]:
     """Per variant, the median over the rounds after the first of its time divided by
     the floor's (or ``to``'s) in the same round (at the floor's best size then). The
-    best of each
-    variant over the rounds (``ratio_to_floor``) is the issue's figure; on a shared
-    machine whose speed drifts between rounds, and where the floor's best is the
-    least of every size it swept (the luckiest of more timings than any call gets),
+    best of each variant over the rounds (``ratio_to_floor``) is the issue's figure; on
+    a shared machine whose speed drifts between rounds, and where the floor's best is
+    the least of every size it swept (the luckiest of more timings than any call gets),
     the paired ratio is the steadier one."""
     names = {name for timings in per_round for name in timings} - {to}
     out = {}
