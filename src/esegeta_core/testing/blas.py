@@ -17,17 +17,24 @@ def blas_threads() -> list[int]:
     return [info["num_threads"] for info in infos if info["user_api"] == "blas"]
 
 
-def spy_blas_threads(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[list[int]]:
-    """Patch ``owner.name`` to record :func:`blas_threads` on each call (the list
-    returned, filled as calls come); the test is skipped where no BLAS library loaded
-    so far runs more than one thread (nothing to limit). Load the libraries the method
-    uses before calling this (import scipy or scikit-learn)."""
+def threaded_blas() -> list[int]:
+    """:func:`blas_threads` once numpy's BLAS is loaded; the test is skipped where no
+    BLAS library loaded so far runs more than one thread (nothing to limit: a machine
+    of one core, or ``OPENBLAS_NUM_THREADS=1``)."""
     import numpy as np
 
     np.ones((4, 4)) @ np.ones((4, 4))  # numpy's BLAS is loaded
     before = blas_threads()
     if not before or max(before) < 2:
         pytest.skip("no BLAS library with more than one thread here to limit")
+    return before
+
+
+def spy_blas_threads(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[list[int]]:
+    """Patch ``owner.name`` to record :func:`blas_threads` on each call (the list
+    returned, filled as calls come); skipped as :func:`threaded_blas` says. Load the
+    libraries the method uses before calling this (import scipy or scikit-learn)."""
+    threaded_blas()
     seen: list[list[int]] = []
     original = getattr(owner, name)
 
